@@ -1,0 +1,34 @@
+"""Errors the converter layer raises on purpose; the CLI maps them to exit codes.
+
+``UserInputError`` (exit 2): something the user gave is wrong — a path, a flag,
+a recipe, data of the wrong shape.  ``ConversionError`` (exit 1): the input was
+fine but the model could not be converted as asked.
+"""
+
+
+class SDKError(Exception):
+    """Base of every error raised on purpose by the SDK."""
+
+
+class UserInputError(SDKError):
+    """Bad input: the message names the cause and the fix."""
+
+
+class RecipeError(UserInputError):
+    """The compression recipe is invalid."""
+
+
+class DataError(UserInputError):
+    """Fine-tuning, calibration or evaluation data is missing or does not fit the model."""
+
+
+class SourceModelError(UserInputError):
+    """The source model is missing, truncated, corrupt or of an unknown kind."""
+
+
+class OutputPathError(UserInputError):
+    """The output path would overwrite the input or an existing file."""
+
+
+class ConversionError(SDKError):
+    """The model could not be converted or compressed as the recipe asks."""

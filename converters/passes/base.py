@@ -1,0 +1,102 @@
+"""What every weight-compression pass shares: layer selection and its record.
+
+A pass decides per layer from the recipe, applies itself one-shot to the
+weights (no data) or wraps layers with tfmot for fine-tuning (data given), and
+strips its wrappers before export.  Layers the recipe asks for but tfmot
+cannot handle are recorded as skipped with the reason, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..recipe import LayerPlan, Recipe
+
+KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
+
+
+@dataclass
+class PassRecord:
+    """Which layers a pass compressed, with what settings, and which it skipped and why."""
+
+    name: str
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    fine_tuned: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, "skipped": self.skipped, "fine_tuned": self.fine_tuned}
+
+
+def _short_name(weight) -> str:
+    return weight.name.split("/")[-1].split(":")[0]
+
+
+def kernel_weights(layer) -> list:
+    return [w for w in layer.weights if _short_name(w) in KERNEL_NAMES]
+
+
+class WeightPass(ABC):
+    """One compression technique applied to the kernels of a Keras model."""
+
+    name: str
+
+    @abstractmethod
+    def settings(self, plan: LayerPlan) -> Any | None:
+        """This pass's settings from a layer plan, or None when the layer is not asked for."""
+
+    @abstractmethod
+    def weight_names(self, layer) -> list[str] | None:
+        """tfmot's compressible weights of the layer; None when tfmot does not support it."""
+
+    @abstractmethod
+    def one_shot(self, layer, settings, after: dict[str, PassRecord]) -> None:
+        """Compress the layer's weights in place, without data."""
+
+    @abstractmethod
+    def measure(self, layer, settings) -> dict[str, Any]:
+        """Facts about the layer's compressed weights, for the record."""
+
+    @abstractmethod
+    def wrap(self, model, targets: dict[str, Any], steps: int, after: dict[str, PassRecord]):
+        """The model with tfmot wrappers on ``targets``, ready for fine-tuning."""
+
+    @abstractmethod
+    def callbacks(self) -> list:
+        """Keras callbacks the wrapped model needs during fine-tuning."""
+
+    @abstractmethod
+    def strip(self, model):
+        """The model without this pass's wrappers (plain layers, compressed weights)."""
+
+    def select(self, model, recipe: Recipe) -> tuple[dict[str, Any], PassRecord]:
+        record = PassRecord(self.name)
+        targets = {}
+        for layer in model.layers:
+            if not kernel_weights(layer) and not hasattr(layer, "layers"):
+                continue
+            plan = recipe.plan_for(layer.name, type(layer).__name__)
+            settings = None if plan is None else self.settings(plan)
+            if settings is None:
+                continue
+            if hasattr(layer, "layers"):
+                record.skipped[layer.name] = "nested model: tfmot works on flat models; flatten it"
+                continue
+            reason = self.unsupported_reason(layer, settings)
+            if reason:
+                record.skipped[layer.name] = reason
+                continue
+            targets[layer.name] = settings
+        return targets, record
+
+    def weights_of(self, layer) -> list:
+        names = set(self.weight_names(layer) or ())
+        return [w for w in layer.weights if _short_name(w) in names]
+
+    def unsupported_reason(self, layer, settings) -> str | None:
+        names = self.weight_names(layer)
+        if not names:
+            return f"tfmot cannot {self.name} {type(layer).__name__} weights"
+        return None

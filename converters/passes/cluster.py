@@ -1,0 +1,99 @@
+"""Weight sharing by k-means: each kernel keeps at most N distinct values.
+
+One-shot runs 1-D k-means (quantile initialisation, Lloyd iterations) in numpy.
+With data, tfmot's ``cluster_weights`` fine-tunes the centroids; because its
+k-means++ initialisation picks among distinct weight values, starting from the
+one-shot result hands it exactly those centroids.  After pruning, zeros are
+kept out of the clusters (sparsity-preserving), so a layer holds at most N
+values plus zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _tf
+from ..recipe import ClusterSettings, LayerPlan
+from .base import PassRecord, WeightPass
+from .prune import sparsity_of
+
+LLOYD_ITERATIONS = 60
+
+
+def kmeans_1d(values: np.ndarray, clusters: int, preserve_zeros: bool = False) -> np.ndarray:
+    """``values`` with every entry replaced by its nearest of at most ``clusters`` centroids."""
+    flat = values.reshape(-1).astype(np.float64)
+    chosen = flat != 0 if preserve_zeros else np.ones(flat.shape, bool)
+    data = flat[chosen]
+    if data.size == 0:
+        return values.copy()
+    centroids = np.unique(np.quantile(data, (np.arange(clusters) + 0.5) / clusters))
+    for _ in range(LLOYD_ITERATIONS):
+        assignment = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, data)
+        counts = np.bincount(assignment, minlength=centroids.size)
+        sums = np.bincount(assignment, weights=data, minlength=centroids.size)
+        updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        if np.allclose(updated, centroids, rtol=0, atol=1e-12):
+            break
+        centroids = np.sort(updated)
+    assignment = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, data)
+    out = flat.copy()
+    out[chosen] = centroids[assignment]
+    return out.reshape(values.shape).astype(values.dtype)
+
+
+def unique_count(values: np.ndarray) -> int:
+    return int(np.unique(values).size)
+
+
+class ClusterPass(WeightPass):
+    name = "cluster"
+
+    def settings(self, plan: LayerPlan) -> ClusterSettings | None:
+        return plan.cluster
+
+    def weight_names(self, layer) -> list[str] | None:
+        registry = _tf.clustering_registry()
+        if not registry.supports(layer):
+            return None
+        return list(registry._weight_names(layer))  # the registry's own lookup of clusterable weights
+
+    @staticmethod
+    def _pruned(layer, after: dict[str, PassRecord]) -> bool:
+        return "prune" in after and layer.name in after["prune"].layers
+
+    def one_shot(self, layer, settings: ClusterSettings, after: dict[str, PassRecord]) -> None:
+        for weight in self.weights_of(layer):
+            weight.assign(kmeans_1d(weight.numpy(), settings.clusters, self._pruned(layer, after)))
+
+    def wrap(self, model, targets: dict[str, ClusterSettings], steps: int, after: dict[str, PassRecord]):
+        mot = _tf.tfmot()
+        keras = _tf.keras()
+        init = mot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS
+        by_name = {layer.name: layer for layer in model.layers}
+        for name, settings in targets.items():  # good centroids first; tfmot then refines them
+            self.one_shot(by_name[name], settings, after)
+
+        def wrap_layer(layer):
+            settings = targets.get(layer.name)
+            if settings is None:
+                return layer
+            return mot.clustering.keras.cluster_weights(
+                layer, number_of_clusters=settings.clusters, cluster_centroids_init=init,
+                preserve_sparsity=self._pruned(layer, after))
+
+        return keras.models.clone_model(model, clone_function=wrap_layer)
+
+    def callbacks(self) -> list:
+        return []
+
+    def strip(self, model):
+        return _tf.tfmot().clustering.keras.strip_clustering(model)
+
+    def measure(self, layer, settings: ClusterSettings) -> dict[str, Any]:
+        values = [w.numpy() for w in self.weights_of(layer)]
+        return {"clusters": settings.clusters,
+                "unique_values": max(unique_count(v) for v in values),
+                "sparsity": float(np.mean([sparsity_of(v) for v in values]))}

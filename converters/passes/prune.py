@@ -1,0 +1,111 @@
+"""Magnitude pruning: unstructured to a target sparsity, or structured 2:4.
+
+One-shot (no data) zeroes the smallest-magnitude weights in numpy.  With data,
+tfmot's ``prune_low_magnitude`` ramps sparsity during fine-tuning; its update
+frequency is derived from the number of steps, because tfmot's default of 100
+steps leaves short fine-tunes at 0% sparsity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _tf
+from ..recipe import LayerPlan, PruneSettings
+from .base import PassRecord, WeightPass
+
+M_BY_N = (2, 4)
+RAMP_FRACTION = 0.7  # reach the target sparsity at 70% of fine-tuning, then recover
+
+
+def magnitude_prune(weights: np.ndarray, sparsity: float) -> np.ndarray:
+    """Zero the ``sparsity`` fraction of entries with the smallest magnitude."""
+    k = int(np.floor(weights.size * sparsity))
+    if k == 0:
+        return weights.copy()
+    flat = weights.reshape(-1).copy()
+    flat[np.argpartition(np.abs(flat), k - 1)[:k]] = 0
+    return flat.reshape(weights.shape)
+
+
+def m_by_n_prune(weights: np.ndarray, m: int = M_BY_N[0], n: int = M_BY_N[1]) -> np.ndarray:
+    """Keep the n - m largest of every n consecutive input-channel weights (axis -2), as tfmot does."""
+    moved = np.moveaxis(weights, -2, -1)
+    groups = moved.reshape(-1, n)
+    drop = np.argsort(np.abs(groups), axis=1, kind="stable")[:, :m]
+    pruned = groups.copy()
+    np.put_along_axis(pruned, drop, 0, axis=1)
+    return np.moveaxis(pruned.reshape(moved.shape), -1, -2)
+
+
+def sparsity_of(weights: np.ndarray) -> float:
+    return float(1.0 - np.count_nonzero(weights) / weights.size) if weights.size else 0.0
+
+
+class PrunePass(WeightPass):
+    name = "prune"
+
+    def settings(self, plan: LayerPlan) -> PruneSettings | None:
+        if plan.prune is None or (plan.prune.sparsity == 0 and plan.prune.structure == "unstructured"):
+            return None
+        return plan.prune
+
+    def weight_names(self, layer) -> list[str] | None:
+        registry = _tf.prune_registry()
+        if not registry.supports(layer):
+            return None
+        return list(registry._weight_names(layer))  # the registry's own lookup of prunable weights
+
+    def unsupported_reason(self, layer, settings: PruneSettings) -> str | None:
+        reason = super().unsupported_reason(layer, settings)
+        if reason or settings.structure != "2:4":
+            return reason
+        for weight in self.weights_of(layer):
+            shape = weight.shape
+            if len(shape) not in (2, 4) or shape[-2] % M_BY_N[1]:
+                return (f"2:4 pruning needs a rank-2 or rank-4 kernel with input channels divisible "
+                        f"by 4; {layer.name} has {tuple(shape)}")
+        return None
+
+    def one_shot(self, layer, settings: PruneSettings, after: dict[str, PassRecord]) -> None:
+        for weight in self.weights_of(layer):
+            values = weight.numpy()
+            weight.assign(m_by_n_prune(values) if settings.structure == "2:4"
+                          else magnitude_prune(values, settings.sparsity))
+
+    def wrap(self, model, targets: dict[str, PruneSettings], steps: int, after: dict[str, PassRecord]):
+        mot = _tf.tfmot()
+        keras = _tf.keras()
+        end_step = max(1, int(steps * RAMP_FRACTION))
+        frequency = max(1, end_step // 10)
+
+        def wrap_layer(layer):
+            settings = targets.get(layer.name)
+            if settings is None:
+                return layer
+            if settings.structure == "2:4":
+                return mot.sparsity.keras.prune_low_magnitude(
+                    layer, sparsity_m_by_n=M_BY_N,
+                    pruning_schedule=mot.sparsity.keras.ConstantSparsity(0.5, 0, frequency=frequency))
+            if settings.schedule == "constant":
+                schedule = mot.sparsity.keras.ConstantSparsity(settings.sparsity, 0, frequency=frequency)
+            else:
+                schedule = mot.sparsity.keras.PolynomialDecay(0.0, settings.sparsity, 0, end_step,
+                                                              frequency=frequency)
+            return mot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+
+        return keras.models.clone_model(model, clone_function=wrap_layer)
+
+    def callbacks(self) -> list:
+        return [_tf.tfmot().sparsity.keras.UpdatePruningStep()]
+
+    def strip(self, model):
+        return _tf.tfmot().sparsity.keras.strip_pruning(model)
+
+    def measure(self, layer, settings: PruneSettings) -> dict[str, Any]:
+        values = [w.numpy() for w in self.weights_of(layer)]
+        return {"target": settings.sparsity if settings.structure == "unstructured" else 0.5,
+                "structure": settings.structure,
+                "sparsity": float(np.mean([sparsity_of(v) for v in values]))}

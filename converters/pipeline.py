@@ -1,0 +1,212 @@
+"""The Keras conversion pipeline: load -> compress (passes) -> export -> measure -> write.
+
+Everything the user gave is checked before any work starts (recipe, data
+shapes, output path), outputs are written atomically, and the report is
+measured from the written bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .data import Dataset, DataSource, load_data
+from .errors import ConversionError, DataError, RecipeError
+from .fidelity import compare, run_tflite
+from .files import atomic_write, check_output_path
+from .finetune import finetune, steps_per_epoch
+from .keras_import import load_keras_model
+from .passes import PASSES, PassRecord
+from .passes.base import kernel_weights
+from .recipe import QuantizeSettings, Recipe
+from .report import Report
+from .tflite_analysis import analyse, gzip_size
+from .tflite_export import to_tflite
+
+HELD_OUT_FRACTION = 0.2
+RANDOM_EVAL_SAMPLES = 64
+SPARSE_EXPORT_MIN_SPARSITY = 0.3  # below this the sparse format cannot win, so it is not tried
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ConversionResult:
+    path: Path
+    report_path: Path
+    report: Report
+
+
+def report_path_for(output: Path) -> Path:
+    return output.with_name(output.stem + ".report.json")
+
+
+def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None = None, *,
+                  finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
+                  eval_data: DataSource | None = None, force: bool = False,
+                  progress: Progress | None = None, verbose: bool = False,
+                  custom_objects: dict | None = None) -> ConversionResult:
+    """Compress and convert a Keras model to ``output`` (.tflite) with a report beside it."""
+    recipe = recipe or Recipe()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    source_path = source if isinstance(source, (str, os.PathLike)) else None
+    if recipe.quantize.needs_calibration and calib_data is None and finetune_data is None \
+            and not recipe.quantize.allow_random_calibration:
+        raise RecipeError(f"quantize {recipe.quantize.mode} needs calibration data: pass --calib DATA "
+                          "(or --finetune DATA, which is reused), or --allow-random-calibration to "
+                          "calibrate on random inputs (inaccurate)")
+    output = check_output_path(output, [source_path] if source_path else [], force)
+    report_path = report_path_for(output)
+
+    model = load_keras_model(source, custom_objects)
+    teacher = load_keras_model(model)  # an untouched copy: distillation teacher and reference
+    if len(model.inputs) != 1 and any(d is not None for d in (finetune_data, calib_data, eval_data)):
+        raise DataError(f"data for models with {len(model.inputs)} inputs is not supported yet; "
+                        "convert without data")
+    input_shape = tuple(model.inputs[0].shape[1:])
+    tune, calib, evaluation, notes = _datasets(input_shape, finetune_data, calib_data, eval_data)
+    if tune is not None and not recipe.compresses_weights:
+        notes.append("fine-tuning data given but the recipe neither prunes nor clusters; not fine-tuned")
+    layer_names = [layer.name for layer in model.layers]
+    timings["load"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    baseline_bytes = to_tflite(teacher, QuantizeSettings(mode="none"))
+    timings["float_baseline"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    model, records = apply_passes(model, teacher, recipe, tune, verbose)
+    timings["compress"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    calibration = calib.x if calib is not None else None
+    tflite_bytes, export_notes = _export(model, recipe, calibration, records, progress)
+    notes += export_notes
+    timings["export"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    reference = teacher.predict(evaluation.x, batch_size=256, verbose=0)
+    fidelity = compare(reference, run_tflite(tflite_bytes, evaluation.x), evaluation.y, evaluation.source)
+    float_fidelity = compare(reference, run_tflite(baseline_bytes, evaluation.x), evaluation.y,
+                             evaluation.source)
+    timings["verify"] = time.perf_counter() - mark
+    timings["total"] = time.perf_counter() - started
+
+    report = Report(
+        source=str(source_path) if source_path else f"<in-memory {type(source).__name__}>",
+        source_sha256=_source_hash(source_path, teacher), output=str(output),
+        output_sha256=hashlib.sha256(tflite_bytes).hexdigest(), recipe=recipe.to_dict(),
+        baseline=analyse(baseline_bytes, layer_names), compressed=analyse(tflite_bytes, layer_names),
+        passes=records, fidelity=fidelity, float_fidelity=float_fidelity,
+        timings={k: round(v, 3) for k, v in timings.items()}, notes=notes)
+    atomic_write(output, tflite_bytes)
+    atomic_write(report_path, json.dumps(report.to_dict(), indent=2).encode())
+    return ConversionResult(output, report_path, report)
+
+
+def apply_passes(model, teacher, recipe: Recipe, tune: Dataset | None, verbose: bool
+                 ) -> tuple[Any, dict[str, PassRecord]]:
+    """Run every registered pass the recipe asks for, fine-tuning each when data is given."""
+    records: dict[str, PassRecord] = {}
+    for name, pass_class in PASSES.items():
+        compression = pass_class()
+        targets, record = compression.select(model, recipe)
+        records[name] = record
+        if not targets:
+            continue
+        if tune is not None:
+            steps = recipe.finetune.epochs * steps_per_epoch(tune, recipe.finetune)
+            wrapped = compression.wrap(model, targets, steps, records)
+            record.fine_tuned = True
+            try:
+                finetune(wrapped, teacher, tune, recipe.finetune, compression.callbacks(), verbose)
+            except ValueError as exc:
+                raise ConversionError(f"fine-tuning for {name} failed: {str(exc).splitlines()[0]}") from None
+            model = compression.strip(wrapped)
+        else:
+            by_name = {layer.name: layer for layer in model.layers}
+            for layer_name, settings in targets.items():
+                compression.one_shot(by_name[layer_name], settings, records)
+        by_name = {layer.name: layer for layer in model.layers}
+        record.layers = {n: compression.measure(by_name[n], s) for n, s in targets.items()}
+    return model, records
+
+
+def _datasets(input_shape, finetune_data, calib_data, eval_data):
+    """(fine-tune, calibration, evaluation) sets; evaluation never overlaps the others."""
+    notes = []
+    tune = load_data(finetune_data, input_shape, "fine-tuning") if finetune_data is not None else None
+    calib = load_data(calib_data, input_shape, "calibration") if calib_data is not None else None
+    evaluation = load_data(eval_data, input_shape, "evaluation") if eval_data is not None else None
+    if evaluation is None:
+        pool_name, pool = ("fine-tuning", tune) if tune is not None else ("calibration", calib)
+        if pool is not None and len(pool) >= 10:
+            train_part, evaluation = pool.split(HELD_OUT_FRACTION)
+            notes.append(f"no --eval data: {len(evaluation)} samples of the {pool_name} data were "
+                         "held out for the fidelity check and not used otherwise")
+            if tune is not None:
+                tune = train_part
+                calib = calib or train_part
+            else:
+                calib = train_part
+        else:
+            shape = tuple(d or 1 for d in input_shape)
+            x = np.random.default_rng(0).random((RANDOM_EVAL_SAMPLES, *shape), dtype=np.float32)
+            evaluation = Dataset(x, None, "random uniform inputs")
+            notes.append("no data given: fidelity measured on random inputs in [0, 1)")
+    if calib is None and tune is not None:
+        calib = tune
+    return tune, calib, evaluation, notes
+
+
+def _export(model, recipe: Recipe, calibration, records: dict[str, PassRecord], progress
+            ) -> tuple[bytes, list[str]]:
+    """Convert, choosing per-channel scales and TFLite's sparse format by what they measure."""
+    notes = []
+    per_channel = recipe.quantize.per_channel
+    if per_channel == "auto":
+        weight_layers = {layer.name for layer in model.layers if kernel_weights(layer)}
+        per_channel = not weight_layers or not weight_layers <= set(records["cluster"].layers)
+        if not per_channel and recipe.quantize.mode != "none":
+            notes.append("per-tensor weight scales: every weight layer is clustered, and one scale "
+                         "per tensor keeps its shared values shared (per_channel: auto)")
+    convert = functools.partial(to_tflite, model, recipe.quantize, calibration,
+                                per_channel=per_channel, progress=progress)
+    dense = convert(sparse=False)
+    if recipe.sparse_export == "off":
+        return dense, notes
+    if recipe.sparse_export == "on":
+        return convert(sparse=True), notes + ["exported with Optimize.EXPERIMENTAL_SPARSITY "
+                                              "(sparse_export: on)"]
+    if analyse(dense).overall_sparsity < SPARSE_EXPORT_MIN_SPARSITY:
+        return dense, notes
+    sparse = convert(sparse=True)
+    sizes = (f"raw {len(sparse)} vs {len(dense)} bytes, gzip {gzip_size(sparse)} vs "
+             f"{gzip_size(dense)} bytes")
+    if len(sparse) < len(dense) and gzip_size(sparse) < gzip_size(dense):
+        return sparse, notes + [f"sparse format (EXPERIMENTAL_SPARSITY) kept, smaller on both: {sizes}"]
+    return dense, notes + [f"sparse format (EXPERIMENTAL_SPARSITY) tried and dropped: {sizes}"]
+
+
+def _source_hash(path, model) -> str:
+    digest = hashlib.sha256()
+    if path is not None and Path(path).is_file():
+        digest.update(Path(path).read_bytes())
+    elif path is not None:
+        for file in sorted(Path(path).rglob("*")):
+            if file.is_file():
+                digest.update(file.relative_to(path).as_posix().encode())
+                digest.update(file.read_bytes())
+    else:
+        for weight in model.get_weights():
+            digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,322 @@
+"""The compression recipe: one declarative object that drives every pass.
+
+A recipe has global settings plus per-layer overrides keyed by layer name (or
+a regular expression matching whole names) and by layer type.  Precedence is
+name > type > global; an override of ``None`` leaves the layer uncompressed.
+Recipes load from YAML/JSON files or from CLI flags; unknown keys and
+out-of-range values are rejected with one line naming the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import RecipeError
+
+QUANTIZE_MODES = ("none", "dynamic", "float16", "int8", "int16x8")
+IO_TYPES = ("float32", "int8", "uint8")
+PRUNE_STRUCTURES = ("unstructured", "2:4")
+PRUNE_SCHEDULES = ("polynomial", "constant")
+SPARSE_EXPORT = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    sparsity: float
+    structure: str = "unstructured"
+    schedule: str = "polynomial"
+
+    def validate(self, where: str) -> None:
+        if not 0.0 <= self.sparsity < 1.0:
+            raise RecipeError(f"{where}.sparsity must be in [0, 1); got {self.sparsity}")
+        _choice(f"{where}.structure", self.structure, PRUNE_STRUCTURES)
+        _choice(f"{where}.schedule", self.schedule, PRUNE_SCHEDULES)
+        if self.structure == "2:4" and self.sparsity not in (0.0, 0.5):
+            raise RecipeError(f"{where}: 2:4 pruning always gives sparsity 0.5; got sparsity "
+                              f"{self.sparsity} (drop it or set 0.5)")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    clusters: int
+
+    def validate(self, where: str) -> None:
+        if not isinstance(self.clusters, int) or isinstance(self.clusters, bool) or self.clusters < 2:
+            raise RecipeError(f"{where}.clusters must be an integer >= 2; got {self.clusters!r}")
+        if self.clusters > 256:
+            raise RecipeError(f"{where}.clusters must be <= 256 (int8 holds 256 values); "
+                              f"got {self.clusters}")
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    mode: str = "none"
+    io_type: str = "float32"
+    per_channel: bool | str = "auto"  # auto: per-tensor when every weight layer is clustered
+    samples: int = 200
+    allow_random_calibration: bool = False
+
+    def validate(self) -> None:
+        _choice("quantize.mode", self.mode, QUANTIZE_MODES)
+        _choice("quantize.io_type", self.io_type, IO_TYPES)
+        if self.io_type != "float32" and self.mode != "int8":
+            raise RecipeError(f"quantize.io_type {self.io_type} needs quantize.mode int8; "
+                              f"got mode {self.mode}")
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise RecipeError(f"quantize.samples must be an integer >= 1; got {self.samples!r}")
+        if self.per_channel not in (True, False, "auto"):
+            raise RecipeError(f"quantize.per_channel must be true, false or auto; got {self.per_channel!r}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.mode in ("int8", "int16x8")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    epochs: int = 4
+    batch_size: int = 64
+    learning_rate: float = 5e-4
+    temperature: float = 4.0
+    alpha: float = 0.5  # weight of the label loss; 1 - alpha goes to distillation
+
+    def validate(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise RecipeError(f"finetune.epochs must be an integer >= 1; got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise RecipeError(f"finetune.batch_size must be an integer >= 1; got {self.batch_size!r}")
+        if not self.learning_rate > 0:
+            raise RecipeError(f"finetune.learning_rate must be > 0; got {self.learning_rate}")
+        if not self.temperature > 0:
+            raise RecipeError(f"finetune.temperature must be > 0; got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise RecipeError(f"finetune.alpha must be in [0, 1]; got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """Per-layer settings; a field left as ``UNSET`` falls back to the next level."""
+
+    prune: PruneSettings | None | str = "unset"
+    cluster: ClusterSettings | None | str = "unset"
+
+
+UNSET = "unset"
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What the recipe asks for one layer, after precedence is applied."""
+
+    prune: PruneSettings | None
+    cluster: ClusterSettings | None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    prune: PruneSettings | None = None
+    cluster: ClusterSettings | None = None
+    quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    sparse_export: str = "auto"
+    layers: Mapping[str, LayerOverride | None] = field(default_factory=dict)
+    layer_types: Mapping[str, LayerOverride | None] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        if self.prune is not None:
+            self.prune.validate("prune")
+        if self.cluster is not None:
+            self.cluster.validate("cluster")
+        self.quantize.validate()
+        self.finetune.validate()
+        _choice("sparse_export", self.sparse_export, SPARSE_EXPORT)
+        for section, overrides in (("layers", self.layers), ("layer_types", self.layer_types)):
+            for key, override in overrides.items():
+                if section == "layers":
+                    _compile_pattern(key)
+                if override is None:
+                    continue
+                if isinstance(override.prune, PruneSettings):
+                    override.prune.validate(f"{section}[{key!r}].prune")
+                if isinstance(override.cluster, ClusterSettings):
+                    override.cluster.validate(f"{section}[{key!r}].cluster")
+
+    # -- resolution -----------------------------------------------------------------
+    def plan_for(self, layer_name: str, layer_type: str) -> LayerPlan | None:
+        """Settings for one layer: name (exact, then regex) > type > global; None skips it."""
+        chain: list[LayerOverride | None] = []
+        by_name = self._match_name(layer_name)
+        if by_name is not _NO_MATCH:
+            chain.append(by_name)
+        if layer_type in self.layer_types:
+            chain.append(self.layer_types[layer_type])
+        prune, cluster = self.prune, self.cluster
+        for override in reversed(chain):  # apply the weakest first so the strongest wins
+            if override is None:
+                prune = cluster = None
+                continue
+            if override.prune != UNSET:
+                prune = override.prune
+            if override.cluster != UNSET:
+                cluster = override.cluster
+        if chain and chain[0] is None:
+            return None
+        return LayerPlan(prune, cluster)
+
+    def _match_name(self, name: str):
+        if name in self.layers:
+            return self.layers[name]
+        for pattern, override in self.layers.items():
+            if _compile_pattern(pattern).fullmatch(name):
+                return override
+        return _NO_MATCH
+
+    @property
+    def compresses_weights(self) -> bool:
+        overrides = [*self.layers.values(), *self.layer_types.values()]
+        return (self.prune is not None or self.cluster is not None
+                or any(o is not None and (isinstance(o.prune, PruneSettings)
+                                          or isinstance(o.cluster, ClusterSettings)) for o in overrides))
+
+    # -- serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        def settings(value):
+            return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+        def override(o: LayerOverride | None):
+            if o is None:
+                return None
+            return {k: settings(v) for k, v in (("prune", o.prune), ("cluster", o.cluster)) if v != UNSET}
+
+        return {
+            "prune": settings(self.prune),
+            "cluster": settings(self.cluster),
+            "quantize": settings(self.quantize),
+            "finetune": settings(self.finetune),
+            "sparse_export": self.sparse_export,
+            "layers": {k: override(v) for k, v in self.layers.items()},
+            "layer_types": {k: override(v) for k, v in self.layer_types.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        if not isinstance(data, Mapping):
+            raise RecipeError(f"a recipe must be a mapping of settings; got {type(data).__name__}")
+        _reject_unknown("recipe", data, [f.name for f in dataclasses.fields(cls)])
+        return cls(
+            prune=_section(PruneSettings, data.get("prune"), "prune"),
+            cluster=_section(ClusterSettings, data.get("cluster"), "cluster"),
+            quantize=_section(QuantizeSettings, data.get("quantize"), "quantize") or QuantizeSettings(),
+            finetune=_section(FinetuneSettings, data.get("finetune"), "finetune") or FinetuneSettings(),
+            sparse_export=data.get("sparse_export", "auto"),
+            layers=_overrides(data.get("layers") or {}, "layers"),
+            layer_types=_overrides(data.get("layer_types") or {}, "layer_types"),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        """Read a recipe from a .yaml/.yml or .json file."""
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {path}")
+        suffix = path.suffix.lower()
+        if suffix not in (".yaml", ".yml", ".json"):
+            raise RecipeError(f"recipe file must end in .yaml, .yml or .json; got {path.name}")
+        import yaml
+
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise RecipeError(f"cannot parse recipe {path}: {str(exc).splitlines()[0]}") from None
+        return cls.from_dict(data or {})
+
+    def with_flags(self, *, prune: float | None = None, prune_structure: str | None = None,
+                   cluster: int | None = None, quantize: str | None = None, io_type: str | None = None,
+                   samples: int | None = None, epochs: int | None = None,
+                   allow_random_calibration: bool | None = None) -> Recipe:
+        """A copy with CLI flags applied on top (flags win over the file)."""
+        new_prune = self.prune
+        if prune is not None or prune_structure is not None:
+            base = self.prune or PruneSettings(sparsity=0.5 if prune_structure == "2:4" else 0.0)
+            new_prune = dataclasses.replace(base, **_given(sparsity=prune, structure=prune_structure))
+        quant = dataclasses.replace(self.quantize, **_given(
+            mode=quantize, io_type=io_type, samples=samples,
+            allow_random_calibration=allow_random_calibration))
+        if quant.mode != "int8" and io_type is None and self.quantize.io_type != "float32":
+            quant = dataclasses.replace(quant, io_type="float32")
+        return dataclasses.replace(
+            self, prune=new_prune,
+            cluster=ClusterSettings(cluster) if cluster is not None else self.cluster,
+            quantize=quant,
+            finetune=dataclasses.replace(self.finetune, **_given(epochs=epochs)))
+
+
+_NO_MATCH = object()
+
+
+def _given(**kwargs) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        hint = difflib.get_close_matches(str(value), allowed, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise RecipeError(f"{where} must be one of {', '.join(allowed)}; got {value!r}{suggestion}")
+
+
+def _reject_unknown(where: str, data: Mapping[str, Any], allowed: list[str]) -> None:
+    for key in data:
+        if key not in allowed:
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise RecipeError(f"unknown key {key!r} in {where}{suggestion}; "
+                              f"allowed: {', '.join(allowed)}")
+
+
+def _section(kind: type, data: Any, where: str):
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise RecipeError(f"{where} must be a mapping of settings or null; got {data!r}")
+    _reject_unknown(where, data, [f.name for f in dataclasses.fields(kind)])
+    try:
+        return kind(**data)
+    except TypeError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+
+
+def _overrides(data: Any, where: str) -> dict[str, LayerOverride | None]:
+    if not isinstance(data, Mapping):
+        raise RecipeError(f"{where} must map layer names/types to settings; got {data!r}")
+    out: dict[str, LayerOverride | None] = {}
+    for key, value in data.items():
+        if value is None:
+            out[str(key)] = None
+            continue
+        here = f"{where}[{key!r}]"
+        if not isinstance(value, Mapping):
+            raise RecipeError(f"{here} must be a mapping with prune/cluster, or null; got {value!r}")
+        _reject_unknown(here, value, ["prune", "cluster"])
+        out[str(key)] = LayerOverride(
+            prune=_section(PruneSettings, value["prune"], here + ".prune") if "prune" in value else UNSET,
+            cluster=(_section(ClusterSettings, value["cluster"], here + ".cluster")
+                     if "cluster" in value else UNSET))
+    return out
+
+
+def _compile_pattern(pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise RecipeError(f"layers key {pattern!r} is not a valid regular expression: {exc}") from None

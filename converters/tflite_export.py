@@ -1,0 +1,82 @@
+"""Keras model -> .tflite bytes with post-training quantization.
+
+Modes: none (float32), dynamic (int8 weights, float activations), float16,
+int8 (full integer, per-channel weights, int8/uint8/float32 I/O) and int16x8
+(int16 activations, int8 weights).  Calibration data is always the user's;
+random calibration happens only when the recipe says so explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from . import _tf
+from .errors import ConversionError
+from .recipe import QuantizeSettings
+
+Progress = Callable[[str, int, int], None]
+
+
+def representative_samples(calibration: np.ndarray | None, settings: QuantizeSettings,
+                           input_shape: tuple, seed: int = 0) -> np.ndarray:
+    """The calibration inputs: the user's data, or random ones only when explicitly allowed."""
+    if calibration is not None:
+        return calibration[:settings.samples]
+    if not settings.allow_random_calibration:
+        raise ConversionError("int8/int16x8 needs calibration data (--calib DATA)")
+    shape = tuple(d or 1 for d in input_shape)
+    return np.random.default_rng(seed).random((settings.samples, *shape), dtype=np.float32)
+
+
+def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | None = None,
+              sparse: bool = False, per_channel: bool = True, progress: Progress | None = None) -> bytes:
+    """Convert ``model``; ``calibration`` feeds int8/int16x8 activation ranges.
+
+    ``per_channel=False`` gives one scale per weight tensor, which keeps k-means
+    weight sharing intact in the file (per-channel scales map each shared value
+    to a different integer in every channel).
+    """
+    tf = _tf.tensorflow()
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    optimizations = []
+    if settings.mode != "none":
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
+    if settings.mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if settings.needs_calibration:
+        samples = representative_samples(calibration, settings, tuple(model.inputs[0].shape[1:]))
+
+        def representative_dataset():
+            for i in range(len(samples)):
+                if progress:
+                    progress("calibrate", i + 1, len(samples))
+                yield [samples[i:i + 1]]
+
+        converter.representative_dataset = representative_dataset
+        if settings.mode == "int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            io_type = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[settings.io_type]
+            converter.inference_input_type = io_type
+            converter.inference_output_type = io_type
+        else:
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    if settings.mode != "none" and not per_channel:
+        converter._experimental_disable_per_channel = True  # the converter's only switch for it
+    try:
+        return bytes(converter.convert())
+    except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError...
+        raise ConversionError(f"TFLite conversion ({settings.mode}) failed: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line and not line.startswith(("<unknown>", "Traceback")):
+            return line[:300]
+    return type(exc).__name__

@@ -1,0 +1,11 @@
+"""On-device inference for TFLite models: numpy plus one interpreter, never TensorFlow.
+
+Public surface: ``Model`` and the errors in ``device_runtime.errors``.
+"""
+
+from .errors import (DeviceRuntimeError, InputError, ModelFormatError, NoInterpreterError,
+                     UnsupportedModelError)
+from .model import Model, TensorSpec
+
+__all__ = ["Model", "TensorSpec", "DeviceRuntimeError", "InputError", "ModelFormatError",
+           "NoInterpreterError", "UnsupportedModelError"]

@@ -1,0 +1,26 @@
+"""Exception types raised by the device runtime.
+
+Every failure an app can cause maps to one of these, with a one-line message
+naming the cause and the fix, so an app can catch ``RuntimeErrorBase`` and
+keep running.
+"""
+
+
+class DeviceRuntimeError(Exception):
+    """Base class of every error the device runtime raises on purpose."""
+
+
+class ModelFormatError(DeviceRuntimeError):
+    """The bytes are not a well-formed TFLite model (missing, truncated, corrupt)."""
+
+
+class UnsupportedModelError(DeviceRuntimeError):
+    """The model is well-formed but needs something this runtime lacks (custom op, delegate)."""
+
+
+class InputError(DeviceRuntimeError):
+    """An input has the wrong name, rank, shape, dtype or holds NaN/inf."""
+
+
+class NoInterpreterError(DeviceRuntimeError):
+    """No TFLite interpreter package is installed."""

@@ -1,0 +1,208 @@
+"""``Model``: a checked TFLite model that callers feed and read in float.
+
+The model bytes are validated by ``tflite_format.read_model`` before the
+interpreter sees them.  Quantized inputs and outputs are converted with each
+tensor's scale and zero point, so app code never handles int8 by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from . import tflite_format
+from .backend import get_backend
+from .errors import InputError, ModelFormatError, UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What one model input or output looks like to the caller."""
+
+    name: str
+    index: int
+    shape: tuple[int, ...]
+    shape_signature: tuple[int, ...]
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0 and np.issubdtype(self.dtype, np.integer)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """float -> stored integer: q = round(x / scale) + zero_point, clipped to the dtype."""
+        info = np.iinfo(self.dtype)
+        q = np.round(x / self.scale) + self.zero_point
+        return np.clip(q, info.min, info.max).astype(self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return ((q.astype(np.float32) - self.zero_point) * np.float32(self.scale)).astype(np.float32)
+
+
+def read_model_bytes(source: str | os.PathLike | bytes | bytearray | memoryview) -> bytes:
+    """The bytes of a model given as a path or as bytes, with a clear error for a missing file."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    path = Path(source)
+    if not path.exists():
+        raise ModelFormatError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelFormatError(f"model path is a directory, expected a .tflite file: {path}")
+    data = path.read_bytes()
+    if not data:
+        raise ModelFormatError(f"model file is empty: {path}")
+    return data
+
+
+class Model:
+    """A TFLite model ready to run: ``model(x)`` or ``model.run({"name": x})``.
+
+    ``num_threads`` sets interpreter threads; XNNPACK is on unless
+    ``use_xnnpack=False``; ``delegates`` are paths of delegate libraries;
+    ``backend`` picks the interpreter package ("auto" takes the lightest).
+    """
+
+    def __init__(self, source: str | os.PathLike | bytes, *, num_threads: int | None = None,
+                 use_xnnpack: bool = True, delegates: Sequence[str] = (), backend: str = "auto"):
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None; got {num_threads}")
+        self.source = source if isinstance(source, (str, os.PathLike)) else "<bytes>"
+        self._data = read_model_bytes(source)
+        self.spec = tflite_format.read_model(self._data)
+        self.backend = get_backend(backend)
+        self._lock = threading.Lock()
+        self._interpreter = self._make_interpreter(num_threads, use_xnnpack, delegates)
+        self.inputs = self._tensor_specs(self._interpreter.get_input_details())
+        self.outputs = self._tensor_specs(self._interpreter.get_output_details())
+        self._allocated_shapes = {spec.index: spec.shape for spec in self.inputs}
+
+    # -- construction -------------------------------------------------------------
+    def _make_interpreter(self, num_threads, use_xnnpack, delegates):
+        custom = [op for op in self.spec.ops_used() if op.startswith("CUSTOM:")]
+        kwargs = {"model_content": self._data, "num_threads": num_threads}
+        if not use_xnnpack:
+            kwargs["experimental_op_resolver_type"] = self.backend.no_default_delegates
+        if delegates:
+            try:
+                kwargs["experimental_delegates"] = [self.backend.load_delegate(p) for p in delegates]
+            except (ValueError, OSError) as exc:
+                raise UnsupportedModelError(f"cannot load delegate {list(delegates)}: {exc}") from None
+        try:
+            interpreter = self.backend.interpreter_class(**kwargs)
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if custom:
+                raise UnsupportedModelError(
+                    f"the model needs custom ops {', '.join(c[7:] for c in custom)} that the "
+                    f"{self.backend.name} interpreter does not have; re-convert with builtin ops "
+                    f"or load a delegate that provides them") from None
+            raise UnsupportedModelError(f"the {self.backend.name} interpreter refused the model: "
+                                        f"{reason}") from None
+        return interpreter
+
+    @staticmethod
+    def _tensor_specs(details: list[dict]) -> list[TensorSpec]:
+        specs = []
+        for d in details:
+            scale, zero_point = d.get("quantization", (0.0, 0))
+            specs.append(TensorSpec(d["name"], d["index"], tuple(int(v) for v in d["shape"]),
+                                    tuple(int(v) for v in d.get("shape_signature", d["shape"])),
+                                    np.dtype(d["dtype"]), float(scale), int(zero_point)))
+        return specs
+
+    # -- running --------------------------------------------------------------------
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """Positional inputs in model order; one output array, or a list of them."""
+        if len(arrays) != len(self.inputs):
+            raise InputError(f"the model takes {len(self.inputs)} input(s) "
+                             f"({', '.join(s.name for s in self.inputs)}); got {len(arrays)}")
+        result = self.run(dict(zip((s.name for s in self.inputs), arrays)))
+        values = list(result.values())
+        return values[0] if len(values) == 1 else values
+
+    def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray, *, raw: bool = False
+            ) -> dict[str, np.ndarray]:
+        """Run one batch; returns {output name: array}.
+
+        Inputs and outputs are float unless ``raw=True``, which passes and returns
+        the stored integer values of quantized tensors unchanged.
+        """
+        if not isinstance(inputs, Mapping):
+            if len(self.inputs) != 1:
+                raise InputError(f"the model has {len(self.inputs)} inputs; pass a dict keyed by "
+                                 f"{[s.name for s in self.inputs]}")
+            inputs = {self.inputs[0].name: inputs}
+        unknown = set(inputs) - {s.name for s in self.inputs}
+        if unknown:
+            raise InputError(f"unknown input name(s) {sorted(unknown)}; "
+                             f"the model's inputs are {[s.name for s in self.inputs]}")
+        missing = [s.name for s in self.inputs if s.name not in inputs]
+        if missing:
+            raise InputError(f"missing input(s) {missing}")
+        prepared = [self._prepare(spec, inputs[spec.name], raw) for spec in self.inputs]
+        batch = prepared[0].shape[0] if prepared[0].ndim else 1
+        with self._lock:
+            if self._needs_per_sample_loop(prepared):
+                parts = [self._invoke([p[i:i + 1] for p in prepared], raw) for i in range(batch)]
+                return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+            return self._invoke(prepared, raw)
+
+    def _prepare(self, spec: TensorSpec, x, raw: bool) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != len(spec.shape_signature):
+            raise InputError(f"input '{spec.name}' must have rank {len(spec.shape_signature)} "
+                             f"(shape {_shape_text(spec.shape_signature)}); got shape {x.shape}")
+        for axis, (want, got) in enumerate(zip(spec.shape_signature, x.shape)):
+            if axis and want != -1 and want != got:
+                raise InputError(f"input '{spec.name}' must have shape {_shape_text(spec.shape_signature)}"
+                                 f"; got {x.shape}")
+        if raw and spec.quantized:
+            if x.dtype != spec.dtype:
+                raise InputError(f"raw input '{spec.name}' must be {spec.dtype}; got {x.dtype}")
+            return np.ascontiguousarray(x)
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise InputError(f"input '{spec.name}' must be numeric; got dtype {x.dtype}")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise InputError(f"input '{spec.name}' contains NaN or infinity")
+        if spec.quantized:
+            return spec.quantize(x.astype(np.float32))
+        return np.ascontiguousarray(x, dtype=spec.dtype)
+
+    def _needs_per_sample_loop(self, prepared: list[np.ndarray]) -> bool:
+        """A model built for batch 1 with a fixed batch dimension is run one sample at a time."""
+        return any(spec.shape_signature and spec.shape_signature[0] != -1 and p.shape[0] != spec.shape[0]
+                   and spec.shape[0] == 1 for spec, p in zip(self.inputs, prepared))
+
+    def _invoke(self, prepared: list[np.ndarray], raw: bool) -> dict[str, np.ndarray]:
+        interpreter = self._interpreter
+        resized = False
+        for spec, x in zip(self.inputs, prepared):
+            if x.shape != self._allocated_shapes[spec.index]:
+                if spec.shape_signature and spec.shape_signature[0] != -1 and x.shape[0] != spec.shape[0]:
+                    raise InputError(f"input '{spec.name}' has a fixed batch of {spec.shape[0]}; "
+                                     f"got {x.shape[0]}")
+                interpreter.resize_tensor_input(spec.index, x.shape, strict=True)
+                self._allocated_shapes[spec.index] = x.shape
+                resized = True
+        if resized:
+            interpreter.allocate_tensors()
+        for spec, x in zip(self.inputs, prepared):
+            interpreter.set_tensor(spec.index, x)
+        interpreter.invoke()
+        out = {}
+        for spec in self.outputs:
+            value = interpreter.get_tensor(spec.index)
+            out[spec.name] = value if raw or not spec.quantized else spec.dequantize(value)
+        return out
+
+
+def _shape_text(signature: tuple[int, ...]) -> str:
+    return "(" + ", ".join("N" if d == -1 else str(d) for d in signature) + ")"

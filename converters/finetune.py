@@ -52,6 +52,8 @@ def finetune(student, teacher, data: Dataset, settings: FinetuneSettings, callba
     if len(student.outputs) != 1:
         raise ConversionError("fine-tuning supports single-output models; compress without data "
                               "(one-shot) or fine-tune the model yourself")
+    if settings.seed is not None:
+        keras.utils.set_random_seed(settings.seed)
     teacher_out = teacher.predict(data.x, batch_size=256, verbose=0)
     if is_probability_output(teacher_out):
         classes = teacher_out.shape[1]

@@ -80,11 +80,12 @@ class QuantizeSettings:
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    epochs: int = 4
+    epochs: int = 12  # per pass; measured on the digits CNN: 4 epochs lose 2 points at 75% sparsity
     batch_size: int = 64
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     temperature: float = 4.0
     alpha: float = 0.5  # weight of the label loss; 1 - alpha goes to distillation
+    seed: int | None = 0  # seeds Python/NumPy/TF before fine-tuning; None leaves them alone
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -97,6 +98,8 @@ class FinetuneSettings:
             raise RecipeError(f"finetune.temperature must be > 0; got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
             raise RecipeError(f"finetune.alpha must be in [0, 1]; got {self.alpha}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise RecipeError(f"finetune.seed must be an integer or null; got {self.seed!r}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,96 @@
+"""The public Python API: convert a model, inspect a .tflite."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from converters.data import DataSource
+from converters.errors import SourceModelError
+from converters.recipe import Recipe
+from device_runtime.model import read_model_bytes
+from device_runtime.tflite_format import read_model
+
+PYTORCH_ONNX_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript")
+
+
+def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str | os.PathLike | None = None,
+            *, finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
+            eval_data: DataSource | None = None, force: bool = False,
+            progress: Callable[[str, int, int], None] | None = None, verbose: bool = False,
+            custom_objects: dict | None = None):
+    """Compress ``source`` as ``recipe`` says and write ``output`` (.tflite) plus a report JSON.
+
+    ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory tf_keras model.
+    ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
+    Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array.
+    Returns a ``ConversionResult`` with ``path``, ``report_path`` and ``report``.
+    """
+    from converters.keras_import import is_keras_source
+    from converters.pipeline import convert_keras
+
+    if isinstance(recipe, dict):
+        recipe = Recipe.from_dict(recipe)
+    elif isinstance(recipe, (str, os.PathLike)):
+        recipe = Recipe.load(recipe)
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in PYTORCH_ONNX_SUFFIXES:
+        raise SourceModelError(f"{Path(source).name}: PyTorch and ONNX sources are not supported yet; "
+                               "export the model to Keras (.keras/.h5) for now")
+    if not is_keras_source(source):
+        kind = Path(source).suffix or "folder" if isinstance(source, (str, os.PathLike)) else \
+            type(source).__name__
+        raise SourceModelError(f"unknown source model kind {kind!r}: give a .keras or .h5 file, a "
+                               "SavedModel folder or a tf_keras model")
+    return convert_keras(source, output, recipe, finetune_data=finetune_data, calib_data=calib_data,
+                         eval_data=eval_data, force=force, progress=progress, verbose=verbose,
+                         custom_objects=custom_objects)
+
+
+@dataclass
+class Inspection:
+    """What a .tflite holds, measured from its bytes."""
+
+    path: str
+    sha256: str
+    stats: Any  # converters.tflite_analysis.ModelStats
+    signatures: list[dict]
+    metadata: list[str]
+    description: str
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["stats"] = self.stats.to_dict()
+        return out
+
+    def render(self) -> str:
+        from converters.report import render_ops, render_weights
+        from converters.tflite_analysis import ModelStats
+
+        stats: ModelStats = self.stats
+        lines = [f"{self.path}  sha256 {self.sha256[:16]}",
+                 f"size {stats.file_size} bytes, gzip {stats.gzip_size} bytes, "
+                 f"weights {stats.total_weights} values, sparsity {stats.overall_sparsity:.1%}",
+                 render_ops(stats)]
+        for sig in self.signatures:
+            lines.append(f"signature {sig['key']!r}: inputs {sig['inputs']} outputs {sig['outputs']}")
+        if self.metadata:
+            lines.append("metadata: " + ", ".join(self.metadata))
+        lines.append("weights:")
+        lines += render_weights(stats)
+        return "\n".join(lines)
+
+
+def inspect(path: str | os.PathLike) -> Inspection:
+    """Sizes, ops, per-layer sparsity and unique values, signatures and metadata of a .tflite."""
+    import hashlib
+
+    from converters.tflite_analysis import analyse
+
+    data = read_model_bytes(path)
+    model = read_model(data)
+    return Inspection(str(path), hashlib.sha256(data).hexdigest(), analyse(data),
+                      [{"key": s.key, "inputs": sorted(s.inputs), "outputs": sorted(s.outputs)}
+                       for s in model.signatures],
+                      sorted(model.metadata), model.description)

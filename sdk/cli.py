@@ -1,0 +1,139 @@
+"""The ``sdk`` command line.  Only here do exceptions become exit codes.
+
+Exit codes: 0 success, 1 conversion failure, 2 bad input (file, flag, recipe,
+data), 130 interrupted.  Errors print one line on stderr, never a traceback
+(``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Callable
+
+import click
+
+from converters.errors import ConversionError, UserInputError
+from converters.recipe import IO_TYPES, PRUNE_STRUCTURES, QUANTIZE_MODES, Recipe
+from device_runtime.errors import DeviceRuntimeError, InputError, ModelFormatError
+
+EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _run(action: Callable[[], None], debug: bool) -> None:
+    """Run ``action`` and map every failure to a one-line message and an exit code."""
+    try:
+        action()
+    except (UserInputError, ModelFormatError, InputError, click.BadParameter) as exc:
+        _fail(exc, EXIT_BAD_INPUT, debug)
+    except (ConversionError, DeviceRuntimeError) as exc:
+        _fail(exc, EXIT_FAILURE, debug)
+    except KeyboardInterrupt:
+        click.echo("interrupted; no output was written", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # the last line of defence: still one line, never a wall
+        _fail(exc, EXIT_FAILURE, debug, prefix=f"internal error ({type(exc).__name__}): ",
+              suffix=" (rerun with --debug for the traceback and please report it)")
+
+
+def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "", suffix: str = "") -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    click.echo(f"error: {prefix}{message}{suffix}", err=True)
+    sys.exit(code)
+
+
+def _stderr_progress(stage: str, done: int, total: int) -> None:
+    """A one-line progress bar on stderr for calibration; drawn only on a terminal."""
+    if not sys.stderr.isatty() or (done % max(total // 50, 1) and done != total):
+        return
+    width = 30
+    filled = int(width * done / max(total, 1))
+    click.echo(f"\r{stage:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+               err=True, nl=done >= total)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="edge-deploy-sdk", prog_name="sdk")
+def main():
+    """Take a trained model to a phone, a Raspberry Pi or a microcontroller: smaller, faster, verified."""
+
+
+CONVERT_EXAMPLES = """
+\b
+Examples:
+  sdk convert model.h5 -o model.tflite
+  sdk convert model.keras -o small.tflite --prune 0.75 --cluster 16 \\
+      --quantize int8 --finetune train.npz --eval test.npz
+  sdk convert model.keras -o m.tflite --quantize int8 --calib images/ --io-type uint8
+  sdk convert model.keras -o m.tflite --recipe recipe.yaml --finetune unlabelled.npy
+\b
+Data: .npz with x (and y for labels), .npy of inputs, or an image folder
+(one sub-folder per class). Without labels, fine-tuning distils from the
+original model. Exit codes: 0 ok, 1 conversion failed, 2 bad input.
+"""
+
+
+@main.command(epilog=CONVERT_EXAMPLES)
+@click.argument("source", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="The .tflite to write.")
+@click.option("--recipe", "recipe_path", type=click.Path(), help="Recipe file (.yaml/.json); flags override it.")
+@click.option("--prune", type=float, help="Target weight sparsity in [0, 1), e.g. 0.75.")
+@click.option("--prune-structure", type=click.Choice(PRUNE_STRUCTURES), help="unstructured (default) or 2:4.")
+@click.option("--cluster", type=int, help="Number of shared weight values per layer (k-means), >= 2.")
+@click.option("--quantize", type=click.Choice(QUANTIZE_MODES), help="Post-training quantization mode.")
+@click.option("--io-type", type=click.Choice(IO_TYPES), help="Input/output type for --quantize int8.")
+@click.option("--calib", type=click.Path(), help="Calibration data for int8/int16x8.")
+@click.option("--samples", type=int, help="Calibration samples to use (default 200).")
+@click.option("--allow-random-calibration", is_flag=True, default=None,
+              help="Calibrate on random inputs when no data is given (inaccurate; explicit on purpose).")
+@click.option("--finetune", "finetune_path", type=click.Path(), help="Fine-tuning data (labels optional).")
+@click.option("--epochs", type=int, help="Fine-tuning epochs per pass.")
+@click.option("--eval", "eval_path", type=click.Path(), help="Held-out data for fidelity and accuracy.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
+            samples, allow_random_calibration, finetune_path, epochs, eval_path, force, as_json, debug):
+    """Compress and convert SOURCE (.keras, .h5, SavedModel folder) to a verified .tflite."""
+
+    def action():
+        from sdk.api import convert as convert_model
+
+        recipe = Recipe.load(recipe_path) if recipe_path else Recipe()
+        recipe = recipe.with_flags(prune=prune, prune_structure=prune_structure, cluster=cluster,
+                                   quantize=quantize, io_type=io_type, samples=samples, epochs=epochs,
+                                   allow_random_calibration=allow_random_calibration)
+        result = convert_model(source, output, recipe, finetune_data=finetune_path, calib_data=calib,
+                               eval_data=eval_path, force=force,
+                               progress=None if as_json else _stderr_progress, verbose=not as_json)
+        if as_json:
+            click.echo(json.dumps(result.report.to_dict(), indent=2))
+        else:
+            click.echo(result.report.render())
+            click.echo(f"wrote {result.path} and {result.report_path}")
+
+    _run(action, debug)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def inspect(model, as_json, debug):
+    """Print sizes, ops, per-layer sparsity and unique weights of a .tflite MODEL."""
+
+    def action():
+        from sdk.api import inspect as inspect_model
+
+        result = inspect_model(model)
+        click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
+
+    _run(action, debug)
+
+
+if __name__ == "__main__":
+    main()

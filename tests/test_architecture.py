@@ -1,0 +1,59 @@
+"""Lines the layout promises: device_runtime stays light and never reaches upstream."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME_ALLOWED = {"numpy", "ai_edge_litert", "tflite_runtime", "PIL"}  # + stdlib; TF only as fallback
+FORBIDDEN_EVERYWHERE_IN_RUNTIME = {"sdk", "converters", "tf_keras", "torch", "onnx2tf",
+                                   "tensorflow_model_optimization"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_device_runtime_imports_only_light_modules():
+    stdlib = set(sys.stdlib_module_names)
+    for path in sorted((ROOT / "device_runtime").rglob("*.py")):
+        names = imported_modules(path)
+        assert not names & FORBIDDEN_EVERYWHERE_IN_RUNTIME, (path.name, names & FORBIDDEN_EVERYWHERE_IN_RUNTIME)
+        heavy = names - stdlib - RUNTIME_ALLOWED - {"tensorflow"}
+        assert not heavy, (path.name, heavy)
+        if "tensorflow" in names:
+            assert path.name == "backend.py", f"{path.name} imports tensorflow; only backend.py may, as fallback"
+
+
+def test_importing_and_running_the_runtime_loads_no_tensorflow(tmp_path):
+    code = (
+        "import sys, numpy as np, device_runtime as dr\n"
+        "m = dr.Model(sys.argv[1])\n"
+        "out = m(np.zeros((1, 4), np.float32))\n"
+        "assert 'tensorflow' not in sys.modules and 'converters' not in sys.modules, sorted(sys.modules)\n"
+        "print(m.backend.name, out.shape)\n")
+    model = _tiny_model_bytes()
+    (tmp_path / "m.tflite").write_bytes(model)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.tflite")], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "ai-edge-litert"
+
+
+def _tiny_model_bytes() -> bytes:
+    from converters import _tf
+    from converters.recipe import QuantizeSettings
+    from converters.tflite_export import to_tflite
+
+    keras = _tf.keras()
+    model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(2)])
+    return to_tflite(model, QuantizeSettings())

@@ -1,0 +1,125 @@
+"""The command line: one-line errors with exit code 2 for bad input, nothing written, no traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from sdk.cli import main
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_bad_input(result, message: str, out_dir=None):
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    if out_dir is not None:
+        assert not [p for p in out_dir.iterdir() if p.suffix in (".tmp", ".tflite", ".json")
+                    and p.name != "exists.tflite"], list(out_dir.iterdir())
+
+
+@pytest.fixture()
+def out(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+def test_missing_source(out):
+    assert_bad_input(run("convert", out / "nope.h5", "-o", out / "m.tflite"), "source model not found", out)
+
+
+def test_empty_truncated_and_wrong_files(digits_model_path, tmp_path, out):
+    empty = tmp_path / "empty.h5"
+    empty.write_bytes(b"")
+    assert_bad_input(run("convert", empty, "-o", out / "m.tflite"), "is empty", out)
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(digits_model_path.read_bytes()[:4096])
+    assert_bad_input(run("convert", truncated, "-o", out / "m.tflite"), "cannot load Keras model", out)
+    not_zip = tmp_path / "text.keras"
+    not_zip.write_text("hello")
+    assert_bad_input(run("convert", not_zip, "-o", out / "m.tflite"), "not a valid .keras archive", out)
+    not_hdf5 = tmp_path / "text.h5"
+    not_hdf5.write_text("hello")
+    assert_bad_input(run("convert", not_hdf5, "-o", out / "m.tflite"), "not an HDF5 file", out)
+    other = tmp_path / "model.bin"
+    other.write_bytes(b"\0" * 10)
+    assert_bad_input(run("convert", other, "-o", out / "m.tflite"), "unknown source model kind", out)
+
+
+def test_pytorch_sources_are_refused_clearly(tmp_path, out):
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"\0" * 10)
+    assert_bad_input(run("convert", onnx, "-o", out / "m.tflite"), "not supported yet", out)
+
+
+def test_output_is_input_or_exists(digits_model_path, out):
+    original = digits_model_path.read_bytes()
+    assert_bad_input(run("convert", digits_model_path, "-o", digits_model_path), "is the input model")
+    assert digits_model_path.read_bytes() == original
+    existing = out / "exists.tflite"
+    existing.write_bytes(b"keep me")
+    assert_bad_input(run("convert", digits_model_path, "-o", existing), "pass --force", out)
+    assert existing.read_bytes() == b"keep me"
+
+
+def test_bad_flags_and_recipes(digits_model_path, tmp_path, out):
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--prune", "1.5"),
+                     "prune.sparsity must be in [0, 1); got 1.5", out)
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--cluster", "1"),
+                     "cluster.clusters must be an integer >= 2; got 1", out)
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--quantize", "int8"),
+                     "needs calibration data", out)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("prune: {sparsity: 0.5}\nclusterr: {clusters: 8}\n")
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--recipe", recipe),
+                     "unknown key 'clusterr' in recipe (did you mean 'cluster'?)", out)
+    result = run("convert", digits_model_path, "-o", out / "m.tflite", "--quantize", "int4")
+    assert result.exit_code == 2 and "int4" in result.output and "Traceback" not in result.output
+
+
+def test_data_that_does_not_fit(digits, digits_model_path, tmp_path, out):
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x=digits.x_train.reshape(len(digits.x_train), 64), y=digits.y_train)
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--quantize", "int8",
+                         "--calib", flat), "reshape it with x.reshape(-1, 8, 8, 1)", out)
+    no_x = tmp_path / "nox.npz"
+    np.savez(no_x, images=digits.x_train)
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--prune", "0.5",
+                         "--finetune", no_x), "it needs 'x'", out)
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--prune", "0.5",
+                         "--finetune", tmp_path / "missing.npz"), "fine-tuning data not found", out)
+
+
+def test_convert_json_and_inspect(digits_npz, digits_model_path, out):
+    train, test = digits_npz
+    target = out / "m.tflite"
+    result = run("convert", digits_model_path, "-o", target, "--quantize", "int8", "--calib", train,
+                 "--eval", test, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["fidelity"]["top1_agreement"] >= 98.0
+    assert target.exists() and (out / "m.report.json").exists()
+    assert not list(out.glob(".*.tmp"))
+
+    shown = run("inspect", target)
+    assert shown.exit_code == 0 and "FULLY_CONNECTED x2" in shown.stdout
+    data = json.loads(run("inspect", target, "--json").stdout)
+    assert data["stats"]["file_size"] == target.stat().st_size
+    assert len(data["stats"]["weights"]) == 5
+
+
+def test_inspect_bad_files(tmp_path, digits_model_path):
+    assert_bad_input(run("inspect", tmp_path / "none.tflite"), "model file not found")
+    h5_copy = tmp_path / "model.tflite"
+    shutil.copy(digits_model_path, h5_copy)
+    assert_bad_input(run("inspect", h5_copy), "not a TFLite model")

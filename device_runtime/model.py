@@ -15,9 +15,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import tflite_format
+from . import postprocess, tflite_format
 from .backend import get_backend
 from .errors import InputError, ModelFormatError, UnsupportedModelError
+from .preprocess import ImageSpec, Letterbox, preprocess_image
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,14 @@ class Model:
     ``num_threads`` sets interpreter threads; XNNPACK is on unless
     ``use_xnnpack=False``; ``delegates`` are paths of delegate libraries;
     ``backend`` picks the interpreter package ("auto" takes the lightest).
+    ``image`` says how images are prepared for ``classify``/``detect``/``segment``
+    (guessed from the input shape when None); ``labels`` names the classes.
+    Inputs and outputs are named by the model's signature when it has one.
     """
 
     def __init__(self, source: str | os.PathLike | bytes, *, num_threads: int | None = None,
-                 use_xnnpack: bool = True, delegates: Sequence[str] = (), backend: str = "auto"):
+                 use_xnnpack: bool = True, delegates: Sequence[str] = (), backend: str = "auto",
+                 image: ImageSpec | None = None, labels: Sequence[str] | str | os.PathLike | None = None):
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None; got {num_threads}")
         self.source = source if isinstance(source, (str, os.PathLike)) else "<bytes>"
@@ -79,8 +84,14 @@ class Model:
         self.backend = get_backend(backend)
         self._lock = threading.Lock()
         self._interpreter = self._make_interpreter(num_threads, use_xnnpack, delegates)
-        self.inputs = self._tensor_specs(self._interpreter.get_input_details())
-        self.outputs = self._tensor_specs(self._interpreter.get_output_details())
+        names = {}
+        if self.spec.signatures:
+            signature = self.spec.signatures[0]
+            names = {index: name for name, index in {**signature.inputs, **signature.outputs}.items()}
+        self.inputs = self._tensor_specs(self._interpreter.get_input_details(), names)
+        self.outputs = self._tensor_specs(self._interpreter.get_output_details(), names)
+        self.image = image
+        self.labels = _read_labels(labels)
         self._allocated_shapes = {spec.index: spec.shape for spec in self.inputs}
 
     # -- construction -------------------------------------------------------------
@@ -109,11 +120,11 @@ class Model:
         return interpreter
 
     @staticmethod
-    def _tensor_specs(details: list[dict]) -> list[TensorSpec]:
+    def _tensor_specs(details: list[dict], names: dict[int, str]) -> list[TensorSpec]:
         specs = []
         for d in details:
             scale, zero_point = d.get("quantization", (0.0, 0))
-            specs.append(TensorSpec(d["name"], d["index"], tuple(int(v) for v in d["shape"]),
+            specs.append(TensorSpec(names.get(d["index"], d["name"]), d["index"], tuple(int(v) for v in d["shape"]),
                                     tuple(int(v) for v in d.get("shape_signature", d["shape"])),
                                     np.dtype(d["dtype"]), float(scale), int(zero_point)))
         return specs
@@ -202,6 +213,61 @@ class Model:
             value = interpreter.get_tensor(spec.index)
             out[spec.name] = value if raw or not spec.quantized else spec.dequantize(value)
         return out
+
+
+    # -- tasks --------------------------------------------------------------------------
+    def preprocess(self, image, *, resize: str | None = None, color_order: str = "RGB"
+                   ) -> tuple[np.ndarray, Letterbox]:
+        """The input tensor for an image (path, PIL image or HxWxC uint8 frame) and its mapping."""
+        spec = self.image or ImageSpec.from_input_shape(self.inputs[0].shape)
+        if resize is not None and self.image is None:
+            spec = ImageSpec(spec.height, spec.width, spec.channels, spec.layout, resize=resize)
+        return preprocess_image(image, spec, color_order)
+
+    def classify(self, image, top_k: int = 5, color_order: str = "RGB") -> list[postprocess.Classification]:
+        """Top-k classes for an image, with labels when the model has them."""
+        tensor, _ = self.preprocess(image, color_order=color_order)
+        scores = next(iter(self.run(tensor).values()))
+        return postprocess.top_k(scores, top_k, self.labels)
+
+    def detect(self, image, *, score_threshold: float = 0.25, iou_threshold: float = 0.45,
+               max_detections: int = 100, color_order: str = "RGB", has_objectness: bool = False
+               ) -> list[postprocess.Detection]:
+        """Objects with boxes in original-image pixels: SSD-style (4 outputs) or raw YOLO (1 output)."""
+        tensor, box = self.preprocess(image, resize="letterbox", color_order=color_order)
+        out = list(self.run(tensor).values())
+        size = (tensor.shape[1], tensor.shape[2]) if tensor.shape[3] in (1, 3) else tensor.shape[2:4]
+        if len(out) == 4:
+            return postprocess.decode_ssd(*out, box, size, score_threshold=score_threshold, labels=self.labels)
+        if len(out) != 1:
+            raise InputError(f"detect() understands 1 (YOLO) or 4 (SSD) outputs; the model has {len(out)}")
+        return postprocess.decode_yolo(out[0], box, score_threshold=score_threshold,
+                                       iou_threshold=iou_threshold, max_detections=max_detections,
+                                       has_objectness=has_objectness, input_size=size, labels=self.labels)
+
+    def segment(self, image, color_order: str = "RGB") -> np.ndarray:
+        """Per-pixel class ids at the original image size."""
+        tensor, box = self.preprocess(image, resize="letterbox", color_order=color_order)
+        scores = next(iter(self.run(tensor).values()))
+        return postprocess.segmentation_mask(scores, box, channels_first=scores.shape[1] < scores.shape[-1])
+
+    def embed(self, x) -> np.ndarray:
+        """An L2-normalised embedding of an image (array/path/PIL) or of a ready input tensor."""
+        if isinstance(x, np.ndarray) and x.ndim == len(self.inputs[0].shape):
+            tensor = x
+        else:
+            tensor, _ = self.preprocess(x)
+        return postprocess.l2_normalize(next(iter(self.run(tensor).values())))
+
+
+def _read_labels(labels) -> list[str] | None:
+    if labels is None or isinstance(labels, (list, tuple)):
+        return None if labels is None else list(labels)
+    try:
+        lines = Path(labels).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read labels file {labels}: {exc.strerror}") from None
+    return [line.strip() for line in lines if line.strip()]
 
 
 def _shape_text(signature: tuple[int, ...]) -> str:

@@ -1,0 +1,175 @@
+"""Model outputs -> answers: top-k classes, detections (SSD or raw YOLO + NMS), masks, embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .preprocess import Letterbox
+
+
+@dataclass(frozen=True)
+class Classification:
+    index: int
+    score: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in original-image pixels
+    score: float
+    class_id: int
+    label: str
+
+
+def _label(labels: Sequence[str] | None, index: int) -> str:
+    return labels[index] if labels is not None and 0 <= index < len(labels) else str(index)
+
+
+def top_k(scores: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -> list[Classification]:
+    """The k highest scores of a 1-D score vector (a (1, C) batch of one is accepted)."""
+    scores = np.asarray(scores)
+    if scores.ndim == 2 and scores.shape[0] == 1:
+        scores = scores[0]
+    if scores.ndim != 1:
+        raise InputError(f"top_k needs one score vector; got shape {scores.shape}")
+    k = min(k, scores.size)
+    best = np.argpartition(-scores, k - 1)[:k]
+    best = best[np.lexsort((best, -scores[best]))]  # by score, ties by index: deterministic
+    return [Classification(int(i), float(scores[i]), _label(labels, int(i))) for i in best]
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one x1y1x2y2 box against (N, 4) boxes."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_detections: int = 300
+        ) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, best score first."""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    keep = []
+    while order.size and len(keep) < max_detections:
+        best = order[0]
+        keep.append(best)
+        if order.size == 1:
+            break
+        rest = order[1:]
+        order = rest[box_iou(boxes[best], boxes[rest]) <= iou_threshold]
+    return np.asarray(keep, np.intp)
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float,
+                max_detections: int = 300) -> np.ndarray:
+    """Class-aware NMS: boxes of different classes never suppress each other."""
+    if not len(boxes):
+        return np.zeros(0, np.intp)
+    offset = (classes.astype(np.float64) * (np.abs(boxes).max() + 1.0))[:, None]
+    return nms(boxes + offset, scores, iou_threshold, max_detections)
+
+
+def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: float = 0.25,
+                iou_threshold: float = 0.45, max_detections: int = 100, has_objectness: bool = False,
+                normalized: bool | None = None, input_size: tuple[int, int] | None = None,
+                labels: Sequence[str] | None = None) -> list[Detection]:
+    """Raw anchor-free/anchor outputs: (1, 4[+1]+C, N) or (1, N, 4[+1]+C), boxes as cx, cy, w, h.
+
+    Boxes in model pixels, or in [0, 1] when ``normalized`` (guessed when None:
+    all coordinates <= 1.5), which then needs ``input_size`` (height, width).
+    """
+    pred = np.asarray(output, np.float32)
+    pred = pred[0] if pred.ndim == 3 else pred
+    if pred.ndim != 2:
+        raise InputError(f"YOLO output must be (1, 4+C, N) or (1, N, 4+C); got {np.shape(output)}")
+    if pred.shape[0] < pred.shape[1]:
+        pred = pred.T  # -> (N, 4+C)
+    first_class = 5 if has_objectness else 4
+    if pred.shape[1] <= first_class:
+        raise InputError(f"YOLO rows need 4 box values{' + objectness' if has_objectness else ''} "
+                         f"and at least one class score; got {pred.shape[1]} values")
+    class_scores = pred[:, first_class:]
+    if has_objectness:
+        class_scores = class_scores * pred[:, 4:5]
+    class_ids = class_scores.argmax(axis=1)
+    scores = class_scores[np.arange(len(pred)), class_ids]
+    chosen = scores >= score_threshold
+    pred, scores, class_ids = pred[chosen], scores[chosen], class_ids[chosen]
+    cx, cy, w, h = pred[:, 0], pred[:, 1], pred[:, 2], pred[:, 3]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float64)
+    if normalized is None:
+        normalized = bool(boxes.size) and float(np.abs(boxes).max()) <= 1.5
+    if normalized:
+        if input_size is None:
+            raise ValueError("normalized YOLO boxes need input_size=(height, width)")
+        boxes[:, 0::2] *= input_size[1]
+        boxes[:, 1::2] *= input_size[0]
+    keep = batched_nms(boxes, scores, class_ids, iou_threshold, max_detections)
+    return _detections(letterbox.to_original(boxes[keep]), scores[keep], class_ids[keep], labels)
+
+
+def decode_ssd(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, count, letterbox: Letterbox,
+               input_size: tuple[int, int], *, score_threshold: float = 0.25,
+               labels: Sequence[str] | None = None) -> list[Detection]:
+    """TFLite_Detection_PostProcess outputs: normalized ymin, xmin, ymax, xmax; classes; scores; count."""
+    n = int(np.asarray(count).reshape(-1)[0])
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)[:n]
+    scores = np.asarray(scores, np.float64).reshape(-1)[:n]
+    classes = np.asarray(classes).reshape(-1)[:n].astype(np.int64)
+    chosen = scores >= score_threshold
+    height, width = input_size
+    yx = boxes[chosen]
+    xyxy = np.stack([yx[:, 1] * width, yx[:, 0] * height, yx[:, 3] * width, yx[:, 2] * height], axis=1)
+    return _detections(letterbox.to_original(xyxy), scores[chosen], classes[chosen], labels)
+
+
+def _detections(boxes, scores, classes, labels) -> list[Detection]:
+    return [Detection(tuple(float(v) for v in box), float(s), int(c), _label(labels, int(c)))
+            for box, s, c in zip(boxes, scores, classes)]
+
+
+def segmentation_mask(output: np.ndarray, letterbox: Letterbox, channels_first: bool = False) -> np.ndarray:
+    """Per-pixel class ids at the original image size (the letterbox border is cut away)."""
+    scores = np.asarray(output)
+    scores = scores[0] if scores.ndim == 4 else scores
+    if scores.ndim != 3:
+        raise InputError(f"segmentation output must be (1, H, W, C) or (1, C, H, W); got {np.shape(output)}")
+    if channels_first:
+        scores = scores.transpose(1, 2, 0)
+    mask = scores.argmax(axis=2).astype(np.int32)
+    top, left = max(int(round(letterbox.pad_y)), 0), max(int(round(letterbox.pad_x)), 0)
+    inner_h = int(round(letterbox.source_height * letterbox.scale_y))
+    inner_w = int(round(letterbox.source_width * letterbox.scale_x))
+    mask = mask[top:top + inner_h, left:left + inner_w]
+    ys = np.minimum((np.arange(letterbox.source_height) + 0.5) * mask.shape[0] / letterbox.source_height,
+                    mask.shape[0] - 1).astype(np.intp)
+    xs = np.minimum((np.arange(letterbox.source_width) + 0.5) * mask.shape[1] / letterbox.source_width,
+                    mask.shape[1] - 1).astype(np.intp)
+    return mask[ys[:, None], xs[None, :]]
+
+
+def l2_normalize(embeddings: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.asarray(embeddings, np.float32)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of the last axis; (N, D) x (M, D) gives (N, M)."""
+    a, b = l2_normalize(np.atleast_2d(a)), l2_normalize(np.atleast_2d(b))
+    return a @ b.T
+
+
+__all__ = ["Classification", "Detection", "top_k", "nms", "batched_nms", "box_iou", "decode_yolo",
+           "decode_ssd", "segmentation_mask", "l2_normalize", "cosine_similarity"]

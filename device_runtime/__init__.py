@@ -3,9 +3,9 @@
 Public surface: ``Model`` and the errors in ``device_runtime.errors``.
 """
 
-from .errors import (DeviceRuntimeError, InputError, ModelFormatError, NoInterpreterError,
+from .errors import (DeviceRuntimeError, InferenceError, InputError, ModelFormatError, NoInterpreterError,
                      UnsupportedModelError)
 from .model import Model, TensorSpec
 
-__all__ = ["Model", "TensorSpec", "DeviceRuntimeError", "InputError", "ModelFormatError",
+__all__ = ["Model", "TensorSpec", "DeviceRuntimeError", "InferenceError", "InputError", "ModelFormatError",
            "NoInterpreterError", "UnsupportedModelError"]

@@ -22,5 +22,9 @@ class InputError(DeviceRuntimeError):
     """An input has the wrong name, rank, shape, dtype or holds NaN/inf."""
 
 
+class InferenceError(DeviceRuntimeError):
+    """The interpreter failed while running the model (a kernel refused its inputs or shapes)."""
+
+
 class NoInterpreterError(DeviceRuntimeError):
     """No TFLite interpreter package is installed."""

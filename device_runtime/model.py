@@ -17,7 +17,7 @@ import numpy as np
 
 from . import postprocess, tflite_format
 from .backend import get_backend
-from .errors import InputError, ModelFormatError, UnsupportedModelError
+from .errors import InferenceError, InputError, ModelFormatError, UnsupportedModelError
 from .preprocess import ImageSpec, Letterbox, preprocess_image
 
 
@@ -194,26 +194,27 @@ class Model:
 
     def _invoke(self, prepared: list[np.ndarray], raw: bool) -> dict[str, np.ndarray]:
         interpreter = self._interpreter
-        resized = False
-        for spec, x in zip(self.inputs, prepared):
-            if x.shape != self._allocated_shapes[spec.index]:
-                if spec.shape_signature and spec.shape_signature[0] != -1 and x.shape[0] != spec.shape[0]:
-                    raise InputError(f"input '{spec.name}' has a fixed batch of {spec.shape[0]}; "
-                                     f"got {x.shape[0]}")
-                interpreter.resize_tensor_input(spec.index, x.shape, strict=True)
-                self._allocated_shapes[spec.index] = x.shape
-                resized = True
-        if resized:
-            interpreter.allocate_tensors()
-        for spec, x in zip(self.inputs, prepared):
-            interpreter.set_tensor(spec.index, x)
-        interpreter.invoke()
-        out = {}
-        for spec in self.outputs:
-            value = interpreter.get_tensor(spec.index)
-            out[spec.name] = value if raw or not spec.quantized else spec.dequantize(value)
-        return out
-
+        try:
+            resized = False
+            for spec, x in zip(self.inputs, prepared):
+                if x.shape != self._allocated_shapes[spec.index]:
+                    if spec.shape_signature and spec.shape_signature[0] != -1 and x.shape[0] != spec.shape[0]:
+                        raise InputError(f"input '{spec.name}' has a fixed batch of {spec.shape[0]}; "
+                                         f"got {x.shape[0]}")
+                    interpreter.resize_tensor_input(spec.index, x.shape, strict=True)
+                    self._allocated_shapes[spec.index] = x.shape
+                    resized = True
+            if resized:
+                interpreter.allocate_tensors()
+            for spec, x in zip(self.inputs, prepared):
+                interpreter.set_tensor(spec.index, x)
+            interpreter.invoke()
+            outputs = [(spec, interpreter.get_tensor(spec.index)) for spec in self.outputs]
+        except (RuntimeError, ValueError) as exc:
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise InferenceError(f"the interpreter failed to run the model: {reason}") from None
+        return {spec.name: value if raw or not spec.quantized else spec.dequantize(value)
+                for spec, value in outputs}
 
     # -- tasks --------------------------------------------------------------------------
     def preprocess(self, image, *, resize: str | None = None, color_order: str = "RGB"

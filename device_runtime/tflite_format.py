@@ -20,6 +20,11 @@ import numpy as np
 from .errors import ModelFormatError
 
 FILE_IDENTIFIER = b"TFL3"
+# Ops whose inputs from index 1 on may be absent (-1); all other ops allow it only from index 2
+# (e.g. a missing bias).  A required input marked absent crashes the interpreter.
+RECURRENT_OPS = {"LSTM", "UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "RNN",
+                 "UNIDIRECTIONAL_SEQUENCE_RNN", "BIDIRECTIONAL_SEQUENCE_RNN", "SVDF"}
+_INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 _MAX_TENSOR_ELEMENTS = 1 << 34  # far above any real model; stops absurd shapes early
 
 # TensorType enum of the schema -> (name, numpy dtype or None when not a plain array).
@@ -281,6 +286,7 @@ def read_model(data: bytes | bytearray | memoryview) -> TFLiteModel:
     for sg in subgraphs:
         for tensor in sg.tensors:
             _check_constant_size(tensor, buffers[tensor.buffer])
+        _check_dataflow(sg, buffers)
     metadata = {}
     for t in root.tables(6, "metadata"):
         index = t.scalar(1, "I", 0)
@@ -337,25 +343,28 @@ def _indices(values: np.ndarray, n: int, what: str, optional: bool = False) -> t
 def _read_tensor(index: int, table: _Table, n_buffers: int) -> Tensor:
     shape = tuple(int(v) for v in table.array(0, "<i4"))
     where = f"tensor {index}"
-    if any(d < 0 for d in shape):
-        raise ModelFormatError(f"corrupt model: {where} has a negative dimension {shape}")
+    if any(d <= 0 for d in shape):
+        raise ModelFormatError(f"corrupt model: {where} has a zero or negative dimension {shape}")
     if int(np.prod(shape, dtype=np.float64)) > _MAX_TENSOR_ELEMENTS:
         raise ModelFormatError(f"corrupt model: {where} has an impossible shape {shape}")
     type_code = table.scalar(1, "b", 0)
     if type_code not in TENSOR_TYPES:
         raise ModelFormatError(f"corrupt model: {where} has unknown type code {type_code}")
+    where = f"tensor {index} ({TENSOR_TYPES[type_code][0]})"
     buffer = table.scalar(2, "I", 0)
     if buffer >= n_buffers:
         raise ModelFormatError(f"corrupt model: {where} uses buffer {buffer}, "
                                f"but the model has {n_buffers}")
     return Tensor(index, table.string(3), shape,
                   tuple(int(v) for v in table.array(7, "<i4")) or shape,
-                  type_code, buffer, _read_quantization(table.table(4, where + " quantization"), shape, where),
+                  type_code, buffer, _read_quantization(table.table(4, where + " quantization"), shape, where,
+                                                       TENSOR_TYPES[type_code][0]),
                   _read_sparsity(table.table(6, where + " sparsity")),
                   bool(table.scalar(5, "B", 0)))
 
 
-def _read_quantization(table: _Table | None, shape: tuple[int, ...], where: str) -> Quantization | None:
+def _read_quantization(table: _Table | None, shape: tuple[int, ...], where: str, type_name: str
+                       ) -> Quantization | None:
     if table is None:
         return None
     scale = table.array(2, "<f4")
@@ -370,6 +379,12 @@ def _read_quantization(table: _Table | None, shape: tuple[int, ...], where: str)
     if zero_point.size not in (0, scale.size):
         raise ModelFormatError(f"corrupt model: {where} has {zero_point.size} zero points "
                                f"for {scale.size} scales")
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise ModelFormatError(f"corrupt model: {where} has a quantization scale that is not a "
+                               f"positive finite number ({scale[:4].tolist()})")
+    low, high = _INT_RANGES.get(type_name, (-(1 << 62), 1 << 62))
+    if ((zero_point < low) | (zero_point > high)).any():
+        raise ModelFormatError(f"corrupt model: {where} has a zero point outside {low}..{high}")
     return Quantization(scale, zero_point if zero_point.size else np.zeros(scale.size, np.int64), axis)
 
 
@@ -389,6 +404,24 @@ def _check_constant_size(tensor: Tensor, raw: memoryview) -> None:
         raise ModelFormatError(
             f"corrupt model: constant tensor '{tensor.name}' holds {len(raw)} bytes "
             f"but its shape {list(tensor.shape)} of {tensor.dtype_name} needs {expected}")
+
+
+def _check_dataflow(sg: Subgraph, buffers: tuple[memoryview, ...]) -> None:
+    """Every operator input must exist before the operator runs; required inputs must be present."""
+    available = set(sg.inputs) | {t.index for t in sg.tensors if len(buffers[t.buffer]) or t.is_variable}
+    for i, op in enumerate(sg.operators):
+        for position, index in enumerate(op.inputs):
+            if index == -1:
+                if position < (1 if op.op_name in RECURRENT_OPS else 2):
+                    raise ModelFormatError(f"corrupt model: operator {i} ({op.op_name}) lacks its "
+                                           f"required input {position}")
+            elif index not in available:
+                raise ModelFormatError(f"corrupt model: operator {i} ({op.op_name}) reads tensor "
+                                       f"{index} before anything writes it")
+        available.update(op.outputs)
+    missing = [index for index in sg.outputs if index not in available]
+    if missing:
+        raise ModelFormatError(f"corrupt model: output tensor {missing[0]} is never written")
 
 
 def _read_signature(table: _Table, subgraphs: tuple[Subgraph, ...]) -> Signature:

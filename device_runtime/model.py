@@ -18,7 +18,7 @@ import numpy as np
 from . import postprocess, tflite_format
 from .backend import get_backend
 from .errors import InferenceError, InputError, ModelFormatError, UnsupportedModelError
-from .preprocess import ImageSpec, Letterbox, preprocess_image
+from .preprocess import ImagePreprocessor, ImageSpec, Letterbox, load_image
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ class Model:
         self.outputs = self._tensor_specs(self._interpreter.get_output_details(), names)
         self.image = image
         self.labels = _read_labels(labels)
+        self._preprocessors: dict[str, ImagePreprocessor] = {}
         self._allocated_shapes = {spec.index: spec.shape for spec in self.inputs}
 
     # -- construction -------------------------------------------------------------
@@ -143,8 +144,9 @@ class Model:
             ) -> dict[str, np.ndarray]:
         """Run one batch; returns {output name: array}.
 
-        Inputs and outputs are float unless ``raw=True``, which passes and returns
-        the stored integer values of quantized tensors unchanged.
+        Inputs are float, except that an array already in a quantized input's own
+        dtype (int8, uint8, int16) is taken as its stored values.  Outputs are
+        float unless ``raw=True``, which returns quantized outputs as stored.
         """
         if not isinstance(inputs, Mapping):
             if len(self.inputs) != 1:
@@ -175,10 +177,10 @@ class Model:
             if axis and want != -1 and want != got:
                 raise InputError(f"input '{spec.name}' must have shape {_shape_text(spec.shape_signature)}"
                                  f"; got {x.shape}")
+        if spec.quantized and x.dtype == spec.dtype:
+            return np.ascontiguousarray(x)  # already the stored integer values (e.g. from preprocess())
         if raw and spec.quantized:
-            if x.dtype != spec.dtype:
-                raise InputError(f"raw input '{spec.name}' must be {spec.dtype}; got {x.dtype}")
-            return np.ascontiguousarray(x)
+            raise InputError(f"raw input '{spec.name}' must be {spec.dtype}; got {x.dtype}")
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
             raise InputError(f"input '{spec.name}' must be numeric; got dtype {x.dtype}")
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
@@ -219,11 +221,20 @@ class Model:
     # -- tasks --------------------------------------------------------------------------
     def preprocess(self, image, *, resize: str | None = None, color_order: str = "RGB"
                    ) -> tuple[np.ndarray, Letterbox]:
-        """The input tensor for an image (path, PIL image or HxWxC uint8 frame) and its mapping."""
-        spec = self.image or ImageSpec.from_input_shape(self.inputs[0].shape)
-        if resize is not None and self.image is None:
-            spec = ImageSpec(spec.height, spec.width, spec.channels, spec.layout, resize=resize)
-        return preprocess_image(image, spec, color_order)
+        """The input tensor for an image (path, PIL image or HxWxC uint8 frame) and its mapping.
+
+        The tensor is in the model's input dtype (int8 for an int8 model), ready for ``run``.
+        """
+        key = resize or ""
+        preprocessor = self._preprocessors.get(key)
+        if preprocessor is None:
+            spec = self.image or ImageSpec.from_input_shape(self.inputs[0].shape)
+            if resize is not None and self.image is None:
+                spec = ImageSpec(spec.height, spec.width, spec.channels, spec.layout, resize=resize)
+            first = self.inputs[0]
+            preprocessor = self._preprocessors[key] = ImagePreprocessor(spec, first.scale, first.zero_point,
+                                                                        first.dtype)
+        return preprocessor(load_image(image, color_order))
 
     def classify(self, image, top_k: int = 5, color_order: str = "RGB") -> list[postprocess.Classification]:
         """Top-k classes for an image, with labels when the model has them."""
@@ -236,15 +247,20 @@ class Model:
                ) -> list[postprocess.Detection]:
         """Objects with boxes in original-image pixels: SSD-style (4 outputs) or raw YOLO (1 output)."""
         tensor, box = self.preprocess(image, resize="letterbox", color_order=color_order)
-        out = list(self.run(tensor).values())
-        size = (tensor.shape[1], tensor.shape[2]) if tensor.shape[3] in (1, 3) else tensor.shape[2:4]
-        if len(out) == 4:
+        spec = self._preprocessors["letterbox"].spec
+        size = (spec.height, spec.width)
+        if len(self.outputs) == 4:
+            out = list(self.run(tensor).values())
             return postprocess.decode_ssd(*out, box, size, score_threshold=score_threshold, labels=self.labels)
-        if len(out) != 1:
-            raise InputError(f"detect() understands 1 (YOLO) or 4 (SSD) outputs; the model has {len(out)}")
-        return postprocess.decode_yolo(out[0], box, score_threshold=score_threshold,
+        if len(self.outputs) != 1:
+            raise InputError(f"detect() understands 1 (YOLO) or 4 (SSD) outputs; the model has "
+                             f"{len(self.outputs)}")
+        raw = next(iter(self.run(tensor, raw=True).values()))  # decoded in the stored domain: faster
+        quantization = (self.outputs[0].scale, self.outputs[0].zero_point) if self.outputs[0].quantized else None
+        return postprocess.decode_yolo(raw, box, score_threshold=score_threshold,
                                        iou_threshold=iou_threshold, max_detections=max_detections,
-                                       has_objectness=has_objectness, input_size=size, labels=self.labels)
+                                       has_objectness=has_objectness, input_size=size, labels=self.labels,
+                                       quantization=quantization)
 
     def segment(self, image, color_order: str = "RGB") -> np.ndarray:
         """Per-pixel class ids at the original image size."""

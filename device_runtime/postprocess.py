@@ -83,30 +83,40 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_
 def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: float = 0.25,
                 iou_threshold: float = 0.45, max_detections: int = 100, has_objectness: bool = False,
                 normalized: bool | None = None, input_size: tuple[int, int] | None = None,
-                labels: Sequence[str] | None = None) -> list[Detection]:
+                labels: Sequence[str] | None = None, quantization: tuple[float, int] | None = None
+                ) -> list[Detection]:
     """Raw anchor-free/anchor outputs: (1, 4[+1]+C, N) or (1, N, 4[+1]+C), boxes as cx, cy, w, h.
 
     Boxes in model pixels, or in [0, 1] when ``normalized`` (guessed when None:
     all coordinates <= 1.5), which then needs ``input_size`` (height, width).
+    ``quantization`` (scale, zero_point) marks ``output`` as stored int values:
+    anchors are thresholded in that domain and only survivors are dequantized.
     """
-    pred = np.asarray(output, np.float32)
+    pred = np.asarray(output)
     pred = pred[0] if pred.ndim == 3 else pred
     if pred.ndim != 2:
         raise InputError(f"YOLO output must be (1, 4+C, N) or (1, N, 4+C); got {np.shape(output)}")
-    if pred.shape[0] < pred.shape[1]:
-        pred = pred.T  # -> (N, 4+C)
+    channels_first = pred.shape[0] < pred.shape[1]
+    features = pred.shape[0] if channels_first else pred.shape[1]
     first_class = 5 if has_objectness else 4
-    if pred.shape[1] <= first_class:
+    if features <= first_class:
         raise InputError(f"YOLO rows need 4 box values{' + objectness' if has_objectness else ''} "
-                         f"and at least one class score; got {pred.shape[1]} values")
-    class_scores = pred[:, first_class:]
-    if has_objectness:
-        class_scores = class_scores * pred[:, 4:5]
+                         f"and at least one class score; got {features} values")
+    scale, zero = quantization if quantization else (1.0, 0)
+    raw_threshold = score_threshold / scale + zero  # dequantization is monotonic, so compare stored values
+    # Prefilter: with objectness the score is obj * class <= obj; without, it is the best class score.
+    gate = slice(4, 5) if has_objectness else slice(first_class, None)
+    best = (pred[gate] if channels_first else pred[:, gate]).max(axis=0 if channels_first else 1)
+    chosen = np.nonzero(best >= raw_threshold)[0]
+    rows = (pred[:, chosen].T if channels_first else pred[chosen]).astype(np.float32)
+    if quantization:
+        rows = (rows - zero) * np.float32(scale)
+    class_scores = rows[:, first_class:] * (rows[:, 4:5] if has_objectness else 1.0)
     class_ids = class_scores.argmax(axis=1)
-    scores = class_scores[np.arange(len(pred)), class_ids]
-    chosen = scores >= score_threshold
-    pred, scores, class_ids = pred[chosen], scores[chosen], class_ids[chosen]
-    cx, cy, w, h = pred[:, 0], pred[:, 1], pred[:, 2], pred[:, 3]
+    scores = class_scores[np.arange(len(rows)), class_ids]
+    keep_score = scores >= score_threshold
+    rows, scores, class_ids = rows[keep_score], scores[keep_score], class_ids[keep_score]
+    cx, cy, w, h = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float64)
     if normalized is None:
         normalized = bool(boxes.size) and float(np.abs(boxes).max()) <= 1.5

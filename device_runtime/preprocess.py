@@ -118,23 +118,8 @@ def load_image(source, color_order: str = "RGB") -> np.ndarray:
     return frame[..., ::-1] if color_order == "BGR" else frame
 
 
-def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize with half-pixel centres; returns float32 HxWxC."""
-    src_h, src_w = image.shape[:2]
-    if (src_h, src_w) == (height, width):
-        return image.astype(np.float32)
-    y0, y1, wy = _axis_weights(src_h, height)
-    x0, x1, wx = _axis_weights(src_w, width)
-    img = image.astype(np.float32)
-    top = img[y0]
-    bottom = img[y1]
-    rows = top + (bottom - top) * wy[:, None, None]
-    left = rows[:, x0]
-    right = rows[:, x1]
-    return left + (right - left) * wx[None, :, None]
-
-
 def _axis_weights(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Half-pixel-centre sample positions of ``dst`` outputs over ``src`` inputs: (low, high, weight)."""
     pos = (np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5
     pos = np.clip(pos, 0, src - 1)
     low = np.floor(pos).astype(np.intp)
@@ -142,33 +127,129 @@ def _axis_weights(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return low, high, (pos - low).astype(np.float32)
 
 
+class _Sampler:
+    """Bilinear sampling of fixed positions from images of one size, with an affine map folded in.
+
+    Precomputes flat indices of the four neighbours of every output element and
+    their weights, so each frame costs one gather and one weighted sum.
+    ``gain``/``offset`` (per channel) fold normalisation and input quantization
+    into the weights: out = sum(w * pixel) * gain + offset.
+    """
+
+    def __init__(self, src_shape: tuple[int, int, int], rows: tuple, cols: tuple,
+                 gain: np.ndarray, offset: np.ndarray):
+        src_h, src_w, channels = src_shape
+        (y0, y1, wy), (x0, x1, wx) = rows, cols
+        self.shape = (len(y0), len(x0), channels)
+        channel = np.arange(channels)
+
+        def flat(ys, xs):
+            return ((ys[:, None] * src_w + xs[None, :])[..., None] * channels + channel).reshape(-1)
+
+        self.index = np.stack([flat(y0, x0), flat(y0, x1), flat(y1, x0), flat(y1, x1)])
+        wy_e, wx_e = wy[:, None, None], wx[None, :, None]
+        per_pixel = [(1 - wy_e) * (1 - wx_e), (1 - wy_e) * wx_e, wy_e * (1 - wx_e), wy_e * wx_e]
+        self.weights = np.stack([np.broadcast_to(w * gain, self.shape).reshape(-1) for w in per_pixel]
+                                ).astype(np.float32)
+        self.offset = np.broadcast_to(offset.astype(np.float32), self.shape).reshape(-1)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        corners = np.take(image.reshape(-1), self.index).astype(np.float32)
+        out = np.einsum("kn,kn->n", corners, self.weights)
+        out += self.offset
+        return out.reshape(self.shape)
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize with half-pixel centres; returns float32 HxWxC."""
+    image = np.ascontiguousarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    channels = image.shape[2]
+    sampler = _Sampler(image.shape, _axis_weights(image.shape[0], height), _axis_weights(image.shape[1], width),
+                       np.ones(channels, np.float32), np.zeros(channels, np.float32))
+    return sampler(image)
+
+
+class ImagePreprocessor:
+    """Frames of any size -> the model's input tensor, in the model's own dtype.
+
+    Normalisation (and, for quantized inputs, quantization) is folded into the
+    resize weights, and the per-size sampling plan is cached, because a camera
+    delivers frames of one size many times a second.
+    """
+
+    def __init__(self, spec: ImageSpec, scale: float = 0.0, zero_point: int = 0,
+                 dtype: np.dtype = np.dtype(np.float32)):
+        self.spec = spec
+        self.dtype = np.dtype(dtype)
+        self.quantized = bool(scale) and np.issubdtype(self.dtype, np.integer)
+        mean = np.broadcast_to(np.asarray(spec.mean, np.float64), (3,))
+        std = np.broadcast_to(np.asarray(spec.std, np.float64), (3,))
+        q_scale, q_zero = (scale, zero_point) if self.quantized else (1.0, 0.0)
+        self.gain = 1.0 / (std * q_scale)
+        self.offset = q_zero - mean / (std * q_scale)
+        self._plans: dict[tuple[int, int], tuple[_Sampler, Letterbox, tuple[int, int], np.ndarray]] = {}
+
+    def _plan(self, src_h: int, src_w: int):
+        spec = self.spec
+        gray = spec.channels == 1
+        gain = self.gain * (np.array([0.299, 0.587, 0.114]) if gray else 1.0)  # BT.601 luma, as PIL's "L"
+        offset = self.offset if not gray else np.full(3, self.offset[0] / 3.0)
+        if spec.resize == "stretch":
+            rows, cols = _axis_weights(src_h, spec.height), _axis_weights(src_w, spec.width)
+            box, paste = Letterbox(spec.width / src_w, spec.height / src_h, 0.0, 0.0, src_w, src_h), (0, 0)
+        elif spec.resize == "letterbox":
+            scale = min(spec.width / src_w, spec.height / src_h)
+            new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
+            paste = ((spec.height - new_h) // 2, (spec.width - new_w) // 2)
+            rows, cols = _axis_weights(src_h, new_h), _axis_weights(src_w, new_w)
+            box = Letterbox(new_w / src_w, new_h / src_h, float(paste[1]), float(paste[0]), src_w, src_h)
+        else:  # crop: scale the shorter side to fit, keep the centre
+            scale = max(spec.width / src_w, spec.height / src_h)
+            new_w, new_h = max(spec.width, round(src_w * scale)), max(spec.height, round(src_h * scale))
+            off_x, off_y = (new_w - spec.width) // 2, (new_h - spec.height) // 2
+            rows = tuple(a[off_y:off_y + spec.height] for a in _axis_weights(src_h, new_h))
+            cols = tuple(a[off_x:off_x + spec.width] for a in _axis_weights(src_w, new_w))
+            box, paste = Letterbox(new_w / src_w, new_h / src_h, -float(off_x), -float(off_y), src_w, src_h), (0, 0)
+        sampler = _Sampler((src_h, src_w, 3), rows, cols, gain, offset)
+        border = spec.pad_value * self.gain + self.offset
+        canvas = self._finish(np.broadcast_to(border[:spec.channels].astype(np.float32),
+                                              (spec.height, spec.width, spec.channels)).copy())
+        return sampler, box, paste, canvas
+
+    def _finish(self, values: np.ndarray) -> np.ndarray:
+        """float values -> the model's dtype (rounded and clipped for quantized inputs)."""
+        if self.quantized:
+            info = np.iinfo(self.dtype)
+            np.rint(values, out=values)
+            return np.clip(values, info.min, info.max, out=values).astype(self.dtype)
+        return values.astype(self.dtype, copy=False)
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """``image``: HxWx3 uint8 RGB.  Returns a (1, ...) tensor and the mapping back."""
+        key = image.shape[:2]
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plan(*key)
+        sampler, box, (top, left), canvas = plan
+        values = sampler(np.ascontiguousarray(image))
+        if self.spec.channels == 1:
+            values = values.sum(axis=2, keepdims=True)
+        values = self._finish(values)
+        if values.shape[:2] == canvas.shape[:2]:
+            out = values
+        else:  # letterbox: the border was computed once, in the model's dtype
+            out = canvas.copy()
+            out[top:top + values.shape[0], left:left + values.shape[1]] = values
+        if self.spec.layout == "NCHW":
+            out = out.transpose(2, 0, 1)
+        return out[None], box
+
+
 def preprocess_image(source, spec: ImageSpec, color_order: str = "RGB") -> tuple[np.ndarray, Letterbox]:
     """A (1, ...) float32 tensor for ``spec`` and the mapping back to the original pixels."""
-    image = load_image(source, color_order)
-    src_h, src_w = image.shape[:2]
-    if spec.resize == "stretch":
-        resized = resize_bilinear(image, spec.height, spec.width)
-        box = Letterbox(spec.width / src_w, spec.height / src_h, 0.0, 0.0, src_w, src_h)
-    elif spec.resize == "letterbox":
-        scale = min(spec.width / src_w, spec.height / src_h)
-        new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
-        pad_x, pad_y = (spec.width - new_w) // 2, (spec.height - new_h) // 2
-        resized = np.full((spec.height, spec.width, 3), spec.pad_value, np.float32)
-        resized[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resize_bilinear(image, new_h, new_w)
-        box = Letterbox(new_w / src_w, new_h / src_h, float(pad_x), float(pad_y), src_w, src_h)
-    else:  # crop: scale the shorter side to fit, cut the centre
-        scale = max(spec.width / src_w, spec.height / src_h)
-        new_w, new_h = max(spec.width, round(src_w * scale)), max(spec.height, round(src_h * scale))
-        off_x, off_y = (new_w - spec.width) // 2, (new_h - spec.height) // 2
-        resized = resize_bilinear(image, new_h, new_w)[off_y:off_y + spec.height, off_x:off_x + spec.width]
-        box = Letterbox(new_w / src_w, new_h / src_h, -float(off_x), -float(off_y), src_w, src_h)
-    if spec.channels == 1:  # ITU-R BT.601 luma, as PIL's "L" conversion
-        resized = resized @ np.array([0.299, 0.587, 0.114], np.float32)
-        resized = resized[..., None]
-    tensor = (resized - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    if spec.layout == "NCHW":
-        tensor = tensor.transpose(2, 0, 1)
-    return tensor[None].astype(np.float32, copy=False), box
+    return ImagePreprocessor(spec)(load_image(source, color_order))
 
 
 def frame_audio(waveform: np.ndarray, frame_length: int, hop_length: int | None = None) -> np.ndarray:

@@ -135,5 +135,25 @@ def inspect(model, as_json, debug):
     _run(action, debug)
 
 
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--threads", type=int, multiple=True, default=(1,), show_default=True,
+              help="Thread counts to measure; repeat for several (--threads 1 --threads 2).")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def bench(model, threads, warmup, runs, as_json, debug):
+    """Measure latency (p50/p90/p99), throughput and peak memory of a .tflite MODEL."""
+
+    def action():
+        from device_runtime.bench import benchmark, render
+
+        report = benchmark(model, threads, warmup, runs)
+        click.echo(json.dumps(report, indent=2) if as_json else render(report))
+
+    _run(action, debug)
+
+
 if __name__ == "__main__":
     main()

@@ -144,3 +144,16 @@ def test_bad_images_raise_input_error(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(InputError, match="cannot read image"):
         preprocess_image(tmp_path / "bad.png", ImageSpec(8, 8))
+
+
+def test_yolo_decode_in_quantized_domain_matches_float():
+    box = Letterbox(0.5, 0.5, 0.0, 40.0, 640, 480)
+    objects = [((100, 150, 40, 60), 0, 0.9), ((200, 100, 80, 40), 2, 0.8)]
+    float_out = _yolo_output(objects)
+    scale, zero = 300.0 / 255, -128  # int8 covering 0..300 (boxes) with the scores on the same grid
+    stored = np.clip(np.round(float_out / scale) + zero, -128, 127).astype(np.int8)
+    dequantized = (stored.astype(np.float32) - zero) * np.float32(scale)
+    expected = decode_yolo(dequantized, box, score_threshold=0.5)
+    got = decode_yolo(stored, box, score_threshold=0.5, quantization=(scale, zero))
+    assert [(d.class_id, d.box) for d in got] == [(d.class_id, d.box) for d in expected]
+    assert len(got) == 2

@@ -1,0 +1,83 @@
+"""Latency, throughput and memory of a .tflite on this device.
+
+``python -m device_runtime.bench model.tflite --threads 1 2 --json`` (also ``sdk bench``):
+warm-up runs, then p50/p90/p99 latency, throughput and peak RSS per thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+
+from .errors import DeviceRuntimeError
+from .model import Model
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def benchmark(source, threads: Sequence[int] = (1,), warmup: int = 10, runs: int = 100,
+              backend: str = "auto", use_xnnpack: bool = True) -> dict:
+    """Time ``runs`` invocations per thread count on random inputs of the model's own shapes."""
+    if warmup < 0 or runs < 1:
+        raise ValueError(f"warmup must be >= 0 and runs >= 1; got {warmup}, {runs}")
+    results = []
+    for n in threads:
+        model = Model(source, num_threads=n, backend=backend, use_xnnpack=use_xnnpack)
+        rng = np.random.default_rng(0)
+        feed = {s.name: (rng.integers(np.iinfo(s.dtype).min, np.iinfo(s.dtype).max, s.shape, s.dtype)
+                         if s.quantized else rng.random(s.shape).astype(s.dtype)) for s in model.inputs}
+        for _ in range(warmup):
+            model.run(feed, raw=True)
+        times = np.empty(runs)
+        for i in range(runs):
+            start = time.perf_counter()
+            model.run(feed, raw=True)
+            times[i] = time.perf_counter() - start
+        ms = times * 1000
+        results.append({"threads": n, "p50_ms": float(np.percentile(ms, 50)),
+                        "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
+                        "mean_ms": float(ms.mean()), "throughput_per_s": float(runs / times.sum()),
+                        "peak_rss_mb": _peak_rss_mb()})
+    return {"model": str(source) if not isinstance(source, bytes) else "<bytes>",
+            "backend": model.backend.name, "xnnpack": use_xnnpack, "warmup": warmup, "runs": runs,
+            "results": results}
+
+
+def render(report: dict) -> str:
+    lines = [f"{report['model']}  backend {report['backend']}, xnnpack {'on' if report['xnnpack'] else 'off'}, "
+             f"{report['runs']} runs after {report['warmup']} warm-up",
+             "threads  p50 ms  p90 ms  p99 ms  throughput/s  peak RSS MB"]
+    for r in report["results"]:
+        lines.append(f"{r['threads']:>7}  {r['p50_ms']:6.2f}  {r['p90_ms']:6.2f}  {r['p99_ms']:6.2f}  "
+                     f"{r['throughput_per_s']:12.1f}  {r['peak_rss_mb']:11.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m device_runtime.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        report = benchmark(args.model, args.threads, args.warmup, args.runs, args.backend)
+    except (DeviceRuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -161,10 +161,9 @@ class Model:
         if missing:
             raise InputError(f"missing input(s) {missing}")
         prepared = [self._prepare(spec, inputs[spec.name], raw) for spec in self.inputs]
-        batch = prepared[0].shape[0] if prepared[0].ndim else 1
         with self._lock:
-            if self._needs_per_sample_loop(prepared):
-                parts = [self._invoke([p[i:i + 1] for p in prepared], raw) for i in range(batch)]
+            if prepared and self._needs_per_sample_loop(prepared):
+                parts = [self._invoke([p[i:i + 1] for p in prepared], raw) for i in range(len(prepared[0]))]
                 return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
             return self._invoke(prepared, raw)
 

@@ -308,7 +308,12 @@ def _read_buffer(buf: memoryview, table: _Table) -> memoryview:
 
 
 def _read_opcode(table: _Table) -> str:
-    code = max(table.scalar(0, "b", 0), table.scalar(3, "i", 0))
+    deprecated, code = table.scalar(0, "b", 0), table.scalar(3, "i", 0)
+    # Writers store both fields (deprecated = min(code, 127)); legacy files only the deprecated one.
+    if code and deprecated != min(code, 127):
+        raise ModelFormatError(f"corrupt model: an operator code says {code} in one field and "
+                               f"{deprecated} in the other")
+    code = max(deprecated, code)
     if code == 32:  # CUSTOM
         return "CUSTOM:" + table.string(1)
     return builtin_op_name(code)

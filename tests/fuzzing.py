@@ -23,6 +23,22 @@ ROOT = Path(__file__).resolve().parents[1]
 MEMORY_LIMIT_BYTES = 4 << 30  # a mutated shape must not take the machine down
 
 
+def fuzz_models() -> list[bytes]:
+    """The seeds to mutate: one small CNN (conv, pool, reshape, dense, softmax), int8 I/O and float."""
+    from converters import _tf
+    from converters.recipe import QuantizeSettings
+    from converters.tflite_export import to_tflite
+
+    keras = _tf.keras()
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.layers.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                            keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                            keras.layers.Dense(3, activation="softmax")])
+    calib = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
+    return [to_tflite(net, QuantizeSettings(mode="int8", io_type="int8"), calib),
+            to_tflite(net, QuantizeSettings(), calib)]
+
+
 def mutate(data: bytes, rng: np.random.Generator) -> bytes:
     """One random corruption of a model file."""
     buf = bytearray(data)

@@ -123,3 +123,16 @@ def test_inspect_bad_files(tmp_path, digits_model_path):
     h5_copy = tmp_path / "model.tflite"
     shutil.copy(digits_model_path, h5_copy)
     assert_bad_input(run("inspect", h5_copy), "not a TFLite model")
+
+
+def test_bench_reports_percentiles_per_thread_count(digits_model_path, tmp_path):
+    target = tmp_path / "m.tflite"
+    assert run("convert", digits_model_path, "-o", target).exit_code == 0
+    result = run("bench", target, "--threads", "1", "--threads", "2", "--runs", "20", "--warmup", "2", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [r["threads"] for r in report["results"]] == [1, 2]
+    for r in report["results"]:
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["throughput_per_s"] > 0 and r["peak_rss_mb"] > 10
+    assert_bad_input(run("bench", tmp_path / "missing.tflite"), "model file not found")

@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import struct
 
-import numpy as np
 import pytest
 
-from converters import _tf
-from converters.recipe import QuantizeSettings
-from converters.tflite_export import to_tflite
 from device_runtime import ModelFormatError
 from device_runtime.tflite_format import _Table, read_model
-from tests.fuzzing import fuzz
+from tests.fuzzing import fuzz, fuzz_models
 
 FUZZ_CASES = 2000
 
 
 @pytest.fixture(scope="module")
 def small_models():
-    keras = _tf.keras()
-    keras.utils.set_random_seed(0)
-    net = keras.Sequential([keras.layers.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
-                            keras.layers.MaxPooling2D(), keras.layers.Flatten(),
-                            keras.layers.Dense(3, activation="softmax")])
-    calib = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
-    return [to_tflite(net, QuantizeSettings(mode="int8", io_type="int8"), calib),
-            to_tflite(net, QuantizeSettings(), calib)]
+    return fuzz_models()
 
 
 def test_mutated_models_never_crash(small_models):
@@ -47,7 +36,7 @@ def _vector_item_position(data: bytes, path: list[tuple[int, int]], field: int, 
 
 
 def test_crash_classes_found_by_fuzzing_are_refused(small_models):
-    """Each of these crashed the raw interpreter (SIGSEGV/SIGFPE) in bench/runtime_fuzz.py."""
+    """Each of these crashed the interpreter (SIGSEGV/SIGFPE) in bench/runtime_fuzz.py."""
     int8, float_model = small_models
     sg = read_model(float_model).main
     conv = next(i for i, op in enumerate(sg.operators) if op.op_name == "CONV_2D")
@@ -78,4 +67,12 @@ def test_crash_classes_found_by_fuzzing_are_refused(small_models):
     buf = bytearray(int8)
     struct.pack_into("<f", buf, scale_pos, float("nan"))
     with pytest.raises(ModelFormatError, match="not a positive finite number"):
+        read_model(bytes(buf))
+    # 5. an operator code whose two fields disagree (SOFTMAX turned into SPLIT in one of them)
+    root = _Table(memoryview(float_model), struct.unpack_from("<I", float_model, 0)[0], "model")
+    codes = root.tables(1, "operator_code")
+    softmax = next(i for i, t in enumerate(codes) if t.scalar(3, "i", 0) == 25)
+    buf = bytearray(float_model)
+    struct.pack_into("<i", buf, codes[softmax]._field_pos(3), 49)
+    with pytest.raises(ModelFormatError, match="operator code says 49 in one field and 25"):
         read_model(bytes(buf))

@@ -147,3 +147,33 @@ def test_cold_start(models, backend):
         assert done.returncode == 0, done.stderr
         times.append(float(done.stdout.split()[-1]))
     assert min(times) <= COLD_START_LIMIT_S, times
+
+
+def test_pi_app_classifies_a_folder_of_real_images(models, tmp_path):
+    """The example app on scikit-learn's bundled photos (china.jpg, flower.jpg), as a user runs it."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(load_sample_images().images):
+        Image.fromarray(image).save(photos / f"photo{i}.jpg")
+    (photos / "notes.txt").write_text("not an image")
+    (tmp_path / "labels.txt").write_text("\n".join(["cat", "dog", "bird", "fish", "tree"]))
+    paths, _ = models
+    done = subprocess.run([sys.executable, "examples/pi_app.py", str(paths["int8"]), "--images", str(photos),
+                           "--labels", str(tmp_path / "labels.txt"), "--threads", "1"],
+                          capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("photo0.jpg: ") and lines[1].startswith("photo1.jpg: ")
+    expected = Model(paths["int8"], labels=["cat", "dog", "bird", "fish", "tree"]).classify(photos / "photo0.jpg", 3)
+    assert lines[0] == "photo0.jpg: " + ", ".join(f"{c.label} {c.score:.2f}" for c in expected)
+    assert lines[2].startswith("2 frames in") and "FPS" in lines[2]
+
+
+def test_pi_app_refuses_a_broken_model(tmp_path):
+    (tmp_path / "bad.tflite").write_bytes(b"garbage!" * 10)
+    done = subprocess.run([sys.executable, "examples/pi_app.py", str(tmp_path / "bad.tflite"), "--images",
+                           str(tmp_path)], capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and done.stderr.startswith("error: not a TFLite model")

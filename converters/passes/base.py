@@ -48,8 +48,15 @@ class WeightPass(ABC):
         """This pass's settings from a layer plan, or None when the layer is not asked for."""
 
     @abstractmethod
+    def registry(self):
+        """tfmot's registry of the layers and weights this technique supports."""
+
     def weight_names(self, layer) -> list[str] | None:
         """tfmot's compressible weights of the layer; None when tfmot does not support it."""
+        registry = self.registry()
+        if not registry.supports(layer):
+            return None
+        return list(registry._weight_names(layer))  # the registry's own lookup, not public API
 
     @abstractmethod
     def one_shot(self, layer, settings, after: dict[str, PassRecord]) -> None:

@@ -54,11 +54,8 @@ class ClusterPass(WeightPass):
     def settings(self, plan: LayerPlan) -> ClusterSettings | None:
         return plan.cluster
 
-    def weight_names(self, layer) -> list[str] | None:
-        registry = _tf.clustering_registry()
-        if not registry.supports(layer):
-            return None
-        return list(registry._weight_names(layer))  # the registry's own lookup of clusterable weights
+    def registry(self):
+        return _tf.clustering_registry()
 
     @staticmethod
     def _pruned(layer, after: dict[str, PassRecord]) -> bool:

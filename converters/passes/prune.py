@@ -52,11 +52,8 @@ class PrunePass(WeightPass):
             return None
         return plan.prune
 
-    def weight_names(self, layer) -> list[str] | None:
-        registry = _tf.prune_registry()
-        if not registry.supports(layer):
-            return None
-        return list(registry._weight_names(layer))  # the registry's own lookup of prunable weights
+    def registry(self):
+        return _tf.prune_registry()
 
     def unsupported_reason(self, layer, settings: PruneSettings) -> str | None:
         reason = super().unsupported_reason(layer, settings)

@@ -7,6 +7,7 @@ model is cloned before any pass touches its weights.
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -36,15 +37,26 @@ def load_keras_model(source: Any, custom_objects: dict | None = None):
         model = keras.models.load_model(path, custom_objects=custom_objects, compile=False)
     except Exception as exc:  # Keras raises many unrelated types for bad files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "Unknown layer" in reason or "custom" in reason.lower():
-            raise SourceModelError(f"{path} uses a custom layer Keras cannot rebuild ({reason[:160]}); "
-                                   "pass custom_objects=... in the Python API") from None
+        custom = _unknown_class(reason)
+        if custom:
+            raise SourceModelError(f"{path} uses a custom layer {custom!r} that Keras cannot rebuild; "
+                                   f"pass custom_objects={{{custom!r}: TheClass}} in the Python API") from None
         raise SourceModelError(f"cannot load Keras model {path}: {reason[:200]} "
                                "(is the file complete and saved by tf_keras / Keras 2?)") from None
     if not isinstance(model, keras.Model):
         raise SourceModelError(f"{path} is a SavedModel but not a Keras model; save it with "
                                "model.save() from tf_keras")
     return model
+
+
+def _unknown_class(reason: str) -> str | None:
+    """The custom class name in Keras's several ways of saying it does not know one."""
+    for pattern in (r"Unknown (?:layer|object)[^'\"]*['\"](\w+)", r"layer=(\w+) of type <class 'str'>",
+                    r"Could not locate class '(\w+)'"):
+        match = re.search(pattern, reason)
+        if match:
+            return match.group(1)
+    return None
 
 
 def _check_file(path: Path) -> None:

@@ -37,9 +37,7 @@ def top_k(scores: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -
         scores = scores[0]
     if scores.ndim != 1:
         raise InputError(f"top_k needs one score vector; got shape {scores.shape}")
-    k = min(k, scores.size)
-    best = np.argpartition(-scores, k - 1)[:k]
-    best = best[np.lexsort((best, -scores[best]))]  # by score, ties by index: deterministic
+    best = np.argsort(-scores, kind="stable")[:k]  # by score; ties keep the lower index, as the C helper does
     return [Classification(int(i), float(scores[i]), _label(labels, int(i))) for i in best]
 
 

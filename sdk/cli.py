@@ -14,6 +14,7 @@ from typing import Callable
 import click
 
 from converters.errors import ConversionError, UserInputError
+from converters.mcu.boards import BOARDS
 from converters.recipe import IO_TYPES, PRUNE_STRUCTURES, QUANTIZE_MODES, Recipe
 from device_runtime.errors import DeviceRuntimeError, InputError, ModelFormatError
 
@@ -93,11 +94,15 @@ original model. Exit codes: 0 ok, 1 conversion failed, 2 bad input.
 @click.option("--finetune", "finetune_path", type=click.Path(), help="Fine-tuning data (labels optional).")
 @click.option("--epochs", type=int, help="Fine-tuning epochs per pass.")
 @click.option("--eval", "eval_path", type=click.Path(), help="Held-out data for fidelity and accuracy.")
+@click.option("--target", type=click.Choice(["tflite", "mcu"]), default="tflite", show_default=True,
+              help="mcu also writes TFLite Micro C/C++ files to OUT_mcu/ (needs --quantize int8 --io-type int8).")
+@click.option("--board", help="With --target mcu: check the model fits this board (see `sdk export mcu --help`).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
-            samples, allow_random_calibration, finetune_path, epochs, eval_path, force, as_json, debug):
+            samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, force,
+            as_json, debug):
     """Compress and convert SOURCE (.keras, .h5, SavedModel folder) to a verified .tflite."""
 
     def action():
@@ -107,14 +112,27 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
         recipe = recipe.with_flags(prune=prune, prune_structure=prune_structure, cluster=cluster,
                                    quantize=quantize, io_type=io_type, samples=samples, epochs=epochs,
                                    allow_random_calibration=allow_random_calibration)
+        if target == "mcu" and (recipe.quantize.mode != "int8" or recipe.quantize.io_type == "float32"):
+            raise UserInputError("--target mcu needs a full-integer model: add --quantize int8 --io-type int8 "
+                                 "and --calib DATA")
         result = convert_model(source, output, recipe, finetune_data=finetune_path, calib_data=calib,
                                eval_data=eval_path, force=force,
                                progress=None if as_json else _stderr_progress, verbose=not as_json)
+        mcu = None
+        if target == "mcu":
+            from converters.mcu import export_mcu
+
+            mcu = export_mcu(result.path, result.path.with_name(result.path.stem + "_mcu"), board=board,
+                             force=force)
         if as_json:
-            click.echo(json.dumps(result.report.to_dict(), indent=2))
+            report = result.report.to_dict()
+            report["mcu"] = mcu.to_dict() if mcu else None
+            click.echo(json.dumps(report, indent=2))
         else:
             click.echo(result.report.render())
             click.echo(f"wrote {result.path} and {result.report_path}")
+            if mcu:
+                click.echo(mcu.render())
 
     _run(action, debug)
 
@@ -151,6 +169,44 @@ def bench(model, threads, warmup, runs, as_json, debug):
 
         report = benchmark(model, threads, warmup, runs)
         click.echo(json.dumps(report, indent=2) if as_json else render(report))
+
+    _run(action, debug)
+
+
+@main.group()
+def export():
+    """Export a .tflite for a device target (mcu)."""
+
+
+BOARD_HELP = "Check the model fits this board: " + ", ".join(BOARDS) + "."
+
+
+@export.command("mcu", epilog="""
+\b
+Examples:
+  sdk export mcu digits_int8.tflite -o firmware/model/ --board cortex-m4-256k
+  sdk export mcu kws.tflite -o out/ --labels labels.txt
+\b
+Writes model_data.cc/.h, model_ops.h, model_io.h/.c, model_settings.h and
+example_main.cc for a TFLite Micro project. Exit codes: 0 ok, 1 failure,
+2 bad input (float model, ops TFLite Micro lacks, unknown board).
+""")
+@click.argument("model", type=click.Path())
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Folder for the files.")
+@click.option("--board", help=BOARD_HELP)
+@click.option("--labels", type=click.Path(), help="Class names, one per line, for the label table.")
+@click.option("--allow-float", is_flag=True, help="Export even if some ops or I/O are float.")
+@click.option("--force", is_flag=True, help="Overwrite files in a non-empty folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def export_mcu_command(model, out_dir, board, labels, allow_float, force, as_json, debug):
+    """Write TFLite Micro C/C++ files for MODEL with a measured tensor arena."""
+
+    def action():
+        from converters.mcu import export_mcu
+
+        result = export_mcu(model, out_dir, board=board, allow_float=allow_float, labels=labels, force=force)
+        click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
 
     _run(action, debug)
 

@@ -157,3 +157,9 @@ def test_yolo_decode_in_quantized_domain_matches_float():
     got = decode_yolo(stored, box, score_threshold=0.5, quantization=(scale, zero))
     assert [(d.class_id, d.box) for d in got] == [(d.class_id, d.box) for d in expected]
     assert len(got) == 2
+
+
+def test_top_k_ties_take_the_lower_index():
+    scores = np.zeros(50)
+    scores[[7, 30]] = 1.0
+    assert [c.index for c in top_k(scores, 4)] == [7, 30, 0, 1]

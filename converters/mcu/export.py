@@ -1,0 +1,196 @@
+"""`sdk export mcu`: check a .tflite for TFLite Micro, measure its arena, write the C/C++ files."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from device_runtime.model import read_model_bytes
+from device_runtime.tflite_format import read_model
+
+from ..errors import ConversionError, OutputPathError, UserInputError
+from ..files import atomic_write
+from ..report import describe_recipe
+from ..tflite_analysis import FLOAT_TYPES, analyse
+from . import codegen
+from .boards import BOARDS, Board
+
+ARENA_MARGIN_FRACTION = 0.10
+ARENA_MARGIN_MIN = 1024
+PROBE_TIMEOUT_S = 600
+
+
+class TargetError(UserInputError):
+    """The model cannot run on the chosen target as it is; the message says how to fix it."""
+
+
+@dataclass
+class TflmRun:
+    outputs: np.ndarray
+    min_arena: int
+
+
+def run_tflm(model: bytes, inputs: np.ndarray) -> TflmRun:
+    """Run ``inputs`` (stored int values, batch first) through TFLite Micro in a child process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path, inputs_path = Path(tmp) / "model.tflite", Path(tmp) / "inputs.npy"
+        model_path.write_bytes(model)
+        np.save(inputs_path, inputs)
+        root = Path(__file__).resolve().parents[2]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+        try:
+            done = subprocess.run([sys.executable, "-m", "converters.mcu._tflm_probe", str(model_path),
+                                   str(inputs_path)], capture_output=True, text=True, env=env,
+                                  timeout=PROBE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ConversionError(f"the TFLite Micro interpreter did not finish in {PROBE_TIMEOUT_S} s") from None
+        if done.returncode != 0:
+            if "No module named 'tflite_micro'" in done.stderr:
+                raise ConversionError("MCU export needs the tflite-micro package: pip install tflite-micro")
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise ConversionError(f"the TFLite Micro interpreter failed on the model: {last}")
+        facts = json.loads(done.stdout.strip().splitlines()[-1])
+        if not facts["loads"]:
+            missing = sorted(set(re.findall(r"Didn't find op for builtin opcode '(\w+)'", done.stderr)))
+            if missing:
+                raise TargetError(f"TFLite Micro has no kernels for {', '.join(missing)}; replace those "
+                                  "layers with supported ones (conv, dense, pooling, reshape, softmax, ...)")
+            detail = [ln for ln in done.stderr.splitlines() if ln.strip()]
+            raise ConversionError("the TFLite Micro interpreter cannot load the model"
+                                  + (f": {detail[0]}" if detail else ""))
+        return TflmRun(np.load(str(inputs_path) + ".out.npy"), int(facts["min_arena"]))
+
+
+@dataclass
+class McuExport:
+    out_dir: str
+    files: list[str]
+    model_bytes: int
+    arena_bytes: int
+    arena_min_bytes: int
+    arena_margin_bytes: int
+    ops: list[str]
+    board: Board | None
+
+    @property
+    def fits(self) -> bool | None:
+        if self.board is None:
+            return None
+        return self.arena_bytes <= self.board.ram_bytes and self.model_bytes <= self.board.flash_bytes
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["fits"] = self.fits
+        return out
+
+    def render(self) -> str:
+        lines = [f"wrote {', '.join(self.files)} to {self.out_dir}",
+                 f"flash: {self.model_bytes} bytes of model (plus TFLite Micro code)",
+                 f"RAM:   {self.arena_bytes} bytes of tensor arena ({self.arena_min_bytes} measured "
+                 f"+ {self.arena_margin_bytes} margin)",
+                 f"ops:   {', '.join(self.ops)} ({len(self.ops)} registered, no AllOpsResolver)"]
+        if self.board is not None:
+            verdict = "fits" if self.fits else "does NOT fit"
+            lines.append(f"board: {self.board.name} ({self.board.description}): {verdict} "
+                         f"(RAM {self.arena_bytes}/{self.board.ram_bytes}, "
+                         f"flash {self.model_bytes}/{self.board.flash_bytes})")
+        return "\n".join(lines)
+
+
+def export_mcu(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, board: str | None = None,
+               allow_float: bool = False, labels: Sequence[str] | str | os.PathLike | None = None,
+               force: bool = False) -> McuExport:
+    """Check ``model_path`` for TFLite Micro, measure its arena and write the project files."""
+    chosen = _board(board)
+    data = read_model_bytes(model_path)
+    model = read_model(data)
+    sg = model.main
+    if len(sg.inputs) != 1 or len(sg.outputs) != 1:
+        raise TargetError(f"MCU export handles one input and one output; the model has "
+                          f"{len(sg.inputs)} and {len(sg.outputs)}")
+    if not allow_float:
+        _require_full_integer(data)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"{out} is a file; give a folder for the MCU project files")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise OutputPathError(f"{out} is not empty; pass --force to overwrite its files")
+
+    tensor_in, tensor_out = sg.tensors[sg.inputs[0]], sg.tensors[sg.outputs[0]]
+    sample = _sample_input(tensor_in)
+    measured = run_tflm(data, sample).min_arena
+    margin = max(ARENA_MARGIN_MIN, math.ceil(measured * ARENA_MARGIN_FRACTION))
+    arena = -(-(measured + margin) // 16) * 16
+    facts = codegen.CodeFacts(data, hashlib.sha256(data).hexdigest(), _recipe_text(Path(model_path)),
+                              model.ops_used(), tensor_in, tensor_out, arena, measured, arena - measured,
+                              _labels(labels))
+    files = {**codegen.model_data_files(facts), "model_ops.h": codegen.model_ops_file(facts),
+             **codegen.model_io_files(facts), "model_settings.h": codegen.model_settings_file(facts),
+             "example_main.cc": codegen.example_main_file(facts)}
+    for name, text in files.items():
+        atomic_write(out / name, text.encode())
+    return McuExport(str(out), sorted(files), len(data), arena, measured, arena - measured, facts.ops, chosen)
+
+
+def _board(name: str | None) -> Board | None:
+    if name is None:
+        return None
+    if name not in BOARDS:
+        hint = difflib.get_close_matches(name, BOARDS, n=1)
+        raise UserInputError(f"unknown board {name!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
+                             f"known: {', '.join(BOARDS)}")
+    return BOARDS[name]
+
+
+def _require_full_integer(data: bytes) -> None:
+    stats = analyse(data)
+    float_io = [f"{t['name']} ({t['dtype']})" for t in stats.inputs + stats.outputs if t["dtype"] in FLOAT_TYPES]
+    float_ops = [f"{name} x{n}" for name, n in stats.ops.float_ops.items()]
+    if float_ops or float_io:
+        parts = []
+        if float_ops:
+            parts.append(f"ops computing in float: {', '.join(float_ops)}")
+        if float_io:
+            parts.append(f"float inputs/outputs: {', '.join(float_io)}")
+        raise TargetError("MCU targets need a full-integer model; " + "; ".join(parts)
+                          + ". Fix: sdk convert ... --quantize int8 --io-type int8 --calib DATA "
+                            "(or pass --allow-float to export anyway)")
+
+
+def _sample_input(tensor) -> np.ndarray:
+    dtype = tensor.dtype
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.random.default_rng(0).integers(info.min, info.max, (1, *tensor.shape[1:]), dtype=dtype)
+    return np.random.default_rng(0).random((1, *tensor.shape[1:])).astype(dtype)
+
+
+def _recipe_text(model_path: Path) -> str:
+    report = model_path.with_name(model_path.stem + ".report.json")
+    try:
+        return describe_recipe(json.loads(report.read_text())["recipe"])
+    except (OSError, ValueError, KeyError):
+        return "unknown (no report beside the model)"
+
+
+def _labels(labels) -> list[str]:
+    if labels is None:
+        return []
+    if isinstance(labels, (list, tuple)):
+        return [str(label) for label in labels]
+    try:
+        return [ln.strip() for ln in Path(labels).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except OSError as exc:
+        raise UserInputError(f"cannot read labels file {labels}: {exc.strerror}") from None

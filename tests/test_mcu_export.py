@@ -1,0 +1,225 @@
+"""Microcontroller export: TFLM vs TFLite outputs, compiled C helpers vs Python, the measured arena.
+
+The real TFLite Micro headers are not installed here, so model_ops.h and
+example_main.cc compile against stubs in tests/mcu_stubs (they check syntax,
+linking and the op count N); the TFLM numbers come from the tflite-micro
+Python interpreter.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters import _tf
+from converters.mcu import BOARDS, McuExport, export_mcu
+from converters.mcu.export import TargetError, run_tflm
+from converters.recipe import QuantizeSettings
+from converters.tflite_export import to_tflite
+from device_runtime import Model
+from device_runtime.postprocess import top_k
+from device_runtime.tflite_format import read_model
+from sdk import convert
+
+STUBS = Path(__file__).parent / "mcu_stubs"
+needs_compiler = pytest.mark.skipif(not (shutil.which("gcc") and shutil.which("g++")), reason="no gcc/g++")
+
+
+@pytest.fixture(scope="module")
+def digits_int8(digits, digits_model_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mcu") / "digits_int8.tflite"
+    convert(digits_model_path, out, {"quantize": {"mode": "int8", "io_type": "int8"}}, calib_data=digits.x_train)
+    return out
+
+
+@pytest.fixture(scope="module")
+def keyword_spotter(tmp_path_factory):
+    """A 1-D audio keyword-spotting-style model: 1 s of 8 kHz audio -> 4 keywords."""
+    keras = _tf.keras()
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([
+        keras.layers.Input((8000, 1)),
+        keras.layers.Conv1D(8, 80, strides=16, activation="relu"),
+        keras.layers.Conv1D(16, 3, strides=2, activation="relu"),
+        keras.layers.MaxPooling1D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(4, activation="softmax")])
+    calib = np.random.default_rng(0).uniform(-1, 1, (32, 8000, 1)).astype(np.float32)
+    out = tmp_path_factory.mktemp("kws") / "kws.tflite"
+    out.write_bytes(to_tflite(net, QuantizeSettings(mode="int8", io_type="int8"), calib))
+    return out
+
+
+@pytest.mark.parametrize("which", ["digits_int8", "keyword_spotter"])
+def test_tflm_outputs_equal_tflite(request, which, digits):
+    path = request.getfixturevalue(which)
+    model = Model(path)
+    spec = model.inputs[0]
+    if which == "digits_int8":
+        x = digits.x_test[:50]
+    else:
+        x = np.random.default_rng(1).uniform(-1, 1, (20, 8000, 1)).astype(np.float32)
+    q = spec.quantize(x)
+    lite = model.run({spec.name: q}, raw=True)[model.outputs[0].name]
+    micro = run_tflm(path.read_bytes(), q).outputs
+    assert micro.dtype == lite.dtype
+    assert np.abs(micro.astype(int) - lite.astype(int)).max() <= 1  # exact or one quantization step
+
+
+def test_export_writes_project_and_summary(digits_int8, tmp_path):
+    result = export_mcu(digits_int8, tmp_path / "out", board="cortex-m4-256k", labels=[str(i) for i in range(10)])
+    assert result.files == ["example_main.cc", "model_data.cc", "model_data.h", "model_io.c", "model_io.h",
+                            "model_ops.h", "model_settings.h"]
+    assert result.fits and result.model_bytes == digits_int8.stat().st_size
+    assert result.ops == ["CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "RESHAPE", "SOFTMAX"]
+    ops = (tmp_path / "out" / "model_ops.h").read_text()
+    assert "MicroMutableOpResolver<kModelOpCount>" in ops and "constexpr int kModelOpCount = 5;" in ops
+    assert "AllOpsResolver" not in ops
+    data = (tmp_path / "out" / "model_data.cc").read_text()
+    assert "alignas(16) const unsigned char g_model_data[]" in data
+    assert f"g_model_data_len = {result.model_bytes};" in data
+    settings = (tmp_path / "out" / "model_settings.h").read_text()
+    assert f"#define MODEL_ARENA_SIZE {result.arena_bytes}" in settings and '"9"' in settings
+    assert "fits" in result.render()
+
+
+def test_reported_arena_is_what_tflm_needs(digits_int8, tmp_path):
+    result = export_mcu(digits_int8, tmp_path / "out")
+    assert result.arena_margin_bytes >= 1024 and result.arena_bytes % 16 == 0
+    code = ("import sys, numpy as np\n"
+            "from tflite_micro.python.tflite_micro import runtime as tflm\n"
+            "data = open(sys.argv[1], 'rb').read()\n"
+            "for size in map(int, sys.argv[2:]):\n"
+            "    try:\n"
+            "        it = tflm.Interpreter.from_bytes(data, arena_size=size)\n"
+            "        it.set_input(np.zeros((1, 8, 8, 1), np.int8), 0); it.invoke(); print('ok')\n"
+            "    except RuntimeError:\n"
+            "        print('fail')\n")
+    too_small = result.arena_bytes - result.arena_margin_bytes - 1024
+    done = subprocess.run([sys.executable, "-c", code, str(digits_int8), str(result.arena_bytes),
+                           str(result.arena_min_bytes), str(too_small)], capture_output=True, text=True)
+    assert done.stdout.split() == ["ok", "ok", "fail"], done.stderr[-500:]
+
+
+@needs_compiler
+def test_generated_files_compile_and_c_helpers_match_python(digits_int8, digits, tmp_path):
+    out = tmp_path / "out"
+    export_mcu(digits_int8, out, labels=[str(i) for i in range(10)])
+    flags = ["-Wall", "-Wextra", "-Werror", f"-I{out}", f"-I{STUBS}"]
+    build = [
+        ["gcc", "-std=c99", *flags, "-c", str(out / "model_io.c"), "-o", str(tmp_path / "model_io.o")],
+        ["g++", "-std=c++17", *flags, "-c", str(out / "model_data.cc"), "-o", str(tmp_path / "model_data.o")],
+        ["g++", "-std=c++17", *flags, str(out / "example_main.cc"), str(tmp_path / "model_data.o"),
+         str(tmp_path / "model_io.o"), "-o", str(tmp_path / "example")],
+    ]
+    (tmp_path / "ops_check.cc").write_text(
+        '#include "model_ops.h"\nint main() { ModelOpResolver r;\n'
+        "  if (RegisterModelOps(r) != kTfLiteOk) return 1;\n"
+        "  return r.registered == kModelOpCount ? 0 : 2; }\n")
+    build.append(["g++", "-std=c++17", *flags, str(tmp_path / "ops_check.cc"), "-o", str(tmp_path / "ops_check")])
+    (tmp_path / "harness.c").write_text(
+        '#include <stdio.h>\n#include "model_io.h"\n#include "model_settings.h"\n'
+        "int main(void) {\n"
+        "  static float x[MODEL_INPUT_SIZE]; static model_input_t q[MODEL_INPUT_SIZE];\n"
+        "  static model_output_t s[MODEL_OUTPUT_SIZE]; size_t top[3];\n"
+        "  for (;;) {\n"
+        "    for (int i = 0; i < MODEL_INPUT_SIZE; ++i) if (scanf(\"%f\", &x[i]) != 1) return 0;\n"
+        "    for (int i = 0; i < MODEL_OUTPUT_SIZE; ++i) { int v; if (scanf(\"%d\", &v) != 1) return 1; s[i] = (model_output_t)v; }\n"
+        "    model_quantize_input(x, q, MODEL_INPUT_SIZE);\n"
+        "    for (int i = 0; i < MODEL_INPUT_SIZE; ++i) printf(\"%d \", q[i]);\n"
+        "    model_top_k(s, MODEL_OUTPUT_SIZE, 3, top);\n"
+        "    printf(\"| %zu | %zu %zu %zu\\n\", model_argmax(s, MODEL_OUTPUT_SIZE), top[0], top[1], top[2]);\n"
+        "  }\n}\n")
+    build.append(["gcc", "-std=c99", *flags, str(tmp_path / "harness.c"), str(tmp_path / "model_io.o"),
+                  "-lm", "-o", str(tmp_path / "harness")])
+    for command in build:
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, (command, done.stderr)
+    assert subprocess.run([str(tmp_path / "ops_check")]).returncode == 0
+    assert subprocess.run([str(tmp_path / "example")], capture_output=True).returncode == 0
+
+    model = Model(digits_int8)
+    spec, out_name = model.inputs[0], model.outputs[0].name
+    x = digits.x_test[:40]
+    raw = model.run({spec.name: spec.quantize(x)}, raw=True)[out_name]
+    feed = "\n".join(" ".join(f"{v:.9g}" for v in xi.reshape(-1)) + "\n" + " ".join(str(int(v)) for v in ri)
+                     for xi, ri in zip(x, raw))
+    done = subprocess.run([str(tmp_path / "harness")], input=feed, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    probs = model.outputs[0].dequantize(raw)
+    for line, xi, pi in zip(done.stdout.splitlines(), x, probs):
+        q_text, argmax_text, top_text = line.split("|")
+        np.testing.assert_array_equal(np.array(q_text.split(), int), spec.quantize(xi[None]).reshape(-1))
+        assert int(argmax_text) == int(pi.argmax())
+        assert [int(v) for v in top_text.split()] == [c.index for c in top_k(pi, 3)]
+
+
+def test_float_models_and_missing_kernels_are_refused(digits_model_path, tmp_path):
+    float_model = convert(digits_model_path, tmp_path / "float.tflite").path
+    with pytest.raises(TargetError, match=r"ops computing in float: .*FULLY_CONNECTED x2.*--quantize int8"):
+        export_mcu(float_model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    tf = _tf.tensorflow()
+    fn = tf.function(lambda x: tf.math.atan2(x, x + 1.0)).get_concrete_function(tf.TensorSpec((1, 8), tf.float32))
+    atan = tmp_path / "atan.tflite"
+    atan.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([fn]).convert())
+    assert "ATAN2" in read_model(atan.read_bytes()).ops_used()
+    with pytest.raises(TargetError, match="TFLite Micro has no kernels for ATAN2"):
+        export_mcu(atan, tmp_path / "out2", allow_float=True)
+
+
+def test_cli_export_mcu(digits_int8, tmp_path):
+    from click.testing import CliRunner
+
+    from sdk.cli import main
+
+    runner = CliRunner()
+    ok = runner.invoke(main, ["export", "mcu", str(digits_int8), "-o", str(tmp_path / "o"), "--board", "cortex-m0-32k"])
+    assert ok.exit_code == 0, ok.output
+    assert "board: cortex-m0-32k" in ok.stdout and ": fits (RAM 12" in ok.stdout  # 12 KiB arena, 196 KiB flash
+    again = runner.invoke(main, ["export", "mcu", str(digits_int8), "-o", str(tmp_path / "o")])
+    assert again.exit_code == 2 and "is not empty; pass --force" in again.stderr
+    bad = runner.invoke(main, ["export", "mcu", str(digits_int8), "-o", str(tmp_path / "p"), "--board", "esp32"])
+    assert bad.exit_code == 2 and "did you mean 'esp32-s3'" in bad.stderr
+
+
+def test_board_fit_verdict():
+    board = BOARDS["cortex-m0-32k"]
+    too_big = McuExport("out", [], model_bytes=100_000, arena_bytes=40_000, arena_min_bytes=38_000,
+                        arena_margin_bytes=2_000, ops=["CONV_2D"], board=board)
+    assert too_big.fits is False and "does NOT fit (RAM 40000/32768" in too_big.render()
+    assert McuExport("out", [], 100_000, 30_000, 28_000, 2_000, ["CONV_2D"], board).fits is True
+    assert McuExport("out", [], 100_000, 30_000, 28_000, 2_000, ["CONV_2D"], None).fits is None
+
+
+@pytest.mark.parametrize("op, method", [
+    ("CONV_2D", "AddConv2D"), ("MAX_POOL_2D", "AddMaxPool2D"), ("DEPTHWISE_CONV_2D", "AddDepthwiseConv2D"),
+    ("FULLY_CONNECTED", "AddFullyConnected"), ("RELU6", "AddRelu6"), ("EXPAND_DIMS", "AddExpandDims"),
+    ("BATCH_TO_SPACE_ND", "AddBatchToSpaceNd"), ("UNIDIRECTIONAL_SEQUENCE_LSTM", "AddUnidirectionalSequenceLSTM")])
+def test_resolver_method_names_match_tflite_micro(op, method):
+    from converters.mcu.codegen import resolver_method
+
+    assert resolver_method(op) == method
+
+
+def test_convert_with_target_mcu(digits_npz, digits_model_path, tmp_path):
+    from click.testing import CliRunner
+
+    from sdk.cli import main
+
+    train, _ = digits_npz
+    runner = CliRunner()
+    refused = runner.invoke(main, ["convert", str(digits_model_path), "-o", str(tmp_path / "f.tflite"),
+                                   "--target", "mcu"])
+    assert refused.exit_code == 2 and "--target mcu needs a full-integer model" in refused.stderr
+    done = runner.invoke(main, ["convert", str(digits_model_path), "-o", str(tmp_path / "m.tflite"), "--quantize",
+                                "int8", "--io-type", "int8", "--calib", str(train), "--target", "mcu",
+                                "--board", "rp2040"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "m_mcu" / "model_data.cc").exists() and "board: rp2040" in done.stdout
+    assert "recipe: quantize int8 (io int8)" in (tmp_path / "m_mcu" / "model_data.cc").read_text()

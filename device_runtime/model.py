@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import postprocess, tflite_format
+from . import integrity, postprocess, tflite_format
 from .backend import get_backend
 from .errors import InferenceError, InputError, ModelFormatError, UnsupportedModelError
 from .preprocess import ImagePreprocessor, ImageSpec, Letterbox, load_image
@@ -71,15 +71,30 @@ class Model:
     ``image`` says how images are prepared for ``classify``/``detect``/``segment``
     (guessed from the input shape when None); ``labels`` names the classes.
     Inputs and outputs are named by the model's signature when it has one.
+    ``decryption_key`` (32 bytes) opens a model written by ``sdk encrypt``, in
+    memory only; ``public_key`` refuses the model unless its signature (the
+    ``.sig`` beside the file, or ``signature=``) verifies, before any byte
+    reaches the interpreter.
     """
 
     def __init__(self, source: str | os.PathLike | bytes, *, num_threads: int | None = None,
                  use_xnnpack: bool = True, delegates: Sequence[str] = (), backend: str = "auto",
-                 image: ImageSpec | None = None, labels: Sequence[str] | str | os.PathLike | None = None):
+                 image: ImageSpec | None = None, labels: Sequence[str] | str | os.PathLike | None = None,
+                 public_key=None, signature: dict | bytes | None = None, decryption_key: bytes | None = None):
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None; got {num_threads}")
         self.source = source if isinstance(source, (str, os.PathLike)) else "<bytes>"
-        self._data = read_model_bytes(source)
+        data = read_model_bytes(source)
+        if decryption_key is not None:
+            data = integrity.decrypt(data, decryption_key)
+        elif integrity.is_encrypted(data):
+            raise ModelFormatError("the model is encrypted; pass decryption_key= (the app's 32-byte key)")
+        if public_key is not None:
+            if signature is None and not isinstance(source, (str, os.PathLike)):
+                raise integrity.SignatureError("a model given as bytes needs signature= to be verified")
+            integrity.verify(data, integrity.read_signature(signature if signature is not None else source),
+                             public_key)
+        self._data = data
         self.spec = tflite_format.read_model(self._data)
         self.backend = get_backend(backend)
         self._lock = threading.Lock()

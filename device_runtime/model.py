@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import integrity, postprocess, tflite_format
+from . import integrity, metadata, postprocess, tflite_format
 from .backend import get_backend
 from .errors import InferenceError, InputError, ModelFormatError, UnsupportedModelError
 from .preprocess import ImagePreprocessor, ImageSpec, Letterbox, load_image
@@ -69,7 +69,8 @@ class Model:
     ``use_xnnpack=False``; ``delegates`` are paths of delegate libraries;
     ``backend`` picks the interpreter package ("auto" takes the lightest).
     ``image`` says how images are prepared for ``classify``/``detect``/``segment``
-    (guessed from the input shape when None); ``labels`` names the classes.
+    (from the model's metadata and input shape when None); ``labels`` names the
+    classes (default: the label file embedded in the model's metadata).
     Inputs and outputs are named by the model's signature when it has one.
     ``decryption_key`` (32 bytes) opens a model written by ``sdk encrypt``, in
     memory only; ``public_key`` refuses the model unless its signature (the
@@ -105,8 +106,9 @@ class Model:
             names = {index: name for name, index in {**signature.inputs, **signature.outputs}.items()}
         self.inputs = self._tensor_specs(self._interpreter.get_input_details(), names)
         self.outputs = self._tensor_specs(self._interpreter.get_output_details(), names)
+        self.info = metadata.read_info(self.spec)  # standard TFLite metadata, when embedded
         self.image = image
-        self.labels = _read_labels(labels)
+        self.labels = _read_labels(labels) or (list(self.info.labels) if self.info and self.info.labels else None)
         self._preprocessors: dict[str, ImagePreprocessor] = {}
         self._allocated_shapes = {spec.index: spec.shape for spec in self.inputs}
 
@@ -242,9 +244,11 @@ class Model:
         key = resize or ""
         preprocessor = self._preprocessors.get(key)
         if preprocessor is None:
-            spec = self.image or ImageSpec.from_input_shape(self.inputs[0].shape)
-            if resize is not None and self.image is None:
-                spec = ImageSpec(spec.height, spec.width, spec.channels, spec.layout, resize=resize)
+            normalisation = {}
+            if self.info is not None and self.info.mean is not None:
+                normalisation = {"mean": self.info.mean, "std": self.info.std}
+            spec = self.image or ImageSpec.from_input_shape(self.inputs[0].shape, resize=resize or "stretch",
+                                                            **normalisation)
             first = self.inputs[0]
             preprocessor = self._preprocessors[key] = ImagePreprocessor(spec, first.scale, first.zero_point,
                                                                         first.dtype)

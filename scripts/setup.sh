@@ -12,6 +12,8 @@ stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev]"
+  # TFLite Support's metadata schema module; --no-deps because its runtime pins clash with the stack.
+  .venv/bin/python -m pip install -q --no-deps tflite-support==0.4.4
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -58,6 +58,7 @@ class Inspection:
     signatures: list[dict]
     metadata: list[str]
     description: str
+    info: dict | None  # the standard TFLite metadata, when embedded
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -76,7 +77,17 @@ class Inspection:
         for sig in self.signatures:
             lines.append(f"signature {sig['key']!r}: inputs {sig['inputs']} outputs {sig['outputs']}")
         if self.metadata:
-            lines.append("metadata: " + ", ".join(self.metadata))
+            lines.append("metadata buffers: " + ", ".join(self.metadata))
+        if self.info:
+            i = self.info
+            lines.append(f"model: {i['name'] or '(no name)'} version {i['version']}"
+                         + (f" by {i['author']}" if i["author"] else "") + (f", {i['license']}" if i["license"] else ""))
+            if i["mean"] is not None:
+                lines.append(f"input {i['input_name']}: {i['color_space']} image, (pixel - {list(i['mean'])}) "
+                             f"/ {list(i['std'])}")
+            if i["labels"]:
+                shown = ", ".join(i["labels"][:5]) + (", ..." if len(i["labels"]) > 5 else "")
+                lines.append(f"output {i['output_name']}: {len(i['labels'])} labels ({shown}) from {i['label_file']}")
         lines.append("weights:")
         lines += render_weights(stats)
         return "\n".join(lines)
@@ -88,9 +99,14 @@ def inspect(path: str | os.PathLike) -> Inspection:
 
     from converters.tflite_analysis import analyse
 
+    from dataclasses import asdict as as_dict
+
+    from device_runtime.metadata import read_info
+
     data = read_model_bytes(path)
     model = read_model(data)
+    info = read_info(model)
     return Inspection(str(path), hashlib.sha256(data).hexdigest(), analyse(data),
                       [{"key": s.key, "inputs": sorted(s.inputs), "outputs": sorted(s.outputs)}
                        for s in model.signatures],
-                      sorted(model.metadata), model.description)
+                      sorted(model.metadata), model.description, as_dict(info) if info else None)

@@ -245,6 +245,51 @@ def encrypt(model, key_path, output, force, debug):
 
 
 @main.group()
+def metadata():
+    """Embed standard TFLite metadata (labels, normalisation, name, version) in a .tflite."""
+
+
+@metadata.command("add", epilog="""
+\b
+Examples:
+  sdk metadata add model.tflite -o model_meta.tflite --labels labels.txt --mean 127.5 --std 127.5
+  sdk metadata add digits.tflite -o d.tflite --labels digits.txt --color-space GRAYSCALE --version 2
+\b
+The output is read by Android Studio's ML Model Binding, the TFLite Task
+Library, MediaPipe Tasks and device_runtime.Model; the input is not changed.
+""")
+@click.argument("model", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="The .tflite to write.")
+@click.option("--labels", type=click.Path(), help="Class names, one per line, in output order.")
+@click.option("--mean", type=float, multiple=True, default=(0.0,), show_default=True,
+              help="Normalisation mean on 0..255 pixels; once, or once per channel.")
+@click.option("--std", type=float, multiple=True, default=(255.0,), show_default=True,
+              help="Normalisation std on 0..255 pixels; once, or once per channel.")
+@click.option("--color-space", type=click.Choice(["RGB", "GRAYSCALE"]), default="RGB", show_default=True)
+@click.option("--name", default="", help="Model name.")
+@click.option("--description", default="", help="What the model does.")
+@click.option("--version", "model_version", default="1", show_default=True, help="Model version.")
+@click.option("--author", default="", help="Author.")
+@click.option("--license", "license_", default="", help="License.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def metadata_add(model, output, labels, mean, std, color_space, name, description, model_version, author,
+                 license_, force, debug):
+    """Write a copy of MODEL with standard TFLite metadata."""
+
+    def action():
+        from converters.metadata import MetadataSpec, add_metadata, read_labels_file
+
+        spec = MetadataSpec(name=name, description=description, version=model_version, author=author,
+                            license=license_, mean=mean, std=std, color_space=color_space,
+                            labels=read_labels_file(labels) if labels else ())
+        add_metadata(model, output, spec, force)
+        click.echo(f"wrote {output} with metadata" + (f" and {len(spec.labels)} labels" if spec.labels else ""))
+
+    _run(action, debug)
+
+
+@main.group()
 def export():
     """Export a .tflite for a device target (mcu)."""
 

@@ -22,6 +22,7 @@ from device_runtime.tflite_format import read_model
 
 from ..errors import ConversionError, OutputPathError, UserInputError
 from ..files import atomic_write
+from ..metadata import read_labels_file
 from ..report import describe_recipe
 from ..tflite_analysis import FLOAT_TYPES, analyse
 from . import codegen
@@ -190,7 +191,4 @@ def _labels(labels) -> list[str]:
         return []
     if isinstance(labels, (list, tuple)):
         return [str(label) for label in labels]
-    try:
-        return [ln.strip() for ln in Path(labels).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except OSError as exc:
-        raise UserInputError(f"cannot read labels file {labels}: {exc.strerror}") from None
+    return read_labels_file(labels)

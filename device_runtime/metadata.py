@@ -1,0 +1,96 @@
+"""Read the standard TFLite model metadata (TFLITE_METADATA) without TensorFlow or tflite-support.
+
+The metadata flatbuffer (TFLite Support's metadata_schema.fbs) is read with
+the same bounds-checked reader as the model; associated files such as label
+lists live in a zip archive appended to the model file, as the standard
+populator writes them.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+from dataclasses import dataclass
+
+from .errors import ModelFormatError
+from .tflite_format import TFLiteModel, _Table
+
+METADATA_NAME = "TFLITE_METADATA"
+METADATA_IDENTIFIER = b"M001"
+TENSOR_AXIS_LABELS = 2
+NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union member
+IMAGE_PROPERTIES = 2  # ContentProperties union member
+COLOR_SPACES = {0: "unknown", 1: "RGB", 2: "GRAYSCALE"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the embedded metadata says about the model and its first input and output."""
+
+    name: str
+    description: str
+    version: str
+    author: str
+    license: str
+    input_name: str
+    color_space: str | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    output_name: str
+    labels: tuple[str, ...] | None
+    label_file: str | None
+
+
+def read_info(model: TFLiteModel) -> ModelInfo | None:
+    """The model's metadata, or None when it has none."""
+    raw = model.metadata_bytes(METADATA_NAME)
+    if raw is None:
+        return None
+    buf = memoryview(raw)
+    if len(buf) < 8 or bytes(buf[4:8]) != METADATA_IDENTIFIER:
+        raise ModelFormatError("corrupt model: TFLITE_METADATA is not a metadata flatbuffer (identifier M001)")
+    root = _Table(buf, struct.unpack_from("<I", buf, 0)[0], "metadata")
+    subgraphs = root.tables(3, "subgraph_metadata")
+    inputs = subgraphs[0].tables(2, "input_tensor_metadata") if subgraphs else []
+    outputs = subgraphs[0].tables(3, "output_tensor_metadata") if subgraphs else []
+    mean = std = color = None
+    if inputs:
+        for unit in inputs[0].tables(4, "process_unit"):
+            if unit.scalar(0, "B", 0) == NORMALIZATION_OPTIONS:
+                options = unit.table(1, "normalization_options")
+                mean = tuple(float(v) for v in options.array(0, "<f4"))
+                std = tuple(float(v) for v in options.array(1, "<f4"))
+        content = inputs[0].table(3, "content")
+        if content is not None and content.scalar(0, "B", 0) == IMAGE_PROPERTIES:
+            color = COLOR_SPACES.get(content.table(1, "image_properties").scalar(0, "b", 0), "unknown")
+    label_file = None
+    if outputs:
+        for file in outputs[0].tables(6, "associated_file"):
+            if file.scalar(2, "b", 0) == TENSOR_AXIS_LABELS:
+                label_file = file.string(0)
+                break
+    labels = _read_labels(model.data, label_file) if label_file else None
+    return ModelInfo(root.string(0), root.string(1), root.string(2), root.string(4), root.string(5),
+                     inputs[0].string(0) if inputs else "", color, mean, std,
+                     outputs[0].string(0) if outputs else "", labels, label_file)
+
+
+def associated_files(data: bytes) -> dict[str, bytes]:
+    """Files packed into the model (a zip appended to the flatbuffer); empty when there are none."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return {name: archive.read(name) for name in archive.namelist()}
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return {}
+
+
+def _read_labels(data: bytes, name: str) -> tuple[str, ...]:
+    files = associated_files(data)
+    if name not in files:
+        raise ModelFormatError(f"the metadata names label file {name!r} but the model does not contain it")
+    try:
+        text = files[name].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelFormatError(f"label file {name!r} in the model is not UTF-8") from None
+    return tuple(line.strip() for line in text.splitlines() if line.strip())

@@ -1,0 +1,156 @@
+"""Standard TFLite metadata: written by the SDK, read back by our reader, by the runtime and by MediaPipe."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import venv
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from converters import _tf
+from converters.errors import OutputPathError, UserInputError
+from converters.metadata import MetadataSpec, add_metadata
+from converters.recipe import QuantizeSettings
+from converters.tflite_export import to_tflite
+from device_runtime import Model
+from device_runtime.metadata import associated_files, read_info
+from device_runtime.preprocess import ImageSpec
+from device_runtime.tflite_format import read_model
+from sdk.cli import main
+
+LABELS = ["cat", "dog", "bird", "fish"]
+MEDIAPIPE = "mediapipe==1.2.2"
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    """A float RGB image classifier (16x16x3 -> 4) without and with metadata, and a 16x16 test image."""
+    keras = _tf.keras()
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.layers.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
+                            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4, activation="softmax")])
+    folder = tmp_path_factory.mktemp("metadata")
+    plain, with_meta, image = folder / "plain.tflite", folder / "meta.tflite", folder / "img16.png"
+    plain.write_bytes(to_tflite(net, QuantizeSettings()))
+    add_metadata(plain, with_meta, MetadataSpec(name="tiny", description="four classes", version="7",
+                                                author="team", license="Apache-2.0", mean=(127.5,),
+                                                std=(127.5,), labels=LABELS))
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(image)
+    return plain, with_meta, image
+
+
+def test_round_trip_through_our_reader(classifier):
+    plain, with_meta, _ = classifier
+    info = read_info(read_model(with_meta.read_bytes()))
+    assert (info.name, info.description, info.version, info.author, info.license) == \
+        ("tiny", "four classes", "7", "team", "Apache-2.0")
+    assert info.color_space == "RGB" and info.mean == (127.5,) and info.std == (127.5,)
+    assert info.labels == tuple(LABELS) and info.label_file == "labels.txt"
+    assert associated_files(with_meta.read_bytes()) == {"labels.txt": b"cat\ndog\nbird\nfish\n"}
+    assert read_info(read_model(plain.read_bytes())) is None
+
+
+def test_written_file_runs_identically_in_the_plain_interpreter(classifier):
+    from ai_edge_litert.interpreter import Interpreter
+
+    plain, with_meta, _ = classifier
+    x = np.random.default_rng(1).random((1, 16, 16, 3), dtype=np.float32)
+    outputs = []
+    for path in (plain, with_meta):
+        interpreter = Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_runtime_configures_itself_from_metadata(classifier):
+    plain, with_meta, image = classifier
+    found = Model(with_meta).classify(image, top_k=4)  # no labels, no normalisation given
+    assert sorted(c.label for c in found) == sorted(LABELS)
+    explicit = Model(plain, labels=LABELS, image=ImageSpec(16, 16, mean=(127.5,), std=(127.5,))).classify(image, 4)
+    assert [(c.label, c.score) for c in found] == [(c.label, c.score) for c in explicit]
+
+
+def test_bad_requests_change_nothing(classifier, tmp_path):
+    plain, with_meta, _ = classifier
+    before = plain.read_bytes()
+    with pytest.raises(UserInputError, match="3 labels given but the model outputs 4 scores"):
+        add_metadata(plain, tmp_path / "x.tflite", MetadataSpec(labels=["a", "b", "c"]))
+    with pytest.raises(OutputPathError, match="pass --force"):
+        add_metadata(plain, with_meta, MetadataSpec())
+    with pytest.raises(OutputPathError, match="is the input model"):
+        add_metadata(plain, plain, MetadataSpec(), force=True)
+    assert plain.read_bytes() == before and not (tmp_path / "x.tflite").exists()
+
+
+def test_adding_again_replaces_metadata_and_labels(classifier, tmp_path):
+    _, with_meta, _ = classifier
+    again = tmp_path / "again.tflite"
+    add_metadata(with_meta, again, MetadataSpec(name="renamed", labels=["a", "b", "c", "d"]))
+    model = read_model(again.read_bytes())
+    assert sorted(model.metadata).count("TFLITE_METADATA") == 1
+    info = read_info(model)
+    assert info.name == "renamed" and info.labels == ("a", "b", "c", "d")
+
+
+def test_cli_metadata_add_and_inspect(classifier, tmp_path):
+    plain, _, _ = classifier
+    (tmp_path / "labels.txt").write_text("\n".join(LABELS))
+    runner = CliRunner()
+    done = runner.invoke(main, ["metadata", "add", str(plain), "-o", str(tmp_path / "m.tflite"), "--labels",
+                                str(tmp_path / "labels.txt"), "--mean", "127.5", "--std", "127.5", "--name", "tiny"])
+    assert done.exit_code == 0, done.output
+    shown = json.loads(runner.invoke(main, ["inspect", str(tmp_path / "m.tflite"), "--json"]).stdout)
+    assert shown["info"]["labels"] == LABELS and shown["info"]["name"] == "tiny"
+    assert "4 labels (cat, dog, bird, fish)" in runner.invoke(main, ["inspect", str(tmp_path / "m.tflite")]).stdout
+
+
+@pytest.fixture(scope="module")
+def mediapipe_python(tmp_path_factory):
+    """MediaPipe in its own virtual environment (it pulls opencv-contrib and numpy 2)."""
+    env_dir = tmp_path_factory.mktemp("mediapipe") / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", MEDIAPIPE], capture_output=True,
+                          text=True, timeout=900)
+    if done.returncode != 0:
+        pytest.skip(f"{MEDIAPIPE} could not be installed here: {done.stderr.strip().splitlines()[-1:]}")
+    return python
+
+
+MEDIAPIPE_CLASSIFY = """
+import json, sys
+import mediapipe as mp
+from mediapipe.tasks import python as mp_python
+from mediapipe.tasks.python import vision
+options = vision.ImageClassifierOptions(base_options=mp_python.BaseOptions(model_asset_path=sys.argv[1]),
+                                        max_results=4)
+try:
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        result = classifier.classify(mp.Image.create_from_file(sys.argv[2]))
+    print(json.dumps([[c.category_name, c.score] for c in result.classifications[0].categories]))
+except Exception as exc:
+    print(json.dumps({"refused": str(exc).splitlines()[0]}))
+"""
+
+
+def test_mediapipe_image_classifier_accepts_it_and_returns_our_labels(classifier, mediapipe_python):
+    plain, with_meta, image = classifier
+    results = {}
+    for path in (plain, with_meta):
+        done = subprocess.run([str(mediapipe_python), "-c", MEDIAPIPE_CLASSIFY, str(path), str(image)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-1000:]
+        results[path.name] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "NormalizationOptions" in results["plain.tflite"]["refused"]
+    ours = Model(with_meta).classify(image, top_k=4)
+    theirs = results["meta.tflite"]
+    assert [name for name, _ in theirs] == [c.label for c in ours]
+    np.testing.assert_allclose([score for _, score in theirs], [c.score for c in ours], atol=1e-5)

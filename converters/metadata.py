@@ -18,11 +18,11 @@ from typing import Sequence
 import flatbuffers
 
 from device_runtime.metadata import METADATA_IDENTIFIER, METADATA_NAME, TENSOR_AXIS_LABELS
-from device_runtime.model import read_model_bytes
 from device_runtime.tflite_format import read_model
 
 from .errors import ConversionError, UserInputError
 from .files import atomic_write
+from .tflite_analysis import read_single_io_model
 
 LABELS_FILE = "labels.txt"
 MIN_PARSER_VERSION = "1.0.0"
@@ -149,12 +149,8 @@ def add_metadata(model_path: str | os.PathLike, output: str | os.PathLike, spec:
     from .files import check_output_path
 
     out = check_output_path(output, [model_path], force)
-    data = read_model_bytes(model_path)
-    parsed = read_model(data)
+    data, parsed = read_single_io_model(model_path, "writing metadata")
     sg = parsed.main
-    if len(sg.inputs) != 1 or len(sg.outputs) != 1:
-        raise UserInputError(f"metadata is written for one input and one output; the model has "
-                             f"{len(sg.inputs)} and {len(sg.outputs)}")
     classes = sg.tensors[sg.outputs[0]].shape[-1]
     if spec.labels and len(spec.labels) != classes:
         raise UserInputError(f"{len(spec.labels)} labels given but the model outputs {classes} scores")

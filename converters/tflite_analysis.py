@@ -69,6 +69,21 @@ class ModelStats:
         return out
 
 
+def read_single_io_model(path, purpose: str) -> tuple[bytes, TFLiteModel]:
+    """A .tflite's bytes and parsed form, refusing models without exactly one input and one output."""
+    from device_runtime.model import read_model_bytes
+
+    from .errors import UserInputError
+
+    data = read_model_bytes(path)
+    model = read_model(data)
+    sg = model.main
+    if len(sg.inputs) != 1 or len(sg.outputs) != 1:
+        raise UserInputError(f"{purpose} handles one input and one output; the model has "
+                             f"{len(sg.inputs)} and {len(sg.outputs)}")
+    return data, model
+
+
 def gzip_size(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9, mtime=0))
 

@@ -17,14 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-from device_runtime.model import read_model_bytes
-from device_runtime.tflite_format import read_model
-
 from ..errors import ConversionError, OutputPathError, UserInputError
 from ..files import atomic_write
 from ..metadata import read_labels_file
 from ..report import describe_recipe
-from ..tflite_analysis import FLOAT_TYPES, analyse
+from ..tflite_analysis import FLOAT_TYPES, analyse, read_single_io_model
 from . import codegen
 from .boards import BOARDS, Board
 
@@ -115,12 +112,8 @@ def export_mcu(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, boa
                force: bool = False) -> McuExport:
     """Check ``model_path`` for TFLite Micro, measure its arena and write the project files."""
     chosen = _board(board)
-    data = read_model_bytes(model_path)
-    model = read_model(data)
+    data, model = read_single_io_model(model_path, "MCU export")
     sg = model.main
-    if len(sg.inputs) != 1 or len(sg.outputs) != 1:
-        raise TargetError(f"MCU export handles one input and one output; the model has "
-                          f"{len(sg.inputs)} and {len(sg.outputs)}")
     if not allow_float:
         _require_full_integer(data)
     out = Path(out_dir)

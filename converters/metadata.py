@@ -17,7 +17,7 @@ from typing import Sequence
 
 import flatbuffers
 
-from device_runtime.metadata import METADATA_IDENTIFIER, METADATA_NAME, TENSOR_AXIS_LABELS
+from device_runtime.metadata import METADATA_IDENTIFIER, METADATA_NAME, TENSOR_AXIS_LABELS, associated_files
 from device_runtime.tflite_format import read_model
 
 from .errors import ConversionError, UserInputError
@@ -104,23 +104,26 @@ def _widen(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], li
     return [float(mean[i % len(mean)]) for i in range(n)], [float(std[i % len(std)]) for i in range(n)]
 
 
-def populate(model: bytes, metadata: bytes, files: dict[str, bytes]) -> bytes:
-    """The model with ``metadata`` as its TFLITE_METADATA buffer and ``files`` zipped onto its end."""
+def populate(model: bytes, buffers: dict[str, bytes], files: dict[str, bytes] | None = None) -> bytes:
+    """The model with each named metadata buffer set (replaced if present) and ``files`` zipped on its end."""
     from ai_edge_litert import schema_py_generated as tfl
 
     read_model(model)  # validated first: never rewrite a broken file
     end = _flatbuffer_end(model)
     tree = tfl.ModelT.InitFromPackedBuf(bytearray(model[:end]), 0)
-    tree.metadata = [m for m in (tree.metadata or []) if _text(m.name) != METADATA_NAME]  # replace, not add
-    buffer = tfl.BufferT()
-    buffer.data = list(metadata)
-    tree.buffers.append(buffer)
-    entry = tfl.MetadataT()
-    entry.name = METADATA_NAME
-    entry.buffer = len(tree.buffers) - 1
-    tree.metadata.append(entry)
-    builder = flatbuffers.Builder(len(model) + len(metadata) + 1024)
+    tree.metadata = [m for m in (tree.metadata or []) if _text(m.name) not in buffers]  # replace, not add
+    for name, data in buffers.items():
+        buffer = tfl.BufferT()
+        buffer.data = list(data)
+        tree.buffers.append(buffer)
+        entry = tfl.MetadataT()
+        entry.name = name
+        entry.buffer = len(tree.buffers) - 1
+        tree.metadata.append(entry)
+    builder = flatbuffers.Builder(len(model) + sum(len(d) for d in buffers.values()) + 1024)
     builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    if files is None:  # keep files packed earlier (labels); zip offsets change, so they are re-zipped
+        files = associated_files(model)
     out = io.BytesIO(bytes(builder.Output()))
     if files:
         with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:
@@ -135,8 +138,6 @@ def _text(value) -> str:
 
 def _flatbuffer_end(data: bytes) -> int:
     """Bytes before any appended zip (a model that already carries associated files)."""
-    from device_runtime.metadata import associated_files
-
     if not associated_files(data):
         return len(data)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -158,7 +159,7 @@ def add_metadata(model_path: str | os.PathLike, output: str | os.PathLike, spec:
     buffer = metadata_buffer(spec, names.get(sg.inputs[0], sg.tensors[sg.inputs[0]].name),
                              names.get(sg.outputs[0], sg.tensors[sg.outputs[0]].name))
     files = {LABELS_FILE: ("\n".join(spec.labels) + "\n").encode()} if spec.labels else {}
-    result = populate(data, buffer, files)
+    result = populate(data, {METADATA_NAME: buffer}, files)
     atomic_write(out, result)
     return result
 

@@ -18,12 +18,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from device_runtime.metadata import BUILD_INFO_NAME
+
 from .data import Dataset, DataSource, load_data
 from .errors import ConversionError, DataError, RecipeError
 from .fidelity import compare, run_tflite
 from .files import atomic_write, check_output_path
 from .finetune import finetune, steps_per_epoch
 from .keras_import import load_keras_model
+from .metadata import populate
 from .passes import PASSES, PassRecord
 from .passes.base import kernel_weights
 from .recipe import QuantizeSettings, Recipe
@@ -91,6 +94,8 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     calibration = calib.x if calib is not None else None
     tflite_bytes, export_notes = _export(model, recipe, calibration, records, progress)
     notes += export_notes
+    source_sha256 = _source_hash(source_path, teacher)
+    tflite_bytes = populate(tflite_bytes, {BUILD_INFO_NAME: _build_info(source_sha256, recipe, calib)})
     timings["export"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -103,7 +108,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
 
     report = Report(
         source=str(source_path) if source_path else f"<in-memory {type(source).__name__}>",
-        source_sha256=_source_hash(source_path, teacher), output=str(output),
+        source_sha256=source_sha256, output=str(output),
         output_sha256=hashlib.sha256(tflite_bytes).hexdigest(), recipe=recipe.to_dict(),
         baseline=analyse(baseline_bytes, layer_names), compressed=analyse(tflite_bytes, layer_names),
         passes=records, fidelity=fidelity, float_fidelity=float_fidelity,
@@ -195,6 +200,26 @@ def _export(model, recipe: Recipe, calibration, records: dict[str, PassRecord], 
     if len(sparse) < len(dense) and gzip_size(sparse) < gzip_size(dense):
         return sparse, notes + [f"sparse format (EXPERIMENTAL_SPARSITY) kept, smaller on both: {sizes}"]
     return dense, notes + [f"sparse format (EXPERIMENTAL_SPARSITY) tried and dropped: {sizes}"]
+
+
+def _build_info(source_sha256: str, recipe: Recipe, calib: Dataset | None) -> bytes:
+    """Provenance and the calibration inputs' per-channel statistics, embedded in the model."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        sdk_version = version("edge-deploy-sdk")
+    except PackageNotFoundError:
+        sdk_version = "unknown"
+    recipe_json = json.dumps(recipe.to_dict(), sort_keys=True)
+    stats = None
+    if calib is not None:
+        channels = calib.x.reshape(-1, calib.x.shape[-1]).astype(np.float64)
+        stats = {"mean": channels.mean(axis=0).tolist(), "std": channels.std(axis=0).tolist(),
+                 "samples": len(calib), "data": calib.source}
+    return json.dumps({"format": "edge-deploy-build/1", "sdk_version": sdk_version,
+                       "source_sha256": source_sha256,
+                       "recipe_sha256": hashlib.sha256(recipe_json.encode()).hexdigest(),
+                       "recipe": recipe.to_dict(), "input_stats": stats}).encode()
 
 
 def _source_hash(path, model) -> str:

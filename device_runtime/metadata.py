@@ -9,6 +9,7 @@ populator writes them.
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from .errors import ModelFormatError
 from .tflite_format import TFLiteModel, _Table
 
 METADATA_NAME = "TFLITE_METADATA"
+BUILD_INFO_NAME = "EDGE_SDK_BUILD"  # JSON: how the file was built, and its inputs' reference statistics
 METADATA_IDENTIFIER = b"M001"
 TENSOR_AXIS_LABELS = 2
 NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union member
@@ -74,6 +76,20 @@ def read_info(model: TFLiteModel) -> ModelInfo | None:
     return ModelInfo(root.string(0), root.string(1), root.string(2), root.string(4), root.string(5),
                      inputs[0].string(0) if inputs else "", color, mean, std,
                      outputs[0].string(0) if outputs else "", labels, label_file)
+
+
+def read_build_info(model: TFLiteModel) -> dict | None:
+    """What `sdk convert` recorded in the model: source hash, recipe, calibration input statistics."""
+    raw = model.metadata_bytes(BUILD_INFO_NAME)
+    if raw is None:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        raise ModelFormatError(f"corrupt model: the {BUILD_INFO_NAME} metadata is not JSON") from None
+    if not isinstance(info, dict):
+        raise ModelFormatError(f"corrupt model: the {BUILD_INFO_NAME} metadata is not a JSON object")
+    return info
 
 
 def associated_files(data: bytes) -> dict[str, bytes]:

@@ -7,8 +7,10 @@ tensor's scale and zero point, so app code never handles int8 by hand.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -18,6 +20,7 @@ import numpy as np
 from . import integrity, metadata, postprocess, tflite_format
 from .backend import get_backend
 from .errors import InferenceError, InputError, ModelFormatError, UnsupportedModelError
+from .monitor import Monitor
 from .preprocess import ImagePreprocessor, ImageSpec, Letterbox, load_image
 
 
@@ -84,6 +87,9 @@ class Model:
                  public_key=None, signature: dict | bytes | None = None, decryption_key: bytes | None = None):
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None; got {num_threads}")
+        self._options = {"num_threads": num_threads, "use_xnnpack": use_xnnpack, "delegates": delegates,
+                         "backend": backend, "image": image, "labels": labels, "public_key": public_key,
+                         "decryption_key": decryption_key}
         self.source = source if isinstance(source, (str, os.PathLike)) else "<bytes>"
         data = read_model_bytes(source)
         if decryption_key is not None:
@@ -96,6 +102,7 @@ class Model:
             integrity.verify(data, integrity.read_signature(signature if signature is not None else source),
                              public_key)
         self._data = data
+        self.sha256 = hashlib.sha256(data).hexdigest()
         self.spec = tflite_format.read_model(self._data)
         self.backend = get_backend(backend)
         self._lock = threading.Lock()
@@ -107,6 +114,8 @@ class Model:
         self.inputs = self._tensor_specs(self._interpreter.get_input_details(), names)
         self.outputs = self._tensor_specs(self._interpreter.get_output_details(), names)
         self.info = metadata.read_info(self.spec)  # standard TFLite metadata, when embedded
+        self.build = metadata.read_build_info(self.spec)  # what `sdk convert` recorded, when present
+        self._monitor = Monitor(self.build.get("input_stats") if self.build else None)
         self.image = image
         self.labels = _read_labels(labels) or (list(self.info.labels) if self.info and self.info.labels else None)
         self._preprocessors: dict[str, ImagePreprocessor] = {}
@@ -177,12 +186,20 @@ class Model:
         missing = [s.name for s in self.inputs if s.name not in inputs]
         if missing:
             raise InputError(f"missing input(s) {missing}")
-        prepared = [self._prepare(spec, inputs[spec.name], raw) for spec in self.inputs]
-        with self._lock:
+        started = time.perf_counter()
+        with self._lock:  # inputs are prepared under the lock: a swapped model may quantize differently
+            prepared = [self._prepare(spec, inputs[spec.name], raw) for spec in self.inputs]
             if prepared and self._needs_per_sample_loop(prepared):
                 parts = [self._invoke([p[i:i + 1] for p in prepared], raw) for i in range(len(prepared[0]))]
-                return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
-            return self._invoke(prepared, raw)
+                result = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+            else:
+                result = self._invoke(prepared, raw)
+            first = self.inputs[0] if prepared else None
+            if first is not None:
+                self._monitor.record_input(prepared[0], first.scale if first.quantized else 0.0,
+                                           first.zero_point)
+        self._monitor.record_call(time.perf_counter() - started)
+        return result
 
     def _prepare(self, spec: TensorSpec, x, raw: bool) -> np.ndarray:
         x = np.asarray(x)
@@ -234,6 +251,32 @@ class Model:
         return {spec.name: value if raw or not spec.quantized else spec.dequantize(value)
                 for spec, value in outputs}
 
+    # -- maintenance ---------------------------------------------------------------------
+    def swap(self, source, *, signature: dict | bytes | None = None) -> None:
+        """Switch to a new model file atomically; on any failure keep serving the current one.
+
+        The new file is loaded and checked completely (signature when this Model
+        has a public key, format, interpreter) before the switch, and must have
+        the same input and output names, shapes and dtypes.  Statistics carry on.
+        """
+        new = Model(source, signature=signature, **self._options)
+        old_io = [(s.name, s.shape_signature, s.dtype) for s in self.inputs + self.outputs]
+        new_io = [(s.name, s.shape_signature, s.dtype) for s in new.inputs + new.outputs]
+        if old_io != new_io:
+            raise InputError(f"the new model's inputs/outputs {new_io} differ from the current {old_io}; "
+                             "create a new Model for it")
+        with self._lock:
+            for name, value in vars(new).items():
+                if name not in ("_lock", "_monitor"):
+                    setattr(self, name, value)
+
+    def stats(self) -> dict:
+        """Rolling latency percentiles, top-1 confidence histogram, and input drift vs calibration data."""
+        out = self._monitor.snapshot()
+        out["model_sha256"] = self.sha256
+        out["version"] = self.info.version if self.info else None
+        return out
+
     # -- tasks --------------------------------------------------------------------------
     def preprocess(self, image, *, resize: str | None = None, color_order: str = "RGB"
                    ) -> tuple[np.ndarray, Letterbox]:
@@ -258,7 +301,10 @@ class Model:
         """Top-k classes for an image, with labels when the model has them."""
         tensor, _ = self.preprocess(image, color_order=color_order)
         scores = next(iter(self.run(tensor).values()))
-        return postprocess.top_k(scores, top_k, self.labels)
+        found = postprocess.top_k(scores, top_k, self.labels)
+        if found:
+            self._monitor.record_confidence(found[0].score)
+        return found
 
     def detect(self, image, *, score_threshold: float = 0.25, iou_threshold: float = 0.45,
                max_detections: int = 100, color_order: str = "RGB", has_objectness: bool = False

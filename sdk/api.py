@@ -59,6 +59,7 @@ class Inspection:
     metadata: list[str]
     description: str
     info: dict | None  # the standard TFLite metadata, when embedded
+    build: dict | None  # what `sdk convert` recorded: source hash, recipe, calibration statistics
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -88,6 +89,11 @@ class Inspection:
             if i["labels"]:
                 shown = ", ".join(i["labels"][:5]) + (", ..." if len(i["labels"]) > 5 else "")
                 lines.append(f"output {i['output_name']}: {len(i['labels'])} labels ({shown}) from {i['label_file']}")
+        if self.build:
+            b = self.build
+            lines.append(f"built by edge-deploy-sdk {b.get('sdk_version')} from source sha256 "
+                         f"{str(b.get('source_sha256'))[:16]}, recipe sha256 {str(b.get('recipe_sha256'))[:16]}"
+                         + (", with calibration input statistics" if b.get("input_stats") else ""))
         lines.append("weights:")
         lines += render_weights(stats)
         return "\n".join(lines)
@@ -101,7 +107,7 @@ def inspect(path: str | os.PathLike) -> Inspection:
 
     from dataclasses import asdict as as_dict
 
-    from device_runtime.metadata import read_info
+    from device_runtime.metadata import read_build_info, read_info
 
     data = read_model_bytes(path)
     model = read_model(data)
@@ -109,4 +115,5 @@ def inspect(path: str | os.PathLike) -> Inspection:
     return Inspection(str(path), hashlib.sha256(data).hexdigest(), analyse(data),
                       [{"key": s.key, "inputs": sorted(s.inputs), "outputs": sorted(s.outputs)}
                        for s in model.signatures],
-                      sorted(model.metadata), model.description, as_dict(info) if info else None)
+                      sorted(model.metadata), model.description, as_dict(info) if info else None,
+                      read_build_info(model))

@@ -1,0 +1,77 @@
+"""Rolling statistics a maintainer watches: latency, prediction confidence, input drift.
+
+Input drift compares the running per-channel mean and std of what the app feeds
+with the calibration data's, recorded in the model by `sdk convert`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import numpy as np
+
+CONFIDENCE_BINS = 10
+INPUT_SUBSAMPLE = 4  # every 4th pixel/row is enough for a running mean and std
+
+
+class Monitor:
+    def __init__(self, reference: dict | None, window: int = 1000):
+        self._lock = threading.Lock()
+        self._latencies = deque(maxlen=window)
+        self._confidence = np.zeros(CONFIDENCE_BINS, np.int64)
+        self._reference = reference
+        self._sum = self._sumsq = None
+        self._count = 0
+        self.calls = 0
+
+    def record_call(self, seconds: float) -> None:
+        with self._lock:
+            self._latencies.append(seconds * 1000.0)
+            self.calls += 1
+
+    def record_confidence(self, score: float) -> None:
+        with self._lock:
+            self._confidence[min(int(score * CONFIDENCE_BINS), CONFIDENCE_BINS - 1)] += 1
+
+    def record_input(self, x: np.ndarray, scale: float = 0.0, zero_point: int = 0) -> None:
+        """Per-channel sums of one input batch; stored int values are mapped back to float."""
+        if self._reference is None or x.ndim < 2:
+            return
+        rows = x.reshape(-1, x.shape[-1])[::INPUT_SUBSAMPLE].astype(np.float64)
+        if scale:
+            rows = (rows - zero_point) * scale
+        with self._lock:
+            if self._sum is None or self._sum.shape != rows.shape[1:]:
+                self._sum, self._sumsq, self._count = np.zeros(rows.shape[1]), np.zeros(rows.shape[1]), 0
+            self._sum += rows.sum(axis=0)
+            self._sumsq += (rows * rows).sum(axis=0)
+            self._count += len(rows)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            latencies = np.array(self._latencies)
+            latency = None if not len(latencies) else {
+                "p50": float(np.percentile(latencies, 50)), "p90": float(np.percentile(latencies, 90)),
+                "p99": float(np.percentile(latencies, 99)), "mean": float(latencies.mean()),
+                "window": len(latencies)}
+            return {"calls": self.calls, "latency_ms": latency,
+                    "confidence_histogram": {"edges": np.linspace(0, 1, CONFIDENCE_BINS + 1).round(2).tolist(),
+                                             "counts": self._confidence.tolist()},
+                    "input_drift": self._drift()}
+
+    def _drift(self) -> dict | None:
+        if self._reference is None or not self._count:
+            return None
+        mean = self._sum / self._count
+        std = np.sqrt(np.maximum(self._sumsq / self._count - mean * mean, 0.0))
+        ref_mean = np.asarray(self._reference["mean"], np.float64)
+        ref_std = np.asarray(self._reference["std"], np.float64)
+        if ref_mean.shape != mean.shape:
+            return None
+        usable = ref_std > 0
+        shift = np.abs(mean - ref_mean)[usable] / ref_std[usable]
+        return {"mean_shift_sigma": float(shift.max()) if shift.size else 0.0,
+                "std_ratio": float((std[usable] / ref_std[usable]).mean()) if usable.any() else 1.0,
+                "mean": mean.tolist(), "std": std.tolist(), "reference_mean": ref_mean.tolist(),
+                "reference_std": ref_std.tolist(), "samples": self._count}

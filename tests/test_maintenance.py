@@ -1,0 +1,132 @@
+"""Versioned, monitored models: hot-swap under load, rolling statistics, drift, provenance."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from converters import _tf
+from converters.recipe import QuantizeSettings
+from converters.tflite_export import to_tflite
+from device_runtime import DeviceRuntimeError, Model
+from device_runtime.metadata import read_build_info
+from device_runtime.tflite_format import read_model
+from sdk import convert
+from sdk import integrity as tools
+
+SWAPS = 50
+
+
+def _versions(count: int) -> list[bytes]:
+    """``count`` models with the same inputs/outputs and different weights (v0, v1, ...)."""
+    keras = _tf.keras()
+    out = []
+    for version in range(count):
+        keras.utils.set_random_seed(version)
+        net = keras.Sequential([keras.layers.Input((8, 8, 1), name="pixels"), keras.layers.Flatten(),
+                                keras.layers.Dense(16, activation="relu"),
+                                keras.layers.Dense(3, activation="softmax", name="scores")])
+        out.append(to_tflite(net, QuantizeSettings()))
+    return out
+
+
+def test_hot_swap_under_load_never_fails_a_call(tmp_path):
+    versions = _versions(2)
+    pair, stranger = tools.keygen(tmp_path / "release"), tools.keygen(tmp_path / "stranger")
+    x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
+    expected = [Model(v)(x) for v in versions]
+    files = []
+    for i in range(SWAPS):
+        path = tmp_path / f"candidate{i}.tflite"
+        if i % 2 == 0:  # a good new version, properly signed
+            path.write_bytes(versions[(i // 2 + 1) % 2])
+            tools.sign(path, pair.private_path)
+        elif i % 4 == 1:  # corrupt: truncated after signing
+            path.write_bytes(versions[0])
+            tools.sign(path, pair.private_path)
+            path.write_bytes(versions[0][:len(versions[0]) // 2])
+        else:  # intact but signed by someone else
+            path.write_bytes(versions[1])
+            tools.sign(path, stranger.private_path)
+        files.append(path)
+    first = tmp_path / "v0.tflite"
+    first.write_bytes(versions[0])
+    tools.sign(first, pair.private_path)
+    model = Model(first, public_key=pair.public_path)
+
+    failures, results, stop = [], [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                results.append(model(x))
+            except Exception as exc:  # any failure of a call is what this test forbids
+                failures.append(exc)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    current, refused = 0, 0
+    try:
+        for i, path in enumerate(files):
+            calls_before, deadline = len(results), time.monotonic() + 10
+            while len(results) < calls_before + 3:  # let calls land on every version
+                assert time.monotonic() < deadline and worker.is_alive(), "the serving thread stopped"
+                time.sleep(0.001)
+            if i % 2 == 0:
+                model.swap(path)
+                current = (i // 2 + 1) % 2
+            else:
+                with pytest.raises(DeviceRuntimeError):
+                    model.swap(path)
+                refused += 1
+            np.testing.assert_array_equal(model(x), expected[current])  # the right model is serving
+    finally:
+        stop.set()
+        worker.join()
+    assert failures == [] and refused == SWAPS // 2
+    assert len(results) > 3 * SWAPS
+    assert all(any(np.array_equal(r, e) for e in expected) for r in results)  # never a mixed state
+    stats = model.stats()
+    assert stats["calls"] >= len(results) and stats["latency_ms"]["p50"] > 0
+
+
+def test_swap_refuses_a_model_with_other_inputs(tmp_path):
+    keras = _tf.keras()
+    other = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(3)])
+    model = Model(_versions(1)[0])
+    with pytest.raises(DeviceRuntimeError, match="differ from the current"):
+        model.swap(to_tflite(other, QuantizeSettings()))
+    assert model(np.zeros((1, 8, 8, 1), np.float32)).shape == (1, 3)
+
+
+def test_confidence_histogram_counts_every_classification():
+    model = Model(_versions(1)[0])
+    frames = np.random.default_rng(1).integers(0, 256, (7, 8, 8), dtype=np.uint8)
+    for frame in frames:
+        model.classify(frame)
+    histogram = model.stats()["confidence_histogram"]
+    assert sum(histogram["counts"]) == 7 and len(histogram["edges"]) == 11
+
+
+def test_build_info_and_input_drift(digits, digits_model_path, tmp_path):
+    result = convert(digits_model_path, tmp_path / "m.tflite", {"quantize": {"mode": "int8", "io_type": "int8"}},
+                     calib_data=digits.x_train, eval_data=digits.x_test)
+    build = read_build_info(read_model(result.path.read_bytes()))
+    assert build["source_sha256"] == result.report.source_sha256
+    assert build["recipe"]["quantize"]["mode"] == "int8" and len(build["recipe_sha256"]) == 64
+    reference = build["input_stats"]
+    assert reference["samples"] == len(digits.x_train)
+    assert reference["mean"][0] == pytest.approx(float(digits.x_train.mean()), rel=1e-6)
+
+    in_distribution = Model(result.path)
+    in_distribution(digits.x_test)
+    drift = in_distribution.stats()["input_drift"]
+    assert drift["mean_shift_sigma"] < 0.2 and 0.8 < drift["std_ratio"] < 1.2
+
+    shifted = Model(result.path)
+    shifted(np.clip(digits.x_test * 0.3 + 0.6, 0, 1))  # over-exposed camera: brighter, flatter
+    drift = shifted.stats()["input_drift"]
+    assert drift["mean_shift_sigma"] > 1.0 and drift["std_ratio"] < 0.5

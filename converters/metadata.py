@@ -16,22 +16,29 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import flatbuffers
+import numpy as np
 
-from device_runtime.metadata import METADATA_IDENTIFIER, METADATA_NAME, TENSOR_AXIS_LABELS, associated_files
+from device_runtime.metadata import (METADATA_IDENTIFIER, METADATA_NAME, TENSOR_AXIS_LABELS, TENSOR_VALUE_LABELS,
+                                     associated_files)
+from device_runtime.model import read_model_bytes
 from device_runtime.tflite_format import read_model
 
 from .errors import ConversionError, UserInputError
 from .files import atomic_write
-from .tflite_analysis import read_single_io_model
 
 LABELS_FILE = "labels.txt"
 MIN_PARSER_VERSION = "1.0.0"
 
 
+TASKS = ("image_classifier", "object_detector", "audio_classifier")
+DETECTION_OUTPUTS = ("location", "category", "score", "number of detections")
+
+
 @dataclass(frozen=True)
 class MetadataSpec:
-    """What to embed; image settings apply to a rank-4 image input."""
+    """What to embed.  Image settings apply to image tasks, sample rate and channels to audio."""
 
+    task: str = "image_classifier"
     name: str = ""
     description: str = ""
     version: str = "1"
@@ -41,6 +48,21 @@ class MetadataSpec:
     std: Sequence[float] = (255.0,)
     color_space: str = "RGB"  # RGB | GRAYSCALE
     labels: Sequence[str] = field(default_factory=tuple)
+    box_index: Sequence[int] = (1, 0, 3, 2)  # positions of left, top, right, bottom: ymin, xmin, ymax, xmax
+    sample_rate: int = 16000
+    channels: int = 1
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise UserInputError(f"task must be one of {', '.join(TASKS)}; got {self.task!r}")
+        if self.color_space not in ("RGB", "GRAYSCALE"):
+            raise UserInputError(f"color_space must be RGB or GRAYSCALE; got {self.color_space!r}")
+        if any(s == 0 for s in self.std):
+            raise UserInputError("normalisation std values must be non-zero")
+        if sorted(self.box_index) != [0, 1, 2, 3]:
+            raise UserInputError(f"box_index must order 0, 1, 2, 3; got {list(self.box_index)}")
+        if self.sample_rate < 1 or self.channels < 1:
+            raise UserInputError(f"sample_rate and channels must be >= 1; got {self.sample_rate}, {self.channels}")
 
 
 def _schema():
@@ -52,43 +74,115 @@ def _schema():
     return schema
 
 
-def metadata_buffer(spec: MetadataSpec, input_name: str, output_name: str) -> bytes:
-    """The TFLITE_METADATA flatbuffer for a classifier-style model (image in, scores out)."""
-    schema = _schema()
-    if spec.color_space not in ("RGB", "GRAYSCALE"):
-        raise UserInputError(f"color_space must be RGB or GRAYSCALE; got {spec.color_space!r}")
-    if any(s == 0 for s in spec.std):
-        raise UserInputError("normalisation std values must be non-zero")
+def _tensor(schema, name: str, description: str, properties_type, properties, value_range: int | None = None):
+    tensor = schema.TensorMetadataT()
+    tensor.name, tensor.description = name, description
+    content = schema.ContentT()
+    content.contentPropertiesType, content.contentProperties = properties_type, properties
+    if value_range is not None:  # the axis that lists the results (TFLite Support's convention)
+        content.range = schema.ValueRangeT()
+        content.range.min = content.range.max = value_range
+    tensor.content = content
+    return tensor
+
+
+def _labels_file(schema, kind: int):
+    labels = schema.AssociatedFileT()
+    labels.name, labels.description, labels.type = LABELS_FILE, "Class names, one per line.", kind
+    return [labels]
+
+
+def _image_input(schema, spec: MetadataSpec, name: str):
     image = schema.ImagePropertiesT()
     image.colorSpace = getattr(schema.ColorSpaceType, spec.color_space)
-    content = schema.ContentT()
-    content.contentPropertiesType = schema.ContentProperties.ImageProperties
-    content.contentProperties = image
+    tensor = _tensor(schema, name, "Input image, normalised as (pixel - mean) / std.",
+                     schema.ContentProperties.ImageProperties, image)
     norm = schema.NormalizationOptionsT()
     norm.mean, norm.std = [float(v) for v in spec.mean], [float(v) for v in spec.std]
     unit = schema.ProcessUnitT()
-    unit.optionsType = schema.ProcessUnitOptions.NormalizationOptions
-    unit.options = norm
+    unit.optionsType, unit.options = schema.ProcessUnitOptions.NormalizationOptions, norm
     stats = schema.StatsT()  # the value range the normalised input takes
     means, stds = _widen(spec.mean, spec.std)
     stats.min = [(0.0 - m) / s for m, s in zip(means, stds)]
     stats.max = [(255.0 - m) / s for m, s in zip(means, stds)]
-    inp = schema.TensorMetadataT()
-    inp.name, inp.description = input_name, "Input image, normalised as (pixel - mean) / std."
-    inp.content, inp.processUnits, inp.stats = content, [unit], stats
-    out = schema.TensorMetadataT()
-    out.name, out.description = output_name, "Scores per class."
-    out_content = schema.ContentT()
-    out_content.contentPropertiesType = schema.ContentProperties.FeatureProperties
-    out_content.contentProperties = schema.FeaturePropertiesT()
-    out.content = out_content
+    tensor.processUnits, tensor.stats = [unit], stats
+    return tensor
+
+
+def _audio_input(schema, spec: MetadataSpec, name: str):
+    audio = schema.AudioPropertiesT()
+    audio.sampleRate, audio.channels = spec.sample_rate, spec.channels
+    return _tensor(schema, name, "Input audio: float samples in [-1, 1].",
+                   schema.ContentProperties.AudioProperties, audio)
+
+
+def _scores_output(schema, spec: MetadataSpec, name: str):
+    tensor = _tensor(schema, name, "Scores per class.", schema.ContentProperties.FeatureProperties,
+                     schema.FeaturePropertiesT())
     if spec.labels:
-        labels = schema.AssociatedFileT()
-        labels.name, labels.description = LABELS_FILE, "Class names, one per line, in output order."
-        labels.type = TENSOR_AXIS_LABELS
-        out.associatedFiles = [labels]
+        tensor.associatedFiles = _labels_file(schema, TENSOR_AXIS_LABELS)
+    return tensor
+
+
+def detection_roles(shapes: Sequence[tuple[int, ...]], names: Sequence[str]) -> list[str]:
+    """The role (location, category, score, number of detections) of each output, in output order.
+
+    Boxes are the rank-3 output ending in 4 and the count is the one-value output;
+    categories and scores have the same shape, so their names must tell them apart.
+    """
+    roles: list[str | None] = [None] * len(shapes)
+    for i, shape in enumerate(shapes):
+        if len(shape) == 3 and shape[-1] == 4:
+            roles[i] = DETECTION_OUTPUTS[0]
+        elif int(np.prod(shape)) == 1:
+            roles[i] = DETECTION_OUTPUTS[3]
+    for i, name in enumerate(names):
+        lowered = name.lower()
+        if roles[i] is None and ("class" in lowered or "categor" in lowered or "label" in lowered):
+            roles[i] = DETECTION_OUTPUTS[1]
+        elif roles[i] is None and "score" in lowered:
+            roles[i] = DETECTION_OUTPUTS[2]
+    if sorted(r for r in roles if r) != sorted(DETECTION_OUTPUTS):
+        raise UserInputError(f"cannot tell the detector's outputs apart from shapes {list(shapes)} and names "
+                             f"{list(names)}: name them so one contains 'class' and one 'score'")
+    return roles
+
+
+def _detection_outputs(schema, spec: MetadataSpec, roles: Sequence[str]):
+    box = schema.BoundingBoxPropertiesT()
+    box.index = [int(v) for v in spec.box_index]
+    box.type, box.coordinateType = schema.BoundingBoxType.BOUNDARIES, schema.CoordinateType.RATIO
+    feature = schema.ContentProperties.FeatureProperties
+    location = _tensor(schema, DETECTION_OUTPUTS[0], "Boxes in [0, 1] of the input size.",
+                       schema.ContentProperties.BoundingBoxProperties, box, value_range=2)
+    category = _tensor(schema, DETECTION_OUTPUTS[1], "Class of each box.", feature,
+                       schema.FeaturePropertiesT(), value_range=2)
+    if spec.labels:
+        category.associatedFiles = _labels_file(schema, TENSOR_VALUE_LABELS)
+    score = _tensor(schema, DETECTION_OUTPUTS[2], "Score of each box.", feature, schema.FeaturePropertiesT(),
+                    value_range=2)
+    count = _tensor(schema, DETECTION_OUTPUTS[3], "Number of boxes.", feature, schema.FeaturePropertiesT())
+    group = schema.TensorGroupT()
+    group.name, group.tensorNames = "detection_result", list(DETECTION_OUTPUTS[:3])
+    by_role = dict(zip(DETECTION_OUTPUTS, (location, category, score, count)))
+    return [by_role[role] for role in roles], [group]  # metadata is positional: follow the outputs' order
+
+
+def metadata_buffer(spec: MetadataSpec, input_name: str, output_names: Sequence[str],
+                    detection_order: Sequence[str] = DETECTION_OUTPUTS) -> bytes:
+    """The TFLITE_METADATA flatbuffer for ``spec.task``; ``detection_order`` is each output's role."""
+    schema = _schema()
+    spec.validate()
     subgraph = schema.SubGraphMetadataT()
-    subgraph.inputTensorMetadata, subgraph.outputTensorMetadata = [inp], [out]
+    if spec.task == "audio_classifier":
+        subgraph.inputTensorMetadata = [_audio_input(schema, spec, input_name)]
+    else:
+        subgraph.inputTensorMetadata = [_image_input(schema, spec, input_name)]
+    if spec.task == "object_detector":
+        subgraph.outputTensorMetadata, subgraph.outputTensorGroups = _detection_outputs(schema, spec,
+                                                                                        detection_order)
+    else:
+        subgraph.outputTensorMetadata = [_scores_output(schema, spec, output_names[0])]
     meta = schema.ModelMetadataT()
     meta.name, meta.description, meta.version = spec.name, spec.description, spec.version
     meta.author, meta.license = spec.author, spec.license
@@ -149,15 +243,24 @@ def add_metadata(model_path: str | os.PathLike, output: str | os.PathLike, spec:
     """Write a copy of the model with standard metadata; the input file is never changed."""
     from .files import check_output_path
 
+    spec.validate()
     out = check_output_path(output, [model_path], force)
-    data, parsed = read_single_io_model(model_path, "writing metadata")
+    data = read_model_bytes(model_path)
+    parsed = read_model(data)
     sg = parsed.main
-    classes = sg.tensors[sg.outputs[0]].shape[-1]
-    if spec.labels and len(spec.labels) != classes:
-        raise UserInputError(f"{len(spec.labels)} labels given but the model outputs {classes} scores")
+    wanted_outputs = 4 if spec.task == "object_detector" else 1
+    if len(sg.inputs) != 1 or len(sg.outputs) != wanted_outputs:
+        raise UserInputError(f"a {spec.task} needs 1 input and {wanted_outputs} output(s); the model has "
+                             f"{len(sg.inputs)} and {len(sg.outputs)}")
+    if spec.task != "object_detector":
+        classes = sg.tensors[sg.outputs[0]].shape[-1]
+        if spec.labels and len(spec.labels) != classes:
+            raise UserInputError(f"{len(spec.labels)} labels given but the model outputs {classes} scores")
     names = {index: name for s in parsed.signatures[:1] for name, index in {**s.inputs, **s.outputs}.items()}
-    buffer = metadata_buffer(spec, names.get(sg.inputs[0], sg.tensors[sg.inputs[0]].name),
-                             names.get(sg.outputs[0], sg.tensors[sg.outputs[0]].name))
+    output_names = [names.get(i, sg.tensors[i].name) for i in sg.outputs]
+    roles = detection_roles([sg.tensors[i].shape for i in sg.outputs], output_names) \
+        if spec.task == "object_detector" else DETECTION_OUTPUTS
+    buffer = metadata_buffer(spec, names.get(sg.inputs[0], sg.tensors[sg.inputs[0]].name), output_names, roles)
     files = {LABELS_FILE: ("\n".join(spec.labels) + "\n").encode()} if spec.labels else {}
     result = populate(data, {METADATA_NAME: buffer}, files)
     atomic_write(out, result)

@@ -21,8 +21,9 @@ METADATA_NAME = "TFLITE_METADATA"
 BUILD_INFO_NAME = "EDGE_SDK_BUILD"  # JSON: how the file was built, and its inputs' reference statistics
 METADATA_IDENTIFIER = b"M001"
 TENSOR_AXIS_LABELS = 2
+TENSOR_VALUE_LABELS = 3
 NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union member
-IMAGE_PROPERTIES = 2  # ContentProperties union member
+IMAGE_PROPERTIES, BOUNDING_BOX_PROPERTIES, AUDIO_PROPERTIES = 2, 3, 4  # ContentProperties union members
 COLOR_SPACES = {0: "unknown", 1: "RGB", 2: "GRAYSCALE"}
 
 
@@ -42,6 +43,11 @@ class ModelInfo:
     output_name: str
     labels: tuple[str, ...] | None
     label_file: str | None
+    task: str = "unknown"  # image_classifier | object_detector | audio_classifier | unknown
+    output_names: tuple[str, ...] = ()
+    box_index: tuple[int, ...] | None = None  # positions of left, top, right, bottom in a box
+    sample_rate: int | None = None
+    channels: int | None = None
 
 
 def read_info(model: TFLiteModel) -> ModelInfo | None:
@@ -56,7 +62,8 @@ def read_info(model: TFLiteModel) -> ModelInfo | None:
     subgraphs = root.tables(3, "subgraph_metadata")
     inputs = subgraphs[0].tables(2, "input_tensor_metadata") if subgraphs else []
     outputs = subgraphs[0].tables(3, "output_tensor_metadata") if subgraphs else []
-    mean = std = color = None
+    mean = std = color = sample_rate = channels = box_index = None
+    task = "unknown"
     if inputs:
         for unit in inputs[0].tables(4, "process_unit"):
             if unit.scalar(0, "B", 0) == NORMALIZATION_OPTIONS:
@@ -64,18 +71,28 @@ def read_info(model: TFLiteModel) -> ModelInfo | None:
                 mean = tuple(float(v) for v in options.array(0, "<f4"))
                 std = tuple(float(v) for v in options.array(1, "<f4"))
         content = inputs[0].table(3, "content")
-        if content is not None and content.scalar(0, "B", 0) == IMAGE_PROPERTIES:
+        kind = content.scalar(0, "B", 0) if content is not None else 0
+        if kind == IMAGE_PROPERTIES:
             color = COLOR_SPACES.get(content.table(1, "image_properties").scalar(0, "b", 0), "unknown")
+            task = "image_classifier"
+        elif kind == AUDIO_PROPERTIES:
+            audio = content.table(1, "audio_properties")
+            sample_rate, channels = audio.scalar(0, "I", 0), audio.scalar(1, "I", 0)
+            task = "audio_classifier"
     label_file = None
-    if outputs:
-        for file in outputs[0].tables(6, "associated_file"):
-            if file.scalar(2, "b", 0) == TENSOR_AXIS_LABELS:
+    for output in outputs:
+        content = output.table(3, "content")
+        if content is not None and content.scalar(0, "B", 0) == BOUNDING_BOX_PROPERTIES:
+            box_index = tuple(int(v) for v in content.table(1, "bounding_box_properties").array(0, "<u4"))
+            task = "object_detector"
+        for file in output.tables(6, "associated_file"):
+            if file.scalar(2, "b", 0) in (TENSOR_AXIS_LABELS, TENSOR_VALUE_LABELS) and label_file is None:
                 label_file = file.string(0)
-                break
     labels = _read_labels(model.data, label_file) if label_file else None
     return ModelInfo(root.string(0), root.string(1), root.string(2), root.string(4), root.string(5),
                      inputs[0].string(0) if inputs else "", color, mean, std,
-                     outputs[0].string(0) if outputs else "", labels, label_file)
+                     outputs[0].string(0) if outputs else "", labels, label_file, task,
+                     tuple(o.string(0) for o in outputs), box_index, sample_rate, channels)
 
 
 def read_build_info(model: TFLiteModel) -> dict | None:

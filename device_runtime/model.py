@@ -315,7 +315,10 @@ class Model:
         size = (spec.height, spec.width)
         if len(self.outputs) == 4:
             out = list(self.run(tensor).values())
-            return postprocess.decode_ssd(*out, box, size, score_threshold=score_threshold, labels=self.labels)
+            order = self.info.box_index if self.info and self.info.box_index else (1, 0, 3, 2)
+            roles = self.info.output_names if self.info and self.info.task == "object_detector" else None
+            return postprocess.decode_ssd(*postprocess.ssd_outputs(out, roles), box, size,
+                                          score_threshold=score_threshold, labels=self.labels, box_index=order)
         if len(self.outputs) != 1:
             raise InputError(f"detect() understands 1 (YOLO) or 4 (SSD) outputs; the model has "
                              f"{len(self.outputs)}")

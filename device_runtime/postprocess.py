@@ -127,18 +127,47 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
     return _detections(letterbox.to_original(boxes[keep]), scores[keep], class_ids[keep], labels)
 
 
+SSD_ROLES = ("location", "category", "score", "number of detections")
+
+
+def ssd_outputs(outputs: Sequence[np.ndarray], roles: Sequence[str] | None = None) -> list[np.ndarray]:
+    """The four SSD outputs as (boxes, classes, scores, count), whatever order the model keeps them in.
+
+    ``roles`` are the metadata's tensor names per output; without them, boxes are
+    the (1, N, 4) output, the count the one-value output, and of the remaining
+    two the one holding only whole numbers is the classes.
+    """
+    if roles and sorted(roles) == sorted(SSD_ROLES):
+        by_role = dict(zip(roles, outputs))
+        return [by_role[role] for role in SSD_ROLES]
+    arrays = [np.asarray(o) for o in outputs]
+    boxes = next((a for a in arrays if a.ndim == 3 and a.shape[-1] == 4), None)
+    count = next((a for a in arrays if a.size == 1), None)
+    rest = [a for a in arrays if a is not boxes and a is not count]
+    if boxes is None or count is None or len(rest) != 2:
+        raise InputError(f"cannot tell SSD outputs apart from shapes {[a.shape for a in arrays]}; "
+                         "add detector metadata (sdk metadata add --task object_detector)")
+    whole = [bool(np.all(np.mod(a, 1) == 0)) for a in rest]
+    classes, scores = (rest[0], rest[1]) if whole[0] and not whole[1] else (rest[1], rest[0])
+    return [boxes, classes, scores, count]
+
+
 def decode_ssd(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, count, letterbox: Letterbox,
                input_size: tuple[int, int], *, score_threshold: float = 0.25,
-               labels: Sequence[str] | None = None) -> list[Detection]:
-    """TFLite_Detection_PostProcess outputs: normalized ymin, xmin, ymax, xmax; classes; scores; count."""
+               labels: Sequence[str] | None = None, box_index: Sequence[int] = (1, 0, 3, 2)) -> list[Detection]:
+    """TFLite_Detection_PostProcess outputs: normalized boxes; classes; scores; count.
+
+    ``box_index`` gives the positions of left, top, right, bottom within a box
+    (the metadata's BoundingBoxProperties.index); the default reads ymin, xmin, ymax, xmax.
+    """
     n = int(np.asarray(count).reshape(-1)[0])
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)[:n]
     scores = np.asarray(scores, np.float64).reshape(-1)[:n]
     classes = np.asarray(classes).reshape(-1)[:n].astype(np.int64)
     chosen = scores >= score_threshold
     height, width = input_size
-    yx = boxes[chosen]
-    xyxy = np.stack([yx[:, 1] * width, yx[:, 0] * height, yx[:, 3] * width, yx[:, 2] * height], axis=1)
+    picked = boxes[chosen][:, list(box_index)]  # -> left, top, right, bottom
+    xyxy = picked * np.array([width, height, width, height], np.float64)
     return _detections(letterbox.to_original(xyxy), scores[chosen], classes[chosen], labels)
 
 

@@ -254,13 +254,19 @@ def metadata():
 Examples:
   sdk metadata add model.tflite -o model_meta.tflite --labels labels.txt --mean 127.5 --std 127.5
   sdk metadata add digits.tflite -o d.tflite --labels digits.txt --color-space GRAYSCALE --version 2
+  sdk metadata add ssd.tflite -o ssd_meta.tflite --task object_detector --labels coco.txt
+  sdk metadata add kws.tflite -o kws_meta.tflite --task audio_classifier --sample-rate 16000 --labels words.txt
 \b
 The output is read by Android Studio's ML Model Binding, the TFLite Task
 Library, MediaPipe Tasks and device_runtime.Model; the input is not changed.
 """)
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="The .tflite to write.")
-@click.option("--labels", type=click.Path(), help="Class names, one per line, in output order.")
+@click.option("--task", type=click.Choice(["image_classifier", "object_detector", "audio_classifier"]),
+              default="image_classifier", show_default=True)
+@click.option("--labels", type=click.Path(), help="Class names, one per line (class id order).")
+@click.option("--sample-rate", type=int, default=16000, show_default=True, help="Audio input sample rate.")
+@click.option("--channels", type=int, default=1, show_default=True, help="Audio input channels.")
 @click.option("--mean", type=float, multiple=True, default=(0.0,), show_default=True,
               help="Normalisation mean on 0..255 pixels; once, or once per channel.")
 @click.option("--std", type=float, multiple=True, default=(255.0,), show_default=True,
@@ -273,16 +279,17 @@ Library, MediaPipe Tasks and device_runtime.Model; the input is not changed.
 @click.option("--license", "license_", default="", help="License.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def metadata_add(model, output, labels, mean, std, color_space, name, description, model_version, author,
-                 license_, force, debug):
+def metadata_add(model, output, task, labels, sample_rate, channels, mean, std, color_space, name, description,
+                 model_version, author, license_, force, debug):
     """Write a copy of MODEL with standard TFLite metadata."""
 
     def action():
         from converters.metadata import MetadataSpec, add_metadata, read_labels_file
 
-        spec = MetadataSpec(name=name, description=description, version=model_version, author=author,
+        spec = MetadataSpec(task=task, name=name, description=description, version=model_version, author=author,
                             license=license_, mean=mean, std=std, color_space=color_space,
-                            labels=read_labels_file(labels) if labels else ())
+                            labels=read_labels_file(labels) if labels else (), sample_rate=sample_rate,
+                            channels=channels)
         add_metadata(model, output, spec, force)
         click.echo(f"wrote {output} with metadata" + (f" and {len(spec.labels)} labels" if spec.labels else ""))
 

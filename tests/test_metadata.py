@@ -153,3 +153,64 @@ def test_mediapipe_image_classifier_accepts_it_and_returns_our_labels(classifier
     theirs = results["meta.tflite"]
     assert [name for name, _ in theirs] == [c.label for c in ours]
     np.testing.assert_allclose([score for _, score in theirs], [c.score for c in ours], atol=1e-5)
+
+
+def _detector_and_audio(folder):
+    keras = _tf.keras()
+    keras.utils.set_random_seed(3)
+    image = keras.layers.Input((16, 16, 3), name="image")
+    flat = keras.layers.Flatten()(image)
+    outputs = [keras.layers.Reshape((10, 4), name="a_boxes")(keras.layers.Dense(40, activation="sigmoid")(flat)),
+               keras.layers.Dense(10, activation="relu", name="b_classes")(flat),
+               keras.layers.Dense(10, activation="sigmoid", name="c_scores")(flat),
+               keras.layers.Dense(1, name="d_count", kernel_initializer="zeros",
+                                  bias_initializer=keras.initializers.Constant(10.0))(flat)]  # 10 boxes
+    detector = folder / "detector.tflite"
+    detector.write_bytes(to_tflite(keras.Model(image, outputs), QuantizeSettings()))
+    audio = folder / "audio.tflite"
+    wave = keras.layers.Input((16000,), name="waveform")
+    audio.write_bytes(to_tflite(keras.Model(wave, keras.layers.Dense(3, activation="softmax")(wave)),
+                                QuantizeSettings()))
+    return detector, audio
+
+
+def test_detector_and_audio_round_trip(tmp_path):
+    detector, audio = _detector_and_audio(tmp_path)
+    add_metadata(detector, tmp_path / "d.tflite", MetadataSpec(task="object_detector", labels=["person", "car"],
+                                                               box_index=(0, 1, 2, 3)))
+    add_metadata(audio, tmp_path / "a.tflite", MetadataSpec(task="audio_classifier", sample_rate=8000,
+                                                            labels=["yes", "no", "silence"]))
+    info = read_info(read_model((tmp_path / "d.tflite").read_bytes()))
+    assert info.task == "object_detector" and info.box_index == (0, 1, 2, 3)
+    # metadata is positional and this model keeps its outputs as scores, classes, count, boxes
+    assert sorted(info.output_names) == sorted(("location", "category", "score", "number of detections"))
+    shapes = {name: Model(detector).outputs[i].shape for i, name in enumerate(info.output_names)}
+    assert shapes["location"] == (1, 10, 4) and shapes["number of detections"] == (1, 1)
+    assert info.labels == ("person", "car")
+    sound = read_info(read_model((tmp_path / "a.tflite").read_bytes()))
+    assert (sound.task, sound.sample_rate, sound.channels) == ("audio_classifier", 8000, 1)
+    assert sound.labels == ("yes", "no", "silence")
+    wave = np.random.default_rng(2).uniform(-1, 1, (1, 16000)).astype(np.float32)
+    np.testing.assert_array_equal(Model(tmp_path / "a.tflite")(wave), Model(audio)(wave))
+    with pytest.raises(UserInputError, match="a object_detector needs 1 input and 4 output"):
+        add_metadata(audio, tmp_path / "bad.tflite", MetadataSpec(task="object_detector"))
+
+
+def test_detect_follows_the_box_order_in_metadata(tmp_path):
+    from device_runtime.postprocess import decode_ssd, ssd_outputs
+
+    detector, _ = _detector_and_audio(tmp_path)
+    frame = np.random.default_rng(4).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    found = {}
+    for order in ((1, 0, 3, 2), (0, 1, 2, 3)):
+        path = tmp_path / f"d{order[0]}.tflite"
+        add_metadata(detector, path, MetadataSpec(task="object_detector", box_index=order))
+        model = Model(path)
+        tensor, box = model.preprocess(frame, resize="letterbox")
+        raw = ssd_outputs(list(model.run(tensor).values()), model.info.output_names)
+        assert raw[0].shape == (1, 10, 4) and raw[3].size == 1
+        expected = decode_ssd(*raw, box, (16, 16), score_threshold=0.0, box_index=order)
+        found[order] = model.detect(frame, score_threshold=0.0)
+        assert [d.box for d in found[order]] == [d.box for d in expected] and len(expected) == 10
+    swapped = [(b[1], b[0], b[3], b[2]) for b in (d.box for d in found[(0, 1, 2, 3)])]
+    assert swapped == [d.box for d in found[(1, 0, 3, 2)]]

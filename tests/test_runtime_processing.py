@@ -163,3 +163,16 @@ def test_top_k_ties_take_the_lower_index():
     scores = np.zeros(50)
     scores[[7, 30]] = 1.0
     assert [c.index for c in top_k(scores, 4)] == [7, 30, 0, 1]
+
+
+def test_ssd_outputs_found_by_shape_and_values_in_any_order():
+    from device_runtime.postprocess import ssd_outputs
+
+    boxes = np.zeros((1, 5, 4))
+    classes = np.array([[3.0, 1.0, 0.0, 2.0, 1.0]])
+    scores = np.array([[0.9, 0.8, 0.5, 0.3, 0.1]])
+    count = np.array([5.0])
+    got = ssd_outputs([scores, count, boxes, classes])
+    assert got[0] is boxes and got[1] is classes and got[2] is scores and got[3] is count
+    named = ssd_outputs([scores, classes, count, boxes], ["score", "category", "number of detections", "location"])
+    assert named[1] is classes and named[2] is scores

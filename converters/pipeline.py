@@ -7,6 +7,7 @@ measured from the written bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from device_runtime.metadata import BUILD_INFO_NAME
+from device_runtime.metadata import BUILD_INFO_NAME, METADATA_NAME
 
 from .data import Dataset, DataSource, load_data
 from .errors import ConversionError, DataError, RecipeError
@@ -26,7 +27,7 @@ from .fidelity import compare, run_tflite
 from .files import atomic_write, check_output_path
 from .finetune import finetune, steps_per_epoch
 from .keras_import import load_keras_model
-from .metadata import populate
+from .metadata import LABELS_FILE, MetadataSpec, metadata_buffer, populate
 from .passes import PASSES, PassRecord
 from .passes.base import kernel_weights
 from .recipe import QuantizeSettings, Recipe
@@ -56,8 +57,12 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
                   finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
                   eval_data: DataSource | None = None, force: bool = False,
                   progress: Progress | None = None, verbose: bool = False,
-                  custom_objects: dict | None = None) -> ConversionResult:
-    """Compress and convert a Keras model to ``output`` (.tflite) with a report beside it."""
+                  custom_objects: dict | None = None, metadata: MetadataSpec | None = None) -> ConversionResult:
+    """Compress and convert a Keras model to ``output`` (.tflite) with a report beside it.
+
+    Image classifiers also get standard TFLite metadata (``metadata`` overrides
+    the defaults: name from the source, [0, 1] inputs, labels from an image folder).
+    """
     recipe = recipe or Recipe()
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -95,7 +100,14 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     tflite_bytes, export_notes = _export(model, recipe, calibration, records, progress)
     notes += export_notes
     source_sha256 = _source_hash(source_path, teacher)
-    tflite_bytes = populate(tflite_bytes, {BUILD_INFO_NAME: _build_info(source_sha256, recipe, calib)})
+    buffers = {BUILD_INFO_NAME: _build_info(source_sha256, recipe, calib)}
+    files = None
+    standard, note = _standard_metadata(tflite_bytes, metadata, source_path, tune or calib or evaluation)
+    if standard is not None:
+        buffers[METADATA_NAME], files = standard
+    if note:
+        notes.append(note)
+    tflite_bytes = populate(tflite_bytes, buffers, files)
     timings["export"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -200,6 +212,31 @@ def _export(model, recipe: Recipe, calibration, records: dict[str, PassRecord], 
     if len(sparse) < len(dense) and gzip_size(sparse) < gzip_size(dense):
         return sparse, notes + [f"sparse format (EXPERIMENTAL_SPARSITY) kept, smaller on both: {sizes}"]
     return dense, notes + [f"sparse format (EXPERIMENTAL_SPARSITY) tried and dropped: {sizes}"]
+
+
+def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, source_path, data: Dataset | None):
+    """(TFLITE_METADATA buffer, files) for an image classifier, or None, and a note for the report."""
+    from device_runtime.tflite_format import read_model
+
+    sg = read_model(tflite_bytes).main
+    shape = sg.tensors[sg.inputs[0]].shape
+    if len(sg.inputs) != 1 or len(sg.outputs) != 1 or len(shape) != 4 or shape[-1] not in (1, 3):
+        return None, None
+    if spec is None:
+        spec = MetadataSpec(name=Path(source_path).stem if source_path else "model",
+                            labels=data.class_names if data is not None else ())
+    # One channel can only be grayscale, three only RGB: the input shape decides.
+    spec = dataclasses.replace(spec, color_space="GRAYSCALE" if shape[-1] == 1 else "RGB")
+    classes = sg.tensors[sg.outputs[0]].shape[-1]
+    if spec.labels and len(spec.labels) != classes:
+        raise DataError(f"{len(spec.labels)} labels given but the model outputs {classes} scores")
+    try:
+        buffer = metadata_buffer(spec, "input", ["scores"])
+    except ConversionError as exc:  # the schema module is missing: convert anyway, and say so
+        return None, f"standard TFLite metadata not written: {exc}"
+    files = {LABELS_FILE: ("\n".join(spec.labels) + "\n").encode()} if spec.labels else {}
+    return (buffer, files), (f"standard TFLite metadata written: image classifier, (pixel - {list(spec.mean)}) "
+                             f"/ {list(spec.std)}, {len(spec.labels)} labels, version {spec.version}")
 
 
 def _build_info(source_sha256: str, recipe: Recipe, calib: Dataset | None) -> bytes:

@@ -20,12 +20,14 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
             *, finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
             eval_data: DataSource | None = None, force: bool = False,
             progress: Callable[[str, int, int], None] | None = None, verbose: bool = False,
-            custom_objects: dict | None = None):
+            custom_objects: dict | None = None, metadata=None):
     """Compress ``source`` as ``recipe`` says and write ``output`` (.tflite) plus a report JSON.
 
     ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory tf_keras model.
     ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
     Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array.
+    ``metadata``: a ``converters.metadata.MetadataSpec`` for image classifiers (labels,
+    normalisation, name, version); by default name, [0, 1] inputs and image-folder labels.
     Returns a ``ConversionResult`` with ``path``, ``report_path`` and ``report``.
     """
     from converters.keras_import import is_keras_source
@@ -45,7 +47,7 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
                                "SavedModel folder or a tf_keras model")
     return convert_keras(source, output, recipe, finetune_data=finetune_data, calib_data=calib_data,
                          eval_data=eval_data, force=force, progress=progress, verbose=verbose,
-                         custom_objects=custom_objects)
+                         custom_objects=custom_objects, metadata=metadata)
 
 
 @dataclass

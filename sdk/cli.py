@@ -97,12 +97,14 @@ original model. Exit codes: 0 ok, 1 conversion failed, 2 bad input.
 @click.option("--target", type=click.Choice(["tflite", "mcu"]), default="tflite", show_default=True,
               help="mcu also writes TFLite Micro C/C++ files to OUT_mcu/ (needs --quantize int8 --io-type int8).")
 @click.option("--board", help="With --target mcu: check the model fits this board (see `sdk export mcu --help`).")
+@click.option("--labels", type=click.Path(), help="Class names for the model's metadata, one per line.")
+@click.option("--model-version", default="1", show_default=True, help="Version written into the metadata.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
-            samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, force,
-            as_json, debug):
+            samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
+            model_version, force, as_json, debug):
     """Compress and convert SOURCE (.keras, .h5, SavedModel folder) to a verified .tflite."""
 
     def action():
@@ -115,8 +117,16 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
         if target == "mcu" and (recipe.quantize.mode != "int8" or recipe.quantize.io_type == "float32"):
             raise UserInputError("--target mcu needs a full-integer model: add --quantize int8 --io-type int8 "
                                  "and --calib DATA")
+        metadata = None
+        if labels or model_version != "1":
+            from pathlib import Path
+
+            from converters.metadata import MetadataSpec, read_labels_file
+
+            metadata = MetadataSpec(name=Path(source).stem, version=model_version,
+                                    labels=read_labels_file(labels) if labels else ())
         result = convert_model(source, output, recipe, finetune_data=finetune_path, calib_data=calib,
-                               eval_data=eval_path, force=force,
+                               eval_data=eval_path, force=force, metadata=metadata,
                                progress=None if as_json else _stderr_progress, verbose=not as_json)
         mcu = None
         if target == "mcu":

@@ -214,3 +214,19 @@ def test_detect_follows_the_box_order_in_metadata(tmp_path):
         assert [d.box for d in found[order]] == [d.box for d in expected] and len(expected) == 10
     swapped = [(b[1], b[0], b[3], b[2]) for b in (d.box for d in found[(0, 1, 2, 3)])]
     assert swapped == [d.box for d in found[(1, 0, 3, 2)]]
+
+
+def test_convert_writes_standard_metadata(digits, digits_npz, digits_model_path, tmp_path):
+    train, test = digits_npz
+    (tmp_path / "digits.txt").write_text("\n".join(f"digit {i}" for i in range(10)))
+    out = tmp_path / "d.tflite"
+    done = CliRunner().invoke(main, ["convert", str(digits_model_path), "-o", str(out), "--quantize", "int8",
+                                     "--calib", str(train), "--eval", str(test), "--labels",
+                                     str(tmp_path / "digits.txt"), "--model-version", "2"])
+    assert done.exit_code == 0, done.output
+    model = Model(out)
+    assert (model.info.name, model.info.version, model.info.color_space) == ("digits_cnn", "2", "GRAYSCALE")
+    assert (model.info.mean, model.info.std) == ((0.0,), (255.0,))  # the [0, 1] inputs the data has
+    frame = (digits.x_test[0, ..., 0] * 255).round().astype(np.uint8)
+    assert model.classify(frame, top_k=1)[0].label == f"digit {digits.y_test[0]}"
+    assert "standard TFLite metadata written" in done.stdout

@@ -230,3 +230,32 @@ def test_convert_writes_standard_metadata(digits, digits_npz, digits_model_path,
     frame = (digits.x_test[0, ..., 0] * 255).round().astype(np.uint8)
     assert model.classify(frame, top_k=1)[0].label == f"digit {digits.y_test[0]}"
     assert "standard TFLite metadata written" in done.stdout
+
+
+def test_schema_module_reads_back_what_we_wrote(classifier, tmp_path):
+    """The schema's own generated reader (TFLite Support) agrees with ours, for all three tasks."""
+    from tensorflow_lite_support.metadata import metadata_schema_py_generated as schema
+
+    _, with_meta, _ = classifier
+    detector, audio = _detector_and_audio(tmp_path)
+    add_metadata(detector, tmp_path / "d.tflite", MetadataSpec(task="object_detector", labels=["person"]))
+    add_metadata(audio, tmp_path / "a.tflite", MetadataSpec(task="audio_classifier", sample_rate=22050))
+    for path in (with_meta, tmp_path / "d.tflite", tmp_path / "a.tflite"):
+        raw = read_model(path.read_bytes()).metadata_bytes("TFLITE_METADATA")
+        assert schema.ModelMetadata.ModelMetadataBufferHasIdentifier(raw, 0)
+        meta = schema.ModelMetadataT.InitFromPackedBuf(bytearray(raw), 0)
+        ours = read_info(read_model(path.read_bytes()))
+        assert meta.name.decode() == ours.name and meta.version.decode() == ours.version
+        assert meta.minParserVersion.decode() == "1.0.0"
+        outputs = meta.subgraphMetadata[0].outputTensorMetadata
+        assert tuple(o.name.decode() for o in outputs) == ours.output_names
+        content = meta.subgraphMetadata[0].inputTensorMetadata[0].content
+        if ours.task == "audio_classifier":
+            assert content.contentProperties.sampleRate == 22050
+        else:
+            units = meta.subgraphMetadata[0].inputTensorMetadata[0].processUnits
+            assert list(units[0].options.mean) == list(ours.mean)
+        if ours.task == "object_detector":
+            location = outputs[ours.output_names.index("location")]
+            assert list(location.content.contentProperties.index) == [1, 0, 3, 2]
+            assert meta.subgraphMetadata[0].outputTensorGroups[0].name.decode() == "detection_result"

@@ -18,7 +18,7 @@ BACKENDS = ("ai-edge-litert", "tflite-runtime", "tensorflow")
 _MODULES = {
     "ai-edge-litert": "ai_edge_litert.interpreter",
     "tflite-runtime": "tflite_runtime.interpreter",
-    "tensorflow": "tensorflow.lite",
+    "tensorflow": "tensorflow.lite.python.interpreter",  # the heavy fallback: same API as the others
 }
 
 
@@ -44,14 +44,8 @@ def get_backend(name: str = "auto") -> Backend:
             module = importlib.import_module(_MODULES[candidate])
         except ImportError:
             continue
-        if candidate == "tensorflow":
-            import tensorflow as tf  # noqa: PLC0415 - only as the heavy fallback
-            interpreter_class, load_delegate = tf.lite.Interpreter, tf.lite.experimental.load_delegate
-            resolver = tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        else:
-            interpreter_class, load_delegate = module.Interpreter, module.load_delegate
-            resolver = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        return Backend(candidate, interpreter_class, load_delegate, resolver)
+        return Backend(candidate, module.Interpreter, module.load_delegate,
+                       module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     wanted = "any TFLite interpreter" if name == "auto" else f"the {name} package"
     raise NoInterpreterError(
         f"{wanted} is not installed: pip install ai-edge-litert "

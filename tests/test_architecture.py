@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_ALLOWED = {"numpy", "ai_edge_litert", "tflite_runtime", "PIL"}  # + stdlib; TF only as fallback
+RUNTIME_ALLOWED = {"numpy", "ai_edge_litert", "tflite_runtime", "PIL",
+                   "cryptography"}  # + stdlib; cryptography only when a key is given; TF only as fallback
 FORBIDDEN_EVERYWHERE_IN_RUNTIME = {"sdk", "converters", "tf_keras", "torch", "onnx2tf",
                                    "tensorflow_model_optimization"}
 

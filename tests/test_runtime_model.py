@@ -177,3 +177,10 @@ def test_pi_app_refuses_a_broken_model(tmp_path):
     done = subprocess.run([sys.executable, "examples/pi_app.py", str(tmp_path / "bad.tflite"), "--images",
                            str(tmp_path)], capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
     assert done.returncode == 2 and done.stderr.startswith("error: not a TFLite model")
+
+
+def test_tensorflow_fallback_backend_gives_same_outputs(models):
+    paths, calib = models
+    heavy = Model(paths["float"], backend="tensorflow")
+    assert heavy.backend.name == "tensorflow" and heavy.backend.is_heavy
+    np.testing.assert_allclose(heavy(calib[:4]), Model(paths["float"])(calib[:4]), atol=1e-6)

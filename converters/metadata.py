@@ -21,7 +21,7 @@ import numpy as np
 from device_runtime.metadata import (METADATA_IDENTIFIER, METADATA_NAME, TENSOR_AXIS_LABELS, TENSOR_VALUE_LABELS,
                                      associated_files)
 from device_runtime.model import read_model_bytes
-from device_runtime.tflite_format import read_model
+from device_runtime.tflite_format import TFLiteModel, read_model
 
 from .errors import ConversionError, UserInputError
 from .files import atomic_write
@@ -238,16 +238,14 @@ def _flatbuffer_end(data: bytes) -> int:
         return min(info.header_offset for info in archive.infolist())
 
 
-def add_metadata(model_path: str | os.PathLike, output: str | os.PathLike, spec: MetadataSpec,
-                 force: bool = False) -> bytes:
-    """Write a copy of the model with standard metadata; the input file is never changed."""
-    from .files import check_output_path
+def standard_metadata(model: TFLiteModel, spec: MetadataSpec) -> tuple[bytes, dict[str, bytes]]:
+    """The TFLITE_METADATA buffer and associated files for ``model`` as ``spec`` describes it.
 
+    Checks the model fits the task (inputs, outputs, label count) and names the
+    tensors as the model's signature does.
+    """
     spec.validate()
-    out = check_output_path(output, [model_path], force)
-    data = read_model_bytes(model_path)
-    parsed = read_model(data)
-    sg = parsed.main
+    sg = model.main
     wanted_outputs = 4 if spec.task == "object_detector" else 1
     if len(sg.inputs) != 1 or len(sg.outputs) != wanted_outputs:
         raise UserInputError(f"a {spec.task} needs 1 input and {wanted_outputs} output(s); the model has "
@@ -256,12 +254,24 @@ def add_metadata(model_path: str | os.PathLike, output: str | os.PathLike, spec:
         classes = sg.tensors[sg.outputs[0]].shape[-1]
         if spec.labels and len(spec.labels) != classes:
             raise UserInputError(f"{len(spec.labels)} labels given but the model outputs {classes} scores")
-    names = {index: name for s in parsed.signatures[:1] for name, index in {**s.inputs, **s.outputs}.items()}
+    names = {index: name for s in model.signatures[:1] for name, index in {**s.inputs, **s.outputs}.items()}
     output_names = [names.get(i, sg.tensors[i].name) for i in sg.outputs]
     roles = detection_roles([sg.tensors[i].shape for i in sg.outputs], output_names) \
         if spec.task == "object_detector" else DETECTION_OUTPUTS
     buffer = metadata_buffer(spec, names.get(sg.inputs[0], sg.tensors[sg.inputs[0]].name), output_names, roles)
     files = {LABELS_FILE: ("\n".join(spec.labels) + "\n").encode()} if spec.labels else {}
+    return buffer, files
+
+
+def add_metadata(model_path: str | os.PathLike, output: str | os.PathLike, spec: MetadataSpec,
+                 force: bool = False) -> bytes:
+    """Write a copy of the model with standard metadata; the input file is never changed."""
+    from .files import check_output_path
+
+    spec.validate()
+    out = check_output_path(output, [model_path], force)
+    data = read_model_bytes(model_path)
+    buffer, files = standard_metadata(read_model(data), spec)
     result = populate(data, {METADATA_NAME: buffer}, files)
     atomic_write(out, result)
     return result

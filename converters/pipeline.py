@@ -27,7 +27,7 @@ from .fidelity import compare, run_tflite
 from .files import atomic_write, check_output_path
 from .finetune import finetune, steps_per_epoch
 from .keras_import import load_keras_model
-from .metadata import LABELS_FILE, MetadataSpec, metadata_buffer, populate
+from .metadata import MetadataSpec, populate, standard_metadata
 from .passes import PASSES, PassRecord
 from .passes.base import kernel_weights
 from .recipe import QuantizeSettings, Recipe
@@ -207,9 +207,9 @@ def _export(model, recipe: Recipe, calibration, records: dict[str, PassRecord], 
     if analyse(dense).overall_sparsity < SPARSE_EXPORT_MIN_SPARSITY:
         return dense, notes
     sparse = convert(sparse=True)
-    sizes = (f"raw {len(sparse)} vs {len(dense)} bytes, gzip {gzip_size(sparse)} vs "
-             f"{gzip_size(dense)} bytes")
-    if len(sparse) < len(dense) and gzip_size(sparse) < gzip_size(dense):
+    sparse_gzip, dense_gzip = gzip_size(sparse), gzip_size(dense)
+    sizes = f"raw {len(sparse)} vs {len(dense)} bytes, gzip {sparse_gzip} vs {dense_gzip} bytes"
+    if len(sparse) < len(dense) and sparse_gzip < dense_gzip:
         return sparse, notes + [f"sparse format (EXPERIMENTAL_SPARSITY) kept, smaller on both: {sizes}"]
     return dense, notes + [f"sparse format (EXPERIMENTAL_SPARSITY) tried and dropped: {sizes}"]
 
@@ -218,7 +218,8 @@ def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, source_pa
     """(TFLITE_METADATA buffer, files) for an image classifier, or None, and a note for the report."""
     from device_runtime.tflite_format import read_model
 
-    sg = read_model(tflite_bytes).main
+    model = read_model(tflite_bytes)
+    sg = model.main
     shape = sg.tensors[sg.inputs[0]].shape
     if len(sg.inputs) != 1 or len(sg.outputs) != 1 or len(shape) != 4 or shape[-1] not in (1, 3):
         return None, None
@@ -227,16 +228,12 @@ def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, source_pa
                             labels=data.class_names if data is not None else ())
     # One channel can only be grayscale, three only RGB: the input shape decides.
     spec = dataclasses.replace(spec, color_space="GRAYSCALE" if shape[-1] == 1 else "RGB")
-    classes = sg.tensors[sg.outputs[0]].shape[-1]
-    if spec.labels and len(spec.labels) != classes:
-        raise DataError(f"{len(spec.labels)} labels given but the model outputs {classes} scores")
     try:
-        buffer = metadata_buffer(spec, "input", ["scores"])
+        written = standard_metadata(model, spec)
     except ConversionError as exc:  # the schema module is missing: convert anyway, and say so
         return None, f"standard TFLite metadata not written: {exc}"
-    files = {LABELS_FILE: ("\n".join(spec.labels) + "\n").encode()} if spec.labels else {}
-    return (buffer, files), (f"standard TFLite metadata written: image classifier, (pixel - {list(spec.mean)}) "
-                             f"/ {list(spec.std)}, {len(spec.labels)} labels, version {spec.version}")
+    return written, (f"standard TFLite metadata written: image classifier, (pixel - {list(spec.mean)}) "
+                     f"/ {list(spec.std)}, {len(spec.labels)} labels, version {spec.version}")
 
 
 def _build_info(source_sha256: str, recipe: Recipe, calib: Dataset | None) -> bytes:

@@ -160,17 +160,13 @@ def _layer_of(output_name: str, known: set[str]) -> str:
 
 def _op_stats(sg: Subgraph) -> OpStats:
     counts = Counter(op.op_name for op in sg.operators)
+    computed = {i for op in sg.operators for i in op.outputs} | set(sg.inputs)  # everything not a constant
     float_ops = Counter(
         op.op_name for op in sg.operators
         if op.op_name not in ("QUANTIZE", "DEQUANTIZE")
-        and any(sg.tensors[i].dtype_name in FLOAT_TYPES and not _is_constant(sg, i)
+        and any(sg.tensors[i].dtype_name in FLOAT_TYPES and i in computed
                 for i in (*op.inputs, *op.outputs) if i >= 0))
     return OpStats(dict(sorted(counts.items())), dict(sorted(float_ops.items())))
-
-
-def _is_constant(sg: Subgraph, index: int) -> bool:
-    produced = any(index in op.outputs for op in sg.operators)
-    return not produced and index not in sg.inputs
 
 
 def _io(tensor: Tensor) -> dict:

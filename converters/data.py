@@ -8,6 +8,7 @@ the model input before any work starts.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,12 @@ class Dataset:
 DataSource = Union[str, os.PathLike, np.ndarray, tuple, Dataset]
 
 
-def load_data(source: DataSource, input_shape: Sequence[int | None], what: str) -> Dataset:
-    """Load ``source`` and check it fits a model input of ``input_shape`` (batch excluded)."""
+def load_data(source: DataSource, input_shape: Sequence[int | None], what: str,
+              channels_first: bool = False) -> Dataset:
+    """Load ``source`` and check it fits a model input of ``input_shape`` (batch excluded).
+
+    ``channels_first``: the model takes (C, H, W) images (PyTorch), so image folders load as such.
+    """
     if isinstance(source, Dataset):
         dataset = source
     elif isinstance(source, np.ndarray):
@@ -62,14 +67,17 @@ def load_data(source: DataSource, input_shape: Sequence[int | None], what: str) 
             raise DataError(f"{what} data as a tuple must be (x, y); got {len(source)} items")
         dataset = Dataset(np.asarray(source[0]), np.asarray(source[1]), "arrays")
     else:
-        dataset = _load_path(Path(source), input_shape, what)
+        dataset = _load_path(Path(source), input_shape, what, channels_first)
     return _checked(dataset, input_shape, what)
 
 
-def _load_path(path: Path, input_shape: Sequence[int | None], what: str) -> Dataset:
+def _load_path(path: Path, input_shape: Sequence[int | None], what: str, channels_first: bool) -> Dataset:
     if not path.exists():
         raise DataError(f"{what} data not found: {path}")
     if path.is_dir():
+        if channels_first and len(input_shape) == 3:
+            images = _load_image_folder(path, (*input_shape[1:], input_shape[0]), what)
+            return dataclasses.replace(images, x=images.x.transpose(0, 3, 1, 2))
         return _load_image_folder(path, input_shape, what)
     suffix = path.suffix.lower()
     try:

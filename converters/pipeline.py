@@ -67,11 +67,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     started = time.perf_counter()
     timings: dict[str, float] = {}
     source_path = source if isinstance(source, (str, os.PathLike)) else None
-    if recipe.quantize.needs_calibration and calib_data is None and finetune_data is None \
-            and not recipe.quantize.allow_random_calibration:
-        raise RecipeError(f"quantize {recipe.quantize.mode} needs calibration data: pass --calib DATA "
-                          "(or --finetune DATA, which is reused), or --allow-random-calibration to "
-                          "calibrate on random inputs (inaccurate)")
+    check_calibration(recipe, calib_data, finetune_data)
     output = check_output_path(output, [source_path] if source_path else [], force)
     report_path = report_path_for(output)
 
@@ -81,7 +77,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
         raise DataError(f"data for models with {len(model.inputs)} inputs is not supported yet; "
                         "convert without data")
     input_shape = tuple(model.inputs[0].shape[1:])
-    tune, calib, evaluation, notes = _datasets(input_shape, finetune_data, calib_data, eval_data)
+    tune, calib, evaluation, notes = datasets(input_shape, finetune_data, calib_data, eval_data)
     if tune is not None and not recipe.compresses_weights:
         notes.append("fine-tuning data given but the recipe neither prunes nor clusters; not fine-tuned")
     layer_names = [layer.name for layer in model.layers]
@@ -97,17 +93,14 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
 
     mark = time.perf_counter()
     calibration = calib.x if calib is not None else None
-    tflite_bytes, export_notes = _export(model, recipe, calibration, records, progress)
+    weight_layers = {layer.name for layer in model.layers if kernel_weights(layer)}
+    all_clustered = bool(weight_layers) and weight_layers <= set(records["cluster"].layers)
+    tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress)
     notes += export_notes
     source_sha256 = _source_hash(source_path, teacher)
-    buffers = {BUILD_INFO_NAME: _build_info(source_sha256, recipe, calib)}
-    files = None
-    standard, note = _standard_metadata(tflite_bytes, metadata, source_path, tune or calib or evaluation)
-    if standard is not None:
-        buffers[METADATA_NAME], files = standard
-    if note:
-        notes.append(note)
-    tflite_bytes = populate(tflite_bytes, buffers, files)
+    tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, calibration),
+                                  metadata, Path(source_path).stem if source_path else "model",
+                                  tune or calib or evaluation, notes)
     timings["export"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -125,9 +118,36 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
         baseline=analyse(baseline_bytes, layer_names), compressed=analyse(tflite_bytes, layer_names),
         passes=records, fidelity=fidelity, float_fidelity=float_fidelity,
         timings={k: round(v, 3) for k, v in timings.items()}, notes=notes)
+    return write_result(output, tflite_bytes, report)
+
+
+def check_calibration(recipe: Recipe, calib_data, finetune_data) -> None:
+    if recipe.quantize.needs_calibration and calib_data is None and finetune_data is None \
+            and not recipe.quantize.allow_random_calibration:
+        raise RecipeError(f"quantize {recipe.quantize.mode} needs calibration data: pass --calib DATA "
+                          "(or --finetune DATA, which is reused), or --allow-random-calibration to "
+                          "calibrate on random inputs (inaccurate)")
+
+
+def write_result(output: Path, tflite_bytes: bytes, report: Report) -> ConversionResult:
+    """The model, then its report, each written atomically."""
+    report_path = report_path_for(output)
     atomic_write(output, tflite_bytes)
     atomic_write(report_path, json.dumps(report.to_dict(), indent=2).encode())
     return ConversionResult(output, report_path, report)
+
+
+def embed_metadata(tflite_bytes: bytes, provenance: bytes, spec: MetadataSpec | None, name: str,
+                   data: Dataset | None, notes: list[str]) -> bytes:
+    """Build provenance for every model, and standard TFLite metadata for image classifiers."""
+    buffers = {BUILD_INFO_NAME: provenance}
+    files = None
+    standard, note = _standard_metadata(tflite_bytes, spec, name, data)
+    if standard is not None:
+        buffers[METADATA_NAME], files = standard
+    if note:
+        notes.append(note)
+    return populate(tflite_bytes, buffers, files)
 
 
 def apply_passes(model, teacher, recipe: Recipe, tune: Dataset | None, verbose: bool
@@ -158,12 +178,13 @@ def apply_passes(model, teacher, recipe: Recipe, tune: Dataset | None, verbose: 
     return model, records
 
 
-def _datasets(input_shape, finetune_data, calib_data, eval_data):
+def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: bool = False):
     """(fine-tune, calibration, evaluation) sets; evaluation never overlaps the others."""
     notes = []
-    tune = load_data(finetune_data, input_shape, "fine-tuning") if finetune_data is not None else None
-    calib = load_data(calib_data, input_shape, "calibration") if calib_data is not None else None
-    evaluation = load_data(eval_data, input_shape, "evaluation") if eval_data is not None else None
+    load = functools.partial(load_data, input_shape=input_shape, channels_first=channels_first)
+    tune = load(finetune_data, what="fine-tuning") if finetune_data is not None else None
+    calib = load(calib_data, what="calibration") if calib_data is not None else None
+    evaluation = load(eval_data, what="evaluation") if eval_data is not None else None
     if evaluation is None:
         pool_name, pool = ("fine-tuning", tune) if tune is not None else ("calibration", calib)
         if pool is not None and len(pool) >= 10:
@@ -185,14 +206,13 @@ def _datasets(input_shape, finetune_data, calib_data, eval_data):
     return tune, calib, evaluation, notes
 
 
-def _export(model, recipe: Recipe, calibration, records: dict[str, PassRecord], progress
-            ) -> tuple[bytes, list[str]]:
+def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progress
+                  ) -> tuple[bytes, list[str]]:
     """Convert, choosing per-channel scales and TFLite's sparse format by what they measure."""
     notes = []
     per_channel = recipe.quantize.per_channel
     if per_channel == "auto":
-        weight_layers = {layer.name for layer in model.layers if kernel_weights(layer)}
-        per_channel = not weight_layers or not weight_layers <= set(records["cluster"].layers)
+        per_channel = not all_clustered
         if not per_channel and recipe.quantize.mode != "none":
             notes.append("per-tensor weight scales: every weight layer is clustered, and one scale "
                          "per tensor keeps its shared values shared (per_channel: auto)")
@@ -214,7 +234,7 @@ def _export(model, recipe: Recipe, calibration, records: dict[str, PassRecord], 
     return dense, notes + [f"sparse format (EXPERIMENTAL_SPARSITY) tried and dropped: {sizes}"]
 
 
-def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, source_path, data: Dataset | None):
+def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, name: str, data: Dataset | None):
     """(TFLITE_METADATA buffer, files) for an image classifier, or None, and a note for the report."""
     from device_runtime.tflite_format import read_model
 
@@ -224,8 +244,7 @@ def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, source_pa
     if len(sg.inputs) != 1 or len(sg.outputs) != 1 or len(shape) != 4 or shape[-1] not in (1, 3):
         return None, None
     if spec is None:
-        spec = MetadataSpec(name=Path(source_path).stem if source_path else "model",
-                            labels=data.class_names if data is not None else ())
+        spec = MetadataSpec(name=name, labels=data.class_names if data is not None else ())
     # One channel can only be grayscale, three only RGB: the input shape decides.
     spec = dataclasses.replace(spec, color_space="GRAYSCALE" if shape[-1] == 1 else "RGB")
     try:
@@ -236,8 +255,11 @@ def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, source_pa
                      f"/ {list(spec.std)}, {len(spec.labels)} labels, version {spec.version}")
 
 
-def _build_info(source_sha256: str, recipe: Recipe, calib: Dataset | None) -> bytes:
-    """Provenance and the calibration inputs' per-channel statistics, embedded in the model."""
+def build_info(source_sha256: str, recipe: Recipe, calib: Dataset | None, calibration: np.ndarray | None) -> bytes:
+    """Provenance and the calibration inputs' per-channel statistics, embedded in the model.
+
+    ``calibration`` is ``calib``'s inputs in the .tflite's layout (channels last).
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -246,10 +268,10 @@ def _build_info(source_sha256: str, recipe: Recipe, calib: Dataset | None) -> by
         sdk_version = "unknown"
     recipe_json = json.dumps(recipe.to_dict(), sort_keys=True)
     stats = None
-    if calib is not None:
-        channels = calib.x.reshape(-1, calib.x.shape[-1]).astype(np.float64)
+    if calibration is not None:  # in the .tflite's layout: channels last
+        channels = calibration.reshape(-1, calibration.shape[-1]).astype(np.float64)
         stats = {"mean": channels.mean(axis=0).tolist(), "std": channels.std(axis=0).tolist(),
-                 "samples": len(calib), "data": calib.source}
+                 "samples": len(calibration), "data": calib.source}
     return json.dumps({"format": "edge-deploy-build/1", "sdk_version": sdk_version,
                        "source_sha256": source_sha256,
                        "recipe_sha256": hashlib.sha256(recipe_json.encode()).hexdigest(),

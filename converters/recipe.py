@@ -21,7 +21,7 @@ from .errors import RecipeError
 
 QUANTIZE_MODES = ("none", "dynamic", "float16", "int8", "int16x8")
 IO_TYPES = ("float32", "int8", "uint8")
-PRUNE_STRUCTURES = ("unstructured", "2:4")
+PRUNE_STRUCTURES = ("unstructured", "2:4", "channel")
 PRUNE_SCHEDULES = ("polynomial", "constant")
 SPARSE_EXPORT = ("auto", "on", "off")
 

@@ -24,6 +24,8 @@ class Report:
     float_fidelity: Fidelity | None
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    io_layout: list[dict[str, Any]] = field(default_factory=list)  # PyTorch/ONNX: source vs .tflite layout
+    output_fidelity: dict[str, Fidelity] = field(default_factory=dict)  # every output, for multi-output models
 
     @property
     def size_ratio(self) -> float:
@@ -46,6 +48,8 @@ class Report:
             "float_fidelity": self.float_fidelity.to_dict() if self.float_fidelity else None,
             "timings_s": self.timings,
             "notes": self.notes,
+            "io_layout": self.io_layout,
+            "output_fidelity": {name: f.to_dict() for name, f in self.output_fidelity.items()},
         }
 
     def render(self) -> str:
@@ -60,7 +64,17 @@ class Report:
              f"{self.compressed.overall_sparsity:.1%}", ""],
         ])
         lines += ["", render_ops(self.compressed), ""]
-        lines += render_fidelity("fidelity vs source", self.fidelity)
+        for row in self.io_layout:
+            if "input" in row:
+                lines.append(f"input {row['input']}: {row['source_shape']} in the source -> "
+                             f"{row['tflite_shape']} in the .tflite ({row['layout']})")
+            else:
+                lines.append(f"output {row['output']}: {row['layout']}")
+        if self.output_fidelity:
+            for name, fid in self.output_fidelity.items():
+                lines += render_fidelity(f"fidelity vs source, output {name}", fid)
+        else:
+            lines += render_fidelity("fidelity vs source", self.fidelity)
         if self.float_fidelity:
             lines += render_fidelity("float32 .tflite vs source", self.float_fidelity)
         lines += ["", "per-layer weights (measured in the written .tflite):"]

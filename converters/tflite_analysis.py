@@ -174,3 +174,20 @@ def _io(tensor: Tensor) -> dict:
     return {"name": tensor.name, "shape": list(tensor.shape_signature), "dtype": tensor.dtype_name,
             "scale": float(q.scale[0]) if q is not None else None,
             "zero_point": int(q.zero_point[0]) if q is not None else None}
+
+
+def label_weights(stats: ModelStats, arrays: dict[str, np.ndarray]) -> None:
+    """Name each .tflite weight after the source array it came from, where tensor names cannot tell.
+
+    onnx2tf's tensor names do not carry the source layer, so weights are matched
+    to source arrays by element count, then by the closest sparsity, in order.
+    """
+    unused = dict(arrays)
+    for weight in stats.weights:
+        candidates = [name for name, values in unused.items() if values.size == weight.size]
+        if not candidates:
+            continue
+        best = min(candidates, key=lambda n: abs((1.0 - np.count_nonzero(unused[n]) / weight.size)
+                                                 - weight.sparsity))
+        weight.layer = best
+        del unused[best]

@@ -19,21 +19,24 @@ from .recipe import QuantizeSettings
 Progress = Callable[[str, int, int], None]
 
 
-def representative_samples(calibration: np.ndarray | None, settings: QuantizeSettings,
-                           input_shape: tuple, seed: int = 0) -> np.ndarray:
-    """The calibration inputs: the user's data, or random ones only when explicitly allowed."""
+def representative_samples(calibration: np.ndarray | list[np.ndarray] | None, settings: QuantizeSettings,
+                           input_shapes: list[tuple], seed: int = 0) -> list[np.ndarray]:
+    """The calibration inputs, one array per model input: the user's data, or random ones only when
+    explicitly allowed."""
     if calibration is not None:
-        return calibration[:settings.samples]
+        arrays = calibration if isinstance(calibration, list) else [calibration]
+        return [x[:settings.samples] for x in arrays]
     if not settings.allow_random_calibration:
         raise ConversionError("int8/int16x8 needs calibration data (--calib DATA)")
-    shape = tuple(d or 1 for d in input_shape)
-    return np.random.default_rng(seed).random((settings.samples, *shape), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    return [rng.random((settings.samples, *(d or 1 for d in shape)), dtype=np.float32) for shape in input_shapes]
 
 
-def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | None = None,
+def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[np.ndarray] | None = None,
               sparse: bool = False, per_channel: bool = True, progress: Progress | None = None) -> bytes:
     """Convert ``model``; ``calibration`` feeds int8/int16x8 activation ranges.
 
+    ``calibration`` holds one array per model input (or one array for a single input).
     ``per_channel=False`` gives one scale per weight tensor, which keeps k-means
     weight sharing intact in the file (per-channel scales map each shared value
     to a different integer in every channel).
@@ -49,13 +52,17 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | None 
     if settings.mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if settings.needs_calibration:
-        samples = representative_samples(calibration, settings, tuple(model.inputs[0].shape[1:]))
+        samples = representative_samples(calibration, settings, [tuple(i.shape[1:]) for i in model.inputs])
+        count = min(len(x) for x in samples)
+        names = list(model.input_names)
 
         def representative_dataset():
-            for i in range(len(samples)):
+            for i in range(count):
                 if progress:
-                    progress("calibrate", i + 1, len(samples))
-                yield [samples[i:i + 1]]
+                    progress("calibrate", i + 1, count)
+                # By name: the converter's input order need not be the model's.
+                yield [samples[0][i:i + 1]] if len(samples) == 1 else \
+                    {name: x[i:i + 1] for name, x in zip(names, samples)}
 
         converter.representative_dataset = representative_dataset
         if settings.mode == "int8":

@@ -5,25 +5,30 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from converters.data import DataSource
-from converters.errors import SourceModelError
+from converters.errors import SourceModelError, UserInputError
 from converters.recipe import Recipe
 from device_runtime.model import read_model_bytes
 from device_runtime.tflite_format import read_model
 
-PYTORCH_ONNX_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript")
 
 
 def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str | os.PathLike | None = None,
             *, finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
             eval_data: DataSource | None = None, force: bool = False,
             progress: Callable[[str, int, int], None] | None = None, verbose: bool = False,
-            custom_objects: dict | None = None, metadata=None):
+            custom_objects: dict | None = None, metadata=None, example_input: Any = None,
+            input_shapes: Sequence[Sequence[int]] | None = None, weights: str | os.PathLike | None = None,
+            keep_nchw: bool = False, keep_intermediates: bool = False):
     """Compress ``source`` as ``recipe`` says and write ``output`` (.tflite) plus a report JSON.
 
-    ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory tf_keras model.
+    ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory tf_keras model; or a
+    PyTorch ``nn.Module`` (with ``example_input``, a tensor or tuple, or ``input_shapes``), a
+    TorchScript file, ``"package.module:factory"`` (with ``weights``, a state-dict file), or a
+    ``.onnx`` file.  PyTorch/ONNX inputs that feed convolutions become channels-last (NHWC) in
+    the .tflite unless ``keep_nchw``; data is always given in the source's layout.
     ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
     Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array.
     ``metadata``: a ``converters.metadata.MetadataSpec`` for image classifiers (labels,
@@ -32,19 +37,32 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     """
     from converters.keras_import import is_keras_source
     from converters.pipeline import convert_keras
+    from converters.torch_import import is_torch_source
 
     if isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
     elif isinstance(recipe, (str, os.PathLike)):
         recipe = Recipe.load(recipe)
-    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in PYTORCH_ONNX_SUFFIXES:
-        raise SourceModelError(f"{Path(source).name}: PyTorch and ONNX sources are not supported yet; "
-                               "export the model to Keras (.keras/.h5) for now")
+    is_onnx = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
+    if is_onnx or is_torch_source(source):
+        from converters.onnx_pipeline import convert_onnx_route
+
+        return convert_onnx_route(source, output, recipe, example_input=example_input, input_shapes=input_shapes,
+                                  weights=weights, keep_nchw=keep_nchw, keep_intermediates=keep_intermediates,
+                                  finetune_data=finetune_data, calib_data=calib_data, eval_data=eval_data,
+                                  force=force, progress=progress, verbose=verbose, metadata=metadata)
+    torch_only = {"example_input": example_input is not None, "input_shapes": bool(input_shapes),
+                  "weights": weights is not None, "keep_nchw": keep_nchw, "keep_intermediates": keep_intermediates}
+    given = [name for name, used in torch_only.items() if used]
+    if given and is_keras_source(source):
+        raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "
+                             "has its own input shapes and layout")
     if not is_keras_source(source):
         kind = Path(source).suffix or "folder" if isinstance(source, (str, os.PathLike)) else \
             type(source).__name__
-        raise SourceModelError(f"unknown source model kind {kind!r}: give a .keras or .h5 file, a "
-                               "SavedModel folder or a tf_keras model")
+        raise SourceModelError(f"unknown source model kind {kind!r}: give a .keras or .h5 file, a SavedModel "
+                               "folder, a tf_keras model, a PyTorch module, TorchScript (.pt) file, "
+                               "'package.module:factory', or an .onnx file")
     return convert_keras(source, output, recipe, finetune_data=finetune_data, calib_data=calib_data,
                          eval_data=eval_data, force=force, progress=progress, verbose=verbose,
                          custom_objects=custom_objects, metadata=metadata)

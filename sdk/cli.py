@@ -71,11 +71,30 @@ Examples:
       --quantize int8 --finetune train.npz --eval test.npz
   sdk convert model.keras -o m.tflite --quantize int8 --calib images/ --io-type uint8
   sdk convert model.keras -o m.tflite --recipe recipe.yaml --finetune unlabelled.npy
+  sdk convert model.onnx -o m.tflite --quantize int8 --calib images.npy
+  sdk convert traced.pt -o m.tflite --input-shape 1,3,224,224
+  sdk convert mypkg.models:build_net --weights net.pth --input-shape 1,3,32,32 \
+      -o small.tflite --prune 0.75 --cluster 16 --quantize int8 --finetune train.npz
 \b
 Data: .npz with x (and y for labels), .npy of inputs, or an image folder
-(one sub-folder per class). Without labels, fine-tuning distils from the
-original model. Exit codes: 0 ok, 1 conversion failed, 2 bad input.
+(one sub-folder per class), in the source model's layout (NCHW for PyTorch).
+Without labels, fine-tuning distils from the original model. PyTorch/ONNX
+image inputs become NHWC in the .tflite unless --keep-nchw.
+Exit codes: 0 ok, 1 conversion failed, 2 bad input.
 """
+
+
+def _parse_shape(ctx, param, values) -> list[tuple[int, ...]] | None:
+    shapes = []
+    for value in values:
+        try:
+            shape = tuple(int(d) for d in value.replace("x", ",").split(","))
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers like 1,3,224,224; got {value!r}") from None
+        if not shape or any(d < 1 for d in shape):
+            raise click.BadParameter(f"dimensions must be positive integers; got {value!r}")
+        shapes.append(shape)
+    return shapes or None
 
 
 @main.command(epilog=CONVERT_EXAMPLES)
@@ -83,7 +102,8 @@ original model. Exit codes: 0 ok, 1 conversion failed, 2 bad input.
 @click.option("-o", "--output", required=True, type=click.Path(), help="The .tflite to write.")
 @click.option("--recipe", "recipe_path", type=click.Path(), help="Recipe file (.yaml/.json); flags override it.")
 @click.option("--prune", type=float, help="Target weight sparsity in [0, 1), e.g. 0.75.")
-@click.option("--prune-structure", type=click.Choice(PRUNE_STRUCTURES), help="unstructured (default) or 2:4.")
+@click.option("--prune-structure", type=click.Choice(PRUNE_STRUCTURES),
+              help="unstructured (default), 2:4, or channel (whole output channels by L2 norm).")
 @click.option("--cluster", type=int, help="Number of shared weight values per layer (k-means), >= 2.")
 @click.option("--quantize", type=click.Choice(QUANTIZE_MODES), help="Post-training quantization mode.")
 @click.option("--io-type", type=click.Choice(IO_TYPES), help="Input/output type for --quantize int8.")
@@ -99,13 +119,21 @@ original model. Exit codes: 0 ok, 1 conversion failed, 2 bad input.
 @click.option("--board", help="With --target mcu: check the model fits this board (see `sdk export mcu --help`).")
 @click.option("--labels", type=click.Path(), help="Class names for the model's metadata, one per line.")
 @click.option("--model-version", default="1", show_default=True, help="Version written into the metadata.")
+@click.option("--input-shape", "input_shapes", multiple=True, callback=_parse_shape,
+              help="PyTorch/ONNX: an input's shape, e.g. 1,3,224,224; once per input, in order.")
+@click.option("--weights", type=click.Path(), help="PyTorch state dict for a package.module:factory source.")
+@click.option("--keep-nchw", is_flag=True, help="PyTorch/ONNX: keep channels-first inputs and outputs.")
+@click.option("--keep-intermediates", is_flag=True, help="PyTorch/ONNX: keep the temporary ONNX and logs.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
             samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
-            model_version, force, as_json, debug):
-    """Compress and convert SOURCE (.keras, .h5, SavedModel folder) to a verified .tflite."""
+            model_version, input_shapes, weights, keep_nchw, keep_intermediates, force, as_json, debug):
+    """Compress and convert SOURCE to a verified .tflite.
+
+    SOURCE: .keras, .h5, SavedModel folder, .onnx, TorchScript .pt, or package.module:factory.
+    """
 
     def action():
         from sdk.api import convert as convert_model
@@ -125,9 +153,12 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
 
             metadata = MetadataSpec(name=Path(source).stem, version=model_version,
                                     labels=read_labels_file(labels) if labels else ())
+        torch_onnx = dict(input_shapes=input_shapes, weights=weights, keep_nchw=keep_nchw,
+                          keep_intermediates=keep_intermediates)
         result = convert_model(source, output, recipe, finetune_data=finetune_path, calib_data=calib,
                                eval_data=eval_path, force=force, metadata=metadata,
-                               progress=None if as_json else _stderr_progress, verbose=not as_json)
+                               progress=None if as_json else _stderr_progress, verbose=not as_json,
+                               **torch_onnx)
         mcu = None
         if target == "mcu":
             from converters.mcu import export_mcu

@@ -48,6 +48,12 @@ def unique_count(values: np.ndarray) -> int:
     return int(np.unique(values).size)
 
 
+def cluster_measure(values: list[np.ndarray], settings: ClusterSettings) -> dict[str, Any]:
+    return {"clusters": settings.clusters,
+            "unique_values": max(unique_count(v) for v in values),
+            "sparsity": float(np.mean([sparsity_of(v) for v in values]))}
+
+
 class ClusterPass(WeightPass):
     name = "cluster"
 
@@ -90,7 +96,4 @@ class ClusterPass(WeightPass):
         return _tf.tfmot().clustering.keras.strip_clustering(model)
 
     def measure(self, layer, settings: ClusterSettings) -> dict[str, Any]:
-        values = [w.numpy() for w in self.weights_of(layer)]
-        return {"clusters": settings.clusters,
-                "unique_values": max(unique_count(v) for v in values),
-                "sparsity": float(np.mean([sparsity_of(v) for v in values]))}
+        return cluster_measure([w.numpy() for w in self.weights_of(layer)], settings)

@@ -1,4 +1,4 @@
-"""Magnitude pruning: unstructured to a target sparsity, or structured 2:4.
+"""Magnitude pruning: unstructured to a target sparsity, structured 2:4, or whole output channels.
 
 One-shot (no data) zeroes the smallest-magnitude weights in numpy.  With data,
 tfmot's ``prune_low_magnitude`` ramps sparsity during fine-tuning; its update
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import _tf
+from ..errors import RecipeError
 from ..recipe import LayerPlan, PruneSettings
 from .base import PassRecord, WeightPass
 
@@ -30,14 +31,44 @@ def magnitude_prune(weights: np.ndarray, sparsity: float) -> np.ndarray:
     return flat.reshape(weights.shape)
 
 
-def m_by_n_prune(weights: np.ndarray, m: int = M_BY_N[0], n: int = M_BY_N[1]) -> np.ndarray:
-    """Keep the n - m largest of every n consecutive input-channel weights (axis -2), as tfmot does."""
-    moved = np.moveaxis(weights, -2, -1)
+def m_by_n_prune(weights: np.ndarray, m: int = M_BY_N[0], n: int = M_BY_N[1], axis: int = -2) -> np.ndarray:
+    """Keep the n - m largest of every n consecutive input-channel weights along ``axis``.
+
+    Keras kernels keep input channels on axis -2 (as tfmot groups them); PyTorch
+    and ONNX weights on axis 1.
+    """
+    moved = np.moveaxis(weights, axis, -1)
     groups = moved.reshape(-1, n)
     drop = np.argsort(np.abs(groups), axis=1, kind="stable")[:, :m]
     pruned = groups.copy()
     np.put_along_axis(pruned, drop, 0, axis=1)
-    return np.moveaxis(pruned.reshape(moved.shape), -1, -2)
+    return np.moveaxis(pruned.reshape(moved.shape), -1, axis)
+
+
+def channel_prune(weights: np.ndarray, sparsity: float, axis: int) -> np.ndarray:
+    """Zero the ``sparsity`` fraction of output channels (slices along ``axis``) with the smallest L2 norm."""
+    moved = np.moveaxis(weights, axis, 0)
+    k = int(np.floor(moved.shape[0] * sparsity))
+    pruned = moved.copy()
+    if k:
+        norms = np.linalg.norm(moved.reshape(moved.shape[0], -1), axis=1)
+        pruned[np.argsort(norms, kind="stable")[:k]] = 0
+    return np.moveaxis(pruned, 0, axis)
+
+
+def prune_array(values: np.ndarray, settings: PruneSettings, in_axis: int, out_axis: int) -> np.ndarray:
+    """One-shot pruning of one weight array, whatever framework's axis order it uses."""
+    if settings.structure == "2:4":
+        return m_by_n_prune(values, axis=in_axis)
+    if settings.structure == "channel":
+        return channel_prune(values, settings.sparsity, out_axis)
+    return magnitude_prune(values, settings.sparsity)
+
+
+def prune_measure(values: list[np.ndarray], settings: PruneSettings) -> dict[str, Any]:
+    return {"target": 0.5 if settings.structure == "2:4" else settings.sparsity,
+            "structure": settings.structure,
+            "sparsity": float(np.mean([sparsity_of(v) for v in values]))}
 
 
 def sparsity_of(weights: np.ndarray) -> float:
@@ -48,7 +79,7 @@ class PrunePass(WeightPass):
     name = "prune"
 
     def settings(self, plan: LayerPlan) -> PruneSettings | None:
-        if plan.prune is None or (plan.prune.sparsity == 0 and plan.prune.structure == "unstructured"):
+        if plan.prune is None or (plan.prune.sparsity == 0 and plan.prune.structure != "2:4"):
             return None
         return plan.prune
 
@@ -69,14 +100,19 @@ class PrunePass(WeightPass):
     def one_shot(self, layer, settings: PruneSettings, after: dict[str, PassRecord]) -> None:
         for weight in self.weights_of(layer):
             values = weight.numpy()
-            weight.assign(m_by_n_prune(values) if settings.structure == "2:4"
-                          else magnitude_prune(values, settings.sparsity))
+            weight.assign(prune_array(values, settings, in_axis=-2, out_axis=-1))
 
     def wrap(self, model, targets: dict[str, PruneSettings], steps: int, after: dict[str, PassRecord]):
         mot = _tf.tfmot()
         keras = _tf.keras()
         end_step = max(1, int(steps * RAMP_FRACTION))
         frequency = max(1, end_step // 10)
+
+        channel_pruned = sorted(name for name, s in targets.items() if s.structure == "channel")
+        if channel_pruned:
+            raise RecipeError(f"channel pruning with fine-tuning is not available for Keras models "
+                              f"(layers {', '.join(channel_pruned)}): tfmot has no channel schedule; "
+                              "prune one-shot (no --finetune data) or use structure unstructured or 2:4")
 
         def wrap_layer(layer):
             settings = targets.get(layer.name)
@@ -103,6 +139,4 @@ class PrunePass(WeightPass):
 
     def measure(self, layer, settings: PruneSettings) -> dict[str, Any]:
         values = [w.numpy() for w in self.weights_of(layer)]
-        return {"target": settings.sparsity if settings.structure == "unstructured" else 0.5,
-                "structure": settings.structure,
-                "sparsity": float(np.mean([sparsity_of(v) for v in values]))}
+        return prune_measure(values, settings)

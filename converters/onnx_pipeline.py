@@ -1,0 +1,311 @@
+"""The PyTorch/ONNX conversion pipeline: PyTorch -> ONNX -> compress -> onnx2tf -> TFLite -> verify.
+
+Weights are compressed before onnx2tf (on ONNX initializers after batch-norm
+folding, or in PyTorch while fine-tuning), because onnx2tf's Keras model holds
+them as constants that tfmot cannot reach.  Inputs that feed convolutions
+become channel-last (NHWC/NWC) unless ``keep_nchw``; fidelity is measured per
+output against the source model (PyTorch, or onnxruntime for ONNX files).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .array_compression import compress_weights
+from .data import DataSource, Dataset
+from .errors import ConversionError, DataError
+from .fidelity import Fidelity, compare
+from .files import check_output_path
+from .metadata import MetadataSpec
+from .onnx2tf_bridge import onnx_to_keras
+from .onnx_import import (TensorSpec, channel_last_inputs, fix_input_shapes, load_onnx, onnx_weights, run_onnx,
+                          set_weights, simplify)
+from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
+                       export_tflite, write_result)
+from .recipe import QuantizeSettings, Recipe
+from .report import Report
+from .tflite_analysis import analyse, label_weights
+from .tflite_export import to_tflite
+
+
+# TensorFlow 2.19's int8/int16x8 calibrator dies with SIGSEGV on onnx2tf's recurrent loops (measured).
+CALIBRATION_CRASHING_OPS = {"LSTM", "GRU", "RNN", "Loop", "Scan"}
+
+
+def channel_last_perm(rank: int) -> tuple[int, ...]:
+    return (0, *range(2, rank), 1)
+
+
+class _Route:
+    """Everything one conversion learns about its inputs and outputs."""
+
+    def __init__(self, specs: list[TensorSpec], channel_last: list[str], output_names: list[str]):
+        self.specs, self.channel_last, self.output_names = specs, set(channel_last), output_names
+        self.channel_last_outputs: dict[str, bool] = {}
+
+    def to_tflite_layout(self, name: str, x: np.ndarray) -> np.ndarray:
+        return x.transpose(channel_last_perm(x.ndim)) if name in self.channel_last else x
+
+    def reference_in_tflite_layout(self, name: str, y: np.ndarray) -> np.ndarray:
+        return y.transpose(channel_last_perm(y.ndim)) if self.channel_last_outputs.get(name) else y
+
+    def describe(self) -> list[dict[str, Any]]:
+        rows = []
+        for spec in self.specs:
+            last = spec.name in self.channel_last
+            shape = tuple(np.empty(spec.shape, np.uint8).transpose(channel_last_perm(len(spec.shape))).shape) \
+                if last else spec.shape
+            rows.append({"input": spec.name, "source_shape": list(spec.shape), "tflite_shape": list(shape),
+                         "layout": "channels last (transposed)" if last else "as in the source"})
+        for name in self.output_names:
+            rows.append({"output": name, "layout": "channels last (transposed)"
+                         if self.channel_last_outputs.get(name) else "as in the source"})
+        return rows
+
+
+def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | None = None, *,
+                       example_input: Any = None, input_shapes: Sequence[Sequence[int]] | None = None,
+                       weights: str | os.PathLike | None = None, keep_nchw: bool = False,
+                       keep_intermediates: bool = False, finetune_data: DataSource | None = None,
+                       calib_data: DataSource | None = None, eval_data: DataSource | None = None,
+                       force: bool = False, progress: Progress | None = None, verbose: bool = False,
+                       metadata: MetadataSpec | None = None) -> ConversionResult:
+    """Convert a PyTorch module / TorchScript file / factory, or an ONNX file, to ``output`` (.tflite)."""
+    from .torch_import import is_torch_source
+
+    recipe = recipe or Recipe()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    is_onnx_file = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
+    source_files = [Path(p) for p in (source, weights) if isinstance(p, (str, os.PathLike)) and Path(p).exists()]
+    check_calibration(recipe, calib_data, finetune_data)
+    output = check_output_path(output, source_files, force)
+    work = Path(tempfile.mkdtemp(prefix="sdk-convert-"))
+    notes: list[str] = []
+    try:
+        if is_onnx_file:
+            torch_source = None
+            onnx_model = load_onnx(source)
+            description = str(source)
+        elif is_torch_source(source):
+            from .torch_import import load_torch_source
+
+            torch_source = load_torch_source(source, example_input, input_shapes, weights)
+            onnx_model, description = None, torch_source.description
+            input_shapes = torch_source.input_shapes
+        else:
+            raise DataError(f"not a PyTorch or ONNX source: {source!r}")
+        timings["load"] = time.perf_counter() - started
+        return _convert(torch_source, onnx_model, description, source_files, output, recipe, input_shapes,
+                        keep_nchw, finetune_data, calib_data, eval_data, progress, verbose, metadata, work,
+                        notes, timings, started)
+    finally:
+        if keep_intermediates:
+            notes.append(f"intermediate files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _convert(torch_source, onnx_model, description, source_files, output, recipe, input_shapes, keep_nchw,
+             finetune_data, calib_data, eval_data, progress, verbose, metadata, work: Path, notes, timings,
+             started) -> ConversionResult:
+    mark = time.perf_counter()
+    fine_tuned_records = None
+    if torch_source is not None:
+        shapes = [s[1:] for s in torch_source.input_shapes]
+        channels_first = len(shapes) == 1 and len(shapes[0]) == 3
+        tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data, channels_first)
+        module = torch_source.module
+        if tune is not None and recipe.compresses_weights:
+            module, fine_tuned_records, weight_names = _finetune(torch_source, recipe, tune, verbose, notes)
+            timings["finetune"] = time.perf_counter() - mark
+        elif tune is not None:
+            notes.append("fine-tuning data given but the recipe neither prunes nor clusters; not fine-tuned")
+        mark = time.perf_counter()
+        from .torch_import import export_onnx
+
+        onnx_model = export_onnx(torch_source, module, work / "model.onnx")
+        timings["torch_onnx_export"] = time.perf_counter() - mark
+    specs = fix_input_shapes(onnx_model, input_shapes)
+    reference_model = copy.deepcopy(onnx_model) if torch_source is None else None
+    if torch_source is None:
+        shapes = [s.shape[1:] for s in specs]
+        channels_first = len(shapes) == 1 and len(shapes[0]) == 3
+        if finetune_data is not None:
+            raise DataError("fine-tuning needs the PyTorch model; an ONNX file is compressed one-shot, so "
+                            "drop --finetune (use --calib for int8) or convert the PyTorch source")
+        tune, calib, evaluation, data_notes = _data(shapes, None, calib_data, eval_data, channels_first)
+    notes += data_notes
+
+    _check_quantizable(onnx_model, recipe)
+    mark = time.perf_counter()
+    onnx_model, note = simplify(onnx_model)
+    if note:
+        notes.append(note)
+    float_model = copy.deepcopy(onnx_model)
+    records = fine_tuned_records
+    if records is None:
+        weights, sources = onnx_weights(onnx_model)
+        records = compress_weights(weights, recipe)
+        set_weights(onnx_model, weights, sources)
+        weight_names = [w.name for w in weights]
+    final_weights = {w.name: w.values for w in onnx_weights(onnx_model)[0]}
+    compressed_any = any(r.layers for r in records.values())
+    channel_last = [] if keep_nchw else channel_last_inputs(onnx_model, specs)
+    keep_first = [s.name for s in specs if 3 <= len(s.shape) <= 5 and s.name not in channel_last]
+    route = _Route(specs, channel_last, [o.name for o in onnx_model.graph.output])
+    timings["compress"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    log_path = work / "onnx2tf.log"
+    converted = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes)
+    float_keras = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes) \
+        if compressed_any else converted
+    timings["onnx2tf"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    calibration = _tflite_inputs(route, calib) if calib is not None else None
+    if calibration is not None and len(calibration) == 1:
+        calibration = calibration[0]
+    baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"))
+    all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
+    tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress)
+    timings["tflite_convert"] = time.perf_counter() - mark
+    notes += export_notes
+
+    source_sha256 = _source_hash(source_files, torch_source)
+    stats_input = calibration if isinstance(calibration, np.ndarray) else None
+    tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, stats_input), metadata,
+                                  Path(description).stem if source_files else "model",
+                                  tune or calib or evaluation, notes)
+
+    mark = time.perf_counter()
+    inputs = [evaluation.x] if len(specs) == 1 else _random_inputs(specs, len(evaluation))
+    if torch_source is not None:
+        from .torch_import import reference_outputs
+
+        references = reference_outputs(torch_source.module, inputs)
+    else:
+        references = run_onnx(reference_model, {s.name: x for s, x in zip(specs, inputs)})
+    tflite_inputs = {s.name: route.to_tflite_layout(s.name, x) for s, x in zip(specs, inputs)}
+    by_output = _fidelity(route, references, tflite_bytes, tflite_inputs, evaluation)
+    float_by_output = _fidelity(route, references, baseline_bytes, tflite_inputs, evaluation)
+    timings["verify"] = time.perf_counter() - mark
+    timings["total"] = time.perf_counter() - started
+
+    first = route.output_names[0]
+    baseline_stats, compressed_stats = analyse(baseline_bytes), analyse(tflite_bytes)
+    label_weights(baseline_stats, {w.name: w.values for w in onnx_weights(float_model)[0]})
+    label_weights(compressed_stats, final_weights)
+    report = Report(
+        source=description, source_sha256=source_sha256, output=str(output),
+        output_sha256=hashlib.sha256(tflite_bytes).hexdigest(), recipe=recipe.to_dict(),
+        baseline=baseline_stats, compressed=compressed_stats, passes=records,
+        fidelity=by_output[first], float_fidelity=float_by_output[first],
+        timings={k: round(v, 3) for k, v in timings.items()}, notes=notes,
+        io_layout=route.describe(), output_fidelity=by_output if len(by_output) > 1 else {})
+    return write_result(output, tflite_bytes, report)
+
+
+def _check_quantizable(onnx_model, recipe: Recipe) -> None:
+    if not recipe.quantize.needs_calibration:
+        return
+    for node in onnx_model.graph.node:
+        if node.op_type in CALIBRATION_CRASHING_OPS:
+            raise ConversionError(f"quantize {recipe.quantize.mode} is not available for recurrent models: "
+                                  f"TensorFlow's calibrator crashes on {node.op_type} (node {node.name}); use "
+                                  "--quantize dynamic or float16 for this model")
+
+
+def _data(shapes, finetune_data, calib_data, eval_data, channels_first):
+    if len(shapes) != 1:
+        if any(d is not None for d in (finetune_data, calib_data, eval_data)):
+            raise DataError(f"data for models with {len(shapes)} inputs is not supported yet; convert "
+                            "without data (fidelity is then measured on random inputs)")
+    return datasets(shapes[0], finetune_data, calib_data, eval_data, channels_first=channels_first)
+
+
+def _finetune(torch_source, recipe: Recipe, tune: Dataset, verbose: bool, notes: list[str]):
+    from .torch_finetune import finetune_torch
+    from .torch_import import fold_batchnorm, torch_weights
+
+    if len(torch_source.output_names) != 1:
+        raise DataError("fine-tuning supports single-output models; compress without --finetune data "
+                        "(one-shot) or fine-tune the model yourself")
+    student, note = fold_batchnorm(torch_source.module)
+    if note:
+        notes.append(note)
+    weights, owners = torch_weights(student)
+    records = finetune_torch(student, torch_source.module, weights, owners, recipe, tune, verbose)
+    return student.eval(), records, [w.name for w in weights]
+
+
+def _onnx2tf(onnx_model, keep_first, log_path, keep_nchw: bool, route: _Route, notes: list[str]):
+    result = onnx_to_keras(onnx_model, keep_first, log_path)
+    if result.blocked_connections:
+        notes.append(f"onnx2tf tried to open {result.blocked_connections} network connection(s); all were "
+                     "refused")
+    model = result.model
+    if keep_nchw:
+        model = _outputs_channel_first(model, result.channel_last_outputs, route.output_names)
+    else:
+        route.channel_last_outputs = result.channel_last_outputs
+    return model
+
+
+def _outputs_channel_first(model, channel_last: dict[str, bool], names: list[str]):
+    """--keep-nchw: transpose onnx2tf's channel-last outputs back to the source layout."""
+    from . import _tf
+
+    keras = _tf.keras()
+    if not any(channel_last.get(n) for n in names):
+        return model
+    outputs = []
+    for name, tensor in zip(names, model.outputs):
+        if channel_last.get(name) and 3 <= len(tensor.shape) <= 5:
+            rank = len(tensor.shape)
+            tensor = keras.layers.Permute((rank - 1, *range(1, rank - 1)), name=name)(tensor)
+        else:
+            tensor = keras.layers.Identity(name=name)(tensor)
+        outputs.append(tensor)
+    return keras.Model(model.inputs, outputs)
+
+
+def _tflite_inputs(route: _Route, data: Dataset) -> list[np.ndarray]:
+    return [route.to_tflite_layout(route.specs[0].name, data.x)]
+
+
+def _random_inputs(specs: list[TensorSpec], count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.random((count, *s.shape[1:]), dtype=np.float32) for s in specs]
+
+
+def _fidelity(route: _Route, references: list[np.ndarray], tflite_bytes: bytes, inputs: dict[str, np.ndarray],
+              evaluation: Dataset) -> dict[str, Fidelity]:
+    from device_runtime import Model
+
+    got = Model(tflite_bytes).run(inputs)
+    labels = evaluation.y if len(route.specs) == 1 else None
+    data_name = evaluation.source if len(route.specs) == 1 else "random uniform inputs"
+    return {name: compare(route.reference_in_tflite_layout(name, ref), got[name], labels, data_name)
+            for name, ref in zip(route.output_names, references)}
+
+
+def _source_hash(files: list[Path], torch_source) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.read_bytes())
+    if not files and torch_source is not None:
+        for name, tensor in torch_source.module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().numpy().tobytes())
+    return digest.hexdigest()

@@ -124,12 +124,12 @@ def _offline(onnx2tf_module, blocked: list[str]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _output_to(log_path: Path) -> Iterator[None]:
-    """Send file descriptors 1 and 2 (Python prints and C++ logs alike) to ``log_path``."""
+    """Send sys.stdout/stderr and file descriptors 1 and 2 (Python prints and C++ logs) to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    with open(log_path, "w") as log:
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:

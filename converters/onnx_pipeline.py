@@ -119,7 +119,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
              finetune_data, calib_data, eval_data, progress, verbose, metadata, work: Path, notes, timings,
              started) -> ConversionResult:
     mark = time.perf_counter()
-    fine_tuned_records = None
+    fine_tuned_records = original = None
     if torch_source is not None:
         shapes = [s[1:] for s in torch_source.input_shapes]
         channels_first = len(shapes) == 1 and len(shapes[0]) == 3
@@ -134,6 +134,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         from .torch_import import export_onnx
 
         onnx_model = export_onnx(torch_source, module, work / "model.onnx")
+        if fine_tuned_records is not None:  # the float32 baseline is the original, not the student
+            original = export_onnx(torch_source, torch_source.module, work / "original.onnx")
         timings["torch_onnx_export"] = time.perf_counter() - mark
     specs = fix_input_shapes(onnx_model, input_shapes)
     reference_model = copy.deepcopy(onnx_model) if torch_source is None else None
@@ -151,7 +153,11 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     onnx_model, note = simplify(onnx_model)
     if note:
         notes.append(note)
-    float_model = copy.deepcopy(onnx_model)
+    if fine_tuned_records is None:
+        float_model = copy.deepcopy(onnx_model)
+    else:
+        fix_input_shapes(original, input_shapes)
+        float_model = simplify(original)[0]
     records = fine_tuned_records
     if records is None:
         weights, sources = onnx_weights(onnx_model)
@@ -159,7 +165,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         set_weights(onnx_model, weights, sources)
         weight_names = [w.name for w in weights]
     final_weights = {w.name: w.values for w in onnx_weights(onnx_model)[0]}
-    compressed_any = any(r.layers for r in records.values())
+    compressed_any = fine_tuned_records is not None or any(r.layers for r in records.values())
     channel_last = [] if keep_nchw else channel_last_inputs(onnx_model, specs)
     keep_first = [s.name for s in specs if 3 <= len(s.shape) <= 5 and s.name not in channel_last]
     route = _Route(specs, channel_last, [o.name for o in onnx_model.graph.output])
@@ -184,7 +190,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
 
     source_sha256 = _source_hash(source_files, torch_source)
     stats_input = calibration if isinstance(calibration, np.ndarray) else None
-    tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, stats_input), metadata,
+    tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, stats_input, {
+        "input_order": [s.name for s in specs], "output_order": route.output_names}), metadata,
                                   Path(description).stem if source_files else "model",
                                   tune or calib or evaluation, notes)
 
@@ -271,6 +278,9 @@ def _outputs_channel_first(model, channel_last: dict[str, bool], names: list[str
         return model
     outputs = []
     for name, tensor in zip(names, model.outputs):
+        for layer in model.layers:  # free the name for the layer that now produces the output
+            if layer.name == name:
+                layer._name = f"{name}_channels_last"
         if channel_last.get(name) and 3 <= len(tensor.shape) <= 5:
             rank = len(tensor.shape)
             tensor = keras.layers.Permute((rank - 1, *range(1, rank - 1)), name=name)(tensor)

@@ -69,7 +69,6 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     source_path = source if isinstance(source, (str, os.PathLike)) else None
     check_calibration(recipe, calib_data, finetune_data)
     output = check_output_path(output, [source_path] if source_path else [], force)
-    report_path = report_path_for(output)
 
     model = load_keras_model(source, custom_objects)
     teacher = load_keras_model(model)  # an untouched copy: distillation teacher and reference
@@ -255,10 +254,12 @@ def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, name: str
                      f"/ {list(spec.std)}, {len(spec.labels)} labels, version {spec.version}")
 
 
-def build_info(source_sha256: str, recipe: Recipe, calib: Dataset | None, calibration: np.ndarray | None) -> bytes:
+def build_info(source_sha256: str, recipe: Recipe, calib: Dataset | None, calibration: np.ndarray | None,
+               io_order: dict[str, list[str]] | None = None) -> bytes:
     """Provenance and the calibration inputs' per-channel statistics, embedded in the model.
 
-    ``calibration`` is ``calib``'s inputs in the .tflite's layout (channels last).
+    ``calibration`` is ``calib``'s inputs in the .tflite's layout (channels last); ``io_order``
+    ({"input_order": [...], "output_order": [...]}) lets the device runtime restore the source's order.
     """
     from importlib.metadata import PackageNotFoundError, version
 
@@ -275,7 +276,7 @@ def build_info(source_sha256: str, recipe: Recipe, calib: Dataset | None, calibr
     return json.dumps({"format": "edge-deploy-build/1", "sdk_version": sdk_version,
                        "source_sha256": source_sha256,
                        "recipe_sha256": hashlib.sha256(recipe_json.encode()).hexdigest(),
-                       "recipe": recipe.to_dict(), "input_stats": stats}).encode()
+                       "recipe": recipe.to_dict(), "input_stats": stats, **(io_order or {})}).encode()
 
 
 def _source_hash(path, model) -> str:

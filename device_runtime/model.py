@@ -115,6 +115,9 @@ class Model:
         self.outputs = self._tensor_specs(self._interpreter.get_output_details(), names)
         self.info = metadata.read_info(self.spec)  # standard TFLite metadata, when embedded
         self.build = metadata.read_build_info(self.spec)  # what `sdk convert` recorded, when present
+        if self.build:  # the TFLite converter sorts signature tensors; the source's order was recorded
+            self.inputs = _in_order(self.inputs, self.build.get("input_order"))
+            self.outputs = _in_order(self.outputs, self.build.get("output_order"))
         self._monitor = Monitor(self.build.get("input_stats") if self.build else None)
         self.image = image
         self.labels = _read_labels(labels) or (list(self.info.labels) if self.info and self.info.labels else None)
@@ -356,3 +359,11 @@ def _read_labels(labels) -> list[str] | None:
 
 def _shape_text(signature: tuple[int, ...]) -> str:
     return "(" + ", ".join("N" if d == -1 else str(d) for d in signature) + ")"
+
+
+def _in_order(specs: list, order) -> list:
+    """``specs`` sorted as ``order`` (a list of names) says, when it names exactly these tensors."""
+    by_name = {spec.name: spec for spec in specs}
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(by_name):
+        return specs
+    return [by_name[name] for name in order]

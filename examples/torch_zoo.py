@@ -80,25 +80,16 @@ class UNetStyle(nn.Module):
         return self.out(self.dec(torch.cat([up, skip], dim=1)))
 
 
-class LSTMSequence(nn.Module):
-    def __init__(self, features: int = 8, hidden: int = 16, classes: int = 4):
+class RecurrentSequence(nn.Module):
+    """An LSTM or GRU over (batch, time, features), classifying from the last step."""
+
+    def __init__(self, cell: type = nn.LSTM, features: int = 8, hidden: int = 16, classes: int = 4):
         super().__init__()
-        self.lstm = nn.LSTM(features, hidden, batch_first=True)
+        self.rnn = cell(features, hidden, batch_first=True)
         self.head = nn.Linear(hidden, classes)
 
     def forward(self, sequence):
-        out, _ = self.lstm(sequence)
-        return self.head(out[:, -1])
-
-
-class GRUSequence(nn.Module):
-    def __init__(self, features: int = 8, hidden: int = 16, classes: int = 4):
-        super().__init__()
-        self.gru = nn.GRU(features, hidden, batch_first=True)
-        self.head = nn.Linear(hidden, classes)
-
-    def forward(self, sequence):
-        out, _ = self.gru(sequence)
+        out, _ = self.rnn(sequence)
         return self.head(out[:, -1])
 
 
@@ -168,8 +159,8 @@ ZOO = {
     "resnet_block": (ResNetStyle, [(1, 3, 32, 32)]),
     "mobilenetv2_block": (MobileNetV2Style, [(1, 3, 32, 32)]),
     "unet": (UNetStyle, [(1, 3, 32, 32)]),
-    "lstm": (LSTMSequence, [(1, 20, 8)]),
-    "gru": (GRUSequence, [(1, 20, 8)]),
+    "lstm": (lambda: RecurrentSequence(nn.LSTM), [(1, 20, 8)]),
+    "gru": (lambda: RecurrentSequence(nn.GRU), [(1, 20, 8)]),
     "transformer_encoder": (TransformerEncoder, [(1, 16, 32)]),
     "audio_conv1d": (AudioConv1d, [(1, 1, 1000)]),
     "two_in_two_out": (TwoInTwoOut, [(1, 3, 24, 24), (1, 10)]),

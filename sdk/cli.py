@@ -84,15 +84,16 @@ Exit codes: 0 ok, 1 conversion failed, 2 bad input.
 """
 
 
-def _parse_shape(ctx, param, values) -> list[tuple[int, ...]] | None:
+def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
     shapes = []
     for value in values:
         try:
-            shape = tuple(int(d) for d in value.replace("x", ",").split(","))
+            shape = tuple(int(d) for d in value.split(","))
         except ValueError:
-            raise click.BadParameter(f"expected comma-separated integers like 1,3,224,224; got {value!r}") from None
-        if not shape or any(d < 1 for d in shape):
-            raise click.BadParameter(f"dimensions must be positive integers; got {value!r}")
+            raise UserInputError(f"--input-shape takes comma-separated integers like 1,3,224,224; "
+                                 f"got {value!r}") from None
+        if any(d < 1 for d in shape):
+            raise UserInputError(f"--input-shape dimensions must be positive integers; got {value!r}")
         shapes.append(shape)
     return shapes or None
 
@@ -119,7 +120,7 @@ def _parse_shape(ctx, param, values) -> list[tuple[int, ...]] | None:
 @click.option("--board", help="With --target mcu: check the model fits this board (see `sdk export mcu --help`).")
 @click.option("--labels", type=click.Path(), help="Class names for the model's metadata, one per line.")
 @click.option("--model-version", default="1", show_default=True, help="Version written into the metadata.")
-@click.option("--input-shape", "input_shapes", multiple=True, callback=_parse_shape,
+@click.option("--input-shape", "input_shapes", multiple=True,
               help="PyTorch/ONNX: an input's shape, e.g. 1,3,224,224; once per input, in order.")
 @click.option("--weights", type=click.Path(), help="PyTorch state dict for a package.module:factory source.")
 @click.option("--keep-nchw", is_flag=True, help="PyTorch/ONNX: keep channels-first inputs and outputs.")
@@ -153,7 +154,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
 
             metadata = MetadataSpec(name=Path(source).stem, version=model_version,
                                     labels=read_labels_file(labels) if labels else ())
-        torch_onnx = dict(input_shapes=input_shapes, weights=weights, keep_nchw=keep_nchw,
+        torch_onnx = dict(input_shapes=_parse_shapes(input_shapes), weights=weights, keep_nchw=keep_nchw,
                           keep_intermediates=keep_intermediates)
         result = convert_model(source, output, recipe, finetune_data=finetune_path, calib_data=calib,
                                eval_data=eval_path, force=force, metadata=metadata,

@@ -56,12 +56,6 @@ def test_empty_truncated_and_wrong_files(digits_model_path, tmp_path, out):
     assert_bad_input(run("convert", other, "-o", out / "m.tflite"), "unknown source model kind", out)
 
 
-def test_pytorch_sources_are_refused_clearly(tmp_path, out):
-    onnx = tmp_path / "m.onnx"
-    onnx.write_bytes(b"\0" * 10)
-    assert_bad_input(run("convert", onnx, "-o", out / "m.tflite"), "not supported yet", out)
-
-
 def test_output_is_input_or_exists(digits_model_path, out):
     original = digits_model_path.read_bytes()
     assert_bad_input(run("convert", digits_model_path, "-o", digits_model_path), "is the input model")

@@ -32,3 +32,9 @@ class OutputPathError(UserInputError):
 
 class ConversionError(SDKError):
     """The model could not be converted or compressed as the recipe asks."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type), for one-line errors."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

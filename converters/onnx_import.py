@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .array_compression import WeightArray
-from .errors import ConversionError, DataError, SourceModelError
+from .errors import ConversionError, DataError, SourceModelError, first_line
 
 CONV_LIKE_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
                  "BatchNormalization", "InstanceNormalization", "LpPool", "Resize", "Upsample"}
@@ -39,7 +39,7 @@ def load_onnx(path: str | os.PathLike):
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # DecodeError, ValueError, OSError: the file is not a whole ONNX model
-        raise SourceModelError(f"{path.name} is not a readable ONNX model ({_first_line(exc)}); "
+        raise SourceModelError(f"{path.name} is not a readable ONNX model ({first_line(exc)}); "
                                "is it truncated? Re-export it with torch.onnx.export") from None
     if not model.graph.node:
         raise SourceModelError(f"{path.name} is not a readable ONNX model: its graph has no nodes; "
@@ -54,7 +54,7 @@ def check_model(model, what: str) -> None:
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
-        raise SourceModelError(f"{what} is not a valid ONNX model: {_first_line(exc)}") from None
+        raise SourceModelError(f"{what} is not a valid ONNX model: {first_line(exc)}") from None
 
 
 def graph_inputs(model) -> list:
@@ -102,7 +102,7 @@ def simplify(model) -> tuple[object, str | None]:
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as exc:  # onnxsim raises whatever its passes raise
-        return model, f"onnxsim could not simplify the graph ({_first_line(exc)}); converted as exported"
+        return model, f"onnxsim could not simplify the graph ({first_line(exc)}); converted as exported"
     if not ok:
         return model, "onnxsim's check of the simplified graph failed; converted as exported"
     return simplified, None
@@ -199,12 +199,7 @@ def run_onnx(model, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ConversionError(f"onnxruntime cannot run the source model: {_first_line(exc)}") from None
+        raise ConversionError(f"onnxruntime cannot run the source model: {first_line(exc)}") from None
     count = len(next(iter(inputs.values())))
     results = [session.run(None, {k: v[i:i + 1] for k, v in inputs.items()}) for i in range(count)]
     return [np.concatenate([r[j] for r in results]) for j in range(len(results[0]))]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .array_compression import WeightArray
-from .errors import ConversionError, DataError, SourceModelError
+from .errors import ConversionError, DataError, SourceModelError, first_line
 
 FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 ONNX_OPSET = 17
@@ -87,7 +87,7 @@ def _private_copy(module) -> Any:
     try:
         return copy.deepcopy(module)
     except Exception as exc:  # modules holding un-copyable state (open files, locks)
-        raise SourceModelError(f"cannot copy {type(module).__name__} to convert it safely: {_first_line(exc)}; "
+        raise SourceModelError(f"cannot copy {type(module).__name__} to convert it safely: {first_line(exc)}; "
                                "save it with torch.jit.save and convert the file") from None
 
 
@@ -100,12 +100,12 @@ def _from_factory(spec: str, weights) -> Any:
     try:
         factory = getattr(importlib.import_module(module_name), factory_name)
     except (ImportError, AttributeError) as exc:
-        raise SourceModelError(f"cannot import {spec}: {_first_line(exc)}; run from the folder that holds "
+        raise SourceModelError(f"cannot import {spec}: {first_line(exc)}; run from the folder that holds "
                                f"{module_name.split('.')[0]} or install it") from None
     try:
         module = factory()
     except Exception as exc:  # the user's code may raise anything
-        raise SourceModelError(f"{spec}() failed: {_first_line(exc)}") from None
+        raise SourceModelError(f"{spec}() failed: {first_line(exc)}") from None
     if not isinstance(module, torch.nn.Module):
         raise SourceModelError(f"{spec}() must return a torch.nn.Module; it returned {type(module).__name__}")
     if weights is not None:
@@ -121,7 +121,7 @@ def _load_weights(module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors alike: not a loadable state dict
-        raise SourceModelError(f"cannot read weights {path.name}: {_first_line(exc)}; save them with "
+        raise SourceModelError(f"cannot read weights {path.name}: {first_line(exc)}; save them with "
                                "torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -131,7 +131,7 @@ def _load_weights(module, path: Path) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise SourceModelError(f"weights {path.name} do not fit the model: {_first_line(exc)}") from None
+        raise SourceModelError(f"weights {path.name} do not fit the model: {first_line(exc)}") from None
 
 
 def _load_torchscript(path: Path) -> Any:
@@ -143,7 +143,7 @@ def _load_torchscript(path: Path) -> Any:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # RuntimeError from the archive reader, ValueError, pickle errors
         raise SourceModelError(
-            f"{path.name} is not a TorchScript file ({_first_line(exc)}); save one with "
+            f"{path.name} is not a TorchScript file ({first_line(exc)}); save one with "
             "torch.jit.save(torch.jit.trace(model, x), path), or give 'package.module:factory' with "
             f"--weights {path.name} for a state dict") from None
 
@@ -176,7 +176,7 @@ def run_module(module, inputs: tuple) -> Any:
             return module(*inputs)
         except Exception as exc:  # shape mismatches and the user's own errors
             shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
-            raise DataError(f"the model cannot run on inputs of shape {shapes}: {_first_line(exc)}; "
+            raise DataError(f"the model cannot run on inputs of shape {shapes}: {first_line(exc)}; "
                             "check --input-shape") from None
 
 
@@ -235,7 +235,7 @@ def export_onnx(source: TorchSource, module, path: Path):
                               output_names=source.output_names, opset_version=ONNX_OPSET, dynamo=False,
                               do_constant_folding=True)
     except Exception as exc:  # torch raises many types for unexportable code
-        raise ConversionError(f"torch.onnx.export failed: {_first_line(exc)}; make forward() traceable "
+        raise ConversionError(f"torch.onnx.export failed: {first_line(exc)}; make forward() traceable "
                               "(no data-dependent Python control flow) or export ONNX yourself") from None
     return onnx.load(str(path))
 
@@ -247,7 +247,7 @@ def fold_batchnorm(module) -> tuple[Any, str | None]:
     try:
         return fuse(copy.deepcopy(module)), None
     except Exception as exc:  # torch.fx cannot trace data-dependent control flow
-        return copy.deepcopy(module), (f"BatchNorm not folded before fine-tuning (torch.fx: {_first_line(exc)}); "
+        return copy.deepcopy(module), (f"BatchNorm not folded before fine-tuning (torch.fx: {first_line(exc)}); "
                                        "clustered layers followed by BatchNorm may hold more unique values")
 
 
@@ -266,8 +266,3 @@ def torch_weights(module) -> tuple[list[WeightArray], dict[str, Any]]:
         weights.append(WeightArray(name, types, child.weight.detach().numpy().copy(), in_axis=1, out_axis=0))
         owners[name] = child
     return weights, owners
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

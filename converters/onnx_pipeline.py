@@ -62,8 +62,7 @@ class _Route:
         rows = []
         for spec in self.specs:
             last = spec.name in self.channel_last
-            shape = tuple(np.empty(spec.shape, np.uint8).transpose(channel_last_perm(len(spec.shape))).shape) \
-                if last else spec.shape
+            shape = tuple(spec.shape[i] for i in channel_last_perm(len(spec.shape))) if last else spec.shape
             rows.append({"input": spec.name, "source_shape": list(spec.shape), "tflite_shape": list(shape),
                          "layout": "channels last (transposed)" if last else "as in the source"})
         for name in self.output_names:
@@ -122,8 +121,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     fine_tuned_records = original = None
     if torch_source is not None:
         shapes = [s[1:] for s in torch_source.input_shapes]
-        channels_first = len(shapes) == 1 and len(shapes[0]) == 3
-        tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data, channels_first)
+        tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data)
         module = torch_source.module
         if tune is not None and recipe.compresses_weights:
             module, fine_tuned_records, weight_names = _finetune(torch_source, recipe, tune, verbose, notes)
@@ -141,11 +139,10 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     reference_model = copy.deepcopy(onnx_model) if torch_source is None else None
     if torch_source is None:
         shapes = [s.shape[1:] for s in specs]
-        channels_first = len(shapes) == 1 and len(shapes[0]) == 3
         if finetune_data is not None:
             raise DataError("fine-tuning needs the PyTorch model; an ONNX file is compressed one-shot, so "
                             "drop --finetune (use --calib for int8) or convert the PyTorch source")
-        tune, calib, evaluation, data_notes = _data(shapes, None, calib_data, eval_data, channels_first)
+        tune, calib, evaluation, data_notes = _data(shapes, None, calib_data, eval_data)
     notes += data_notes
 
     _check_quantizable(onnx_model, recipe)
@@ -179,9 +176,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     timings["onnx2tf"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    calibration = _tflite_inputs(route, calib) if calib is not None else None
-    if calibration is not None and len(calibration) == 1:
-        calibration = calibration[0]
+    calibration = route.to_tflite_layout(specs[0].name, calib.x) if calib is not None else None
     baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"))
     all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
     tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress)
@@ -189,8 +184,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     notes += export_notes
 
     source_sha256 = _source_hash(source_files, torch_source)
-    stats_input = calibration if isinstance(calibration, np.ndarray) else None
-    tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, stats_input, {
+    tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, calibration, {
         "input_order": [s.name for s in specs], "output_order": route.output_names}), metadata,
                                   Path(description).stem if source_files else "model",
                                   tune or calib or evaluation, notes)
@@ -233,12 +227,13 @@ def _check_quantizable(onnx_model, recipe: Recipe) -> None:
                                   "--quantize dynamic or float16 for this model")
 
 
-def _data(shapes, finetune_data, calib_data, eval_data, channels_first):
+def _data(shapes, finetune_data, calib_data, eval_data):
+    """Datasets for the single input, in the source layout ((C, H, W) images load channels-first)."""
     if len(shapes) != 1:
         if any(d is not None for d in (finetune_data, calib_data, eval_data)):
             raise DataError(f"data for models with {len(shapes)} inputs is not supported yet; convert "
                             "without data (fidelity is then measured on random inputs)")
-    return datasets(shapes[0], finetune_data, calib_data, eval_data, channels_first=channels_first)
+    return datasets(shapes[0], finetune_data, calib_data, eval_data, channels_first=len(shapes[0]) == 3)
 
 
 def _finetune(torch_source, recipe: Recipe, tune: Dataset, verbose: bool, notes: list[str]):
@@ -288,10 +283,6 @@ def _outputs_channel_first(model, channel_last: dict[str, bool], names: list[str
             tensor = keras.layers.Identity(name=name)(tensor)
         outputs.append(tensor)
     return keras.Model(model.inputs, outputs)
-
-
-def _tflite_inputs(route: _Route, data: Dataset) -> list[np.ndarray]:
-    return [route.to_tflite_layout(route.specs[0].name, data.x)]
 
 
 def _random_inputs(specs: list[TensorSpec], count: int) -> list[np.ndarray]:

@@ -89,7 +89,9 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
     check_calibration(recipe, calib_data, finetune_data)
     output = check_output_path(output, source_files, force)
     work = Path(tempfile.mkdtemp(prefix="sdk-convert-"))
-    notes: list[str] = []
+    log_path = work / "onnx2tf.log"
+    notes: list[str] = [f"intermediate files kept in {work}"] if keep_intermediates else []
+    log_named_in_error = False
     try:
         if is_onnx_file:
             torch_source = None
@@ -106,17 +108,24 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
         timings["load"] = time.perf_counter() - started
         return _convert(torch_source, onnx_model, description, source_files, output, recipe, input_shapes,
                         keep_nchw, finetune_data, calib_data, eval_data, progress, verbose, metadata, work,
-                        notes, timings, started)
+                        log_path, notes, timings, started)
+    except ConversionError as exc:
+        log_named_in_error = str(log_path) in str(exc)
+        raise
     finally:
         if keep_intermediates:
-            notes.append(f"intermediate files kept in {work}")
+            pass
+        elif log_named_in_error:  # keep onnx2tf's log, which the error tells the user to read
+            for path in work.iterdir():
+                if path != log_path:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
         else:
             shutil.rmtree(work, ignore_errors=True)
 
 
 def _convert(torch_source, onnx_model, description, source_files, output, recipe, input_shapes, keep_nchw,
-             finetune_data, calib_data, eval_data, progress, verbose, metadata, work: Path, notes, timings,
-             started) -> ConversionResult:
+             finetune_data, calib_data, eval_data, progress, verbose, metadata, work: Path, log_path: Path, notes,
+             timings, started) -> ConversionResult:
     mark = time.perf_counter()
     fine_tuned_records = original = None
     if torch_source is not None:
@@ -169,7 +178,6 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     timings["compress"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    log_path = work / "onnx2tf.log"
     converted = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes)
     float_keras = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes) \
         if compressed_any else converted

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -238,6 +239,28 @@ def test_unsupported_op_names_op_and_node(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "MysteryOp (node mystery_node)" in lines[0], result.stderr
     assert not (tmp_path / "m.tflite").exists()
+
+
+def test_onnx2tf_failure_keeps_the_log_it_names_and_intermediates_are_reported(tmp_path, monkeypatch):
+    import onnx2tf
+
+    def broken(**kwargs):
+        print("onnx2tf: something deep went wrong")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(onnx2tf, "convert", broken)
+    with pytest.raises(ConversionError, match="boom.*full log: ") as failure:
+        sdk.convert(build("non_square"), tmp_path / "m.tflite", example_input=example_inputs("non_square"))
+    log = Path(str(failure.value).rsplit("full log: ", 1)[1])
+    assert "something deep went wrong" in log.read_text()
+    assert [p.name for p in log.parent.iterdir()] == ["onnx2tf.log"]  # the temporary ONNX is gone
+    monkeypatch.undo()
+    kept = sdk.convert(build("non_square"), tmp_path / "k.tflite", example_input=example_inputs("non_square"),
+                       keep_intermediates=True)
+    folder = Path(next(n for n in kept.report.notes if n.startswith("intermediate files kept in")).split(" in ")[1])
+    assert (folder / "model.onnx").is_file() and (folder / "onnx2tf.log").is_file()
+    for leftover in (log.parent, folder):  # both outlive the conversion by design; not the test
+        shutil.rmtree(leftover)
 
 
 def test_recurrent_int8_is_refused_before_it_can_crash():

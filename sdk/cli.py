@@ -125,12 +125,13 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--weights", type=click.Path(), help="PyTorch state dict for a package.module:factory source.")
 @click.option("--keep-nchw", is_flag=True, help="PyTorch/ONNX: keep channels-first inputs and outputs.")
 @click.option("--keep-intermediates", is_flag=True, help="PyTorch/ONNX: keep the temporary ONNX and logs.")
+@click.option("--plot", "plot_path", type=click.Path(), help="Also write per-layer sparsity/unique-value bars (PNG).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
             samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
-            model_version, input_shapes, weights, keep_nchw, keep_intermediates, force, as_json, debug):
+            model_version, input_shapes, weights, keep_nchw, keep_intermediates, plot_path, force, as_json, debug):
     """Compress and convert SOURCE to a verified .tflite.
 
     SOURCE: .keras, .h5, SavedModel folder, .onnx, TorchScript .pt, or package.module:factory.
@@ -160,6 +161,10 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
                                eval_data=eval_path, force=force, metadata=metadata,
                                progress=None if as_json else _stderr_progress, verbose=not as_json,
                                **torch_onnx)
+        if plot_path:
+            from sdk.plots import layer_plot
+
+            layer_plot(result.report.to_dict(), plot_path)
         mcu = None
         if target == "mcu":
             from converters.mcu import export_mcu
@@ -172,12 +177,63 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             click.echo(json.dumps(report, indent=2))
         else:
             click.echo(result.report.render())
-            click.echo(f"wrote {result.path} and {result.report_path}")
+            click.echo(f"wrote {result.path} and {result.report_path}" + (f" and {plot_path}" if plot_path else ""))
             if mcu:
                 click.echo(mcu.render())
 
     _run(action, debug)
 
+
+@main.command(epilog="""
+\b
+Examples:
+  sdk sweep digits.h5 --grid grid.yaml --data train.npz --eval test.npz -o sweep_out/
+  sdk sweep net.onnx --grid grid.yaml --data calib.npy -o out/ --no-finetune --max-drop 0.5
+  sdk sweep digits.h5 --grid grid.yaml --data train.npz -o out/ --address ray://head:10001
+\b
+grid.yaml:
+  base: {finetune: {epochs: 4}}          # shared by every recipe
+  grid: {prune: [0, 0.5, 0.75], cluster: [0, 16], quantize: [none, int8]}
+  recipes:                                # and/or named recipes in --recipe form
+    - {name: 2of4-int8, prune: {sparsity: 0.5, structure: "2:4"}, quantize: {mode: int8}}
+\b
+Writes OUT/sweep.md, sweep.json, pareto.png and one folder per recipe in
+OUT/runs/. Re-running skips recipes already done; a failed recipe is a row
+with its error. Exit codes: 0 ok (even with failed rows), 1 failure, 2 bad input.
+""")
+@click.argument("source", type=click.Path())
+@click.option("--grid", "grid_path", required=True, type=click.Path(), help="Recipes to try (.yaml/.json).")
+@click.option("--data", "data_path", type=click.Path(), help="Calibration and fine-tuning data.")
+@click.option("--eval", "eval_path", type=click.Path(), help="Held-out data for accuracy (default: --data).")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Folder for results.")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Accuracy budget in points for the recommendation.")
+@click.option("--address", help="An existing Ray cluster's address; default: start a local one.")
+@click.option("--workers", type=click.IntRange(min=1), help="Local Ray CPUs (default: all cores).")
+@click.option("--no-finetune", is_flag=True, help="Compress one-shot, without fine-tuning on --data.")
+@click.option("--latency-runs", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Timed runs per model and thread count (0: skip latency).")
+@click.option("--input-shape", "input_shapes", multiple=True, help="PyTorch/ONNX: an input's shape, e.g. 1,3,32,32.")
+@click.option("--weights", type=click.Path(), help="PyTorch state dict for a package.module:factory source.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def sweep(source, grid_path, data_path, eval_path, out_dir, max_drop, address, workers, no_finetune, latency_runs,
+          input_shapes, weights, as_json, debug):
+    """Convert SOURCE with many recipes in parallel (Ray) and recommend one."""
+
+    def action():
+        from sdk.sweep import load_grid, render, run_sweep
+
+        options = {k: v for k, v in (("input_shapes", _parse_shapes(input_shapes)), ("weights", weights)) if v}
+        result = run_sweep(source, load_grid(grid_path), out_dir, data=data_path, eval_data=eval_path,
+                           finetune=not no_finetune, address=address, workers=workers, max_drop=max_drop,
+                           latency_threads=(1, 2) if latency_runs else (), latency_runs=max(latency_runs, 1),
+                           options=options, progress=None if as_json else _stderr_progress)
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else render(result))
+        if not as_json:
+            click.echo(f"wrote {', '.join(result.files)}")
+
+    _run(action, debug)
 
 @main.command()
 @click.argument("model", type=click.Path())

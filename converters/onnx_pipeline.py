@@ -22,7 +22,7 @@ import numpy as np
 
 from .array_compression import compress_weights
 from .data import DataSource, Dataset
-from .errors import ConversionError, DataError
+from .errors import ConversionError, DataError, RecipeError
 from .fidelity import Fidelity, compare
 from .files import check_output_path
 from .metadata import MetadataSpec
@@ -127,21 +127,30 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
              finetune_data, calib_data, eval_data, progress, verbose, metadata, work: Path, log_path: Path, notes,
              timings, started) -> ConversionResult:
     mark = time.perf_counter()
-    fine_tuned_records = original = None
+    fine_tuned_records = original = low_rank_record = None
+    if torch_source is None and recipe.factorizes:
+        raise RecipeError("low_rank rewrites layers before export and needs the PyTorch model; an ONNX file "
+                          "can be pruned, clustered and quantized")
     if torch_source is not None:
         shapes = [s[1:] for s in torch_source.input_shapes]
         tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data)
         module = torch_source.module
-        if tune is not None and recipe.compresses_weights:
-            module, fine_tuned_records, weight_names = _finetune(torch_source, recipe, tune, verbose, notes)
+        if recipe.factorizes:
+            from .low_rank import factorize_linear_layers
+
+            module, low_rank_record = factorize_linear_layers(module, recipe)
+        if tune is not None and (recipe.compresses_weights or low_rank_record is not None):
+            module, fine_tuned_records, weight_names = _finetune(torch_source, module, recipe, tune, verbose,
+                                                                 notes)
             timings["finetune"] = time.perf_counter() - mark
         elif tune is not None:
-            notes.append("fine-tuning data given but the recipe neither prunes nor clusters; not fine-tuned")
+            notes.append("fine-tuning data given but the recipe neither prunes, clusters nor factorizes; "
+                         "not fine-tuned")
         mark = time.perf_counter()
         from .torch_import import export_onnx
 
         onnx_model = export_onnx(torch_source, module, work / "model.onnx")
-        if fine_tuned_records is not None:  # the float32 baseline is the original, not the student
+        if module is not torch_source.module:  # the float32 baseline is the original, not the student
             original = export_onnx(torch_source, torch_source.module, work / "original.onnx")
         timings["torch_onnx_export"] = time.perf_counter() - mark
     specs = fix_input_shapes(onnx_model, input_shapes)
@@ -159,7 +168,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     onnx_model, note = simplify(onnx_model)
     if note:
         notes.append(note)
-    if fine_tuned_records is None:
+    if original is None:
         float_model = copy.deepcopy(onnx_model)
     else:
         fix_input_shapes(original, input_shapes)
@@ -170,8 +179,11 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         records = compress_weights(weights, recipe)
         set_weights(onnx_model, weights, sources)
         weight_names = [w.name for w in weights]
+    if low_rank_record is not None:
+        low_rank_record.fine_tuned = fine_tuned_records is not None
+        records = {"low_rank": low_rank_record, **records}
     final_weights = {w.name: w.values for w in onnx_weights(onnx_model)[0]}
-    compressed_any = fine_tuned_records is not None or any(r.layers for r in records.values())
+    compressed_any = original is not None or any(r.layers for r in records.values())
     channel_last = [] if keep_nchw else channel_last_inputs(onnx_model, specs)
     keep_first = [s.name for s in specs if 3 <= len(s.shape) <= 5 and s.name not in channel_last]
     route = _Route(specs, channel_last, [o.name for o in onnx_model.graph.output])
@@ -244,14 +256,14 @@ def _data(shapes, finetune_data, calib_data, eval_data):
     return datasets(shapes[0], finetune_data, calib_data, eval_data, channels_first=len(shapes[0]) == 3)
 
 
-def _finetune(torch_source, recipe: Recipe, tune: Dataset, verbose: bool, notes: list[str]):
+def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool, notes: list[str]):
     from .torch_finetune import finetune_torch
     from .torch_import import fold_batchnorm, torch_weights
 
     if len(torch_source.output_names) != 1:
         raise DataError("fine-tuning supports single-output models; compress without --finetune data "
                         "(one-shot) or fine-tune the model yourself")
-    student, note = fold_batchnorm(torch_source.module)
+    student, note = fold_batchnorm(module)
     if note:
         notes.append(note)
     weights, owners = torch_weights(student)

@@ -55,6 +55,22 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class LowRankSettings:
+    """SVD of a Linear weight into two thinner layers; give the rank as a ratio or an energy to keep."""
+
+    rank_ratio: float | None = None  # rank = ceil(rank_ratio * min(in, out))
+    energy: float | None = None  # smallest rank keeping this fraction of the sum of squared singular values
+
+    def validate(self, where: str) -> None:
+        if (self.rank_ratio is None) == (self.energy is None):
+            raise RecipeError(f"{where} needs exactly one of rank_ratio or energy; got rank_ratio="
+                              f"{self.rank_ratio}, energy={self.energy}")
+        for name, value in (("rank_ratio", self.rank_ratio), ("energy", self.energy)):
+            if value is not None and not 0.0 < value <= 1.0:
+                raise RecipeError(f"{where}.{name} must be in (0, 1]; got {value}")
+
+
+@dataclass(frozen=True)
 class QuantizeSettings:
     mode: str = "none"
     io_type: str = "float32"
@@ -108,6 +124,7 @@ class LayerOverride:
 
     prune: PruneSettings | None | str = "unset"
     cluster: ClusterSettings | None | str = "unset"
+    low_rank: LowRankSettings | None | str = "unset"
 
 
 UNSET = "unset"
@@ -119,12 +136,14 @@ class LayerPlan:
 
     prune: PruneSettings | None
     cluster: ClusterSettings | None
+    low_rank: LowRankSettings | None = None
 
 
 @dataclass(frozen=True)
 class Recipe:
     prune: PruneSettings | None = None
     cluster: ClusterSettings | None = None
+    low_rank: LowRankSettings | None = None
     quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     sparse_export: str = "auto"
@@ -139,6 +158,8 @@ class Recipe:
             self.prune.validate("prune")
         if self.cluster is not None:
             self.cluster.validate("cluster")
+        if self.low_rank is not None:
+            self.low_rank.validate("low_rank")
         self.quantize.validate()
         self.finetune.validate()
         _choice("sparse_export", self.sparse_export, SPARSE_EXPORT)
@@ -152,6 +173,8 @@ class Recipe:
                     override.prune.validate(f"{section}[{key!r}].prune")
                 if isinstance(override.cluster, ClusterSettings):
                     override.cluster.validate(f"{section}[{key!r}].cluster")
+                if isinstance(override.low_rank, LowRankSettings):
+                    override.low_rank.validate(f"{section}[{key!r}].low_rank")
 
     # -- resolution -----------------------------------------------------------------
     def plan_for(self, layer_name: str, layer_type: str) -> LayerPlan | None:
@@ -162,18 +185,20 @@ class Recipe:
             chain.append(by_name)
         if layer_type in self.layer_types:
             chain.append(self.layer_types[layer_type])
-        prune, cluster = self.prune, self.cluster
+        prune, cluster, low_rank = self.prune, self.cluster, self.low_rank
         for override in reversed(chain):  # apply the weakest first so the strongest wins
             if override is None:
-                prune = cluster = None
+                prune = cluster = low_rank = None
                 continue
             if override.prune != UNSET:
                 prune = override.prune
             if override.cluster != UNSET:
                 cluster = override.cluster
+            if override.low_rank != UNSET:
+                low_rank = override.low_rank
         if chain and chain[0] is None:
             return None
-        return LayerPlan(prune, cluster)
+        return LayerPlan(prune, cluster, low_rank)
 
     def _match_name(self, name: str):
         if name in self.layers:
@@ -190,6 +215,13 @@ class Recipe:
                 or any(o is not None and (isinstance(o.prune, PruneSettings)
                                           or isinstance(o.cluster, ClusterSettings)) for o in overrides))
 
+    @property
+    def factorizes(self) -> bool:
+        """Whether any layer gets a low-rank factorization (which changes the graph, not only weights)."""
+        overrides = [*self.layers.values(), *self.layer_types.values()]
+        return self.low_rank is not None or any(o is not None and isinstance(o.low_rank, LowRankSettings)
+                                                for o in overrides)
+
     # -- serialisation ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         def settings(value):
@@ -198,11 +230,13 @@ class Recipe:
         def override(o: LayerOverride | None):
             if o is None:
                 return None
-            return {k: settings(v) for k, v in (("prune", o.prune), ("cluster", o.cluster)) if v != UNSET}
+            return {k: settings(v) for k, v in (("prune", o.prune), ("cluster", o.cluster), ("low_rank", o.low_rank))
+                    if v != UNSET}
 
         return {
             "prune": settings(self.prune),
             "cluster": settings(self.cluster),
+            "low_rank": settings(self.low_rank),
             "quantize": settings(self.quantize),
             "finetune": settings(self.finetune),
             "sparse_export": self.sparse_export,
@@ -218,6 +252,7 @@ class Recipe:
         return cls(
             prune=_section(PruneSettings, data.get("prune"), "prune"),
             cluster=_section(ClusterSettings, data.get("cluster"), "cluster"),
+            low_rank=_section(LowRankSettings, data.get("low_rank"), "low_rank"),
             quantize=_section(QuantizeSettings, data.get("quantize"), "quantize") or QuantizeSettings(),
             finetune=_section(FinetuneSettings, data.get("finetune"), "finetune") or FinetuneSettings(),
             sparse_export=data.get("sparse_export", "auto"),
@@ -309,12 +344,14 @@ def _overrides(data: Any, where: str) -> dict[str, LayerOverride | None]:
             continue
         here = f"{where}[{key!r}]"
         if not isinstance(value, Mapping):
-            raise RecipeError(f"{here} must be a mapping with prune/cluster, or null; got {value!r}")
-        _reject_unknown(here, value, ["prune", "cluster"])
+            raise RecipeError(f"{here} must be a mapping with prune/cluster/low_rank, or null; got {value!r}")
+        _reject_unknown(here, value, ["prune", "cluster", "low_rank"])
         out[str(key)] = LayerOverride(
             prune=_section(PruneSettings, value["prune"], here + ".prune") if "prune" in value else UNSET,
             cluster=(_section(ClusterSettings, value["cluster"], here + ".cluster")
-                     if "cluster" in value else UNSET))
+                     if "cluster" in value else UNSET),
+            low_rank=(_section(LowRankSettings, value["low_rank"], here + ".low_rank")
+                      if "low_rank" in value else UNSET))
     return out
 
 

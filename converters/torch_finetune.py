@@ -37,6 +37,8 @@ def finetune_torch(student, teacher, weights: list[WeightArray], owners: dict[st
     prune, cluster, records = plan_targets(weights, recipe)
     trainer = _Trainer(student, teacher, data, settings, verbose)
     masks: dict[str, torch.Tensor] = {}
+    if not prune and not cluster:  # the graph changed (low-rank): recover by distillation alone
+        trainer.train(lambda step, total: None)
     if prune:
         trainer.train(lambda step, total: _update_masks(owners, prune, masks, step, total))
         for name, settings_ in prune.items():

@@ -449,8 +449,8 @@ or outputs the app cannot run, existing files without --force).
 @click.option("--task", type=click.Choice(["image_classifier", "object_detector"]),
               help="Override the task in the model's metadata (needed for YOLO-style detectors).")
 @click.option("--labels", type=click.Path(), help="Class names, one per line, if the model has none embedded.")
-@click.option("--mean", type=float, multiple=True, help="Input normalisation mean on 0..255 pixels (overrides metadata).")
-@click.option("--std", type=float, multiple=True, help="Input normalisation std on 0..255 pixels (overrides metadata).")
+@click.option("--mean", type=float, multiple=True, help="Input normalisation mean on 0..255 pixels (over metadata).")
+@click.option("--std", type=float, multiple=True, help="Input normalisation std on 0..255 pixels (over metadata).")
 @click.option("--objectness", is_flag=True, help="YOLO rows carry an objectness score after the box.")
 @click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.25, show_default=True)
 @click.option("--iou-threshold", type=click.FloatRange(0, 1), default=0.45, show_default=True)

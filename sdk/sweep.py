@@ -279,9 +279,16 @@ def _run_on_ray(source, pending, runs, keys, rows, data, eval_data, finetune, op
 
 
 def _latency(path: str, threads: Sequence[int], runs: int) -> dict:
-    from device_runtime.bench import benchmark
+    """p50/p90/throughput per thread count, in a fresh process so that peak RSS is this model's own."""
+    import subprocess
+    import sys
 
-    report = benchmark(path, threads=threads, warmup=5, runs=runs)
+    command = [sys.executable, "-m", "device_runtime.bench", path, "--threads", *map(str, threads),
+               "--warmup", "5", "--runs", str(runs), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["benchmark failed"])[-1]}
+    report = json.loads(done.stdout)
     return {str(r["threads"]): {"p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"],
                                 "throughput_per_s": r["throughput_per_s"], "peak_rss_mb": r["peak_rss_mb"]}
             for r in report["results"]}
@@ -319,7 +326,8 @@ def recommend(rows: Sequence[dict], max_drop: float) -> tuple[str | None, str]:
             continue
         if best is None or row["gzip_size"] < best["gzip_size"]:
             best = row
-    return (best["name"] if best else None), f"{metric} within {max_drop:g} point{'' if max_drop == 1 else 's'} of the source"
+    points = "point" if max_drop == 1 else "points"
+    return (best["name"] if best else None), f"{metric} within {max_drop:g} {points} of the source"
 
 
 def write_tables(result: SweepResult, plot: bool = True) -> None:
@@ -337,8 +345,8 @@ def write_tables(result: SweepResult, plot: bool = True) -> None:
 
 
 def render(result: SweepResult) -> str:
-    header = ["recipe", "status", "size KiB", "gzip KiB", "gzip ratio", "sparsity", "quality", "change",
-              "p50 ms (1t)", "p50 ms (2t)", "convert s"]
+    header = ["recipe", "status", "size KiB", "gzip KiB", "gzip ratio", "sparsity", "quality", "change", "cosine",
+              "p50 ms (1t)", "p50 ms (2t)", "peak MB", "convert s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result.rows:
         if row["status"] != "ok":
@@ -351,8 +359,10 @@ def render(result: SweepResult) -> str:
                  f"{row['file_size'] / 1024:.1f}", f"{row['gzip_size'] / 1024:.1f}", f"{row['gzip_ratio']:.2f}x",
                  f"{row['sparsity']:.1%}", "-" if score is None else f"{score:.2f}",
                  "-" if score is None else f"{score - reference:+.2f}",
+                 "-" if row.get("cosine") is None else f"{row['cosine']:.4f}",
                  *(f"{latency[t]['p50_ms']:.3f}" if t in latency else "-" for t in ("1", "2")),
-                 f"{row.get('convert_s', 0):.1f}"]
+                 f"{max(v['peak_rss_mb'] for k, v in latency.items() if k != 'error'):.0f}"
+                 if any(k != "error" for k in latency) else "-", f"{row.get('convert_s', 0):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     pick = result.recommended or "none"
     lines += ["", f"Recommended ({result.budget}, smallest gzip size): **{pick}**",

@@ -155,7 +155,8 @@ def _yolo_model(folder: Path) -> Path:
     features = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, strides=4, activation="relu")(image))
     boxes = keras.layers.Rescaling(32.0)(keras.layers.Dense(4 * 16, activation="sigmoid")(features))
     scores = keras.layers.Dense(3 * 16, activation="sigmoid")(features)
-    rows = keras.layers.Concatenate(axis=1)([keras.layers.Reshape((4, 16))(boxes), keras.layers.Reshape((3, 16))(scores)])
+    rows = keras.layers.Concatenate(axis=1)([keras.layers.Reshape((4, 16))(boxes),
+                                             keras.layers.Reshape((3, 16))(scores)])
     calib = np.random.default_rng(6).random((64, 32, 32, 3), dtype=np.float32)
     path = folder / "yolo_int8.tflite"
     path.write_bytes(to_tflite(keras.Model(image, rows), QuantizeSettings(mode="int8", io_type="int8"), calib))

@@ -1,0 +1,90 @@
+"""Low-rank factorization of Linear layers (PyTorch route): rank choice, parameters in the .tflite, fidelity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import sdk
+from converters.errors import RecipeError
+from converters.low_rank import choose_rank
+from converters.recipe import LowRankSettings, Recipe
+
+
+class FeedForward(nn.Module):
+    """A transformer-style feed-forward block (64 -> 256 -> 64, residual) and a 10-class head."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down, self.head = nn.Linear(64, 256), nn.Linear(256, 64), nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(self.down(torch.relu(self.up(x))) + x)
+
+
+def _weight_params(stats: dict, prefix: str) -> int:
+    return sum(w["size"] for w in stats["weights"] if w["layer"].split(".")[0] == prefix)
+
+
+def test_rank_choice_by_hand():
+    singular = np.array([4.0, 2.0, 1.0, 1.0])  # squares 16, 4, 1, 1 of 22: cumulative .727, .909, .955, 1
+    assert choose_rank(singular, LowRankSettings(energy=0.9)) == (2, pytest.approx(20 / 22))
+    assert choose_rank(singular, LowRankSettings(energy=0.95))[0] == 3
+    assert choose_rank(singular, LowRankSettings(rank_ratio=0.25)) == (1, pytest.approx(16 / 22))
+    with pytest.raises(RecipeError, match="exactly one of rank_ratio or energy"):
+        Recipe.from_dict({"low_rank": {"rank_ratio": 0.5, "energy": 0.9}})
+    with pytest.raises(RecipeError, match="low_rank.rank_ratio must be in \\(0, 1\\]; got 1.5"):
+        Recipe.from_dict({"low_rank": {"rank_ratio": 1.5}})
+
+
+def test_rank_quarter_cuts_parameters_3x_in_the_written_file(tmp_path):
+    torch.manual_seed(0)
+    model = FeedForward().eval()
+    result = sdk.convert(model, tmp_path / "ffn.tflite", {"low_rank": {"rank_ratio": 0.25},
+                                                         "layers": {"head": {"low_rank": None}}},
+                         example_input=torch.rand(1, 64))
+    report = result.report.to_dict()
+    record = report["passes"]["low_rank"]["layers"]
+    assert set(record) == {"up", "down"} and record["up"]["rank"] == 16  # ceil(0.25 * min(64, 256))
+    for layer in ("up", "down"):  # counted from the weight tensors of both .tflite files
+        before = _weight_params(report["baseline_float32"], layer)
+        after = _weight_params(report["compressed"], layer)
+        assert before == 64 * 256 and after == 16 * (64 + 256) and before / after >= 3.0
+    assert _weight_params(report["compressed"], "head") == _weight_params(report["baseline_float32"], "head")
+    assert report["float_fidelity"]["cosine"] > 0.99999  # the baseline is the original, unfactorized model
+    assert 0.9 < report["fidelity"]["cosine"] < 0.99999  # the cut is lossy on random weights, and reported
+
+
+def test_fine_tuning_recovers_the_digits_net(tmp_path):
+    from examples.digits_torch import accuracy, nchw_splits, train_digits_net
+
+    splits = nchw_splits()
+    net = train_digits_net(splits, epochs=10).eval()
+    result = sdk.convert(net, tmp_path / "lr.tflite", {"low_rank": {"rank_ratio": 0.125},
+                                                      "layers": {"fc2": {"low_rank": None}},
+                                                      "finetune": {"epochs": 4}},
+                         example_input=torch.zeros(1, 1, 8, 8), finetune_data=(splits.x_train, splits.y_train),
+                         eval_data=(splits.x_test, splits.y_test))
+    record = result.report.passes["low_rank"]
+    assert record.fine_tuned and record.layers["fc1"]["rank"] == 16  # ceil(0.125 * 128)
+    assert record.layers["fc1"]["param_ratio"] > 7  # 1024 x 128 -> 16 x (1024 + 128)
+    fidelity = result.report.fidelity
+    assert fidelity.accuracy_source == pytest.approx(accuracy(net, splits.x_test, splits.y_test), abs=0.01)
+    assert fidelity.accuracy_tflite >= fidelity.accuracy_source - 1.5
+
+
+def test_low_rank_is_refused_where_it_cannot_run(tmp_path, digits_model_path):
+    recipe = {"low_rank": {"rank_ratio": 0.5}}
+    with pytest.raises(RecipeError, match="low_rank is available for PyTorch sources"):
+        sdk.convert(digits_model_path, tmp_path / "k.tflite", recipe)
+    scripted = tmp_path / "ffn.pt"
+    torch.jit.trace(FeedForward().eval(), torch.rand(1, 64)).save(str(scripted))
+    with pytest.raises(RecipeError, match="TorchScript file does not allow"):
+        sdk.convert(scripted, tmp_path / "t.tflite", recipe, input_shapes=[(1, 64)])
+    onnx_path = tmp_path / "ffn.onnx"
+    torch.onnx.export(FeedForward().eval(), torch.rand(1, 64), str(onnx_path), dynamo=False)
+    with pytest.raises(RecipeError, match="needs the PyTorch model"):
+        sdk.convert(onnx_path, tmp_path / "o.tflite", recipe)
+    assert not list(tmp_path.glob("*.tflite"))

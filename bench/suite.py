@@ -76,20 +76,20 @@ def prepare_models(work: Path) -> list[dict]:
     torch_splits = nchw_splits()
     np.savez(work / "digits_nchw_train.npz", x=torch_splits.x_train, y=torch_splits.y_train)
     np.savez(work / "digits_nchw_test.npz", x=torch_splits.x_test, y=torch_splits.y_test)
-    net = train_digits_net(torch_splits).eval()
-    torch.jit.trace(net, torch.zeros(1, 1, 8, 8)).save(str(work / "digits_torch.pt"))
+    torch.save(train_digits_net(torch_splits).state_dict(), work / "digits_torch.pth")
     keras = _tf.keras()
     keras.utils.set_random_seed(0)
     keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=0.5, weights=None, classes=100).save(
         work / "mobilenetv2.h5")
     np.save(work / "photos_224.npy", _sample_crops(48, 224))
     models = [
-        {"name": "digits CNN (Keras)", "source": work / "digits.h5", "data": work / "digits_train.npz",
-         "eval": work / "digits_test.npz", "finetune": True, "options": {}},
-        {"name": "digits CNN (PyTorch)", "source": work / "digits_torch.pt", "data": work / "digits_nchw_train.npz",
-         "eval": work / "digits_nchw_test.npz", "finetune": True, "options": {"input_shapes": [(1, 1, 8, 8)]}},
-        {"name": "MobileNetV2-0.5 224", "source": work / "mobilenetv2.h5", "data": work / "photos_224.npy",
-         "eval": None, "finetune": False, "options": {}},
+        {"name": "digits CNN (Keras)", "key": "digits", "source": work / "digits.h5",
+         "data": work / "digits_train.npz", "eval": work / "digits_test.npz", "finetune": True, "options": {}},
+        {"name": "digits CNN (PyTorch)", "key": "digits_torch", "source": "examples.digits_torch:DigitsNet",
+         "data": work / "digits_nchw_train.npz", "eval": work / "digits_nchw_test.npz", "finetune": True,
+         "options": {"input_shapes": [(1, 1, 8, 8)], "weights": str(work / "digits_torch.pth")}},
+        {"name": "MobileNetV2-0.5 224", "key": "mobilenetv2", "source": work / "mobilenetv2.h5",
+         "data": work / "photos_224.npy", "eval": None, "finetune": False, "options": {}},
     ]
     rng = np.random.default_rng(1)
     for key, title in (("transformer_encoder", "transformer encoder"), ("audio_conv1d", "KWS audio 1-D CNN")):
@@ -100,8 +100,8 @@ def prepare_models(work: Path) -> list[dict]:
         if key == "audio_conv1d":
             data = np.clip(data * 0.3, -1, 1)  # waveform-like amplitudes
         np.save(work / f"{key}.npy", data)
-        models.append({"name": title, "source": work / f"{key}.pt", "data": work / f"{key}.npy", "eval": None,
-                       "finetune": False, "options": {"input_shapes": [shape]}})
+        models.append({"name": title, "key": key, "source": work / f"{key}.pt", "data": work / f"{key}.npy",
+                       "eval": None, "finetune": False, "options": {"input_shapes": [shape]}})
     return models
 
 
@@ -167,12 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     for model in prepare_models(work):
         if only and model["name"] not in only:
             continue
-        result = run_sweep(model["source"], entries, work / "sweeps" / model["source"].stem, data=model["data"],
+        stem = model["key"]
+        result = run_sweep(model["source"], entries, work / "sweeps" / stem, data=model["data"],
                            eval_data=model["eval"], finetune=model["finetune"], options=model["options"],
                            workers=2, latency_runs=30, plot=False,
                            progress=lambda stage, done, total: print(f"  {stage} {done}/{total}", flush=True))
         rows = {r["name"]: r for r in result.rows}
-        stem = model["source"].stem
         ok = [r for r in result.rows if r["status"] == "ok" and quality(r)[0] is not None]
         if ok:
             tradeoff_plot(ok, RESULTS / f"suite_{stem}.png", title=model["name"])

@@ -260,9 +260,14 @@ def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool
     from .torch_finetune import finetune_torch
     from .torch_import import fold_batchnorm, torch_weights
 
+    import torch
+
     if len(torch_source.output_names) != 1:
         raise DataError("fine-tuning supports single-output models; compress without --finetune data "
                         "(one-shot) or fine-tune the model yourself")
+    if isinstance(module, torch.jit.ScriptModule):  # its layers are compiled: masks cannot be attached
+        raise DataError("fine-tuning needs the nn.Module, not a TorchScript file: give a package.module:factory "
+                        "source with --weights, or compress one-shot without --finetune data")
     student, note = fold_batchnorm(module)
     if note:
         notes.append(note)

@@ -82,10 +82,24 @@ def load_torch_source(source: Any, example_input: Any = None, input_shapes: Sequ
                        description, path)
 
 
+def copy_module(module) -> Any:
+    """A deep copy whose parameters stay trainable leaves (deepcopy of a ScriptModule makes them non-leaf)."""
+    import io
+
+    import torch
+
+    if isinstance(module, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        torch.jit.save(module, buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer)
+    return copy.deepcopy(module)
+
+
 def _private_copy(module) -> Any:
     """A copy to set to eval mode, export and compress, so the caller's module is never changed."""
     try:
-        return copy.deepcopy(module)
+        return copy_module(module)
     except Exception as exc:  # modules holding un-copyable state (open files, locks)
         raise SourceModelError(f"cannot copy {type(module).__name__} to convert it safely: {first_line(exc)}; "
                                "save it with torch.jit.save and convert the file") from None
@@ -245,9 +259,9 @@ def fold_batchnorm(module) -> tuple[Any, str | None]:
     from torch.fx.experimental.optimization import fuse
 
     try:
-        return fuse(copy.deepcopy(module)), None
+        return fuse(copy_module(module)), None
     except Exception as exc:  # torch.fx cannot trace data-dependent control flow
-        return copy.deepcopy(module), (f"BatchNorm not folded before fine-tuning (torch.fx: {first_line(exc)}); "
+        return copy_module(module), (f"BatchNorm not folded before fine-tuning (torch.fx: {first_line(exc)}); "
                                        "clustered layers followed by BatchNorm may hold more unique values")
 
 

@@ -208,6 +208,7 @@ def run_sweep(source: str | os.PathLike, entries: Sequence[SweepEntry], out_dir:
     out = Path(out_dir)
     runs = out / "runs"
     shared = json.dumps({"source": fingerprint(source) if Path(source).exists() else source,
+                         "weights": fingerprint(options.get("weights")),
                          "data": fingerprint(data), "eval": fingerprint(eval_data), "finetune": finetune,
                          "options": options}, sort_keys=True, default=str)
     keys = {e.name: hashlib.sha256((shared + json.dumps(e.recipe, sort_keys=True)).encode()).hexdigest()[:20]

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import sdk
-from converters.errors import RecipeError
+from converters.errors import DataError, RecipeError
 from converters.low_rank import choose_rank
 from converters.recipe import LowRankSettings, Recipe
 
@@ -83,6 +83,9 @@ def test_low_rank_is_refused_where_it_cannot_run(tmp_path, digits_model_path):
     torch.jit.trace(FeedForward().eval(), torch.rand(1, 64)).save(str(scripted))
     with pytest.raises(RecipeError, match="TorchScript file does not allow"):
         sdk.convert(scripted, tmp_path / "t.tflite", recipe, input_shapes=[(1, 64)])
+    with pytest.raises(DataError, match="fine-tuning needs the nn.Module, not a TorchScript file"):
+        sdk.convert(scripted, tmp_path / "t.tflite", {"prune": {"sparsity": 0.5}}, input_shapes=[(1, 64)],
+                    finetune_data=np.random.default_rng(0).random((32, 64), dtype=np.float32))
     onnx_path = tmp_path / "ffn.onnx"
     torch.onnx.export(FeedForward().eval(), torch.rand(1, 64), str(onnx_path), dynamo=False)
     with pytest.raises(RecipeError, match="needs the PyTorch model"):

@@ -127,25 +127,33 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
              finetune_data, calib_data, eval_data, progress, verbose, metadata, work: Path, log_path: Path, notes,
              timings, started) -> ConversionResult:
     mark = time.perf_counter()
-    fine_tuned_records = original = low_rank_record = None
-    if torch_source is None and recipe.factorizes:
-        raise RecipeError("low_rank rewrites layers before export and needs the PyTorch model; an ONNX file "
-                          "can be pruned, clustered and quantized")
+    fine_tuned_records = original = None
+    graph_records: list = []
+    if torch_source is None and (recipe.factorizes or recipe.removes_channels):
+        raise RecipeError("low_rank and channels rewrite layers before export and need the PyTorch model; an "
+                          "ONNX file can be pruned, clustered and quantized")
     if torch_source is not None:
         shapes = [s[1:] for s in torch_source.input_shapes]
         tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data)
         module = torch_source.module
+        graph_records = []  # passes that rewrite layers: they run on the module before export
+        if recipe.removes_channels:
+            from .channel_removal import remove_channels
+
+            module, record = remove_channels(module, recipe, torch_source.example_inputs)
+            graph_records.append(record)
         if recipe.factorizes:
             from .low_rank import factorize_linear_layers
 
-            module, low_rank_record = factorize_linear_layers(module, recipe)
-        if tune is not None and (recipe.compresses_weights or low_rank_record is not None):
+            module, record = factorize_linear_layers(module, recipe)
+            graph_records.append(record)
+        if tune is not None and (recipe.compresses_weights or graph_records):
             module, fine_tuned_records, weight_names = _finetune(torch_source, module, recipe, tune, verbose,
                                                                  notes)
             timings["finetune"] = time.perf_counter() - mark
         elif tune is not None:
-            notes.append("fine-tuning data given but the recipe neither prunes, clusters nor factorizes; "
-                         "not fine-tuned")
+            notes.append("fine-tuning data given but the recipe neither prunes, clusters, removes channels "
+                         "nor factorizes; not fine-tuned")
         mark = time.perf_counter()
         from .torch_import import export_onnx
 
@@ -179,9 +187,9 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         records = compress_weights(weights, recipe)
         set_weights(onnx_model, weights, sources)
         weight_names = [w.name for w in weights]
-    if low_rank_record is not None:
-        low_rank_record.fine_tuned = fine_tuned_records is not None
-        records = {"low_rank": low_rank_record, **records}
+    for record in graph_records:
+        record.fine_tuned = fine_tuned_records is not None
+    records = {**{record.name: record for record in graph_records}, **records}
     final_weights = {w.name: w.values for w in onnx_weights(onnx_model)[0]}
     compressed_any = original is not None or any(r.layers for r in records.values())
     channel_last = [] if keep_nchw else channel_last_inputs(onnx_model, specs)

@@ -64,9 +64,9 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     the defaults: name from the source, [0, 1] inputs, labels from an image folder).
     """
     recipe = recipe or Recipe()
-    if recipe.factorizes:
-        raise RecipeError("low_rank is available for PyTorch sources (it rewrites Linear layers before "
-                          "export); for a Keras model, drop low_rank from the recipe")
+    if recipe.factorizes or recipe.removes_channels:
+        raise RecipeError("low_rank and channels are available for PyTorch sources (they rewrite layers before "
+                          "export); for a Keras model, use prune structure channel (zeroed filters) instead")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     source_path = source if isinstance(source, (str, os.PathLike)) else None

@@ -23,6 +23,7 @@ QUANTIZE_MODES = ("none", "dynamic", "float16", "int8", "int16x8")
 IO_TYPES = ("float32", "int8", "uint8")
 PRUNE_STRUCTURES = ("unstructured", "2:4", "channel")
 PRUNE_SCHEDULES = ("polynomial", "constant")
+CHANNEL_RANKINGS = ("l2", "l1", "bn_scale")
 SPARSE_EXPORT = ("auto", "on", "off")
 
 
@@ -68,6 +69,22 @@ class LowRankSettings:
         for name, value in (("rank_ratio", self.rank_ratio), ("energy", self.energy)):
             if value is not None and not 0.0 < value <= 1.0:
                 raise RecipeError(f"{where}.{name} must be in (0, 1]; got {value}")
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """Remove this fraction of each prunable channel group (the model gets thinner, not sparser)."""
+
+    fraction: float
+    ranking: str = "l2"  # l2 | l1 (norm of each filter) | bn_scale (|gamma| of the following BatchNorm)
+    multiple_of: int = 1  # round kept channels up to a multiple (8 suits XNNPACK's int8 kernels)
+
+    def validate(self, where: str) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise RecipeError(f"{where}.fraction must be in (0, 1); got {self.fraction}")
+        _choice(f"{where}.ranking", self.ranking, CHANNEL_RANKINGS)
+        if not isinstance(self.multiple_of, int) or self.multiple_of < 1:
+            raise RecipeError(f"{where}.multiple_of must be an integer >= 1; got {self.multiple_of!r}")
 
 
 @dataclass(frozen=True)
@@ -125,6 +142,7 @@ class LayerOverride:
     prune: PruneSettings | None | str = "unset"
     cluster: ClusterSettings | None | str = "unset"
     low_rank: LowRankSettings | None | str = "unset"
+    channels: ChannelSettings | None | str = "unset"
 
 
 UNSET = "unset"
@@ -137,6 +155,7 @@ class LayerPlan:
     prune: PruneSettings | None
     cluster: ClusterSettings | None
     low_rank: LowRankSettings | None = None
+    channels: ChannelSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +163,7 @@ class Recipe:
     prune: PruneSettings | None = None
     cluster: ClusterSettings | None = None
     low_rank: LowRankSettings | None = None
+    channels: ChannelSettings | None = None
     quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     sparse_export: str = "auto"
@@ -160,6 +180,8 @@ class Recipe:
             self.cluster.validate("cluster")
         if self.low_rank is not None:
             self.low_rank.validate("low_rank")
+        if self.channels is not None:
+            self.channels.validate("channels")
         self.quantize.validate()
         self.finetune.validate()
         _choice("sparse_export", self.sparse_export, SPARSE_EXPORT)
@@ -175,6 +197,8 @@ class Recipe:
                     override.cluster.validate(f"{section}[{key!r}].cluster")
                 if isinstance(override.low_rank, LowRankSettings):
                     override.low_rank.validate(f"{section}[{key!r}].low_rank")
+                if isinstance(override.channels, ChannelSettings):
+                    override.channels.validate(f"{section}[{key!r}].channels")
 
     # -- resolution -----------------------------------------------------------------
     def plan_for(self, layer_name: str, layer_type: str) -> LayerPlan | None:
@@ -185,10 +209,10 @@ class Recipe:
             chain.append(by_name)
         if layer_type in self.layer_types:
             chain.append(self.layer_types[layer_type])
-        prune, cluster, low_rank = self.prune, self.cluster, self.low_rank
+        prune, cluster, low_rank, channels = self.prune, self.cluster, self.low_rank, self.channels
         for override in reversed(chain):  # apply the weakest first so the strongest wins
             if override is None:
-                prune = cluster = low_rank = None
+                prune = cluster = low_rank = channels = None
                 continue
             if override.prune != UNSET:
                 prune = override.prune
@@ -196,9 +220,11 @@ class Recipe:
                 cluster = override.cluster
             if override.low_rank != UNSET:
                 low_rank = override.low_rank
+            if override.channels != UNSET:
+                channels = override.channels
         if chain and chain[0] is None:
             return None
-        return LayerPlan(prune, cluster, low_rank)
+        return LayerPlan(prune, cluster, low_rank, channels)
 
     def _match_name(self, name: str):
         if name in self.layers:
@@ -218,9 +244,17 @@ class Recipe:
     @property
     def factorizes(self) -> bool:
         """Whether any layer gets a low-rank factorization (which changes the graph, not only weights)."""
+        return self._asks("low_rank", LowRankSettings)
+
+    @property
+    def removes_channels(self) -> bool:
+        """Whether channels are physically removed (which changes the graph, not only weights)."""
+        return self._asks("channels", ChannelSettings)
+
+    def _asks(self, name: str, kind: type) -> bool:
         overrides = [*self.layers.values(), *self.layer_types.values()]
-        return self.low_rank is not None or any(o is not None and isinstance(o.low_rank, LowRankSettings)
-                                                for o in overrides)
+        return getattr(self, name) is not None or any(o is not None and isinstance(getattr(o, name), kind)
+                                                      for o in overrides)
 
     # -- serialisation ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -230,13 +264,14 @@ class Recipe:
         def override(o: LayerOverride | None):
             if o is None:
                 return None
-            return {k: settings(v) for k, v in (("prune", o.prune), ("cluster", o.cluster), ("low_rank", o.low_rank))
-                    if v != UNSET}
+            fields = ("prune", "cluster", "low_rank", "channels")
+            return {k: settings(getattr(o, k)) for k in fields if getattr(o, k) != UNSET}
 
         return {
             "prune": settings(self.prune),
             "cluster": settings(self.cluster),
             "low_rank": settings(self.low_rank),
+            "channels": settings(self.channels),
             "quantize": settings(self.quantize),
             "finetune": settings(self.finetune),
             "sparse_export": self.sparse_export,
@@ -253,6 +288,7 @@ class Recipe:
             prune=_section(PruneSettings, data.get("prune"), "prune"),
             cluster=_section(ClusterSettings, data.get("cluster"), "cluster"),
             low_rank=_section(LowRankSettings, data.get("low_rank"), "low_rank"),
+            channels=_section(ChannelSettings, data.get("channels"), "channels"),
             quantize=_section(QuantizeSettings, data.get("quantize"), "quantize") or QuantizeSettings(),
             finetune=_section(FinetuneSettings, data.get("finetune"), "finetune") or FinetuneSettings(),
             sparse_export=data.get("sparse_export", "auto"),
@@ -344,14 +380,17 @@ def _overrides(data: Any, where: str) -> dict[str, LayerOverride | None]:
             continue
         here = f"{where}[{key!r}]"
         if not isinstance(value, Mapping):
-            raise RecipeError(f"{here} must be a mapping with prune/cluster/low_rank, or null; got {value!r}")
-        _reject_unknown(here, value, ["prune", "cluster", "low_rank"])
+            raise RecipeError(f"{here} must be a mapping with prune/cluster/low_rank/channels, or null; "
+                              f"got {value!r}")
+        _reject_unknown(here, value, ["prune", "cluster", "low_rank", "channels"])
         out[str(key)] = LayerOverride(
             prune=_section(PruneSettings, value["prune"], here + ".prune") if "prune" in value else UNSET,
             cluster=(_section(ClusterSettings, value["cluster"], here + ".cluster")
                      if "cluster" in value else UNSET),
             low_rank=(_section(LowRankSettings, value["low_rank"], here + ".low_rank")
-                      if "low_rank" in value else UNSET))
+                      if "low_rank" in value else UNSET),
+            channels=(_section(ChannelSettings, value["channels"], here + ".channels")
+                      if "channels" in value else UNSET))
     return out
 
 

@@ -88,6 +88,6 @@ def test_low_rank_is_refused_where_it_cannot_run(tmp_path, digits_model_path):
                     finetune_data=np.random.default_rng(0).random((32, 64), dtype=np.float32))
     onnx_path = tmp_path / "ffn.onnx"
     torch.onnx.export(FeedForward().eval(), torch.rand(1, 64), str(onnx_path), dynamo=False)
-    with pytest.raises(RecipeError, match="needs the PyTorch model"):
+    with pytest.raises(RecipeError, match="need the PyTorch model"):
         sdk.convert(onnx_path, tmp_path / "o.tflite", recipe)
     assert not list(tmp_path.glob("*.tflite"))

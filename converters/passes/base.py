@@ -25,9 +25,11 @@ class PassRecord:
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     fine_tuned: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)  # whole-model effect, e.g. MACs before/after
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": self.layers, "skipped": self.skipped, "fine_tuned": self.fine_tuned}
+        out = {"layers": self.layers, "skipped": self.skipped, "fine_tuned": self.fine_tuned}
+        return {**out, "summary": self.summary} if self.summary else out
 
 
 def _short_name(weight) -> str:

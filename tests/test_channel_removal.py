@@ -1,0 +1,109 @@
+"""Channel removal (PyTorch route): groups through BatchNorm, depthwise convs and residual adds, exact slicing,
+MACs and parameters before/after, and accuracy after fine-tuning on digits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import sdk
+from converters.channel_removal import count_macs_and_params, remove_channels
+from converters.errors import RecipeError
+from converters.recipe import Recipe
+from examples.torch_zoo import InvertedResidual, build
+
+HALF = Recipe.from_dict({"channels": {"fraction": 0.5}})
+
+
+def test_groups_follow_residual_adds_and_stop_at_outputs_and_concatenation():
+    model, x = build("mobilenetv2_block"), torch.rand(1, 3, 32, 32)
+    thinner, record = remove_channels(model, HALF, (x,))
+    layers = record.layers
+    # the stem feeds block 0's residual add, so the stem and block 0's projection keep the same channels
+    assert layers["stem.0.0"]["joined_with"] == ["blocks.0.body.6"] and layers["stem.0.0"]["kept"] == 8
+    assert layers["blocks.1.body.6"]["joined_with"] == ["blocks.2.body.6"]
+    assert layers["blocks.0.body.0"] == {"channels": 64, "kept": 32, "ranking": "l2", "joined_with": []}
+    assert thinner.blocks[0].body[3].groups == 32  # the depthwise conv between them follows
+    assert record.skipped == {"head": "its channels reach the model's output"}
+    summary = record.summary
+    assert summary["macs_before"] == count_macs_and_params(model, (x,))[0]
+    assert summary["macs_before"] / summary["macs_after"] > 3.0 and summary["param_ratio"] > 3.0
+    assert thinner(x).shape == model(x).shape
+    _, unet = remove_channels(build("unet"), HALF, (x,))
+    assert unet.skipped["enc1.0.0"] == "its channels reach cat" and "dec.0.0" in unet.layers
+
+
+def test_slicing_is_exact_when_the_removed_channels_were_silent():
+    """Channels whose filters are zero contribute nothing: removing them must not change the output at all."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    silent = [1, 2, 5, 6]
+    with torch.no_grad():
+        model[0].weight[silent] = 0.0
+        model[0].bias[silent] = 0.0
+        for bn in (model[1], model[4]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_mean[silent] = 0.0
+            bn.bias[silent] = 0.0
+        model[3].bias[silent] = 0.0
+    x = torch.rand(2, 3, 12, 12)
+    thinner, record = remove_channels(model, HALF, (x[:1],))
+    assert record.layers["0"]["kept"] == 4 and record.skipped == {"6": "its channels reach the model's output"}
+    assert thinner[0].weight.shape == (4, 3, 3, 3) and thinner[3].weight.shape == (4, 1, 3, 3)
+    assert thinner[6].weight.shape == (4, 4, 1, 1)
+    torch.testing.assert_close(thinner(x), model(x), rtol=0, atol=1e-6)
+
+
+class DigitsMobileNet(nn.Module):
+    """Inverted residuals at digits scale: 8x8x1 -> 10 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
+        self.blocks = nn.Sequential(InvertedResidual(32, 32, 1), InvertedResidual(32, 64, 2),
+                                    InvertedResidual(64, 64, 1))
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, image):
+        return self.head(self.blocks(self.stem(image)).mean((2, 3)))
+
+
+def test_half_the_channels_stay_within_two_points_on_digits(tmp_path):
+    from examples.digits_torch import accuracy, nchw_splits
+
+    splits = nchw_splits()
+    torch.manual_seed(0)
+    net = DigitsMobileNet()
+    optimizer = torch.optim.Adam(net.parameters(), 3e-3)
+    x, y = torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train)
+    for _ in range(30):
+        for index in torch.randperm(len(x)).split(64):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(net(x[index]), y[index]).backward()
+            optimizer.step()
+    net.eval()
+    source_accuracy = accuracy(net, splits.x_test, splits.y_test)
+    assert source_accuracy > 93.0
+    result = sdk.convert(net, tmp_path / "thin.tflite", {"channels": {"fraction": 0.5},
+                                                        "quantize": {"mode": "int8"}, "finetune": {"epochs": 10}},
+                         example_input=torch.zeros(1, 1, 8, 8), finetune_data=(splits.x_train, splits.y_train),
+                         calib_data=splits.x_train, eval_data=(splits.x_test, splits.y_test))
+    record, fidelity = result.report.passes["channels"], result.report.fidelity
+    assert record.fine_tuned and record.summary["mac_ratio"] > 3.0
+    assert fidelity.accuracy_source == pytest.approx(source_accuracy, abs=0.01)
+    assert fidelity.accuracy_tflite >= source_accuracy - 2.0
+    assert result.report.compressed.file_size < result.report.baseline.file_size / 3  # int8 and thinner
+
+
+def test_channel_removal_is_refused_where_it_cannot_run(tmp_path, digits_model_path):
+    with pytest.raises(RecipeError, match="channels are available for PyTorch sources"):
+        sdk.convert(digits_model_path, tmp_path / "k.tflite", {"channels": {"fraction": 0.5}})
+    with pytest.raises(RecipeError, match="channels.fraction must be in \\(0, 1\\); got 1.0"):
+        Recipe.from_dict({"channels": {"fraction": 1.0}})
+    with pytest.raises(RecipeError, match="channels.ranking must be one of l2, l1, bn_scale"):
+        Recipe.from_dict({"channels": {"fraction": 0.5, "ranking": "random"}})
+    with pytest.raises(RecipeError, match="found no channels it can remove"):
+        remove_channels(nn.Sequential(nn.Linear(4, 3)), HALF, (torch.rand(1, 4),))
+    assert not list(tmp_path.glob("*.tflite"))

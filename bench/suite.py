@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         f32, i8 = rows["float32"], rows["int8"]
         if f32["status"] == i8["status"] == "ok" and "1" in f32.get("latency", {}) and "1" in i8.get("latency", {}):
             speedup = f32["latency"]["1"]["p50_ms"] / i8["latency"]["1"]["p50_ms"]
-            notes.append(f"int8 vs float32 latency (1 thread, p50): {speedup:.2f}x faster")
+            verdict = "int8 faster" if speedup > 1 else "int8 not faster"
+            notes.append(f"float32 p50 / int8 p50 at 1 thread: {speedup:.2f} ({verdict})")
             model["int8_speedup"] = speedup
         if i8["status"] == "ok":
             model["runtime_vs_raw"] = runtime_vs_raw(i8["path"])

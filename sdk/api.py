@@ -68,6 +68,27 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
                          custom_objects=custom_objects, metadata=metadata)
 
 
+def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optimize: str = "size",
+                          recipe: Recipe | dict | str | os.PathLike | None = None,
+                          finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
+                          eval_data: DataSource | None = None, force: bool = False, metadata=None,
+                          progress: Callable[[str, int, int], None] | None = None, verbose: bool = False):
+    """Accuracy-budget mode: the smallest per-layer recipe whose measured drop on ``eval_data`` is within
+    ``max_drop`` points (Keras sources).  ``recipe`` supplies the shared settings (quantization,
+    fine-tuning).  Returns a ``converters.budget.BudgetResult`` with ``result`` (the conversion),
+    ``recipe`` and ``recipe_path`` (reusable YAML), ``sensitivity`` and ``attempts``.
+    """
+    from converters.budget import run_budget
+
+    if isinstance(recipe, dict):
+        recipe = Recipe.from_dict(recipe)
+    elif isinstance(recipe, (str, os.PathLike)):
+        recipe = Recipe.load(recipe)
+    return run_budget(source, output, max_drop=max_drop, optimize=optimize, finetune_data=finetune_data,
+                      calib_data=calib_data, eval_data=eval_data, recipe=recipe, force=force, progress=progress,
+                      verbose=verbose, metadata=metadata)
+
+
 @dataclass
 class Inspection:
     """What a .tflite holds, measured from its bytes."""

@@ -125,13 +125,18 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--weights", type=click.Path(), help="PyTorch state dict for a package.module:factory source.")
 @click.option("--keep-nchw", is_flag=True, help="PyTorch/ONNX: keep channels-first inputs and outputs.")
 @click.option("--keep-intermediates", is_flag=True, help="PyTorch/ONNX: keep the temporary ONNX and logs.")
+@click.option("--max-drop", type=float, help="Accuracy-budget mode: choose per-layer settings within this many "
+              "points of the source (needs --finetune and --eval; Keras).")
+@click.option("--optimize", type=click.Choice(["size"]), default="size", show_default=True,
+              help="What accuracy-budget mode minimises.")
 @click.option("--plot", "plot_path", type=click.Path(), help="Also write per-layer sparsity/unique-value bars (PNG).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
             samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
-            model_version, input_shapes, weights, keep_nchw, keep_intermediates, plot_path, force, as_json, debug):
+            model_version, input_shapes, weights, keep_nchw, keep_intermediates, max_drop, optimize, plot_path, force,
+            as_json, debug):
     """Compress and convert SOURCE to a verified .tflite.
 
     SOURCE: .keras, .h5, SavedModel folder, .onnx, TorchScript .pt, or package.module:factory.
@@ -157,10 +162,20 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
                                     labels=read_labels_file(labels) if labels else ())
         torch_onnx = dict(input_shapes=_parse_shapes(input_shapes), weights=weights, keep_nchw=keep_nchw,
                           keep_intermediates=keep_intermediates)
-        result = convert_model(source, output, recipe, finetune_data=finetune_path, calib_data=calib,
-                               eval_data=eval_path, force=force, metadata=metadata,
-                               progress=None if as_json else _stderr_progress, verbose=not as_json,
-                               **torch_onnx)
+        budget = None
+        if max_drop is not None:
+            from sdk.api import convert_within_budget
+
+            budget = convert_within_budget(source, output, max_drop=max_drop, optimize=optimize, recipe=recipe,
+                                           finetune_data=finetune_path, calib_data=calib, eval_data=eval_path,
+                                           force=force, metadata=metadata,
+                                           progress=None if as_json else _stderr_progress, verbose=not as_json)
+            result = budget.result
+        else:
+            result = convert_model(source, output, recipe, finetune_data=finetune_path, calib_data=calib,
+                                   eval_data=eval_path, force=force, metadata=metadata,
+                                   progress=None if as_json else _stderr_progress, verbose=not as_json,
+                                   **torch_onnx)
         if plot_path:
             from sdk.plots import layer_plot
 
@@ -174,9 +189,13 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
         if as_json:
             report = result.report.to_dict()
             report["mcu"] = mcu.to_dict() if mcu else None
+            if budget:
+                report["budget"] = {"recipe": str(budget.recipe_path), "attempts": budget.attempts}
             click.echo(json.dumps(report, indent=2))
         else:
             click.echo(result.report.render())
+            if budget:
+                click.echo(budget.render())
             click.echo(f"wrote {result.path} and {result.report_path}" + (f" and {plot_path}" if plot_path else ""))
             if mcu:
                 click.echo(mcu.render())

@@ -1,0 +1,216 @@
+"""Accuracy-budget mode: measure each layer's sensitivity, then find the smallest per-layer recipe in budget.
+
+Sensitivity is the accuracy drop (top-1 agreement with the source when the
+data has no labels) when only that layer is pruned or clustered, one-shot, at
+each level.  A greedy multiple-choice knapsack then picks per-layer settings
+that save the most estimated bytes per point of estimated drop, up to an
+allowance.  The estimate ignores fine-tuning, which recovers much of it, so
+the allowance starts generous (4x the budget) and every candidate is
+verified by a real conversion (fine-tuning + int8), tightening until the
+measured drop on the held-out data is within budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .data import DataSource, Dataset
+from .errors import DataError, RecipeError
+from .files import atomic_write, check_output_path
+from .passes.cluster import kmeans_1d
+from .passes.prune import magnitude_prune
+from .recipe import QuantizeSettings, Recipe
+
+PRUNE_LEVELS = (0.5, 0.75, 0.9)
+CLUSTER_LEVELS = (32, 16, 8)
+ALLOWANCE_FACTORS = (4.0, 2.0, 1.0, 0.5)  # estimated-drop allowances, in budgets, tried in this order
+OPTIMIZE_TARGETS = ("size",)
+WEIGHT_LAYERS = ("Conv1D", "Conv2D", "Dense", "DepthwiseConv2D")
+
+
+@dataclass
+class LayerSensitivity:
+    name: str
+    layer_type: str
+    params: int
+    prune: dict[float, float] = field(default_factory=dict)  # level -> accuracy drop in points
+    cluster: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class BudgetResult:
+    result: Any  # the ConversionResult of the chosen recipe
+    recipe: Recipe
+    recipe_path: Path
+    sensitivity: list[LayerSensitivity]
+    attempts: list[dict]
+    max_drop: float
+
+    def render(self) -> str:
+        lines = ["layer sensitivity (accuracy drop in points when only that layer is compressed, one-shot):",
+                 "layer       params   " + "  ".join(f"prune{int(p * 100):>3}" for p in PRUNE_LEVELS) + "  "
+                 + "  ".join(f"cluster{c:>3}" for c in CLUSTER_LEVELS)]
+        for s in self.sensitivity:
+            lines.append(f"{s.name:<10} {s.params:>8}   " + "  ".join(f"{s.prune[p]:+8.2f}" for p in PRUNE_LEVELS)
+                         + "  " + "  ".join(f"{s.cluster[c]:+10.2f}" for c in CLUSTER_LEVELS))
+        lines.append("attempts (estimated allowance -> measured drop after fine-tuning and int8):")
+        for a in self.attempts:
+            lines.append(f"  allowance {a['allowance']:.2f}: gzip {a['gzip_size']:,} bytes, drop "
+                         f"{a['drop']:+.2f} points -> {'within' if a['within'] else 'over'} budget {self.max_drop}")
+        lines.append(f"chosen recipe written to {self.recipe_path} (reusable with --recipe)")
+        return "\n".join(lines)
+
+
+def _quality(model, data: Dataset, reference: np.ndarray) -> float:
+    predictions = model.predict(data.x, verbose=0, batch_size=256).argmax(-1)
+    target = data.y if data.labelled else reference
+    return float((predictions == target).mean() * 100)
+
+
+def measure_sensitivity(model, data: Dataset, progress: Callable | None = None) -> list[LayerSensitivity]:
+    """The drop of every weight layer at every prune and cluster level, each applied alone."""
+    reference = model.predict(data.x, verbose=0, batch_size=256).argmax(-1)
+    base = _quality(model, data, reference)
+    layers = [layer for layer in model.layers if type(layer).__name__ in WEIGHT_LAYERS and layer.get_weights()]
+    out = []
+    for i, layer in enumerate(layers):
+        weights = layer.get_weights()
+        kernel = weights[0]
+        sensitivity = LayerSensitivity(layer.name, type(layer).__name__, int(kernel.size))
+        trials = [("prune", p, magnitude_prune(kernel, p)) for p in PRUNE_LEVELS]
+        trials += [("cluster", c, kmeans_1d(kernel, c)) for c in CLUSTER_LEVELS]
+        for kind, level, values in trials:
+            layer.set_weights([values.astype(kernel.dtype), *weights[1:]])
+            getattr(sensitivity, kind)[level] = base - _quality(model, data, reference)
+        layer.set_weights(weights)
+        out.append(sensitivity)
+        if progress:
+            progress("sensitivity", i + 1, len(layers))
+    return out
+
+
+def estimated_bytes(params: int, sparsity: float, clusters: int | None) -> float:
+    """gzip-ish bytes of an int8 weight: nonzeros at log2(clusters) bits plus the zero mask's entropy."""
+    mask = 0.0 if sparsity in (0.0, 1.0) else -(sparsity * math.log2(sparsity)
+                                                + (1 - sparsity) * math.log2(1 - sparsity))
+    value_bits = math.log2(clusters) if clusters else 8.0
+    return params * ((1 - sparsity) * value_bits + mask) / 8
+
+
+def choose(sensitivity: list[LayerSensitivity], allowance: float) -> dict[str, tuple[float, int | None]]:
+    """Per-layer (sparsity, clusters) saving the most estimated bytes within ``allowance`` estimated points."""
+    options = [(p, c) for p in (0.0, *PRUNE_LEVELS) for c in (None, *CLUSTER_LEVELS)]
+
+    def drop(s: LayerSensitivity, option) -> float:
+        p, c = option
+        return max(0.0, s.prune.get(p, 0.0)) + max(0.0, s.cluster.get(c, 0.0) if c else 0.0)
+
+    chosen = {s.name: (0.0, None) for s in sensitivity}
+    spent = 0.0
+    while True:
+        best, best_score = None, 0.0
+        for s in sensitivity:
+            now = chosen[s.name]
+            for option in options:
+                saved = estimated_bytes(s.params, *now) - estimated_bytes(s.params, *option)
+                cost = drop(s, option) - drop(s, now)
+                if saved <= 0 or spent + cost > allowance + 1e-9:
+                    continue
+                score = saved / (max(cost, 0.0) + 0.01)
+                if score > best_score:
+                    best, best_score = (s, option, cost), score
+        if best is None:
+            return chosen
+        s, option, cost = best
+        chosen[s.name] = option
+        spent += cost
+
+
+def recipe_for(choice: dict[str, tuple[float, int | None]], base: Recipe) -> Recipe:
+    layers = {}
+    for name, (sparsity, clusters) in choice.items():
+        layers[name] = {"prune": {"sparsity": sparsity} if sparsity else None,
+                        "cluster": {"clusters": clusters} if clusters else None}
+    data = base.to_dict()
+    data.update(prune=None, cluster=None, layers=layers,
+                quantize=dataclasses.asdict(base.quantize) if base.quantize.mode != "none"
+                else dataclasses.asdict(QuantizeSettings(mode="int8")))
+    return Recipe.from_dict(data)
+
+
+def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optimize: str = "size",
+               finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
+               eval_data: DataSource | None = None, recipe: Recipe | None = None, force: bool = False,
+               progress: Callable | None = None, verbose: bool = False, metadata=None) -> BudgetResult:
+    """The smallest recipe whose measured drop on ``eval_data`` is within ``max_drop`` points."""
+    from .keras_import import is_keras_source, load_keras_model
+    from .pipeline import convert_keras, datasets
+
+    if optimize not in OPTIMIZE_TARGETS:
+        raise RecipeError(f"--optimize must be one of {', '.join(OPTIMIZE_TARGETS)}; got {optimize!r} (latency "
+                          "needs channel removal, a PyTorch-only pass: set channels: in a recipe instead)")
+    if max_drop < 0:
+        raise RecipeError(f"--max-drop must be >= 0 points; got {max_drop}")
+    if not is_keras_source(source):
+        raise RecipeError("accuracy-budget mode is available for Keras sources; for PyTorch, run `sdk sweep` "
+                          "with per-layer recipes")
+    if finetune_data is None or eval_data is None:
+        raise DataError("accuracy-budget mode needs --finetune DATA (to fine-tune) and --eval DATA (held out, "
+                        "to measure the drop)")
+    base = recipe or Recipe()
+    output = check_output_path(output, [source] if isinstance(source, (str, os.PathLike)) else [], force)
+    model = load_keras_model(source)
+    _, _, evaluation, _ = datasets(tuple(model.inputs[0].shape[1:]), None, None, eval_data)
+    sensitivity = measure_sensitivity(model, evaluation, progress)
+    work = Path(tempfile.mkdtemp(prefix="sdk-budget-"))
+    attempts, passing, seen = [], None, []
+    try:
+        for factor in ALLOWANCE_FACTORS:
+            choice = choose(sensitivity, factor * max_drop)
+            if choice in seen:
+                continue
+            seen.append(choice)
+            candidate = recipe_for(choice, base)
+            result = convert_keras(source, work / f"attempt{len(attempts)}.tflite", candidate,
+                                   finetune_data=finetune_data, calib_data=calib_data or finetune_data,
+                                   eval_data=eval_data, progress=progress, verbose=verbose, metadata=metadata)
+            fidelity = result.report.fidelity
+            drop = fidelity.accuracy_source - fidelity.accuracy_tflite if fidelity.accuracy_source is not None \
+                else 100.0 - fidelity.top1_agreement
+            attempts.append({"allowance": factor * max_drop, "choice": {k: list(v) for k, v in choice.items()},
+                             "gzip_size": result.report.compressed.gzip_size, "drop": drop,
+                             "within": drop <= max_drop})
+            if drop <= max_drop:
+                passing = (result, candidate)
+                break
+        if passing is None:
+            raise DataError(f"no per-layer recipe stayed within {max_drop} points (best measured drop "
+                            f"{min(a['drop'] for a in attempts):.2f}); raise --max-drop or add fine-tuning epochs")
+        result, chosen = passing
+        report = result.report
+        report.output = str(output)
+        report.notes.append(f"accuracy-budget mode: {len(attempts)} candidate(s) converted; chosen drop "
+                            f"{attempts[-1]['drop']:+.2f} within {max_drop} points")
+        from .pipeline import write_result
+
+        final = write_result(output, result.path.read_bytes(), report)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    import yaml
+
+    recipe_path = output.with_name(output.stem + ".recipe.yaml")
+    atomic_write(recipe_path, yaml.safe_dump(chosen.to_dict(), sort_keys=False).encode())
+    atomic_write(output.with_name(output.stem + ".sensitivity.json"), json.dumps(
+        {"max_drop": max_drop, "attempts": attempts, "layers": [dataclasses.asdict(s) for s in sensitivity]},
+        indent=2).encode())
+    return BudgetResult(final, chosen, recipe_path, sensitivity, attempts, max_drop)

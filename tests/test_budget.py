@@ -1,0 +1,60 @@
+"""Accuracy-budget mode: sensitivity, the knapsack choice, and a digits model within 1 point and smaller
+than the best fixed recipe of the benchmark sweep."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import sdk
+from converters.budget import LayerSensitivity, choose, estimated_bytes
+from device_runtime import Model
+from examples.digits_cnn import accuracy
+from sdk.cli import main
+
+
+def test_estimated_bytes_and_choice_by_hand():
+    # 800 weights, half zero (1 bit of mask entropy each), 16 clusters (4 bits per nonzero): 3 bits each
+    assert estimated_bytes(800, 0.5, 16) == pytest.approx(300.0)
+    assert estimated_bytes(800, 0.0, None) == 800.0
+    big = LayerSensitivity("big", "Dense", 10_000, {0.5: 0.1, 0.75: 0.5, 0.9: 3.0}, {32: 0.0, 16: 0.0, 8: 0.2})
+    small = LayerSensitivity("small", "Dense", 100, {0.5: 2.0, 0.75: 5.0, 0.9: 9.0}, {32: 0.0, 16: 0.0, 8: 1.0})
+    # no allowance: only free moves -> 16 clusters everywhere (32 saves less at the same zero cost)
+    assert choose([big, small], 0.0) == {"big": (0.0, 16), "small": (0.0, 16)}
+    # 1 point: the big layer goes to 75% + 8 clusters (0.7 points); the small one cannot afford pruning
+    assert choose([big, small], 1.0) == {"big": (0.75, 8), "small": (0.0, 16)}
+
+
+def test_digits_within_one_point_and_smaller_than_the_best_fixed_recipe(digits, digits_npz, digits_model_path,
+                                                                       digits_model, tmp_path):
+    train, test = digits_npz
+    budget = sdk.convert_within_budget(digits_model_path, tmp_path / "auto.tflite", max_drop=1.0,
+                                       finetune_data=train, eval_data=test)
+    # measured independently: the written file on the test split vs the source model
+    source = accuracy(digits_model.predict(digits.x_test, verbose=0), digits.y_test)
+    written = accuracy(next(iter(Model(budget.result.path).run(digits.x_test).values())), digits.y_test)
+    assert source - written <= 1.0
+    fixed = sdk.convert(digits_model_path, tmp_path / "fixed.tflite",  # the benchmark sweep's best fixed recipe
+                        {"prune": {"sparsity": 0.75}, "cluster": {"clusters": 16}, "quantize": {"mode": "int8"}},
+                        finetune_data=train, eval_data=test)
+    assert budget.result.report.compressed.gzip_size < fixed.report.compressed.gzip_size
+    reused = sdk.Recipe.load(budget.recipe_path)  # the chosen recipe is reusable as YAML
+    assert reused.to_dict() == budget.recipe.to_dict() and len(reused.layers) == 5
+    assert yaml.safe_load(budget.recipe_path.read_text())["quantize"]["mode"] == "int8"
+    assert (tmp_path / "auto.sensitivity.json").is_file()
+    sensitivity = {s.name: s for s in budget.sensitivity}
+    assert sensitivity["fc1"].params == 1024 * 128 and sensitivity["conv1"].prune[0.9] > 5.0
+
+
+def test_budget_mode_bad_requests_are_one_line(tmp_path, digits_model_path, digits_npz):
+    train, _ = digits_npz
+    out = str(tmp_path / "o.tflite")
+    done = CliRunner().invoke(main, ["convert", str(digits_model_path), "-o", out, "--max-drop", "1",
+                                     "--finetune", str(train)])
+    assert done.exit_code == 2 and "needs --finetune DATA" in done.output
+    assert len(done.output.strip().splitlines()) == 1
+    done = CliRunner().invoke(main, ["convert", str(digits_model_path), "-o", out, "--max-drop", "1",
+                                     "--optimize", "latency"])
+    assert done.exit_code == 2 and "'latency' is not 'size'" in done.output
+    assert not (tmp_path / "o.tflite").exists()

@@ -129,6 +129,9 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     mark = time.perf_counter()
     fine_tuned_records = original = None
     graph_records: list = []
+    if recipe.quantize.qat:
+        raise RecipeError("quantize.qat is available for Keras sources; for PyTorch, compress with fine-tuning "
+                          "(prune/cluster/channels/low_rank) and post-training int8")
     if torch_source is None and (recipe.factorizes or recipe.removes_channels):
         raise RecipeError("low_rank and channels rewrite layers before export and need the PyTorch model; an "
                           "ONNX file can be pruned, clustered and quantized")

@@ -80,7 +80,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
                         "convert without data")
     input_shape = tuple(model.inputs[0].shape[1:])
     tune, calib, evaluation, notes = datasets(input_shape, finetune_data, calib_data, eval_data)
-    if tune is not None and not recipe.compresses_weights:
+    if tune is not None and not recipe.compresses_weights and not recipe.quantize.qat:
         notes.append("fine-tuning data given but the recipe neither prunes nor clusters; not fine-tuned")
     layer_names = [layer.name for layer in model.layers]
     timings["load"] = time.perf_counter() - started
@@ -92,11 +92,20 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     mark = time.perf_counter()
     model, records = apply_passes(model, teacher, recipe, tune, verbose)
     timings["compress"] = time.perf_counter() - mark
+    weight_layers = {layer.name for layer in model.layers if kernel_weights(layer)}
+    all_clustered = bool(weight_layers) and weight_layers <= set(records["cluster"].layers)
+    if recipe.quantize.qat:
+        if tune is None:
+            raise DataError("quantize.qat (quantization-aware training) needs --finetune DATA; without data, "
+                            "drop qat for post-training int8")
+        from .qat import quantization_aware_training
+
+        mark = time.perf_counter()
+        model, records["qat"] = quantization_aware_training(model, teacher, tune, recipe, records, verbose)
+        timings["qat"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     calibration = calib.x if calib is not None else None
-    weight_layers = {layer.name for layer in model.layers if kernel_weights(layer)}
-    all_clustered = bool(weight_layers) and weight_layers <= set(records["cluster"].layers)
     tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress)
     notes += export_notes
     source_sha256 = _source_hash(source_path, teacher)

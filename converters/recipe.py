@@ -94,6 +94,7 @@ class QuantizeSettings:
     per_channel: bool | str = "auto"  # auto: per-tensor when every weight layer is clustered
     samples: int = 200
     allow_random_calibration: bool = False
+    qat: bool = False  # quantization-aware training (Keras, needs fine-tuning data) before int8 conversion
 
     def validate(self) -> None:
         _choice("quantize.mode", self.mode, QUANTIZE_MODES)
@@ -101,6 +102,10 @@ class QuantizeSettings:
         if self.io_type != "float32" and self.mode != "int8":
             raise RecipeError(f"quantize.io_type {self.io_type} needs quantize.mode int8; "
                               f"got mode {self.mode}")
+        if self.qat not in (True, False):
+            raise RecipeError(f"quantize.qat must be true or false; got {self.qat!r}")
+        if self.qat and self.mode != "int8":
+            raise RecipeError(f"quantize.qat trains for int8; set quantize.mode int8 (got {self.mode})")
         if not isinstance(self.samples, int) or self.samples < 1:
             raise RecipeError(f"quantize.samples must be an integer >= 1; got {self.samples!r}")
         if self.per_channel not in (True, False, "auto"):

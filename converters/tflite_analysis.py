@@ -155,6 +155,8 @@ def _layer_of(output_name: str, known: set[str]) -> str:
     for part in parts:
         if part in known:
             return part
+        if part.startswith("quant_") and part[6:] in known:  # tfmot's QAT wrapper around the layer
+            return part[6:]
     return parts[1] if len(parts) > 1 else parts[0]
 
 

@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -94,6 +94,11 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     timings["compress"] = time.perf_counter() - mark
     weight_layers = {layer.name for layer in model.layers if kernel_weights(layer)}
     all_clustered = bool(weight_layers) and weight_layers <= set(records["cluster"].layers)
+    float_layers = [layer.name for layer in model.layers
+                    if (plan := recipe.plan_for(layer.name, type(layer).__name__)) and plan.precision == "float"]
+    if float_layers and recipe.quantize.qat:
+        raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
+                          "every layer it wraps; drop one of them")
     if recipe.quantize.qat:
         if tune is None:
             raise DataError("quantize.qat (quantization-aware training) needs --finetune DATA; without data, "
@@ -106,7 +111,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
 
     mark = time.perf_counter()
     calibration = calib.x if calib is not None else None
-    tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress)
+    tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress, float_layers)
     notes += export_notes
     source_sha256 = _source_hash(source_path, teacher)
     tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, calibration),
@@ -217,8 +222,8 @@ def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: 
     return tune, calib, evaluation, notes
 
 
-def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progress
-                  ) -> tuple[bytes, list[str]]:
+def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progress,
+                  float_layers: Sequence[str] = ()) -> tuple[bytes, list[str]]:
     """Convert, choosing per-channel scales and TFLite's sparse format by what they measure."""
     notes = []
     per_channel = recipe.quantize.per_channel
@@ -228,7 +233,9 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
             notes.append("per-tensor weight scales: every weight layer is clustered, and one scale "
                          "per tensor keeps its shared values shared (per_channel: auto)")
     convert = functools.partial(to_tflite, model, recipe.quantize, calibration,
-                                per_channel=per_channel, progress=progress)
+                                per_channel=per_channel, progress=progress, float_layers=float_layers)
+    if float_layers:
+        notes.append(f"mixed precision: layer(s) {', '.join(float_layers)} kept in float32, the rest int8")
     dense = convert(sparse=False)
     if recipe.sparse_export == "off":
         return dense, notes

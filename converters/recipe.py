@@ -24,6 +24,7 @@ IO_TYPES = ("float32", "int8", "uint8")
 PRUNE_STRUCTURES = ("unstructured", "2:4", "channel")
 PRUNE_SCHEDULES = ("polynomial", "constant")
 CHANNEL_RANKINGS = ("l2", "l1", "bn_scale")
+PRECISIONS = ("int8", "float")  # per-layer, under quantize.mode int8: "float" keeps the layer's ops in float32
 SPARSE_EXPORT = ("auto", "on", "off")
 
 
@@ -148,6 +149,7 @@ class LayerOverride:
     cluster: ClusterSettings | None | str = "unset"
     low_rank: LowRankSettings | None | str = "unset"
     channels: ChannelSettings | None | str = "unset"
+    precision: str = "unset"
 
 
 UNSET = "unset"
@@ -161,6 +163,7 @@ class LayerPlan:
     cluster: ClusterSettings | None
     low_rank: LowRankSettings | None = None
     channels: ChannelSettings | None = None
+    precision: str = "int8"
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,11 @@ class Recipe:
                     override.low_rank.validate(f"{section}[{key!r}].low_rank")
                 if isinstance(override.channels, ChannelSettings):
                     override.channels.validate(f"{section}[{key!r}].channels")
+                if override.precision != UNSET:
+                    _choice(f"{section}[{key!r}].precision", override.precision, PRECISIONS)
+                    if self.quantize.mode != "int8":
+                        raise RecipeError(f"{section}[{key!r}].precision applies under quantize.mode int8 (mixed "
+                                          f"precision); got mode {self.quantize.mode}")
 
     # -- resolution -----------------------------------------------------------------
     def plan_for(self, layer_name: str, layer_type: str) -> LayerPlan | None:
@@ -215,10 +223,13 @@ class Recipe:
         if layer_type in self.layer_types:
             chain.append(self.layer_types[layer_type])
         prune, cluster, low_rank, channels = self.prune, self.cluster, self.low_rank, self.channels
+        precision = "int8"
         for override in reversed(chain):  # apply the weakest first so the strongest wins
             if override is None:
                 prune = cluster = low_rank = channels = None
                 continue
+            if override.precision != UNSET:
+                precision = override.precision
             if override.prune != UNSET:
                 prune = override.prune
             if override.cluster != UNSET:
@@ -229,7 +240,7 @@ class Recipe:
                 channels = override.channels
         if chain and chain[0] is None:
             return None
-        return LayerPlan(prune, cluster, low_rank, channels)
+        return LayerPlan(prune, cluster, low_rank, channels, precision)
 
     def _match_name(self, name: str):
         if name in self.layers:
@@ -269,7 +280,7 @@ class Recipe:
         def override(o: LayerOverride | None):
             if o is None:
                 return None
-            fields = ("prune", "cluster", "low_rank", "channels")
+            fields = ("prune", "cluster", "low_rank", "channels", "precision")
             return {k: settings(getattr(o, k)) for k in fields if getattr(o, k) != UNSET}
 
         return {
@@ -385,9 +396,9 @@ def _overrides(data: Any, where: str) -> dict[str, LayerOverride | None]:
             continue
         here = f"{where}[{key!r}]"
         if not isinstance(value, Mapping):
-            raise RecipeError(f"{here} must be a mapping with prune/cluster/low_rank/channels, or null; "
-                              f"got {value!r}")
-        _reject_unknown(here, value, ["prune", "cluster", "low_rank", "channels"])
+            raise RecipeError(f"{here} must be a mapping with prune/cluster/low_rank/channels/precision, or "
+                              f"null; got {value!r}")
+        _reject_unknown(here, value, ["prune", "cluster", "low_rank", "channels", "precision"])
         out[str(key)] = LayerOverride(
             prune=_section(PruneSettings, value["prune"], here + ".prune") if "prune" in value else UNSET,
             cluster=(_section(ClusterSettings, value["cluster"], here + ".cluster")
@@ -395,7 +406,8 @@ def _overrides(data: Any, where: str) -> dict[str, LayerOverride | None]:
             low_rank=(_section(LowRankSettings, value["low_rank"], here + ".low_rank")
                       if "low_rank" in value else UNSET),
             channels=(_section(ChannelSettings, value["channels"], here + ".channels")
-                      if "channels" in value else UNSET))
+                      if "channels" in value else UNSET),
+            precision=value.get("precision", UNSET))
     return out
 
 

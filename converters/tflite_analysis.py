@@ -102,7 +102,7 @@ def analyse(data: bytes, layer_names: Iterable[str] = ()) -> ModelStats:
         if tensor is None:
             continue
         weights.append(_weight_stats(model, tensor, stored_as, op.op_name,
-                                     _layer_of(sg.tensors[op.outputs[0]].name, known)))
+                                     layer_of(sg.tensors[op.outputs[0]].name, known)))
     return ModelStats(len(data), gzip_size(data), _op_stats(sg),
                       [_io(sg.tensors[i]) for i in sg.inputs], [_io(sg.tensors[i]) for i in sg.outputs],
                       weights)
@@ -149,7 +149,7 @@ def _weight_stats(model: TFLiteModel, tensor: Tensor, stored_as: str, op: str, l
                        len(model.buffer_bytes(tensor)))
 
 
-def _layer_of(output_name: str, known: set[str]) -> str:
+def layer_of(output_name: str, known: set[str]) -> str:
     """The source layer an op came from, read from its output tensor's name."""
     parts = output_name.split(";")[0].split("/")
     for part in parts:

@@ -8,7 +8,7 @@ random calibration happens only when the recipe says so explicitly.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -33,8 +33,12 @@ def representative_samples(calibration: np.ndarray | list[np.ndarray] | None, se
 
 
 def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[np.ndarray] | None = None,
-              sparse: bool = False, per_channel: bool = True, progress: Progress | None = None) -> bytes:
+              sparse: bool = False, per_channel: bool = True, progress: Progress | None = None,
+              float_layers: Sequence[str] = ()) -> bytes:
     """Convert ``model``; ``calibration`` feeds int8/int16x8 activation ranges.
+
+    ``float_layers`` (int8 only) keeps those layers' ops in float32 while the rest is
+    int8: mixed precision by the converter's own selective quantization.
 
     ``calibration`` holds one array per model input (or one array for a single input).
     ``per_channel=False`` gives one scale per weight tensor, which keeps k-means
@@ -65,6 +69,8 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
                     {name: x[i:i + 1] for name, x in zip(names, samples)}
 
         converter.representative_dataset = representative_dataset
+        if float_layers and settings.mode == "int8":
+            return _selective_int8(converter, settings, per_channel, float_layers)
         if settings.mode == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             io_type = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[settings.io_type]
@@ -79,6 +85,43 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
         return bytes(converter.convert())
     except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError...
         raise ConversionError(f"TFLite conversion ({settings.mode}) failed: {_first_line(exc)}") from None
+
+
+def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool, float_layers: Sequence[str]) -> bytes:
+    """Calibrate, then quantize everything but the ops of ``float_layers`` (TFLite's denylisted nodes)."""
+    from tensorflow.lite.python import convert as lite_convert
+
+    from device_runtime.tflite_format import read_model
+
+    from .errors import RecipeError
+    from .tflite_analysis import layer_of
+
+    tf = _tf.tensorflow()
+    converter._experimental_calibrate_only = True  # the route tf.lite.experimental.QuantizationDebugger takes
+    converter.experimental_mlir_quantizer = True
+    try:
+        calibrated = converter.convert()
+    except Exception as exc:
+        raise ConversionError(f"TFLite calibration for mixed precision failed: {_first_line(exc)}") from None
+    wanted = set(float_layers)
+    nodes, found = [], set()
+    main = read_model(calibrated).main
+    for op in main.operators:
+        name = main.tensors[op.outputs[0]].name
+        layer = layer_of(name, wanted)
+        if layer in wanted:
+            nodes.append(name)
+            found.add(layer)
+    if wanted - found:
+        raise RecipeError(f"precision float: no ops of layer(s) {sorted(wanted - found)} in the converted model")
+    io_type = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[settings.io_type]
+    try:
+        return bytes(lite_convert.mlir_quantize(calibrated, disable_per_channel=not per_channel,
+                                                fully_quantize=settings.io_type != "float32",
+                                                input_data_type=io_type, output_data_type=io_type,
+                                                denylisted_nodes=nodes))
+    except Exception as exc:
+        raise ConversionError(f"TFLite mixed-precision quantization failed: {_first_line(exc)}") from None
 
 
 def _first_line(exc: Exception) -> str:

@@ -80,6 +80,9 @@ class Report:
         lines += ["", "per-layer weights (measured in the written .tflite):"]
         lines += render_weights(self.compressed)
         for record in self.passes.values():
+            if record.summary:
+                lines.append(f"{record.name}: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                                                            for k, v in record.summary.items()))
             for layer, reason in record.skipped.items():
                 lines.append(f"skipped by {record.name}: {layer}: {reason}")
         lines += [f"note: {n}" for n in self.notes]
@@ -94,8 +97,15 @@ def describe_recipe(recipe: dict[str, Any]) -> str:
         parts.append("prune 2:4" if p["structure"] == "2:4" else f"prune {p['sparsity']:.0%}")
     if recipe.get("cluster"):
         parts.append(f"cluster {recipe['cluster']['clusters']}")
+    if recipe.get("channels"):
+        parts.append(f"remove {recipe['channels']['fraction']:.0%} of channels")
+    if recipe.get("low_rank"):
+        low_rank = recipe["low_rank"]
+        parts.append(f"low-rank (rank ratio {low_rank['rank_ratio']})" if low_rank.get("rank_ratio")
+                     else f"low-rank (energy {low_rank['energy']})")
     q = recipe["quantize"]
-    parts.append(f"quantize {q['mode']}" + (f" (io {q['io_type']})" if q["mode"] == "int8" else ""))
+    parts.append(f"quantize {q['mode']}" + (f" (io {q['io_type']})" if q["mode"] == "int8" else "")
+                 + (" with QAT" if q.get("qat") else ""))
     if recipe.get("layers") or recipe.get("layer_types"):
         parts.append(f"{len(recipe['layers']) + len(recipe['layer_types'])} per-layer override(s)")
     return ", ".join(parts)

@@ -36,7 +36,7 @@ ADD_TARGETS = (operator.add, operator.iadd, "add")
 
 
 @dataclass
-class _Group:
+class ChannelGroup:
     producers: list[str] = field(default_factory=list)
     channels: int = 0
     slices: dict[tuple[str, str], None] = field(default_factory=dict)  # (module, "out"|"in"|"both"), ordered set
@@ -117,20 +117,20 @@ def _trace(model, example_inputs: tuple):
     return graph_module
 
 
-def _groups(graph_module, recipe: Recipe, record: PassRecord) -> list[_Group]:
+def _groups(graph_module, recipe: Recipe, record: PassRecord) -> list[ChannelGroup]:
     modules = dict(graph_module.named_modules())
     calls: dict[str, int] = {}
     for node in graph_module.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     owner: dict[Any, str] = {}  # node -> producer whose channels it carries
-    walks: dict[str, _Group] = {}
+    walks: dict[str, ChannelGroup] = {}
     for node in graph_module.graph.nodes:
         if node.op != "call_module" or _module_kind(modules[node.target]) not in ("conv", "linear"):
             continue
         module = modules[node.target]
         plan = recipe.plan_for(node.target, type(module).__name__)
-        group = _Group([node.target], _channels(node) or 0, {(node.target, "out"): None})
+        group = ChannelGroup([node.target], _channels(node) or 0, {(node.target, "out"): None})
         if plan is None or plan.channels is None:
             group.blocked = "not asked for by the recipe"
         elif calls[node.target] > 1:
@@ -157,6 +157,21 @@ def _groups(graph_module, recipe: Recipe, record: PassRecord) -> list[_Group]:
                 group.slices[(target, "both")] = None
             owner.setdefault(user, node.target)
             frontier.extend(user.users)
+    joins = []
+    for node in graph_module.graph.nodes:
+        if _keeps_channels(node, modules)[0] == "add":
+            operands = [a for a in node.args if hasattr(a, "op")]
+            if len(operands) >= 2:  # adding a constant keeps channels apart
+                joins.append([owner.get(a) for a in operands])
+    return merge_groups(walks, joins, record)
+
+
+def merge_groups(walks: dict[str, ChannelGroup], joins: list[list[str | None]], record: PassRecord) -> list[ChannelGroup]:
+    """Join the walks whose channels meet at residual adds; return the groups that may be cut.
+
+    ``joins`` lists, per add, the producer that owns each operand (None: channels that no
+    prunable layer produced, such as the model input, which blocks the whole group).
+    """
     parent = {name: name for name in walks}
 
     def find(name: str) -> str:
@@ -166,37 +181,30 @@ def _groups(graph_module, recipe: Recipe, record: PassRecord) -> list[_Group]:
         return name
 
     blocked_adds: dict[str, str] = {}
-    for node in graph_module.graph.nodes:
-        if _keeps_channels(node, modules)[0] != "add":
-            continue
-        operands = [a for a in node.args if hasattr(a, "op")]
-        if len(operands) < 2:
-            continue  # adding a constant keeps channels apart
-        origins = [owner.get(a) for a in operands]
+    for origins in joins:
         known = [o for o in origins if o is not None]
         for other in known[1:]:
             parent[find(other)] = find(known[0])
-        if len(known) < len(operands):
+        if len(known) < len(origins):
             for origin in known:
                 blocked_adds[origin] = "a residual add joins it with channels that cannot be pruned"
-    merged: dict[str, _Group] = {}
+    merged: dict[str, ChannelGroup] = {}
     for name, walk in walks.items():
         root = find(name)
-        group = merged.setdefault(root, _Group(channels=walk.channels))
+        group = merged.setdefault(root, ChannelGroup(channels=walk.channels))
         group.producers.append(name)
         group.slices.update(walk.slices)
         group.blocked = group.blocked or walk.blocked or blocked_adds.get(name)
         if walk.channels != group.channels:
             group.blocked = group.blocked or "the joined layers have different channel counts"
     for group in merged.values():
-        if group.blocked:
+        if group.blocked and group.blocked != "not asked for by the recipe":
             for name in group.producers:
-                if group.blocked != "not asked for by the recipe":
-                    record.skipped[name] = group.blocked
+                record.skipped[name] = group.blocked
     return [g for g in merged.values() if not g.blocked]
 
 
-def _scores(group: _Group, modules, ranking: str) -> np.ndarray:
+def _scores(group: ChannelGroup, modules, ranking: str) -> np.ndarray:
     scores = np.zeros(group.channels)
     for name in group.producers:
         weight = modules[name].weight.detach().double().reshape(group.channels, -1).numpy()
@@ -209,7 +217,7 @@ def _scores(group: _Group, modules, ranking: str) -> np.ndarray:
     return scores
 
 
-def _keep_count(channels: int, settings: ChannelSettings) -> int:
+def keep_count(channels: int, settings: ChannelSettings) -> int:
     keep = math.ceil(channels * (1.0 - settings.fraction))
     multiple = settings.multiple_of
     keep = max(multiple, int(math.ceil(keep / multiple) * multiple)) if multiple > 1 else max(1, keep)
@@ -285,7 +293,7 @@ def remove_channels(module, recipe: Recipe, example_inputs: tuple) -> tuple[Any,
     settings = recipe.channels
     for group in _groups(graph_module, recipe, record):
         group_settings = recipe.plan_for(group.producers[0], type(modules[group.producers[0]]).__name__).channels
-        keep = _keep_count(group.channels, group_settings)
+        keep = keep_count(group.channels, group_settings)
         if keep >= group.channels:
             for name in group.producers:
                 record.skipped[name] = f"{group.channels} channels: nothing to remove at this fraction"

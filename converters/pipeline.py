@@ -64,9 +64,9 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     the defaults: name from the source, [0, 1] inputs, labels from an image folder).
     """
     recipe = recipe or Recipe()
-    if recipe.factorizes or recipe.removes_channels:
-        raise RecipeError("low_rank and channels are available for PyTorch sources (they rewrite layers before "
-                          "export); for a Keras model, use prune structure channel (zeroed filters) instead")
+    if recipe.factorizes:
+        raise RecipeError("low_rank is available for PyTorch sources (it rewrites Linear layers before export); "
+                          "for a Keras model, drop low_rank from the recipe")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     source_path = source if isinstance(source, (str, os.PathLike)) else None
@@ -80,7 +80,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
                         "convert without data")
     input_shape = tuple(model.inputs[0].shape[1:])
     tune, calib, evaluation, notes = datasets(input_shape, finetune_data, calib_data, eval_data)
-    if tune is not None and not recipe.compresses_weights and not recipe.quantize.qat:
+    if tune is not None and not (recipe.compresses_weights or recipe.quantize.qat or recipe.removes_channels):
         notes.append("fine-tuning data given but the recipe neither prunes nor clusters; not fine-tuned")
     layer_names = [layer.name for layer in model.layers]
     timings["load"] = time.perf_counter() - started
@@ -90,7 +90,17 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     timings["float_baseline"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
+    channel_record = None
+    if recipe.removes_channels:  # thinner layers first; pruning and clustering then work on what is left
+        from .channel_removal_keras import remove_channels_keras
+
+        model, channel_record = remove_channels_keras(model, recipe)
+        if tune is not None:
+            finetune(model, teacher, tune, recipe.finetune, [], verbose)
+            channel_record.fine_tuned = True
     model, records = apply_passes(model, teacher, recipe, tune, verbose)
+    if channel_record is not None:
+        records = {"channels": channel_record, **records}
     timings["compress"] = time.perf_counter() - mark
     weight_layers = {layer.name for layer in model.layers if kernel_weights(layer)}
     all_clustered = bool(weight_layers) and weight_layers <= set(records["cluster"].layers)

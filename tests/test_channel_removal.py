@@ -1,8 +1,9 @@
-"""Channel removal (PyTorch route): groups through BatchNorm, depthwise convs and residual adds, exact slicing,
+"""Channel removal (PyTorch and Keras): groups through BatchNorm, depthwise convs and residual adds, exact slicing,
 MACs and parameters before/after, and accuracy after fine-tuning on digits."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -97,9 +98,40 @@ def test_half_the_channels_stay_within_two_points_on_digits(tmp_path):
     assert result.report.compressed.file_size < result.report.baseline.file_size / 3  # int8 and thinner
 
 
-def test_channel_removal_is_refused_where_it_cannot_run(tmp_path, digits_model_path):
-    with pytest.raises(RecipeError, match="channels are available for PyTorch sources"):
-        sdk.convert(digits_model_path, tmp_path / "k.tflite", {"channels": {"fraction": 0.5}})
+def test_keras_slicing_through_flatten_is_exact(digits_model):
+    """conv3's channels reach fc1 through Flatten, 16 positions per channel: silent channels leave no trace."""
+    from converters.channel_removal_keras import remove_channels_keras
+    from converters.keras_import import load_keras_model
+
+    model = load_keras_model(digits_model)
+    weights = model.get_layer("conv3").get_weights()
+    silent = np.arange(0, 64, 2)
+    weights[0][..., silent] = 0.0
+    weights[1][silent] = 0.0
+    model.get_layer("conv3").set_weights(weights)
+    only_conv3 = {"channels": {"fraction": 0.5}, "layers": {"conv[12]|fc1": {"channels": None}}}
+    thinner, record = remove_channels_keras(model, Recipe.from_dict(only_conv3))
+    assert list(record.layers) == ["conv3"] and thinner.get_layer("fc1").get_weights()[0].shape == (16 * 32, 128)
+    x = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_allclose(thinner.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_keras_digits_half_the_channels_within_two_points(digits_model_path, digits_npz, tmp_path):
+    train, test = digits_npz
+    result = sdk.convert(digits_model_path, tmp_path / "thin.tflite",
+                         {"channels": {"fraction": 0.5}, "quantize": {"mode": "int8"}, "finetune": {"epochs": 10}},
+                         finetune_data=train, eval_data=test)
+    record, fidelity = result.report.passes["channels"], result.report.fidelity
+    assert record.fine_tuned and {k: v["kept"] for k, v in record.layers.items()} == \
+        {"conv1": 16, "conv2": 32, "conv3": 32, "fc1": 64}
+    assert record.summary["param_ratio"] > 3.5 and record.skipped == {"classifier": "its channels reach the "
+                                                                                    "model's output"}
+    assert fidelity.accuracy_tflite >= fidelity.accuracy_source - 2.0
+    fc1 = next(w for w in result.report.compressed.weights if w.layer == "fc1")
+    assert fc1.shape == [64, 512]  # measured in the written file: 64 units over 32 channels x 16 positions
+
+
+def test_channel_removal_is_refused_where_it_cannot_run(tmp_path):
     with pytest.raises(RecipeError, match="channels.fraction must be in \\(0, 1\\); got 1.0"):
         Recipe.from_dict({"channels": {"fraction": 1.0}})
     with pytest.raises(RecipeError, match="channels.ranking must be one of l2, l1, bn_scale"):

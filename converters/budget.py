@@ -13,6 +13,7 @@ measured drop on the held-out data is within budget.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -33,8 +34,9 @@ from .recipe import QuantizeSettings, Recipe
 
 PRUNE_LEVELS = (0.5, 0.75, 0.9)
 CLUSTER_LEVELS = (32, 16, 8)
+CHANNEL_LEVELS = (0.25, 0.5, 0.75)
 ALLOWANCE_FACTORS = (4.0, 2.0, 1.0, 0.5)  # estimated-drop allowances, in budgets, tried in this order
-OPTIMIZE_TARGETS = ("size",)
+OPTIMIZE_TARGETS = ("size", "latency")
 WEIGHT_LAYERS = ("Conv1D", "Conv2D", "Dense", "DepthwiseConv2D")
 
 
@@ -45,6 +47,16 @@ class LayerSensitivity:
     params: int
     prune: dict[float, float] = field(default_factory=dict)  # level -> accuracy drop in points
     cluster: dict[int, float] = field(default_factory=dict)
+    channels: dict[float, float] = field(default_factory=dict)  # fraction removed -> drop (latency mode)
+    macs_saved: dict[float, int] = field(default_factory=dict)  # fraction removed -> MACs it saves
+
+
+@dataclass
+class LayerOptions:
+    """One layer's choices for the knapsack: (setting, estimated saving, estimated drop), "as is" first."""
+
+    name: str
+    options: list[tuple[Any, float, float]]
 
 
 @dataclass
@@ -57,15 +69,22 @@ class BudgetResult:
     max_drop: float
 
     def render(self) -> str:
+        if any(s.channels for s in self.sensitivity):
+            header = "  ".join(f"remove{int(f * 100):>3}%" for f in CHANNEL_LEVELS)
+            rows = [(s, "  ".join(f"{s.channels[f]:+10.2f}" if f in s.channels else f"{'-':>10}"
+                                  for f in CHANNEL_LEVELS)) for s in self.sensitivity]
+        else:
+            header = "  ".join(f"prune{int(p * 100):>3}" for p in PRUNE_LEVELS) + "  " + \
+                "  ".join(f"cluster{c:>3}" for c in CLUSTER_LEVELS)
+            rows = [(s, "  ".join(f"{s.prune[p]:+8.2f}" for p in PRUNE_LEVELS) + "  "
+                     + "  ".join(f"{s.cluster[c]:+10.2f}" for c in CLUSTER_LEVELS)) for s in self.sensitivity]
         lines = ["layer sensitivity (accuracy drop in points when only that layer is compressed, one-shot):",
-                 "layer       params   " + "  ".join(f"prune{int(p * 100):>3}" for p in PRUNE_LEVELS) + "  "
-                 + "  ".join(f"cluster{c:>3}" for c in CLUSTER_LEVELS)]
-        for s in self.sensitivity:
-            lines.append(f"{s.name:<10} {s.params:>8}   " + "  ".join(f"{s.prune[p]:+8.2f}" for p in PRUNE_LEVELS)
-                         + "  " + "  ".join(f"{s.cluster[c]:+10.2f}" for c in CLUSTER_LEVELS))
-        lines.append("attempts (estimated allowance -> measured drop after fine-tuning and int8):")
+                 f"layer       params   {header}"]
+        lines += [f"{s.name:<10} {s.params:>8}   {cells}" for s, cells in rows]
+        lines.append("attempts (estimated allowance -> measured after fine-tuning and int8):")
         for a in self.attempts:
-            lines.append(f"  allowance {a['allowance']:.2f}: gzip {a['gzip_size']:,} bytes, drop "
+            speed = f", {a['latency_ms']:.3f} ms ({a['speedup_vs_int8']:.2f}x vs int8)" if "latency_ms" in a else ""
+            lines.append(f"  allowance {a['allowance']:.2f}: gzip {a['gzip_size']:,} bytes{speed}, drop "
                          f"{a['drop']:+.2f} points -> {'within' if a['within'] else 'over'} budget {self.max_drop}")
         lines.append(f"chosen recipe written to {self.recipe_path} (reusable with --recipe)")
         return "\n".join(lines)
@@ -107,45 +126,108 @@ def estimated_bytes(params: int, sparsity: float, clusters: int | None) -> float
     return params * ((1 - sparsity) * value_bits + mask) / 8
 
 
-def choose(sensitivity: list[LayerSensitivity], allowance: float) -> dict[str, tuple[float, int | None]]:
-    """Per-layer (sparsity, clusters) saving the most estimated bytes within ``allowance`` estimated points."""
-    options = [(p, c) for p in (0.0, *PRUNE_LEVELS) for c in (None, *CLUSTER_LEVELS)]
+def size_options(sensitivity: list[LayerSensitivity]) -> list[LayerOptions]:
+    """Per layer: every (sparsity, clusters) pair, saving estimated bytes at the sum of its two drops."""
+    out = []
+    for s in sensitivity:
+        full = estimated_bytes(s.params, 0.0, None)
+        out.append(LayerOptions(s.name, [((p, c), full - estimated_bytes(s.params, p, c),
+                                          max(0.0, s.prune.get(p, 0.0)) + (max(0.0, s.cluster[c]) if c else 0.0))
+                                         for p in (0.0, *PRUNE_LEVELS) for c in (None, *CLUSTER_LEVELS)]))
+    return out
 
-    def drop(s: LayerSensitivity, option) -> float:
-        p, c = option
-        return max(0.0, s.prune.get(p, 0.0)) + max(0.0, s.cluster.get(c, 0.0) if c else 0.0)
 
-    chosen = {s.name: (0.0, None) for s in sensitivity}
+def latency_options(sensitivity: list[LayerSensitivity]) -> list[LayerOptions]:
+    """Per layer whose channels can be removed: each fraction, saving the MACs it measured."""
+    return [LayerOptions(s.name, [(0.0, 0.0, 0.0)] + [(f, float(s.macs_saved[f]), max(0.0, s.channels[f]))
+                                                      for f in CHANNEL_LEVELS])
+            for s in sensitivity if s.channels]
+
+
+def choose(layers: list[LayerOptions], allowance: float) -> dict[str, Any]:
+    """Per-layer settings saving the most per estimated point of drop, within ``allowance`` points
+    (a greedy multiple-choice knapsack: each step takes the best saving-per-point upgrade)."""
+    chosen = {layer.name: 0 for layer in layers}
     spent = 0.0
     while True:
         best, best_score = None, 0.0
-        for s in sensitivity:
-            now = chosen[s.name]
-            for option in options:
-                saved = estimated_bytes(s.params, *now) - estimated_bytes(s.params, *option)
-                cost = drop(s, option) - drop(s, now)
+        for layer in layers:
+            _, saving_now, drop_now = layer.options[chosen[layer.name]]
+            for index, (_, saving, drop) in enumerate(layer.options):
+                saved, cost = saving - saving_now, drop - drop_now
                 if saved <= 0 or spent + cost > allowance + 1e-9:
                     continue
                 score = saved / (max(cost, 0.0) + 0.01)
                 if score > best_score:
-                    best, best_score = (s, option, cost), score
+                    best, best_score = (layer.name, index, cost), score
         if best is None:
-            return chosen
-        s, option, cost = best
-        chosen[s.name] = option
+            return {layer.name: layer.options[chosen[layer.name]][0] for layer in layers}
+        name, index, cost = best
+        chosen[name] = index
         spent += cost
 
 
-def recipe_for(choice: dict[str, tuple[float, int | None]], base: Recipe) -> Recipe:
+def recipe_for(choice: dict[str, Any], base: Recipe, optimize: str) -> Recipe:
+    """The recipe of a choice: per-layer prune/cluster (size) or channel fractions (latency), int8."""
     layers = {}
-    for name, (sparsity, clusters) in choice.items():
-        layers[name] = {"prune": {"sparsity": sparsity} if sparsity else None,
-                        "cluster": {"clusters": clusters} if clusters else None}
+    for name, setting in choice.items():
+        if optimize == "size":
+            sparsity, clusters = setting
+            layers[name] = {"prune": {"sparsity": sparsity} if sparsity else None,
+                            "cluster": {"clusters": clusters} if clusters else None}
+        elif setting:
+            layers[name] = {"channels": {"fraction": setting}}
     data = base.to_dict()
-    data.update(prune=None, cluster=None, layers=layers,
+    data.update(prune=None, cluster=None, channels=None, layers=layers,
                 quantize=dataclasses.asdict(base.quantize) if base.quantize.mode != "none"
                 else dataclasses.asdict(QuantizeSettings(mode="int8")))
     return Recipe.from_dict(data)
+
+
+def measure_channel_sensitivity(model, data: Dataset, progress: Callable | None = None) -> list[LayerSensitivity]:
+    """The drop and the MACs saved when only one layer loses each fraction of its channels (one-shot)."""
+    from .channel_removal_keras import remove_channels_keras
+
+    reference = model.predict(data.x, verbose=0, batch_size=256).argmax(-1)
+    base, base_macs = _quality(model, data, reference), keras_macs(model)
+    layers = [layer for layer in model.layers if type(layer).__name__ in ("Conv1D", "Conv2D", "Dense")]
+    out = []
+    for i, layer in enumerate(layers):
+        sensitivity = LayerSensitivity(layer.name, type(layer).__name__, int(layer.count_params()))
+        for fraction in CHANNEL_LEVELS:
+            recipe = Recipe.from_dict({"layers": {layer.name: {"channels": {"fraction": fraction}}}})
+            try:
+                thinner, record = remove_channels_keras(model, recipe)
+            except RecipeError:  # its channels reach the output, a concatenation, ...
+                break
+            if layer.name not in record.layers:
+                break
+            sensitivity.channels[fraction] = base - _quality(thinner, data, reference)
+            sensitivity.macs_saved[fraction] = base_macs - keras_macs(thinner)
+        out.append(sensitivity)
+        if progress:
+            progress("sensitivity", i + 1, len(layers))
+    return out
+
+
+def keras_macs(model) -> int:
+    """Multiply-accumulates of the Conv/Dense/depthwise layers for one sample."""
+    total = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Dense":
+            total += int(np.prod(layer.get_weights()[0].shape))
+        elif kind in ("Conv1D", "Conv2D", "DepthwiseConv2D"):
+            kernel = layer.get_weights()[0]
+            positions = int(np.prod(layer.output_shape[1:-1]))
+            total += positions * int(np.prod(kernel.shape))
+    return total
+
+
+def _median_latency_ms(path) -> float:
+    from device_runtime.bench import benchmark
+
+    return benchmark(path, threads=(1,), warmup=10, runs=50)["results"][0]["p50_ms"]
 
 
 def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optimize: str = "size",
@@ -157,8 +239,7 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
     from .pipeline import convert_keras, datasets
 
     if optimize not in OPTIMIZE_TARGETS:
-        raise RecipeError(f"--optimize must be one of {', '.join(OPTIMIZE_TARGETS)}; got {optimize!r} (latency "
-                          "needs channel removal, a PyTorch-only pass: set channels: in a recipe instead)")
+        raise RecipeError(f"--optimize must be one of {', '.join(OPTIMIZE_TARGETS)}; got {optimize!r}")
     if max_drop < 0:
         raise RecipeError(f"--max-drop must be >= 0 points; got {max_drop}")
     if not is_keras_source(source):
@@ -171,25 +252,40 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
     output = check_output_path(output, [source] if isinstance(source, (str, os.PathLike)) else [], force)
     model = load_keras_model(source)
     _, _, evaluation, _ = datasets(tuple(model.inputs[0].shape[1:]), None, None, eval_data)
-    sensitivity = measure_sensitivity(model, evaluation, progress)
+    if optimize == "size":
+        sensitivity = measure_sensitivity(model, evaluation, progress)
+        options = size_options(sensitivity)
+    else:
+        sensitivity = measure_channel_sensitivity(model, evaluation, progress)
+        options = latency_options(sensitivity)
+        if not options:
+            raise RecipeError("--optimize latency found no layer whose channels can be removed (see `channels` "
+                              "in the README for what blocks a layer)")
     work = Path(tempfile.mkdtemp(prefix="sdk-budget-"))
+    convert = functools.partial(convert_keras, source, finetune_data=finetune_data,
+                                calib_data=calib_data or finetune_data, eval_data=eval_data, progress=progress,
+                                verbose=verbose, metadata=metadata)
     attempts, passing, seen = [], None, []
     try:
+        baseline_ms = None
+        if optimize == "latency":  # the same int8 recipe without channel removal, timed in this run
+            baseline_ms = _median_latency_ms(convert(work / "int8.tflite", recipe_for({}, base, optimize)).path)
         for factor in ALLOWANCE_FACTORS:
-            choice = choose(sensitivity, factor * max_drop)
+            choice = choose(options, factor * max_drop)
             if choice in seen:
                 continue
             seen.append(choice)
-            candidate = recipe_for(choice, base)
-            result = convert_keras(source, work / f"attempt{len(attempts)}.tflite", candidate,
-                                   finetune_data=finetune_data, calib_data=calib_data or finetune_data,
-                                   eval_data=eval_data, progress=progress, verbose=verbose, metadata=metadata)
+            candidate = recipe_for(choice, base, optimize)
+            result = convert(work / f"attempt{len(attempts)}.tflite", candidate)
             fidelity = result.report.fidelity
             drop = fidelity.accuracy_source - fidelity.accuracy_tflite if fidelity.accuracy_source is not None \
                 else 100.0 - fidelity.top1_agreement
-            attempts.append({"allowance": factor * max_drop, "choice": {k: list(v) for k, v in choice.items()},
-                             "gzip_size": result.report.compressed.gzip_size, "drop": drop,
-                             "within": drop <= max_drop})
+            attempt = {"allowance": factor * max_drop, "choice": choice,
+                       "gzip_size": result.report.compressed.gzip_size, "drop": drop, "within": drop <= max_drop}
+            if baseline_ms is not None:
+                attempt["latency_ms"] = _median_latency_ms(result.path)
+                attempt["speedup_vs_int8"] = baseline_ms / attempt["latency_ms"]
+            attempts.append(attempt)
             if drop <= max_drop:
                 passing = (result, candidate)
                 break
@@ -199,8 +295,8 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
         result, chosen = passing
         report = result.report
         report.output = str(output)
-        report.notes.append(f"accuracy-budget mode: {len(attempts)} candidate(s) converted; chosen drop "
-                            f"{attempts[-1]['drop']:+.2f} within {max_drop} points")
+        report.notes.append(f"accuracy-budget mode ({optimize}): {len(attempts)} candidate(s) converted; chosen "
+                            f"drop {attempts[-1]['drop']:+.2f} within {max_drop} points")
         from .pipeline import write_result
 
         final = write_result(output, result.path.read_bytes(), report)

@@ -127,8 +127,8 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--keep-intermediates", is_flag=True, help="PyTorch/ONNX: keep the temporary ONNX and logs.")
 @click.option("--max-drop", type=float, help="Accuracy-budget mode: choose per-layer settings within this many "
               "points of the source (needs --finetune and --eval; Keras).")
-@click.option("--optimize", type=click.Choice(["size"]), default="size", show_default=True,
-              help="What accuracy-budget mode minimises.")
+@click.option("--optimize", type=click.Choice(["size", "latency"]), default="size", show_default=True,
+              help="What accuracy-budget mode minimises: gzip size (prune/cluster) or latency (channel removal).")
 @click.option("--plot", "plot_path", type=click.Path(), help="Also write per-layer sparsity/unique-value bars (PNG).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")

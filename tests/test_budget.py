@@ -8,7 +8,7 @@ import yaml
 from click.testing import CliRunner
 
 import sdk
-from converters.budget import LayerSensitivity, choose, estimated_bytes
+from converters.budget import LayerSensitivity, choose, estimated_bytes, size_options
 from device_runtime import Model
 from examples.digits_cnn import accuracy
 from sdk.cli import main
@@ -21,9 +21,9 @@ def test_estimated_bytes_and_choice_by_hand():
     big = LayerSensitivity("big", "Dense", 10_000, {0.5: 0.1, 0.75: 0.5, 0.9: 3.0}, {32: 0.0, 16: 0.0, 8: 0.2})
     small = LayerSensitivity("small", "Dense", 100, {0.5: 2.0, 0.75: 5.0, 0.9: 9.0}, {32: 0.0, 16: 0.0, 8: 1.0})
     # no allowance: only free moves -> 16 clusters everywhere (32 saves less at the same zero cost)
-    assert choose([big, small], 0.0) == {"big": (0.0, 16), "small": (0.0, 16)}
+    assert choose(size_options([big, small]), 0.0) == {"big": (0.0, 16), "small": (0.0, 16)}
     # 1 point: the big layer goes to 75% + 8 clusters (0.7 points); the small one cannot afford pruning
-    assert choose([big, small], 1.0) == {"big": (0.75, 8), "small": (0.0, 16)}
+    assert choose(size_options([big, small]), 1.0) == {"big": (0.75, 8), "small": (0.0, 16)}
 
 
 def test_digits_within_one_point_and_smaller_than_the_best_fixed_recipe(digits, digits_npz, digits_model_path,
@@ -55,6 +55,22 @@ def test_budget_mode_bad_requests_are_one_line(tmp_path, digits_model_path, digi
     assert done.exit_code == 2 and "needs --finetune DATA" in done.output
     assert len(done.output.strip().splitlines()) == 1
     done = CliRunner().invoke(main, ["convert", str(digits_model_path), "-o", out, "--max-drop", "1",
-                                     "--optimize", "latency"])
-    assert done.exit_code == 2 and "'latency' is not 'size'" in done.output
+                                     "--optimize", "speed"])
+    assert done.exit_code == 2 and "'speed' is not one of 'size', 'latency'" in done.output
     assert not (tmp_path / "o.tflite").exists()
+
+
+def test_latency_mode_removes_channels_within_budget(digits, digits_npz, digits_model_path, digits_model, tmp_path):
+    train, test = digits_npz
+    budget = sdk.convert_within_budget(digits_model_path, tmp_path / "fast.tflite", max_drop=1.0,
+                                       optimize="latency", finetune_data=train, eval_data=test)
+    source = accuracy(digits_model.predict(digits.x_test, verbose=0), digits.y_test)
+    written = accuracy(next(iter(Model(budget.result.path).run(digits.x_test).values())), digits.y_test)
+    assert source - written <= 1.0
+    channels = budget.result.report.passes["channels"]
+    assert channels.layers and channels.summary["param_ratio"] > 1.2  # thinner layers, measured
+    chosen = budget.attempts[-1]
+    assert chosen["within"] and chosen["latency_ms"] > 0 and chosen["speedup_vs_int8"] > 0
+    sensitivity = {s.name: s for s in budget.sensitivity}
+    assert set(sensitivity["conv2"].channels) == {0.25, 0.5, 0.75} and not sensitivity["classifier"].channels
+    assert "remove 50%" in budget.render()

@@ -1,4 +1,4 @@
-"""Low-rank factorization: a Linear layer's weight W (out x in) becomes two thinner layers via SVD.
+"""Low-rank factorization: a Linear (or 1x1 Conv) weight W (out x in) becomes two thinner layers via SVD.
 
 W = U S V^T is cut to rank r and split symmetrically, A = sqrt(S_r) V_r^T (r x in,
 no bias) then B = U_r sqrt(S_r) (out x r, with the original bias), so the
@@ -20,6 +20,7 @@ from .passes.base import PassRecord
 from .recipe import LowRankSettings, Recipe
 
 LINEAR_TYPES = ("Linear", "Gemm", "MatMul")  # the names a recipe's layer_types may use for a Linear
+CONV_TYPES = ("Conv2d", "Conv")
 
 
 def choose_rank(singular_values: np.ndarray, settings: LowRankSettings) -> tuple[int, float]:
@@ -34,8 +35,33 @@ def choose_rank(singular_values: np.ndarray, settings: LowRankSettings) -> tuple
     return rank, float(cumulative[rank - 1])
 
 
+def _pointwise(child) -> bool:
+    import torch
+
+    return (isinstance(child, torch.nn.Conv2d) and child.kernel_size == (1, 1) and child.groups == 1
+            and child.padding in ((0, 0), "valid") and child.dilation == (1, 1))
+
+
+def _pair(child, rank: int, first_weight, second_weight):
+    """The two thinner layers replacing ``child``: (in -> rank, no bias) then (rank -> out, its bias)."""
+    import torch
+
+    if isinstance(child, torch.nn.Linear):
+        first = torch.nn.Linear(child.in_features, rank, bias=False)
+        second = torch.nn.Linear(rank, child.out_features, bias=child.bias is not None)
+    else:  # 1x1 convolution: the stride stays on the first, which sees the full input
+        first = torch.nn.Conv2d(child.in_channels, rank, 1, stride=child.stride, bias=False)
+        second = torch.nn.Conv2d(rank, child.out_channels, 1, bias=child.bias is not None)
+    with torch.no_grad():
+        first.weight.copy_(first_weight.reshape(first.weight.shape).float())
+        second.weight.copy_(second_weight.reshape(second.weight.shape).float())
+        if child.bias is not None:
+            second.bias.copy_(child.bias)
+    return torch.nn.Sequential(first, second)
+
+
 def factorize_linear_layers(module, recipe: Recipe) -> tuple[Any, PassRecord]:
-    """A copy of ``module`` with each Linear the recipe asks for replaced by its rank-r pair."""
+    """A copy of ``module`` with each Linear / 1x1 Conv2d the recipe asks for replaced by its rank-r pair."""
     import torch
 
     if isinstance(module, torch.jit.ScriptModule):
@@ -44,34 +70,32 @@ def factorize_linear_layers(module, recipe: Recipe) -> tuple[Any, PassRecord]:
     record = PassRecord("low_rank")
     model = copy.deepcopy(module)
     for name, child in list(model.named_modules()):
-        if not isinstance(child, torch.nn.Linear):
+        if isinstance(child, torch.nn.Linear):
+            types = LINEAR_TYPES
+        elif _pointwise(child):
+            types = CONV_TYPES
+        else:
             continue
-        layer_type = next((t for t in LINEAR_TYPES if t in recipe.layer_types), "Linear")
-        plan = recipe.plan_for(name, layer_type)
+        plan = recipe.plan_for(name, next((t for t in types if t in recipe.layer_types), types[0]))
         if plan is None or plan.low_rank is None:
             continue
-        weight = child.weight.detach().double()
+        weight = child.weight.detach().double().reshape(child.weight.shape[0], -1)  # out x in
+        outputs, inputs = weight.shape
         u, s, vh = torch.linalg.svd(weight, full_matrices=False)
         rank, kept = choose_rank(s.numpy(), plan.low_rank)
-        before, after = child.in_features * child.out_features, rank * (child.in_features + child.out_features)
+        before, after = inputs * outputs, rank * (inputs + outputs)
         if after >= before:
-            record.skipped[name] = (f"rank {rank} of a {child.out_features}x{child.in_features} weight saves "
-                                    f"nothing ({after} >= {before} parameters)")
+            record.skipped[name] = (f"rank {rank} of a {outputs}x{inputs} weight saves nothing "
+                                    f"({after} >= {before} parameters)")
             continue
         root = s[:rank].sqrt()
-        first = torch.nn.Linear(child.in_features, rank, bias=False)
-        second = torch.nn.Linear(rank, child.out_features, bias=child.bias is not None)
-        with torch.no_grad():
-            first.weight.copy_((root[:, None] * vh[:rank]).float())
-            second.weight.copy_((u[:, :rank] * root[None, :]).float())
-            if child.bias is not None:
-                second.bias.copy_(child.bias)
+        pair = _pair(child, rank, root[:, None] * vh[:rank], u[:, :rank] * root[None, :])
         parent_name, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attribute,
-                torch.nn.Sequential(first, second))
+        setattr(model.get_submodule(parent_name) if parent_name else model, attribute, pair)
         record.layers[name] = {"rank": rank, "full_rank": int(len(s)), "energy_kept": round(kept, 6),
                                "params_before": before, "params_after": after,
                                "param_ratio": round(before / after, 3)}
     if not record.layers and not record.skipped:
-        raise RecipeError("low_rank is set but no Linear layer matched; check the recipe's layers/layer_types")
+        raise RecipeError("low_rank is set but no Linear or 1x1 Conv2d layer matched; check the recipe's "
+                          "layers/layer_types")
     return model.eval(), record

@@ -91,3 +91,20 @@ def test_low_rank_is_refused_where_it_cannot_run(tmp_path, digits_model_path):
     with pytest.raises(RecipeError, match="need the PyTorch model"):
         sdk.convert(onnx_path, tmp_path / "o.tflite", recipe)
     assert not list(tmp_path.glob("*.tflite"))
+
+
+def test_a_rank_8_pointwise_convolution_factorizes_exactly():
+    """A 1x1 conv whose weight has rank 8 is rebuilt exactly by its rank-8 pair, stride kept;
+    the 3x3 conv after it is not a candidate."""
+    from converters.low_rank import factorize_linear_layers
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(64, 256, 1, stride=2), nn.ReLU(), nn.Conv2d(256, 4, 3)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_((torch.randn(256, 8) @ torch.randn(8, 64)).reshape(256, 64, 1, 1) / 8)
+    thinner, record = factorize_linear_layers(model, Recipe.from_dict({"low_rank": {"energy": 1.0}}))
+    assert set(record.layers) == {"0"} and record.layers["0"]["rank"] == 8
+    assert record.layers["0"]["params_after"] == 8 * (64 + 256)
+    assert thinner[0][0].stride == (2, 2) and thinner[0][1].kernel_size == (1, 1)
+    x = torch.rand(2, 64, 9, 9)
+    torch.testing.assert_close(thinner(x), model(x), rtol=1e-4, atol=1e-4)

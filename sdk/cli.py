@@ -244,10 +244,15 @@ def sweep(source, grid_path, data_path, eval_path, out_dir, max_drop, address, w
         from sdk.sweep import load_grid, render, run_sweep
 
         options = {k: v for k, v in (("input_shapes", _parse_shapes(input_shapes)), ("weights", weights)) if v}
-        result = run_sweep(source, load_grid(grid_path), out_dir, data=data_path, eval_data=eval_path,
-                           finetune=not no_finetune, address=address, workers=workers, max_drop=max_drop,
-                           latency_threads=(1, 2) if latency_runs else (), latency_runs=max(latency_runs, 1),
-                           options=options, progress=None if as_json else _stderr_progress)
+        try:
+            result = run_sweep(source, load_grid(grid_path), out_dir, data=data_path, eval_data=eval_path,
+                               finetune=not no_finetune, address=address, workers=workers, max_drop=max_drop,
+                               latency_threads=(1, 2) if latency_runs else (), latency_runs=max(latency_runs, 1),
+                               options=options, progress=None if as_json else _stderr_progress)
+        except KeyboardInterrupt:
+            click.echo(f"interrupted; finished recipes are kept in {out_dir}/runs and a re-run continues from "
+                       "them", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else render(result))
         if not as_json:
             click.echo(f"wrote {', '.join(result.files)}")

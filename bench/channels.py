@@ -69,8 +69,8 @@ def main() -> None:
                      f"{np.median(r['p50_ms']):.2f} |")
     lines += ["", f"**{base / thin:.2f}x faster** with half the channels (int8 vs int8, {ROUNDS} alternating "
                   f"rounds of {RUNS} runs, same run); MACs {summary['mac_ratio']:.2f}x fewer.",
-              "The classifier's input channels (1280) stay, since its outputs are the model's; residual "
-              "groups keep the same channels on both sides of each add."]
+              "Every Conv loses half its channels except the classifier, whose outputs are the model's; "
+              "residual groups keep the same channels on both sides of each add."]
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(exist_ok=True)

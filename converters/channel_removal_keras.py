@@ -27,7 +27,8 @@ PASS_THROUGH = ("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "D
                 "UpSampling2D")
 
 
-def _functional(model):
+def functional_model(model):
+    """The model as a functional graph (a Sequential is wrapped; layers and weights are shared)."""
     keras = _tf.keras()
     if isinstance(model, keras.Sequential):
         return keras.Model(model.inputs, model.outputs, name=model.name)
@@ -67,7 +68,7 @@ def _classify(entry: dict) -> str:
 def remove_channels_keras(model, recipe: Recipe) -> tuple[Any, PassRecord]:
     """A thinner copy of a Sequential or functional tf_keras model, and what was removed."""
     keras = _tf.keras()
-    functional = _functional(model)
+    functional = functional_model(model)
     try:
         config = functional.get_config()
     except NotImplementedError:

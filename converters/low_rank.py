@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _tf
 from .errors import RecipeError
 from .passes.base import PassRecord
 from .recipe import LowRankSettings, Recipe
@@ -99,3 +100,60 @@ def factorize_linear_layers(module, recipe: Recipe) -> tuple[Any, PassRecord]:
         raise RecipeError("low_rank is set but no Linear or 1x1 Conv2d layer matched; check the recipe's "
                           "layers/layer_types")
     return model.eval(), record
+
+
+def factorize_keras_dense_layers(model, recipe: Recipe) -> tuple[Any, PassRecord]:
+    """A Sequential/functional tf_keras model with each Dense the recipe asks for split in two.
+
+    The first layer (``<name>_lowrank``, rank units, no bias, linear) is inserted before
+    the original, which keeps its name, bias and activation and gets the second factor.
+    """
+    from .channel_removal_keras import functional_model
+
+    keras_model = functional_model(model)
+    try:
+        config = keras_model.get_config()
+    except NotImplementedError:
+        raise RecipeError("low_rank needs a Sequential or functional Keras model (a subclassed model has no "
+                          "layer graph to rewrite)") from None
+    record = PassRecord("low_rank")
+    factors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    entries = []
+    for entry in config["layers"]:
+        name = entry["config"]["name"]
+        plan = recipe.plan_for(name, entry["class_name"]) if entry["class_name"] == "Dense" else None
+        if plan is None or plan.low_rank is None:
+            entries.append(entry)
+            continue
+        kernel = keras_model.get_layer(name).get_weights()[0].astype(np.float64)  # in x out
+        u, s, vh = np.linalg.svd(kernel, full_matrices=False)
+        rank, kept = choose_rank(s, plan.low_rank)
+        before, after = kernel.size, rank * sum(kernel.shape)
+        if after >= before or len(entry.get("inbound_nodes", [])) != 1:
+            record.skipped[name] = (f"rank {rank} of a {kernel.shape[1]}x{kernel.shape[0]} weight saves nothing "
+                                    f"({after} >= {before} parameters)" if after >= before
+                                    else "the layer is called more than once")
+            entries.append(entry)
+            continue
+        root = np.sqrt(s[:rank])
+        factors[name] = ((u[:, :rank] * root).astype(np.float32), (root[:, None] * vh[:rank]).astype(np.float32))
+        first = {"class_name": "Dense", "name": f"{name}_lowrank", "inbound_nodes": entry["inbound_nodes"],
+                 "config": {"name": f"{name}_lowrank", "units": rank, "use_bias": False, "activation": "linear",
+                            "trainable": True, "dtype": entry["config"].get("dtype", "float32")}}
+        second = {**entry, "inbound_nodes": [[[f"{name}_lowrank", 0, 0, {}]]]}
+        entries += [first, second]
+        record.layers[name] = {"rank": rank, "full_rank": int(len(s)), "energy_kept": round(kept, 6),
+                               "params_before": int(before), "params_after": int(after),
+                               "param_ratio": round(before / after, 3)}
+    if not record.layers and not record.skipped:
+        raise RecipeError("low_rank is set but no Dense layer matched; check the recipe's layers/layer_types")
+    config["layers"] = entries
+    rebuilt = _tf.keras().Model.from_config(config)
+    for layer in rebuilt.layers:
+        if layer.name in factors:
+            layer.set_weights([factors[layer.name][1], *keras_model.get_layer(layer.name).get_weights()[1:]])
+        elif layer.name.endswith("_lowrank") and layer.name[:-8] in factors:
+            layer.set_weights([factors[layer.name[:-8]][0]])
+        elif layer.get_weights():
+            layer.set_weights(keras_model.get_layer(layer.name).get_weights())
+    return rebuilt, record

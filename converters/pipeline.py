@@ -64,9 +64,6 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     the defaults: name from the source, [0, 1] inputs, labels from an image folder).
     """
     recipe = recipe or Recipe()
-    if recipe.factorizes:
-        raise RecipeError("low_rank is available for PyTorch sources (it rewrites Linear layers before export); "
-                          "for a Keras model, drop low_rank from the recipe")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     source_path = source if isinstance(source, (str, os.PathLike)) else None
@@ -80,7 +77,8 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
                         "convert without data")
     input_shape = tuple(model.inputs[0].shape[1:])
     tune, calib, evaluation, notes = datasets(input_shape, finetune_data, calib_data, eval_data)
-    if tune is not None and not (recipe.compresses_weights or recipe.quantize.qat or recipe.removes_channels):
+    if tune is not None and not (recipe.compresses_weights or recipe.quantize.qat or recipe.removes_channels
+                                 or recipe.factorizes):
         notes.append("fine-tuning data given but the recipe neither prunes nor clusters; not fine-tuned")
     layer_names = [layer.name for layer in model.layers]
     timings["load"] = time.perf_counter() - started
@@ -90,17 +88,21 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     timings["float_baseline"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    channel_record = None
-    if recipe.removes_channels:  # thinner layers first; pruning and clustering then work on what is left
+    graph_records = {}  # passes that rewrite layers run first; pruning and clustering work on what is left
+    if recipe.removes_channels:
         from .channel_removal_keras import remove_channels_keras
 
-        model, channel_record = remove_channels_keras(model, recipe)
-        if tune is not None:
-            finetune(model, teacher, tune, recipe.finetune, [], verbose)
-            channel_record.fine_tuned = True
+        model, graph_records["channels"] = remove_channels_keras(model, recipe)
+    if recipe.factorizes:
+        from .low_rank import factorize_keras_dense_layers
+
+        model, graph_records["low_rank"] = factorize_keras_dense_layers(model, recipe)
+    if graph_records and tune is not None:
+        finetune(model, teacher, tune, recipe.finetune, [], verbose)
+        for record in graph_records.values():
+            record.fine_tuned = True
     model, records = apply_passes(model, teacher, recipe, tune, verbose)
-    if channel_record is not None:
-        records = {"channels": channel_record, **records}
+    records = {**graph_records, **records}
     timings["compress"] = time.perf_counter() - mark
     weight_layers = {layer.name for layer in model.layers if kernel_weights(layer)}
     all_clustered = bool(weight_layers) and weight_layers <= set(records["cluster"].layers)

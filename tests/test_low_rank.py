@@ -75,10 +75,42 @@ def test_fine_tuning_recovers_the_digits_net(tmp_path):
     assert fidelity.accuracy_tflite >= fidelity.accuracy_source - 1.5
 
 
-def test_low_rank_is_refused_where_it_cannot_run(tmp_path, digits_model_path):
+def test_keras_dense_factorizes_exactly_at_its_true_rank():
+    from converters import _tf
+    from converters.low_rank import factorize_keras_dense_layers
+
+    keras = _tf.keras()
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.layers.Input((64,)), keras.layers.Dense(256, activation="relu", name="up"),
+                              keras.layers.Dense(10, name="head")])
+    _, bias = model.get_layer("up").get_weights()
+    rng = np.random.default_rng(0)
+    model.get_layer("up").set_weights([(rng.normal(size=(64, 8)) @ rng.normal(size=(8, 256)) / 8).astype(np.float32),
+                                       bias])
+    thinner, record = factorize_keras_dense_layers(model, Recipe.from_dict({"low_rank": {"energy": 1.0}}))
+    assert record.layers["up"]["rank"] == 8 and "head" in record.skipped  # 10 outputs: nothing to save
+    assert [layer.name for layer in thinner.layers[1:]] == ["up_lowrank", "up", "head"]  # after the input
+    assert thinner.get_layer("up_lowrank").get_weights()[0].shape == (64, 8)
+    x = rng.random((16, 64), dtype=np.float32)
+    np.testing.assert_allclose(thinner.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
+
+
+def test_keras_digits_fc1_at_rank_ratio_quarter(digits_model_path, digits_npz, tmp_path):
+    train, test = digits_npz
+    result = sdk.convert(digits_model_path, tmp_path / "lr.tflite",
+                         {"low_rank": {"rank_ratio": 0.25}, "layers": {"classifier": {"low_rank": None}},
+                          "finetune": {"epochs": 4}}, finetune_data=train, eval_data=test)
+    record = result.report.passes["low_rank"]
+    assert record.fine_tuned and record.layers["fc1"]["rank"] == 32  # ceil(0.25 * min(1024, 128))
+    shapes = {w.layer: w.shape for w in result.report.compressed.weights}  # measured in the written file
+    assert shapes["fc1_lowrank"] == [32, 1024] and shapes["fc1"] == [128, 32]
+    assert 1024 * 128 / (32 * 1024 + 128 * 32) > 3.5
+    fidelity = result.report.fidelity
+    assert fidelity.accuracy_tflite >= fidelity.accuracy_source - 1.5
+
+
+def test_low_rank_is_refused_where_it_cannot_run(tmp_path):
     recipe = {"low_rank": {"rank_ratio": 0.5}}
-    with pytest.raises(RecipeError, match="low_rank is available for PyTorch sources"):
-        sdk.convert(digits_model_path, tmp_path / "k.tflite", recipe)
     scripted = tmp_path / "ffn.pt"
     torch.jit.trace(FeedForward().eval(), torch.rand(1, 64)).save(str(scripted))
     with pytest.raises(RecipeError, match="TorchScript file does not allow"):

@@ -129,12 +129,12 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     mark = time.perf_counter()
     fine_tuned_records = original = None
     graph_records: list = []
-    if recipe.quantize.qat:
-        raise RecipeError("quantize.qat is available for Keras sources; for PyTorch, compress with fine-tuning "
-                          "(prune/cluster/channels/low_rank) and post-training int8")
-    if torch_source is None and (recipe.factorizes or recipe.removes_channels):
-        raise RecipeError("low_rank and channels rewrite layers before export and need the PyTorch model; an "
-                          "ONNX file can be pruned, clustered and quantized")
+    if torch_source is None and (recipe.factorizes or recipe.removes_channels or recipe.quantize.qat):
+        raise RecipeError("low_rank, channels and quantize.qat change the model before export and need the "
+                          "PyTorch model; an ONNX file can be pruned, clustered and quantized")
+    if recipe.quantize.qat and recipe.cluster is not None:
+        raise RecipeError("quantize.qat with clustering is available for Keras sources (tfmot's cluster-preserving "
+                          "scheme); for PyTorch, drop one of them")
     if torch_source is not None:
         shapes = [s[1:] for s in torch_source.input_shapes]
         tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data)
@@ -150,7 +150,10 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
 
             module, record = factorize_linear_layers(module, recipe)
             graph_records.append(record)
-        if tune is not None and (recipe.compresses_weights or graph_records):
+        if recipe.quantize.qat and tune is None:
+            raise DataError("quantize.qat (quantization-aware training) needs --finetune DATA; without data, "
+                            "drop qat for post-training int8")
+        if tune is not None and (recipe.compresses_weights or graph_records or recipe.quantize.qat):
             module, fine_tuned_records, weight_names = _finetune(torch_source, module, recipe, tune, verbose,
                                                                  notes)
             timings["finetune"] = time.perf_counter() - mark
@@ -283,7 +286,13 @@ def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool
     if note:
         notes.append(note)
     weights, owners = torch_weights(student)
-    records = finetune_torch(student, torch_source.module, weights, owners, recipe, tune, verbose)
+    qat = recipe.quantize.qat
+    records = finetune_torch(student, torch_source.module, weights, owners, recipe, tune, verbose,
+                             train_unchanged=not qat)
+    if qat:
+        from .torch_qat import quantization_aware_finetune
+
+        records["qat"] = quantization_aware_finetune(student, torch_source.module, tune, recipe.finetune, verbose)
     return student.eval(), records, [w.name for w in weights]
 
 

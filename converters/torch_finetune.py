@@ -27,8 +27,12 @@ UPDATES_PER_RAMP = 10
 
 
 def finetune_torch(student, teacher, weights: list[WeightArray], owners: dict[str, Any], recipe: Recipe,
-                   data: Dataset, verbose: bool) -> dict[str, PassRecord]:
-    """Compress ``student`` (its Conv/Linear weights, listed in ``weights``) in place, with fine-tuning."""
+                   data: Dataset, verbose: bool, train_unchanged: bool = True) -> dict[str, PassRecord]:
+    """Compress ``student`` (its Conv/Linear weights, listed in ``weights``) in place, with fine-tuning.
+
+    With nothing to prune or cluster (the graph was rewritten instead), ``train_unchanged``
+    still fine-tunes it by distillation.
+    """
     import torch
 
     settings = recipe.finetune
@@ -37,7 +41,7 @@ def finetune_torch(student, teacher, weights: list[WeightArray], owners: dict[st
     prune, cluster, records = plan_targets(weights, recipe)
     trainer = _Trainer(student, teacher, data, settings, verbose)
     masks: dict[str, torch.Tensor] = {}
-    if not prune and not cluster:  # the graph changed (low-rank): recover by distillation alone
+    if not prune and not cluster and train_unchanged:  # the graph changed (low-rank, channels): distil
         trainer.train(lambda step, total: None)
     if prune:
         trainer.train(lambda step, total: _update_masks(owners, prune, masks, step, total))

@@ -1,4 +1,4 @@
-"""Quantization-aware training (Keras): recovers what post-training int8 loses on a model built to lose it,
+"""Quantization-aware training (Keras and PyTorch): recovers what post-training int8 loses on a model built to lose it,
 and keeps earlier pruning and clustering (PCQAT)."""
 
 from __future__ import annotations
@@ -75,7 +75,49 @@ def test_qat_needs_data_int8_and_keras(digits_model_path, tmp_path):
                     calib_data=np.zeros((8, 8, 8, 1), np.float32))
     with pytest.raises(RecipeError, match="quantize.qat trains for int8; set quantize.mode int8 \\(got dynamic\\)"):
         sdk.Recipe.from_dict({"quantize": {"mode": "dynamic", "qat": True}})
-    with pytest.raises(RecipeError, match="quantize.qat is available for Keras sources"):
-        sdk.convert(torch.nn.Linear(4, 2), tmp_path / "b.tflite", {"quantize": {"mode": "int8", "qat": True}},
+    with pytest.raises(RecipeError, match="quantize.qat with clustering is available for Keras sources"):
+        sdk.convert(torch.nn.Linear(4, 2), tmp_path / "b.tflite", {"cluster": {"clusters": 4},
+                                                                  "quantize": {"mode": "int8", "qat": True}},
                     example_input=torch.zeros(1, 4), finetune_data=np.zeros((8, 4), np.float32))
+    with pytest.raises(DataError, match="quantize.qat .* needs --finetune DATA"):
+        sdk.convert(torch.nn.Linear(4, 2), tmp_path / "c.tflite", {"quantize": {"mode": "int8", "qat": True}},
+                    example_input=torch.zeros(1, 4), calib_data=np.zeros((8, 4), np.float32))
     assert not list(tmp_path.glob("*.tflite"))
+
+
+def test_pytorch_qat_recovers_at_least_half_and_keeps_pruned_zeros(tmp_path):
+    """The same construction in PyTorch: fake-quant fine-tuning, then PTQ calibration of the result."""
+    from examples.digits_torch import nchw_splits
+
+    splits = nchw_splits()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 6),
+                              torch.nn.Linear(6, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    optimizer = torch.optim.Adam(net.parameters(), 3e-3)
+    x, y = torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train)
+    for _ in range(80):
+        for index in torch.randperm(len(x)).split(32):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[index]), y[index]).backward()
+            optimizer.step()
+    net.eval()
+    with torch.no_grad():  # one bottleneck unit 50x wider, the function unchanged
+        net[3].weight[0] *= WIDE
+        net[3].bias[0] *= WIDE
+        net[4].weight[:, 0] /= WIDE
+    data = {"example_input": torch.zeros(1, 1, 8, 8), "eval_data": (splits.x_test, splits.y_test)}
+    ptq = sdk.convert(net, tmp_path / "ptq.tflite", {"quantize": {"mode": "int8"}}, calib_data=splits.x_train,
+                      **data).report.fidelity
+    qat = sdk.convert(net, tmp_path / "qat.tflite", {"quantize": {"mode": "int8", "qat": True},
+                                                     "finetune": {"epochs": 15}},
+                      finetune_data=(splits.x_train, splits.y_train), **data).report
+    ptq_loss = ptq.accuracy_source - ptq.accuracy_tflite
+    qat_loss = qat.fidelity.accuracy_source - qat.fidelity.accuracy_tflite
+    assert ptq_loss > 1.0, f"the construction should make PTQ lose > 1 point; lost {ptq_loss:.2f}"
+    assert ptq_loss - qat_loss >= ptq_loss / 2, f"PTQ lost {ptq_loss:.2f}, QAT {qat_loss:.2f}"
+    assert qat.passes["qat"].summary["layers"] == 4
+    pruned = sdk.convert(net, tmp_path / "pqat.tflite", {"prune": {"sparsity": 0.5},
+                                                        "quantize": {"mode": "int8", "qat": True},
+                                                        "finetune": {"epochs": 3}},
+                         finetune_data=(splits.x_train, splits.y_train), **data).report
+    assert pruned.compressed.overall_sparsity >= 0.49  # QAT kept the zeros, measured in the int8 file

@@ -1,0 +1,91 @@
+"""Quantization-aware fine-tuning for PyTorch sources: int8 fake quantization while training, then PTQ.
+
+The route to TFLite goes through ONNX and onnx2tf, which take float graphs, so
+QAT here trains the float model to be robust to int8: every Conv/Linear
+weight is fake-quantized symmetric per output channel (as TFLite quantizes
+them) and every Conv/Linear output per tensor with running min/max, both with
+straight-through gradients, under the usual distillation loss.  Afterwards the
+weights are left on their int8 grid, and the TFLite converter calibrates the
+activation ranges on the data as in post-training int8.  Zeros from pruning
+stay zero.
+"""
+
+from __future__ import annotations
+
+
+
+from .data import Dataset
+from .passes.base import PassRecord
+from .recipe import FinetuneSettings
+
+EMA = 0.99
+
+
+def _weight_fake_quant():
+    import torch
+
+    class WeightFakeQuant(torch.nn.Module):
+        """Symmetric per-output-channel int8 of a weight, straight-through in the backward pass."""
+
+        def forward(self, weight):
+            flat = weight.detach().reshape(weight.shape[0], -1)
+            scale = (flat.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+            zero = torch.zeros(weight.shape[0], dtype=torch.int32)
+            return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -127, 127)
+
+    return WeightFakeQuant()
+
+
+class _ActivationFakeQuant:
+    """A forward hook: per-tensor affine int8 of a layer's output, with running min/max."""
+
+    def __init__(self):
+        self.low = self.high = None
+
+    def __call__(self, module, _inputs, output):
+        import torch
+
+        if module.training:
+            low, high = float(output.detach().min()), float(output.detach().max())
+            self.low = low if self.low is None else EMA * self.low + (1 - EMA) * low
+            self.high = high if self.high is None else EMA * self.high + (1 - EMA) * high
+        low, high = min(self.low, 0.0), max(self.high, 0.0)
+        scale = max((high - low) / 255.0, 1e-12)
+        zero = int(round(-128 - low / scale))
+        return torch.fake_quantize_per_tensor_affine(output, scale, zero, -128, 127)
+
+
+def quantization_aware_finetune(student, teacher, data: Dataset, settings: FinetuneSettings,
+                                verbose: bool) -> PassRecord:
+    """Fine-tune ``student`` in place under int8 fake quantization; its weights end on the int8 grid."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    from .torch_finetune import _Trainer
+
+    layers = [m for m in student.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear))]
+    zeros = {m: m.weight.detach() == 0 for m in layers}
+    for module in layers:
+        parametrize.register_parametrization(module, "weight", _weight_fake_quant())
+    hooks = [m.register_forward_hook(_ActivationFakeQuant()) for m in layers]
+
+    def keep_zeros(step: int, total: int) -> None:
+        with torch.no_grad():
+            for module, mask in zeros.items():
+                if mask.any():
+                    module.parametrizations.weight.original[mask] = 0.0
+
+    try:
+        trainer = _Trainer(student, teacher, data, settings, verbose)
+        trainer.train(keep_zeros)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module in layers:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    record = PassRecord("qat", fine_tuned=True)
+    record.summary = {"scheme": "fake-quant fine-tuning (int8 per-channel weights, per-tensor activations), "
+                                "then PTQ calibration", "layers": len(layers), "epochs": settings.epochs}
+    return record
+
+

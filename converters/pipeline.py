@@ -79,8 +79,17 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     tune, calib, evaluation, notes = datasets(input_shape, finetune_data, calib_data, eval_data)
     if tune is not None and not (recipe.compresses_weights or recipe.quantize.qat or recipe.removes_channels
                                  or recipe.factorizes):
-        notes.append("fine-tuning data given but the recipe neither prunes nor clusters; not fine-tuned")
+        notes.append("fine-tuning data given but the recipe changes no weights or layers and asks for no QAT; "
+                     "not fine-tuned")
     layer_names = [layer.name for layer in model.layers]
+    float_layers = [layer.name for layer in model.layers  # mixed precision: checked before any work
+                    if (plan := recipe.plan_for(layer.name, type(layer).__name__)) and plan.precision == "float"]
+    if float_layers and recipe.quantize.qat:
+        raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
+                          "every layer it wraps; drop one of them")
+    if recipe.quantize.qat and tune is None:
+        raise DataError("quantize.qat (quantization-aware training) needs --finetune DATA; without data, "
+                        "drop qat for post-training int8")
     timings["load"] = time.perf_counter() - started
 
     mark = time.perf_counter()
@@ -106,15 +115,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     timings["compress"] = time.perf_counter() - mark
     weight_layers = {layer.name for layer in model.layers if kernel_weights(layer)}
     all_clustered = bool(weight_layers) and weight_layers <= set(records["cluster"].layers)
-    float_layers = [layer.name for layer in model.layers
-                    if (plan := recipe.plan_for(layer.name, type(layer).__name__)) and plan.precision == "float"]
-    if float_layers and recipe.quantize.qat:
-        raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
-                          "every layer it wraps; drop one of them")
     if recipe.quantize.qat:
-        if tune is None:
-            raise DataError("quantize.qat (quantization-aware training) needs --finetune DATA; without data, "
-                            "drop qat for post-training int8")
         from .qat import quantization_aware_training
 
         mark = time.perf_counter()

@@ -27,12 +27,17 @@ PASS_THROUGH = ("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "D
                 "UpSampling2D")
 
 
-def functional_model(model):
-    """The model as a functional graph (a Sequential is wrapped; layers and weights are shared)."""
+def functional_graph(model, purpose: str) -> tuple[Any, dict]:
+    """The model as a functional graph (a Sequential is wrapped; layers and weights are shared) and its
+    config, which the graph rewrites edit and rebuild."""
     keras = _tf.keras()
-    if isinstance(model, keras.Sequential):
-        return keras.Model(model.inputs, model.outputs, name=model.name)
-    return model
+    functional = keras.Model(model.inputs, model.outputs, name=model.name) \
+        if isinstance(model, keras.Sequential) else model
+    try:
+        return functional, functional.get_config()
+    except NotImplementedError:
+        raise RecipeError(f"{purpose} needs a Sequential or functional Keras model (a subclassed model has no "
+                          "layer graph to rewrite)") from None
 
 
 def _graph(config: dict) -> tuple[dict[str, dict], dict[str, list[str]], dict[str, list[str]]]:
@@ -68,12 +73,7 @@ def _classify(entry: dict) -> str:
 def remove_channels_keras(model, recipe: Recipe) -> tuple[Any, PassRecord]:
     """A thinner copy of a Sequential or functional tf_keras model, and what was removed."""
     keras = _tf.keras()
-    functional = functional_model(model)
-    try:
-        config = functional.get_config()
-    except NotImplementedError:
-        raise RecipeError("channel removal needs a Sequential or functional Keras model (a subclassed model "
-                          "has no layer graph to rewrite)") from None
+    functional, config = functional_graph(model, "channel removal")
     layers, inbound, users = _graph(config)
     outputs = {ref[0] for ref in config["output_layers"]}
     record = PassRecord("channels")

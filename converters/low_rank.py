@@ -108,14 +108,9 @@ def factorize_keras_dense_layers(model, recipe: Recipe) -> tuple[Any, PassRecord
     The first layer (``<name>_lowrank``, rank units, no bias, linear) is inserted before
     the original, which keeps its name, bias and activation and gets the second factor.
     """
-    from .channel_removal_keras import functional_model
+    from .channel_removal_keras import functional_graph
 
-    keras_model = functional_model(model)
-    try:
-        config = keras_model.get_config()
-    except NotImplementedError:
-        raise RecipeError("low_rank needs a Sequential or functional Keras model (a subclassed model has no "
-                          "layer graph to rewrite)") from None
+    keras_model, config = functional_graph(model, "low_rank")
     record = PassRecord("low_rank")
     factors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     entries = []

@@ -91,15 +91,24 @@ class BudgetResult:
 
 
 def _quality(model, data: Dataset, reference: np.ndarray) -> float:
-    predictions = model.predict(data.x, verbose=0, batch_size=256).argmax(-1)
+    """Accuracy in percent, or top-1 agreement with ``reference`` when the data has no labels."""
+    return _score(model.predict(data.x, verbose=0, batch_size=256).argmax(-1), data, reference)
+
+
+def _score(predictions: np.ndarray, data: Dataset, reference: np.ndarray) -> float:
     target = data.y if data.labelled else reference
     return float((predictions == target).mean() * 100)
 
 
+def _baseline(model, data: Dataset) -> tuple[np.ndarray, float]:
+    """The source's own predictions (the reference without labels) and its quality, from one pass."""
+    reference = model.predict(data.x, verbose=0, batch_size=256).argmax(-1)
+    return reference, _score(reference, data, reference)
+
+
 def measure_sensitivity(model, data: Dataset, progress: Callable | None = None) -> list[LayerSensitivity]:
     """The drop of every weight layer at every prune and cluster level, each applied alone."""
-    reference = model.predict(data.x, verbose=0, batch_size=256).argmax(-1)
-    base = _quality(model, data, reference)
+    reference, base = _baseline(model, data)
     layers = [layer for layer in model.layers if type(layer).__name__ in WEIGHT_LAYERS and layer.get_weights()]
     out = []
     for i, layer in enumerate(layers):
@@ -188,8 +197,8 @@ def measure_channel_sensitivity(model, data: Dataset, progress: Callable | None 
     """The drop and the MACs saved when only one layer loses each fraction of its channels (one-shot)."""
     from .channel_removal_keras import remove_channels_keras
 
-    reference = model.predict(data.x, verbose=0, batch_size=256).argmax(-1)
-    base, base_macs = _quality(model, data, reference), keras_macs(model)
+    reference, base = _baseline(model, data)
+    base_macs = keras_macs(model)
     layers = [layer for layer in model.layers if type(layer).__name__ in ("Conv1D", "Conv2D", "Dense")]
     out = []
     for i, layer in enumerate(layers):

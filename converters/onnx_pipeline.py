@@ -128,18 +128,17 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
              timings, started) -> ConversionResult:
     mark = time.perf_counter()
     fine_tuned_records = original = None
-    graph_records: list = []
+    graph_records: list = []  # passes that rewrite layers: they run on the PyTorch module before export
     if torch_source is None and (recipe.factorizes or recipe.removes_channels or recipe.quantize.qat):
         raise RecipeError("low_rank, channels and quantize.qat change the model before export and need the "
                           "PyTorch model; an ONNX file can be pruned, clustered and quantized")
-    if recipe.quantize.qat and recipe.cluster is not None:
+    if recipe.quantize.qat and recipe.clusters:
         raise RecipeError("quantize.qat with clustering is available for Keras sources (tfmot's cluster-preserving "
                           "scheme); for PyTorch, drop one of them")
     if torch_source is not None:
         shapes = [s[1:] for s in torch_source.input_shapes]
         tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data)
         module = torch_source.module
-        graph_records = []  # passes that rewrite layers: they run on the module before export
         if recipe.removes_channels:
             from .channel_removal import remove_channels
 
@@ -150,9 +149,6 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
 
             module, record = factorize_linear_layers(module, recipe)
             graph_records.append(record)
-        if recipe.quantize.qat and tune is None:
-            raise DataError("quantize.qat (quantization-aware training) needs --finetune DATA; without data, "
-                            "drop qat for post-training int8")
         if tune is not None and (recipe.compresses_weights or graph_records or recipe.quantize.qat):
             module, fine_tuned_records, weight_names = _finetune(torch_source, module, recipe, tune, verbose,
                                                                  notes)

@@ -87,9 +87,6 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     if float_layers and recipe.quantize.qat:
         raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
                           "every layer it wraps; drop one of them")
-    if recipe.quantize.qat and tune is None:
-        raise DataError("quantize.qat (quantization-aware training) needs --finetune DATA; without data, "
-                        "drop qat for post-training int8")
     timings["load"] = time.perf_counter() - started
 
     mark = time.perf_counter()
@@ -151,6 +148,10 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
 
 
 def check_calibration(recipe: Recipe, calib_data, finetune_data) -> None:
+    """Refuse, before any work, quantization that lacks the data it needs."""
+    if recipe.quantize.qat and finetune_data is None:
+        raise DataError("quantize.qat (quantization-aware training) needs --finetune DATA; without data, "
+                        "drop qat for post-training int8")
     if recipe.quantize.needs_calibration and calib_data is None and finetune_data is None \
             and not recipe.quantize.allow_random_calibration:
         raise RecipeError(f"quantize {recipe.quantize.mode} needs calibration data: pass --calib DATA "

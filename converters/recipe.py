@@ -252,10 +252,13 @@ class Recipe:
 
     @property
     def compresses_weights(self) -> bool:
-        overrides = [*self.layers.values(), *self.layer_types.values()]
-        return (self.prune is not None or self.cluster is not None
-                or any(o is not None and (isinstance(o.prune, PruneSettings)
-                                          or isinstance(o.cluster, ClusterSettings)) for o in overrides))
+        """Whether any layer is pruned or clustered (globally or by an override)."""
+        return self._asks("prune", PruneSettings) or self.clusters
+
+    @property
+    def clusters(self) -> bool:
+        """Whether any layer is clustered (globally or by an override)."""
+        return self._asks("cluster", ClusterSettings)
 
     @property
     def factorizes(self) -> bool:

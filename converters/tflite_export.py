@@ -73,7 +73,7 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
             return _selective_int8(converter, settings, per_channel, float_layers)
         if settings.mode == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            io_type = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[settings.io_type]
+            io_type = _io_dtype(settings)
             converter.inference_input_type = io_type
             converter.inference_output_type = io_type
         else:
@@ -96,7 +96,6 @@ def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool, fl
     from .errors import RecipeError
     from .tflite_analysis import layer_of
 
-    tf = _tf.tensorflow()
     converter._experimental_calibrate_only = True  # the route tf.lite.experimental.QuantizationDebugger takes
     converter.experimental_mlir_quantizer = True
     try:
@@ -114,7 +113,7 @@ def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool, fl
             found.add(layer)
     if wanted - found:
         raise RecipeError(f"precision float: no ops of layer(s) {sorted(wanted - found)} in the converted model")
-    io_type = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[settings.io_type]
+    io_type = _io_dtype(settings)
     try:
         return bytes(lite_convert.mlir_quantize(calibrated, disable_per_channel=not per_channel,
                                                 fully_quantize=settings.io_type != "float32",
@@ -122,6 +121,12 @@ def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool, fl
                                                 denylisted_nodes=nodes))
     except Exception as exc:
         raise ConversionError(f"TFLite mixed-precision quantization failed: {_first_line(exc)}") from None
+
+
+def _io_dtype(settings: QuantizeSettings):
+    """The TensorFlow dtype of a full-integer model's inputs and outputs."""
+    tf = _tf.tensorflow()
+    return {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[settings.io_type]
 
 
 def _first_line(exc: Exception) -> str:

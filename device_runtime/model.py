@@ -21,7 +21,7 @@ from . import integrity, metadata, postprocess, tflite_format
 from .backend import get_backend
 from .errors import InferenceError, InputError, ModelFormatError, UnsupportedModelError
 from .monitor import Monitor
-from .preprocess import ImagePreprocessor, ImageSpec, Letterbox, load_image
+from .preprocess import ENGINES, ImagePreprocessor, ImageSpec, Letterbox, load_image
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,9 @@ class Model:
     ``backend`` picks the interpreter package ("auto" takes the lightest).
     ``image`` says how images are prepared for ``classify``/``detect``/``segment``
     (from the model's metadata and input shape when None); ``labels`` names the
-    classes (default: the label file embedded in the model's metadata).
+    classes (default: the label file embedded in the model's metadata);
+    ``image_engine`` resamples images: "auto" (OpenCV when installed, several
+    times faster), "opencv", or "numpy" (the exact reference).
     Inputs and outputs are named by the model's signature when it has one.
     ``decryption_key`` (32 bytes) opens a model written by ``sdk encrypt``, in
     memory only; ``public_key`` refuses the model unless its signature (the
@@ -84,12 +86,15 @@ class Model:
     def __init__(self, source: str | os.PathLike | bytes, *, num_threads: int | None = None,
                  use_xnnpack: bool = True, delegates: Sequence[str] = (), backend: str = "auto",
                  image: ImageSpec | None = None, labels: Sequence[str] | str | os.PathLike | None = None,
-                 public_key=None, signature: dict | bytes | None = None, decryption_key: bytes | None = None):
+                 image_engine: str = "auto", public_key=None, signature: dict | bytes | None = None,
+                 decryption_key: bytes | None = None):
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None; got {num_threads}")
+        if image_engine not in ENGINES:
+            raise ValueError(f"image_engine must be one of {', '.join(ENGINES)}; got {image_engine!r}")
         self._options = {"num_threads": num_threads, "use_xnnpack": use_xnnpack, "delegates": delegates,
-                         "backend": backend, "image": image, "labels": labels, "public_key": public_key,
-                         "decryption_key": decryption_key}
+                         "backend": backend, "image": image, "labels": labels, "image_engine": image_engine,
+                         "public_key": public_key, "decryption_key": decryption_key}
         self.source = source if isinstance(source, (str, os.PathLike)) else "<bytes>"
         data = read_model_bytes(source)
         if decryption_key is not None:
@@ -189,9 +194,20 @@ class Model:
         missing = [s.name for s in self.inputs if s.name not in inputs]
         if missing:
             raise InputError(f"missing input(s) {missing}")
+        return self._run(lambda: [self._prepare(spec, inputs[spec.name], raw) for spec in self.inputs], raw)
+
+    def _run_preprocessed(self, tensor: np.ndarray, raw: bool = False) -> dict[str, np.ndarray]:
+        """run() for the tensor preprocess() made: already the model's shape and dtype, and finite,
+        so the checks that guard a caller's arrays (a full NaN scan among them) are skipped."""
+        if len(self.inputs) != 1:
+            raise InputError(f"image tasks need a model with one input; this one has {len(self.inputs)} "
+                             f"({', '.join(s.name for s in self.inputs)}): use run() with a dict")
+        return self._run(lambda: [np.ascontiguousarray(tensor)], raw)
+
+    def _run(self, prepare, raw: bool) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         with self._lock:  # inputs are prepared under the lock: a swapped model may quantize differently
-            prepared = [self._prepare(spec, inputs[spec.name], raw) for spec in self.inputs]
+            prepared = prepare()
             if prepared and self._needs_per_sample_loop(prepared):
                 parts = [self._invoke([p[i:i + 1] for p in prepared], raw) for i in range(len(prepared[0]))]
                 result = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
@@ -296,14 +312,14 @@ class Model:
             spec = self.image or ImageSpec.from_input_shape(self.inputs[0].shape, resize=resize or "stretch",
                                                             **normalisation)
             first = self.inputs[0]
-            preprocessor = self._preprocessors[key] = ImagePreprocessor(spec, first.scale, first.zero_point,
-                                                                        first.dtype)
+            preprocessor = self._preprocessors[key] = ImagePreprocessor(
+                spec, first.scale, first.zero_point, first.dtype, engine=self._options["image_engine"])
         return preprocessor(load_image(image, color_order))
 
     def classify(self, image, top_k: int = 5, color_order: str = "RGB") -> list[postprocess.Classification]:
         """Top-k classes for an image, with labels when the model has them."""
         tensor, _ = self.preprocess(image, color_order=color_order)
-        scores = next(iter(self.run(tensor).values()))
+        scores = next(iter(self._run_preprocessed(tensor).values()))
         found = postprocess.top_k(scores, top_k, self.labels)
         if found:
             self._monitor.record_confidence(found[0].score)
@@ -317,7 +333,7 @@ class Model:
         spec = self._preprocessors["letterbox"].spec
         size = (spec.height, spec.width)
         if len(self.outputs) == 4:
-            out = list(self.run(tensor).values())
+            out = list(self._run_preprocessed(tensor).values())
             order = self.info.box_index if self.info and self.info.box_index else (1, 0, 3, 2)
             roles = self.info.output_names if self.info and self.info.task == "object_detector" else None
             return postprocess.decode_ssd(*postprocess.ssd_outputs(out, roles), box, size,
@@ -325,7 +341,7 @@ class Model:
         if len(self.outputs) != 1:
             raise InputError(f"detect() understands 1 (YOLO) or 4 (SSD) outputs; the model has "
                              f"{len(self.outputs)}")
-        raw = next(iter(self.run(tensor, raw=True).values()))  # decoded in the stored domain: faster
+        raw = next(iter(self._run_preprocessed(tensor, raw=True).values()))  # decoded as stored: faster
         quantization = (self.outputs[0].scale, self.outputs[0].zero_point) if self.outputs[0].quantized else None
         return postprocess.decode_yolo(raw, box, score_threshold=score_threshold,
                                        iou_threshold=iou_threshold, max_detections=max_detections,
@@ -335,7 +351,7 @@ class Model:
     def segment(self, image, color_order: str = "RGB") -> np.ndarray:
         """Per-pixel class ids at the original image size."""
         tensor, box = self.preprocess(image, resize="letterbox", color_order=color_order)
-        scores = next(iter(self.run(tensor).values()))
+        scores = next(iter(self._run_preprocessed(tensor).values()))
         return postprocess.segmentation_mask(scores, box, channels_first=scores.shape[1] < scores.shape[-1])
 
     def embed(self, x) -> np.ndarray:

@@ -72,7 +72,7 @@ def _preprocess_cases(rng) -> list[dict]:
     for (height, width) in ((37, 29), (48, 64), (20, 20)):
         frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         for name, spec, scale, zero, dtype in PREPROCESS_SPECS:
-            tensor, box = ImagePreprocessor(spec, scale, zero, dtype)(frame)
+            tensor, box = ImagePreprocessor(spec, scale, zero, dtype, engine="numpy")(frame)
             cases.append({"name": f"{name} from {width}x{height}", "width": width, "height": height,
                           "rgb": frame.reshape(-1).tolist(),
                           "spec": {"height": spec.height, "width": spec.width, "channels": spec.channels,
@@ -168,7 +168,8 @@ def _model_case(name: str, project: Path, frame: np.ndarray, *, k: int = 3, scor
     """Run the exported model in the Python runtime; record what the Kotlin core must reproduce."""
     assets = project / "app" / "src" / "main" / "assets"
     card = json.loads((assets / CARD_FILE).read_text())
-    model = Model(assets / "model.tflite", labels=card["labels"])  # as the app does: labels from the card
+    # As the app does: labels from the card.  The numpy engine is the reference the Kotlin core reproduces.
+    model = Model(assets / "model.tflite", labels=card["labels"], image_engine="numpy")
     resize = card["input"]["resize"]
     tensor, box = model.preprocess(frame, resize=resize)
     raw = model.run(tensor, raw=True)

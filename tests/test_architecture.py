@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_ALLOWED = {"numpy", "ai_edge_litert", "tflite_runtime", "PIL",
                    "cryptography"}  # + stdlib; cryptography only when a key is given; TF only as fallback
+OPTIONAL_ACCELERATORS = {"cv2": "preprocess.py"}  # used when installed, imported on first use only
 FORBIDDEN_EVERYWHERE_IN_RUNTIME = {"sdk", "converters", "tf_keras", "torch", "onnx2tf",
                                    "tensorflow_model_optimization"}
 
@@ -29,8 +30,10 @@ def test_device_runtime_imports_only_light_modules():
     for path in sorted((ROOT / "device_runtime").rglob("*.py")):
         names = imported_modules(path)
         assert not names & FORBIDDEN_EVERYWHERE_IN_RUNTIME, (path.name, names & FORBIDDEN_EVERYWHERE_IN_RUNTIME)
-        heavy = names - stdlib - RUNTIME_ALLOWED - {"tensorflow"}
+        heavy = names - stdlib - RUNTIME_ALLOWED - {"tensorflow"} - set(OPTIONAL_ACCELERATORS)
         assert not heavy, (path.name, heavy)
+        for module, home in OPTIONAL_ACCELERATORS.items():
+            assert module not in names or path.name == home, f"{path.name} imports {module}; only {home} may"
         if "tensorflow" in names:
             assert path.name == "backend.py", f"{path.name} imports tensorflow; only backend.py may, as fallback"
 
@@ -41,6 +44,7 @@ def test_importing_and_running_the_runtime_loads_no_tensorflow(tmp_path):
         "m = dr.Model(sys.argv[1])\n"
         "out = m(np.zeros((1, 4), np.float32))\n"
         "assert 'tensorflow' not in sys.modules and 'converters' not in sys.modules, sorted(sys.modules)\n"
+        "assert 'cv2' not in sys.modules, 'OpenCV is for images only; plain runs must not pay its import'\n"
         "print(m.backend.name, out.shape)\n")
     model = _tiny_model_bytes()
     (tmp_path / "m.tflite").write_bytes(model)

@@ -37,45 +37,62 @@ def top_k(scores: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -
         scores = scores[0]
     if scores.ndim != 1:
         raise InputError(f"top_k needs one score vector; got shape {scores.shape}")
-    best = np.argsort(-scores, kind="stable")[:k]  # by score; ties keep the lower index, as the C helper does
+    k = max(0, min(k, scores.size))
+    if not k:
+        return []
+    # Every index scoring at least the k-th best, in index order; a stable sort of those by score then
+    # breaks ties by the lower index, as the C helper does, without sorting all the classes.
+    kth = np.partition(scores, scores.size - k)[scores.size - k]
+    candidates = np.flatnonzero(scores >= kth)
+    best = candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
     return [Classification(int(i), float(scores[i]), _label(labels, int(i))) for i in best]
-
-
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one x1y1x2y2 box against (N, 4) boxes."""
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_detections: int = 300
         ) -> np.ndarray:
     """Greedy non-maximum suppression; returns kept indices, best score first."""
-    order = np.lexsort((np.arange(len(scores)), -scores))
-    keep = []
-    while order.size and len(keep) < max_detections:
-        best = order[0]
-        keep.append(best)
-        if order.size == 1:
-            break
-        rest = order[1:]
-        order = rest[box_iou(boxes[best], boxes[rest]) <= iou_threshold]
-    return np.asarray(keep, np.intp)
+    return batched_nms(boxes, scores, np.zeros(len(scores), np.intp), iou_threshold, max_detections)
 
 
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float,
                 max_detections: int = 300) -> np.ndarray:
-    """Class-aware NMS: boxes of different classes never suppress each other."""
-    if not len(boxes):
+    """Class-aware greedy NMS: boxes of different classes never suppress each other.
+
+    Every class runs its own greedy loop, all of them at once: each round keeps
+    the best remaining box of every class and drops the boxes of that class
+    overlapping it by more than ``iou_threshold``.  So the rounds are the most
+    boxes kept in any one class, not all the boxes kept.  Returns kept indices,
+    best score first; equal scores keep the lower index first.
+    """
+    count = len(scores)
+    if not count:
         return np.zeros(0, np.intp)
-    offset = (classes.astype(np.float64) * (np.abs(boxes).max() + 1.0))[:, None]
-    return nms(boxes + offset, scores, iou_threshold, max_detections)
+    order = np.lexsort((np.arange(count), -np.asarray(scores)))
+    corners = np.asarray(boxes, np.float64)[order].T.copy()  # (4, N): x1, y1, x2, y2 in score order
+    areas = (corners[2] - corners[0]) * (corners[3] - corners[1])
+    labels = np.unique(np.asarray(classes)[order], return_inverse=True)[1].reshape(-1)
+    head_of = np.zeros(labels.max() + 1, np.intp)
+    alive = np.arange(count)  # positions in score order still in play
+    kept: list[np.ndarray] = []
+    total = 0
+    while alive.size:
+        first = np.unique(labels[alive], return_index=True)[1]  # each class's best remaining box
+        heads = alive[first]
+        kept.append(heads)
+        total += len(heads)
+        head_of[labels[heads]] = heads
+        mine = head_of[labels[alive]]
+        overlap = (np.minimum(corners[2:, mine], corners[2:, alive])
+                   - np.maximum(corners[:2, mine], corners[:2, alive]))
+        np.maximum(overlap, 0.0, out=overlap)
+        inter = overlap[0] * overlap[1]
+        union = np.maximum(areas[mine] + areas[alive] - inter, np.finfo(np.float64).tiny)  # 0/0 -> IoU 0
+        survivors = inter / union <= iou_threshold
+        survivors[first] = False
+        alive = alive[survivors]
+        if total >= max_detections and alive.size and alive[0] > np.sort(np.concatenate(kept))[max_detections - 1]:
+            break  # whatever is kept later ranks below the first max_detections
+    return order[np.sort(np.concatenate(kept))[:max_detections]]
 
 
 def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: float = 0.25,
@@ -106,16 +123,17 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
     gate = slice(4, 5) if has_objectness else slice(first_class, None)
     best = (pred[gate] if channels_first else pred[:, gate]).max(axis=0 if channels_first else 1)
     chosen = np.nonzero(best >= raw_threshold)[0]
-    rows = (pred[:, chosen].T if channels_first else pred[chosen]).astype(np.float32)
+    # The candidates as (features, M) columns, whichever layout the model has: no transposed copy.
+    found = (pred[:, chosen] if channels_first else pred[chosen].T).astype(np.float32)
     if quantization:
-        rows = (rows - zero) * np.float32(scale)
-    class_scores = rows[:, first_class:] * (rows[:, 4:5] if has_objectness else 1.0)
-    class_ids = class_scores.argmax(axis=1)
-    scores = class_scores[np.arange(len(rows)), class_ids]
+        found = (found - zero) * np.float32(scale)
+    class_scores = found[first_class:] * found[4] if has_objectness else found[first_class:]
+    class_ids = class_scores.argmax(axis=0)
+    scores = class_scores[class_ids, np.arange(len(chosen))]
     keep_score = scores >= score_threshold
-    rows, scores, class_ids = rows[keep_score], scores[keep_score], class_ids[keep_score]
-    cx, cy, w, h = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
-    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float64)
+    scores, class_ids = scores[keep_score], class_ids[keep_score]
+    centre, half = found[:2, keep_score].astype(np.float64), found[2:4, keep_score] / 2.0
+    boxes = np.concatenate([centre - half, centre + half]).T  # x1, y1, x2, y2
     if normalized is None:
         normalized = bool(boxes.size) and float(np.abs(boxes).max()) <= 1.5
     if normalized:
@@ -172,8 +190,9 @@ def decode_ssd(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, count
 
 
 def _detections(boxes, scores, classes, labels) -> list[Detection]:
-    return [Detection(tuple(float(v) for v in box), float(s), int(c), _label(labels, int(c)))
-            for box, s, c in zip(boxes, scores, classes)]
+    return [Detection(tuple(box), s, c, _label(labels, c))
+            for box, s, c in zip(np.asarray(boxes, np.float64).tolist(), np.asarray(scores, np.float64).tolist(),
+                                 np.asarray(classes).astype(np.int64).tolist())]
 
 
 def segmentation_mask(output: np.ndarray, letterbox: Letterbox, channels_first: bool = False) -> np.ndarray:
@@ -208,5 +227,5 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a @ b.T
 
 
-__all__ = ["Classification", "Detection", "top_k", "nms", "batched_nms", "box_iou", "decode_yolo",
+__all__ = ["Classification", "Detection", "top_k", "nms", "batched_nms", "decode_yolo",
            "decode_ssd", "segmentation_mask", "l2_normalize", "cosine_similarity"]

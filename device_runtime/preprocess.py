@@ -285,7 +285,7 @@ class _OpenCVEngine:
         self.table = self.shift = None
         if pre.quantized:  # the stored value of every 0..255 pixel, per channel
             levels = np.arange(256, dtype=np.float64)[:, None] * gain + offset
-            table = pre.finish(levels.astype(np.float32))
+            table = pre.finish(levels)
             self.table = np.ascontiguousarray(table[:, 0] if (table == table[:, :1]).all() else table.reshape(1, 256, channels))
             pixels = np.arange(256)
             # The two common tables need no lookup: uint8 = pixel, and int8 = pixel - 128 (a sign-bit flip).

@@ -184,3 +184,26 @@ def test_tensorflow_fallback_backend_gives_same_outputs(models):
     heavy = Model(paths["float"], backend="tensorflow")
     assert heavy.backend.name == "tensorflow" and heavy.backend.is_heavy
     np.testing.assert_allclose(heavy(calib[:4]), Model(paths["float"])(calib[:4]), atol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "opencv"])
+def test_tasks_skip_rechecking_their_own_tensor_with_the_same_answer(models, engine):
+    paths, _ = models
+    frame = np.random.default_rng(9).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    for name in ("float", "int8"):
+        model = Model(paths[name], image_engine=engine)
+        tensor, _ = model.preprocess(frame)
+        scores = next(iter(model.run(tensor).values()))[0]  # the public, checked path
+        found = model.classify(frame, top_k=3)
+        assert [c.index for c in found] == np.argsort(-scores, kind="stable")[:3].tolist()
+        np.testing.assert_array_equal([c.score for c in found], np.sort(scores)[::-1][:3])
+
+
+def test_image_tasks_on_a_two_input_model_say_how_to_run_it(tmp_path):
+    keras = _tf.keras()
+    a, b = keras.layers.Input((8, 8, 3), name="a"), keras.layers.Input((8, 8, 3), name="b")
+    net = keras.Model([a, b], keras.layers.Flatten()(keras.layers.Add()([a, b])))
+    path = tmp_path / "two.tflite"
+    path.write_bytes(to_tflite(net, QuantizeSettings()))
+    with pytest.raises(InputError, match="image tasks need a model with one input; this one has 2"):
+        Model(path).classify(np.zeros((8, 8, 3), np.uint8))

@@ -33,26 +33,27 @@ object Postprocess {
         return if (union > 0) inter / union else 0.0
     }
 
-    /** Greedy non-maximum suppression; kept indices, best score first (ties: lower index first). */
-    fun nms(boxes: List<DoubleArray>, scores: FloatArray, iouThreshold: Double, maxDetections: Int = 300): List<Int> {
+    /**
+     * Greedy non-maximum suppression; kept indices, best score first (ties: lower index first).
+     * With [classes], boxes of different classes never suppress each other.
+     */
+    fun nms(boxes: List<DoubleArray>, scores: FloatArray, iouThreshold: Double, maxDetections: Int = 300,
+            classes: IntArray? = null): List<Int> {
         var order = scores.indices.sortedWith(compareByDescending<Int> { scores[it] }.thenBy { it })
         val keep = ArrayList<Int>()
         while (order.isNotEmpty() && keep.size < maxDetections) {
             val best = order[0]
             keep.add(best)
-            order = order.drop(1).filter { iou(boxes[best], boxes[it]) <= iouThreshold }
+            order = order.drop(1).filter {
+                (classes != null && classes[it] != classes[best]) || iou(boxes[best], boxes[it]) <= iouThreshold
+            }
         }
         return keep
     }
 
-    /** Class-aware NMS: boxes of different classes never suppress each other (shifted apart per class). */
+    /** Class-aware NMS on the boxes' own coordinates, as device_runtime.postprocess.batched_nms. */
     fun batchedNms(boxes: List<DoubleArray>, scores: FloatArray, classes: IntArray, iouThreshold: Double,
-                   maxDetections: Int = 300): List<Int> {
-        if (boxes.isEmpty()) return emptyList()
-        val span = boxes.maxOf { b -> b.maxOf { abs(it) } } + 1.0
-        val shifted = boxes.mapIndexed { i, b -> DoubleArray(4) { b[it] + classes[i] * span } }
-        return nms(shifted, scores, iouThreshold, maxDetections)
-    }
+                   maxDetections: Int = 300): List<Int> = nms(boxes, scores, iouThreshold, maxDetections, classes)
 
     /**
      * Raw YOLO-style output, (1, 4[+1]+C, N) or (1, N, 4[+1]+C) with cx, cy, w, h

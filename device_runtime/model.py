@@ -306,15 +306,39 @@ class Model:
         key = resize or ""
         preprocessor = self._preprocessors.get(key)
         if preprocessor is None:
-            normalisation = {}
-            if self.info is not None and self.info.mean is not None:
-                normalisation = {"mean": self.info.mean, "std": self.info.std}
-            spec = self.image or ImageSpec.from_input_shape(self.inputs[0].shape, resize=resize or "stretch",
-                                                            **normalisation)
             first = self.inputs[0]
             preprocessor = self._preprocessors[key] = ImagePreprocessor(
-                spec, first.scale, first.zero_point, first.dtype, engine=self._options["image_engine"])
+                self._image_spec(resize), first.scale, first.zero_point, first.dtype,
+                engine=self._options["image_engine"])
         return preprocessor(load_image(image, color_order))
+
+    def _image_spec(self, resize: str | None) -> ImageSpec:
+        """``image=`` when given, else the input's shape with the metadata's normalisation."""
+        normalisation = {}
+        if self.info is not None and self.info.mean is not None:
+            normalisation = {"mean": self.info.mean, "std": self.info.std}
+        return self.image or ImageSpec.from_input_shape(self.inputs[0].shape, resize=resize or "stretch",
+                                                        **normalisation)
+
+    def camera_size(self, resize: str | None = None, aspect: tuple[int, int] = (4, 3)) -> tuple[int, int]:
+        """(width, height) to ask a camera for, so that its frames need no resampling here.
+
+        A camera's ISP scales for free (picamera2 delivers any size); resizing a
+        640x480 frame on the CPU costs a few percent of a fast model's invoke.
+        ``resize`` as in ``preprocess`` (detect() letterboxes); ``aspect`` is the
+        sensor's.  Stretch gives the model's own size, letterbox the inner size
+        of an ``aspect`` frame (320x240 for a 320x320 detector), crop the
+        smallest ``aspect`` frame covering the input.
+        """
+        if len(aspect) != 2 or min(aspect) <= 0:
+            raise ValueError(f"aspect must be two positive numbers (width, height); got {aspect}")
+        spec = self._image_spec(resize)
+        mode = resize or spec.resize
+        if mode == "stretch":
+            return spec.width, spec.height
+        bound = min if mode == "letterbox" else max  # fit inside the input, or cover it
+        scale = bound(spec.width / aspect[0], spec.height / aspect[1])
+        return bound(spec.width, round(aspect[0] * scale)), bound(spec.height, round(aspect[1] * scale))
 
     def classify(self, image, top_k: int = 5, color_order: str = "RGB") -> list[postprocess.Classification]:
         """Top-k classes for an image, with labels when the model has them."""

@@ -6,6 +6,9 @@
 Needs only numpy, an interpreter (ai-edge-litert or tflite-runtime) and Pillow;
 the camera uses picamera2 when installed, else OpenCV.  Imports nothing from
 the workstation SDK.
+
+picamera2 is asked for frames at the size the model takes (Model.camera_size):
+the camera's ISP scales them for free, so the CPU only normalises.
 """
 
 from __future__ import annotations
@@ -29,15 +32,15 @@ def folder_frames(folder: Path) -> Iterator[tuple[str, object, str]]:
             yield path.name, path, "RGB"
 
 
-def camera_frames(count: int) -> Iterator[tuple[str, np.ndarray, str]]:
-    """Frames from picamera2 (BGR888 in memory) or OpenCV (BGR)."""
+def camera_frames(count: int, size: tuple[int, int]) -> Iterator[tuple[str, np.ndarray, str]]:
+    """Frames from picamera2 at ``size`` (width, height; BGR888 in memory) or OpenCV (BGR, its own size)."""
     try:
         from picamera2 import Picamera2
     except ImportError:
         Picamera2 = None
     if Picamera2 is not None:
         camera = Picamera2()
-        camera.configure(camera.create_preview_configuration(main={"format": "RGB888", "size": (640, 480)}))
+        camera.configure(camera.create_preview_configuration(main={"format": "RGB888", "size": size}))
         camera.start()
         try:
             for i in range(count):
@@ -79,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceRuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    frames = camera_frames(args.frames) if args.camera else folder_frames(args.images)
+    if args.camera:
+        frames = camera_frames(args.frames, model.camera_size("letterbox" if args.task == "detect" else None))
+    else:
+        frames = folder_frames(args.images)
     count, started = 0, time.perf_counter()
     for name, frame, order in frames:
         try:

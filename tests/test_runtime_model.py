@@ -207,3 +207,18 @@ def test_image_tasks_on_a_two_input_model_say_how_to_run_it(tmp_path):
     path.write_bytes(to_tflite(net, QuantizeSettings()))
     with pytest.raises(InputError, match="image tasks need a model with one input; this one has 2"):
         Model(path).classify(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_camera_size_asks_for_frames_that_need_no_resampling(models):
+    paths, _ = models
+    model = Model(paths["int8"], image_engine="numpy")  # a 16x16 input
+    assert model.camera_size() == (16, 16)
+    assert model.camera_size("letterbox") == (16, 12)  # a 4:3 sensor inside 16x16
+    assert model.camera_size("crop") == (21, 16)  # the smallest 4:3 frame covering it
+    assert model.camera_size("letterbox", aspect=(9, 16)) == (9, 16)
+    for resize in ("stretch", "letterbox"):
+        width, height = model.camera_size(resize)
+        model.preprocess(np.zeros((height, width, 3), np.uint8), resize=resize)
+        assert model._preprocessors[resize]._plans[(height, width, False)][1].identity
+    with pytest.raises(ValueError, match="aspect must be two positive numbers"):
+        model.camera_size(aspect=(4, 0))

@@ -82,6 +82,7 @@ def test_device_extra_installs_no_tensorflow(tmp_path):
     for heavy in ("tensorflow", "tf-keras", "torch", "onnx2tf"):
         assert f"\n{heavy}==" not in "\n" + listed, heavy
     check = subprocess.run([str(python), "-c", "import device_runtime, sys; "
-                            "print(device_runtime.Model.__name__, 'tensorflow' in sys.modules)"],
+                            "from device_runtime.preprocess import resolve_engine; "
+                            "print(device_runtime.Model.__name__, 'tensorflow' in sys.modules, resolve_engine('auto'))"],
                            capture_output=True, text=True, cwd=tmp_path)
-    assert check.stdout.split() == ["Model", "False"], check.stderr
+    assert check.stdout.split() == ["Model", "False", "opencv"], check.stderr  # the fast image engine comes along

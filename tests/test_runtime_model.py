@@ -222,3 +222,28 @@ def test_camera_size_asks_for_frames_that_need_no_resampling(models):
         assert model._preprocessors[resize]._plans[(height, width, False)][1].identity
     with pytest.raises(ValueError, match="aspect must be two positive numbers"):
         model.camera_size(aspect=(4, 0))
+
+
+def test_segment_and_embed_answer_at_the_frame_and_as_unit_vectors(tmp_path):
+    from device_runtime.postprocess import l2_normalize, segmentation_mask
+
+    keras = _tf.keras()
+    keras.utils.set_random_seed(1)
+    image = keras.layers.Input((16, 16, 3))
+    per_pixel = keras.layers.Conv2D(2, 1)(image)  # two classes per pixel at the input's resolution
+    path = tmp_path / "seg.tflite"
+    path.write_bytes(to_tflite(keras.Model(image, per_pixel), QuantizeSettings()))
+    model = Model(path, image_engine="numpy")
+    frame = np.random.default_rng(10).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    mask = model.segment(frame)
+    assert mask.shape == (24, 32)
+    tensor, box = model.preprocess(frame, resize="letterbox")
+    expected = segmentation_mask(next(iter(model.run(tensor).values())), box)
+    np.testing.assert_array_equal(mask, expected)
+    assert set(np.unique(mask)) == {0, 1}  # both classes appear: the comparison is not vacuous
+
+    vector = model.embed(frame)
+    assert vector.shape == (1, 16, 16, 2)
+    np.testing.assert_allclose(np.linalg.norm(vector, axis=-1), 1.0, rtol=1e-5)
+    tensor, _ = model.preprocess(frame)
+    np.testing.assert_array_equal(vector, l2_normalize(next(iter(model.run(tensor).values()))))

@@ -70,7 +70,7 @@ def prune_weights(weights: list[WeightArray], targets: dict[str, PruneSettings],
 
 def cluster_weights(weights: list[WeightArray], targets: dict[str, ClusterSettings],
                     pruned: set[str], record: PassRecord) -> None:
-    """One-shot k-means in place; pruned arrays keep their zeros out of the clusters."""
+    """One-shot k-means in place; pruned arrays keep their zeros, which count as one of the clusters."""
     for weight in weights:
         settings = targets.get(weight.name)
         if settings is not None:

@@ -23,12 +23,19 @@ LLOYD_ITERATIONS = 60
 
 
 def kmeans_1d(values: np.ndarray, clusters: int, preserve_zeros: bool = False) -> np.ndarray:
-    """``values`` with every entry replaced by its nearest of at most ``clusters`` centroids."""
+    """``values`` with every entry replaced by its nearest of at most ``clusters`` centroids.
+
+    ``preserve_zeros`` keeps pruned zeros exactly zero, and zero counts as one of the
+    ``clusters`` values, as in tfmot's sparsity-preserving clustering: a 16-cluster
+    tensor holds at most 16 distinct values (a 4-bit palette), never 16 plus zero.
+    """
     flat = values.reshape(-1).astype(np.float64)
     chosen = flat != 0 if preserve_zeros else np.ones(flat.shape, bool)
     data = flat[chosen]
     if data.size == 0:
         return values.copy()
+    if data.size < flat.size:  # zeros kept: they take one of the values
+        clusters -= 1
     centroids = np.unique(np.quantile(data, (np.arange(clusters) + 0.5) / clusters))
     for _ in range(LLOYD_ITERATIONS):
         assignment = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, data)

@@ -48,6 +48,9 @@ def top_k(scores: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -
     return [Classification(int(i), float(scores[i]), _label(labels, int(i))) for i in best]
 
 
+_TINY = float(np.finfo(np.float64).tiny)  # the smallest positive union: a zero-area pair has IoU 0
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_detections: int = 300
         ) -> np.ndarray:
     """Greedy non-maximum suppression; returns kept indices, best score first."""
@@ -86,7 +89,7 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_
                    - np.maximum(corners[:2, mine], corners[:2, alive]))
         np.maximum(overlap, 0.0, out=overlap)
         inter = overlap[0] * overlap[1]
-        union = np.maximum(areas[mine] + areas[alive] - inter, np.finfo(np.float64).tiny)  # 0/0 -> IoU 0
+        union = np.maximum(areas[mine] + areas[alive] - inter, _TINY)  # 0/0 -> IoU 0
         survivors = inter / union <= iou_threshold
         survivors[first] = False
         alive = alive[survivors]

@@ -117,6 +117,8 @@ def load_image(source, color_order: str = "RGB") -> np.ndarray:
         raise InputError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4; got shape {frame.shape}")
     if frame.dtype != np.uint8:
         raise InputError(f"an image array must be uint8 (0..255); got {frame.dtype}")
+    if not frame.shape[0] or not frame.shape[1]:
+        raise InputError(f"an image array needs at least one pixel; got shape {frame.shape}")
     frame = frame[..., :3] if frame.shape[2] == 4 else frame
     if frame.shape[2] == 1:
         frame = np.repeat(frame, 3, axis=2)

@@ -141,6 +141,9 @@ def test_bad_images_raise_input_error(tmp_path):
         preprocess_image(tmp_path / "none.png", ImageSpec(8, 8))
     with pytest.raises(InputError, match="must be uint8"):
         preprocess_image(np.zeros((8, 8, 3), np.float32), ImageSpec(8, 8))
+    for engine in ("numpy", "opencv"):
+        with pytest.raises(InputError, match=r"needs at least one pixel; got shape \(0, 5, 3\)"):
+            preprocess_image(np.zeros((0, 5, 3), np.uint8), ImageSpec(8, 8), engine=engine)
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(InputError, match="cannot read image"):
         preprocess_image(tmp_path / "bad.png", ImageSpec(8, 8))

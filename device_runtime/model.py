@@ -323,8 +323,9 @@ class Model:
     def camera_size(self, resize: str | None = None, aspect: tuple[int, int] = (4, 3)) -> tuple[int, int]:
         """(width, height) to ask a camera for, so that its frames need no resampling here.
 
-        A camera's ISP scales for free (picamera2 delivers any size); resizing a
-        640x480 frame on the CPU costs a few percent of a fast model's invoke.
+        A camera's ISP scales for free (picamera2 delivers any size), whereas resizing
+        a 640x480 frame on the CPU cost ~15% of a 1.7 ms MobileNetV2 int8 invoke
+        (bench/runtime.py).
         ``resize`` as in ``preprocess`` (detect() letterboxes); ``aspect`` is the
         sensor's.  Stretch gives the model's own size, letterbox the inner size
         of an ``aspect`` frame (320x240 for a 320x320 detector), crop the

@@ -21,7 +21,7 @@ from . import integrity, metadata, postprocess, tflite_format
 from .backend import get_backend
 from .errors import InferenceError, InputError, ModelFormatError, UnsupportedModelError
 from .monitor import Monitor
-from .preprocess import ENGINES, ImagePreprocessor, ImageSpec, Letterbox, load_image
+from .preprocess import ImagePreprocessor, ImageSpec, Letterbox, check_engine, load_image
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,7 @@ class Model:
                  decryption_key: bytes | None = None):
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None; got {num_threads}")
-        if image_engine not in ENGINES:
-            raise ValueError(f"image_engine must be one of {', '.join(ENGINES)}; got {image_engine!r}")
+        check_engine(image_engine, "image_engine")  # resolved on the first image: OpenCV loads only then
         self._options = {"num_threads": num_threads, "use_xnnpack": use_xnnpack, "delegates": delegates,
                          "backend": backend, "image": image, "labels": labels, "image_engine": image_engine,
                          "public_key": public_key, "decryption_key": decryption_key}

@@ -199,10 +199,15 @@ def _opencv():
     return cv2
 
 
+def check_engine(engine: str, what: str = "engine") -> None:
+    """Refuse an unknown engine name, without importing OpenCV (``what`` names the argument)."""
+    if engine not in ENGINES:
+        raise ValueError(f"{what} must be one of {', '.join(ENGINES)}; got {engine!r}")
+
+
 def resolve_engine(engine: str) -> str:
     """``"auto"`` -> ``"opencv"`` when OpenCV is installed, else ``"numpy"``; other names are checked."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    check_engine(engine)
     if engine == "auto":
         return "opencv" if _opencv() is not None else "numpy"
     if engine == "opencv" and _opencv() is None:
@@ -240,25 +245,35 @@ class _Fit:
         return cls((new_h, new_w), (top, left), (height, width), (0, 0),
                    Letterbox(new_w / src_w, new_h / src_h, -float(left), -float(top), src_w, src_h))
 
-    def axis(self, axis: int, src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @property
+    def source(self) -> tuple[int, int]:
+        """(height, width) of the frames this fit is for."""
+        return self.letterbox.source_height, self.letterbox.source_width
+
+    @property
+    def resamples(self) -> bool:
+        """False for a frame already at the resize size (a camera's stream at the model's size)."""
+        return self.resized != self.source
+
+    def axis(self, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The numpy engine's (low, high, weight) sample positions along one axis of the window."""
         start = self.crop[axis]
-        return tuple(a[start:start + self.size[axis]] for a in _axis_weights(src, self.resized[axis]))
+        return tuple(a[start:start + self.size[axis]] for a in _axis_weights(self.source[axis], self.resized[axis]))
 
 
 class _NumpyEngine:
     """The reference: float32 bilinear weights with normalisation folded in (the Android core's twin)."""
 
-    def __init__(self, pre: ImagePreprocessor, fit: _Fit, src_h: int, src_w: int, bgr: bool):
+    def __init__(self, pre: ImagePreprocessor, fit: _Fit, bgr: bool):
         gray = pre.spec.channels == 1
         gain = pre.gain * (np.array([0.299, 0.587, 0.114]) if gray else 1.0)  # BT.601 luma, as PIL's "L"
         offset = pre.offset if not gray else np.full(3, pre.offset[0] / 3.0)
         self.bgr = bgr
-        self.sampler = _Sampler((src_h, src_w, 3), fit.axis(0, src_h), fit.axis(1, src_w), gain, offset,
+        self.sampler = _Sampler(fit.source + (3,), fit.axis(0), fit.axis(1), gain, offset,
                                 (2, 1, 0) if bgr else (0, 1, 2))
         # A frame already at the model's size (a camera's low-resolution stream) needs no resampling:
         # the sampler's weights would be exactly gain and zeros, so this gives the same bits.
-        self.identity = fit.resized == (src_h, src_w) and fit.size == fit.resized
+        self.identity = not fit.resamples and fit.size == fit.resized
         self.gain, self.offset = gain.astype(np.float32), offset.astype(np.float32)
         self.gray, self.finish = gray, pre.finish
 
@@ -305,8 +320,7 @@ class _OpenCVEngine:
 
     def __call__(self, frame: np.ndarray, dest: np.ndarray) -> None:
         cv2, fit = self.cv2, self.fit
-        resized = frame if frame.shape[:2] == fit.resized else cv2.resize(frame, fit.resized[::-1],
-                                                                            interpolation=cv2.INTER_LINEAR)
+        resized = cv2.resize(frame, fit.resized[::-1], interpolation=cv2.INTER_LINEAR) if fit.resamples else frame
         if fit.size != fit.resized:
             (top, left), (height, width) = fit.crop, fit.size
             resized = resized[top:top + height, left:left + width]
@@ -360,8 +374,7 @@ class ImagePreprocessor:
 
     def _plan(self, src_h: int, src_w: int, bgr: bool) -> tuple[_Fit, _NumpyEngine | _OpenCVEngine]:
         fit = _Fit.of(self.spec, src_h, src_w)
-        engine = _OpenCVEngine(self, fit, bgr) if self.engine == "opencv" else _NumpyEngine(
-            self, fit, src_h, src_w, bgr)
+        engine = (_OpenCVEngine if self.engine == "opencv" else _NumpyEngine)(self, fit, bgr)
         return fit, engine
 
     def finish(self, values: np.ndarray) -> np.ndarray:

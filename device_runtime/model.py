@@ -7,13 +7,15 @@ tensor's scale and zero point, so app code never handles int8 by hand.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -47,7 +49,7 @@ class TensorSpec:
         return np.clip(q, info.min, info.max).astype(self.dtype)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
-        return ((q.astype(np.float32) - self.zero_point) * np.float32(self.scale)).astype(np.float32)
+        return postprocess.dequantize(np.asarray(q), (self.scale, self.zero_point))
 
 
 def read_model_bytes(source: str | os.PathLike | bytes | bytearray | memoryview) -> bytes:
@@ -195,14 +197,6 @@ class Model:
             raise InputError(f"missing input(s) {missing}")
         return self._run(lambda: [self._prepare(spec, inputs[spec.name], raw) for spec in self.inputs], raw)
 
-    def _run_preprocessed(self, tensor: np.ndarray, raw: bool = False) -> dict[str, np.ndarray]:
-        """run() for the tensor preprocess() made: already the model's shape and dtype, and finite,
-        so the checks that guard a caller's arrays (a full NaN scan among them) are skipped."""
-        if len(self.inputs) != 1:
-            raise InputError(f"image tasks need a model with one input; this one has {len(self.inputs)} "
-                             f"({', '.join(s.name for s in self.inputs)}): use run() with a dict")
-        return self._run(lambda: [np.ascontiguousarray(tensor)], raw)
-
     def _run(self, prepare, raw: bool) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         with self._lock:  # inputs are prepared under the lock: a swapped model may quantize differently
@@ -221,13 +215,7 @@ class Model:
 
     def _prepare(self, spec: TensorSpec, x, raw: bool) -> np.ndarray:
         x = np.asarray(x)
-        if x.ndim != len(spec.shape_signature):
-            raise InputError(f"input '{spec.name}' must have rank {len(spec.shape_signature)} "
-                             f"(shape {_shape_text(spec.shape_signature)}); got shape {x.shape}")
-        for axis, (want, got) in enumerate(zip(spec.shape_signature, x.shape)):
-            if axis and want != -1 and want != got:
-                raise InputError(f"input '{spec.name}' must have shape {_shape_text(spec.shape_signature)}"
-                                 f"; got {x.shape}")
+        _check_shape(spec, x.shape)
         if spec.quantized and x.dtype == spec.dtype:
             return np.ascontiguousarray(x)  # already the stored integer values (e.g. from preprocess())
         if raw and spec.quantized:
@@ -245,29 +233,65 @@ class Model:
         return any(spec.shape_signature and spec.shape_signature[0] != -1 and p.shape[0] != spec.shape[0]
                    and spec.shape[0] == 1 for spec, p in zip(self.inputs, prepared))
 
+    def _allocate(self, shapes: list[tuple[int, ...]]) -> None:
+        """Resize inputs whose shape differs from the allocated one (a new batch size), then reallocate."""
+        resized = False
+        for spec, shape in zip(self.inputs, shapes):
+            if shape != self._allocated_shapes[spec.index]:
+                if spec.shape_signature and spec.shape_signature[0] != -1 and shape[0] != spec.shape[0]:
+                    raise InputError(f"input '{spec.name}' has a fixed batch of {spec.shape[0]}; "
+                                     f"got {shape[0]}")
+                self._interpreter.resize_tensor_input(spec.index, shape, strict=True)
+                self._allocated_shapes[spec.index] = shape
+                resized = True
+        if resized:
+            self._interpreter.allocate_tensors()
+
     def _invoke(self, prepared: list[np.ndarray], raw: bool) -> dict[str, np.ndarray]:
         interpreter = self._interpreter
-        try:
-            resized = False
-            for spec, x in zip(self.inputs, prepared):
-                if x.shape != self._allocated_shapes[spec.index]:
-                    if spec.shape_signature and spec.shape_signature[0] != -1 and x.shape[0] != spec.shape[0]:
-                        raise InputError(f"input '{spec.name}' has a fixed batch of {spec.shape[0]}; "
-                                         f"got {x.shape[0]}")
-                    interpreter.resize_tensor_input(spec.index, x.shape, strict=True)
-                    self._allocated_shapes[spec.index] = x.shape
-                    resized = True
-            if resized:
-                interpreter.allocate_tensors()
+        with _interpreter_errors():
+            self._allocate([x.shape for x in prepared])
             for spec, x in zip(self.inputs, prepared):
                 interpreter.set_tensor(spec.index, x)
             interpreter.invoke()
             outputs = [(spec, interpreter.get_tensor(spec.index)) for spec in self.outputs]
-        except (RuntimeError, ValueError) as exc:
-            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-            raise InferenceError(f"the interpreter failed to run the model: {reason}") from None
         return {spec.name: value if raw or not spec.quantized else spec.dequantize(value)
                 for spec, value in outputs}
+
+    def _answer_image(self, image, resize: str | None, color_order: str, read: Callable):
+        """One image through the interpreter's own buffers: preprocessed straight into the input tensor,
+        answered straight from the outputs, so neither side is copied (the image tasks' fast path).
+
+        ``read(outputs, letterbox)`` gets {output name: view of the stored values} and must return
+        no view of them: the interpreter refuses to run while one is alive.
+        """
+        if len(self.inputs) != 1:
+            raise InputError(f"image tasks need a model with one input; this one has {len(self.inputs)} "
+                             f"({', '.join(s.name for s in self.inputs)}): use run() with a dict")
+        frame = load_image(image, color_order)
+        started = time.perf_counter()
+        with self._lock:  # a swapped model may want another size or quantization
+            spec, interpreter = self.inputs[0], self._interpreter
+            preprocessor = self._preprocessor(resize)
+            _check_shape(spec, preprocessor.shape)
+            buffer = None
+            try:
+                with _interpreter_errors():
+                    self._allocate([preprocessor.shape])
+                buffer = interpreter.tensor(spec.index)()
+                letterbox = preprocessor(frame, out=buffer)[1]
+                self._monitor.record_input(buffer, spec.scale if spec.quantized else 0.0, spec.zero_point)
+                buffer = None
+                with _interpreter_errors():
+                    interpreter.invoke()
+                answer = read({s.name: interpreter.tensor(s.index)() for s in self.outputs}, letterbox)
+            except BaseException as exc:
+                # A view left alive in this frame or in the traceback's would stop every later invoke.
+                buffer = None
+                traceback.clear_frames(exc.__traceback__)
+                raise
+        self._monitor.record_call(time.perf_counter() - started)
+        return answer
 
     # -- maintenance ---------------------------------------------------------------------
     def swap(self, source, *, signature: dict | bytes | None = None) -> None:
@@ -302,6 +326,10 @@ class Model:
 
         The tensor is in the model's input dtype (int8 for an int8 model), ready for ``run``.
         """
+        return self._preprocessor(resize)(load_image(image, color_order))
+
+    def _preprocessor(self, resize: str | None) -> ImagePreprocessor:
+        """The preprocessor for ``resize`` (None: the spec's own), made on first use."""
         key = resize or ""
         preprocessor = self._preprocessors.get(key)
         if preprocessor is None:
@@ -309,7 +337,7 @@ class Model:
             preprocessor = self._preprocessors[key] = ImagePreprocessor(
                 self._image_spec(resize), first.scale, first.zero_point, first.dtype,
                 engine=self._options["image_engine"])
-        return preprocessor(load_image(image, color_order))
+        return preprocessor
 
     def _image_spec(self, resize: str | None) -> ImageSpec:
         """``image=`` when given, else the input's shape with the metadata's normalisation."""
@@ -342,9 +370,10 @@ class Model:
 
     def classify(self, image, top_k: int = 5, color_order: str = "RGB") -> list[postprocess.Classification]:
         """Top-k classes for an image, with labels when the model has them."""
-        tensor, _ = self.preprocess(image, color_order=color_order)
-        scores = next(iter(self._run_preprocessed(tensor).values()))
-        found = postprocess.top_k(scores, top_k, self.labels)
+        spec = self.outputs[0]
+        quantization = (spec.scale, spec.zero_point) if spec.quantized else None
+        found = self._answer_image(image, None, color_order, lambda outputs, _: postprocess.top_k(
+            outputs[spec.name], top_k, self.labels, quantization=quantization))
         if found:
             self._monitor.record_confidence(found[0].score)
         return found
@@ -353,30 +382,39 @@ class Model:
                max_detections: int = 100, color_order: str = "RGB", has_objectness: bool = False
                ) -> list[postprocess.Detection]:
         """Objects with boxes in original-image pixels: SSD-style (4 outputs) or raw YOLO (1 output)."""
-        tensor, box = self.preprocess(image, resize="letterbox", color_order=color_order)
-        spec = self._preprocessors["letterbox"].spec
-        size = (spec.height, spec.width)
-        if len(self.outputs) == 4:
-            out = list(self._run_preprocessed(tensor).values())
-            order = self.info.box_index if self.info and self.info.box_index else (1, 0, 3, 2)
-            roles = self.info.output_names if self.info and self.info.task == "object_detector" else None
-            return postprocess.decode_ssd(*postprocess.ssd_outputs(out, roles), box, size,
-                                          score_threshold=score_threshold, labels=self.labels, box_index=order)
-        if len(self.outputs) != 1:
+        if len(self.outputs) not in (1, 4):
             raise InputError(f"detect() understands 1 (YOLO) or 4 (SSD) outputs; the model has "
                              f"{len(self.outputs)}")
-        raw = next(iter(self._run_preprocessed(tensor, raw=True).values()))  # decoded as stored: faster
-        quantization = (self.outputs[0].scale, self.outputs[0].zero_point) if self.outputs[0].quantized else None
-        return postprocess.decode_yolo(raw, box, score_threshold=score_threshold,
-                                       iou_threshold=iou_threshold, max_detections=max_detections,
-                                       has_objectness=has_objectness, input_size=size, labels=self.labels,
-                                       quantization=quantization)
+        spec = self._preprocessor("letterbox").spec
+        size = (spec.height, spec.width)
+        if len(self.outputs) == 4:
+            order = self.info.box_index if self.info and self.info.box_index else (1, 0, 3, 2)
+            roles = self.info.output_names if self.info and self.info.task == "object_detector" else None
+
+            def read(outputs, letterbox):
+                values = [s.dequantize(outputs[s.name]) if s.quantized else outputs[s.name] for s in self.outputs]
+                return postprocess.decode_ssd(*postprocess.ssd_outputs(values, roles), letterbox, size,
+                                              score_threshold=score_threshold, labels=self.labels,
+                                              box_index=order)
+        else:
+            output = self.outputs[0]
+            quantization = (output.scale, output.zero_point) if output.quantized else None
+
+            def read(outputs, letterbox):  # decoded as stored: only the candidates are dequantized
+                return postprocess.decode_yolo(outputs[output.name], letterbox, score_threshold=score_threshold,
+                                               iou_threshold=iou_threshold, max_detections=max_detections,
+                                               has_objectness=has_objectness, input_size=size,
+                                               labels=self.labels, quantization=quantization)
+        return self._answer_image(image, "letterbox", color_order, read)
 
     def segment(self, image, color_order: str = "RGB") -> np.ndarray:
         """Per-pixel class ids at the original image size."""
-        tensor, box = self.preprocess(image, resize="letterbox", color_order=color_order)
-        scores = next(iter(self._run_preprocessed(tensor).values()))
-        return postprocess.segmentation_mask(scores, box, channels_first=scores.shape[1] < scores.shape[-1])
+        spec = self.outputs[0]
+
+        def read(outputs, letterbox):  # class ids: the argmax is the same on stored values
+            scores = outputs[spec.name]
+            return postprocess.segmentation_mask(scores, letterbox, channels_first=scores.shape[1] < scores.shape[-1])
+        return self._answer_image(image, "letterbox", color_order, read)
 
     def embed(self, x) -> np.ndarray:
         """An L2-normalised embedding of an image (array/path/PIL) or of a ready input tensor."""
@@ -395,6 +433,26 @@ def _read_labels(labels) -> list[str] | None:
     except OSError as exc:
         raise InputError(f"cannot read labels file {labels}: {exc.strerror}") from None
     return [line.strip() for line in lines if line.strip()]
+
+
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    """Refuse a shape the input cannot take: another rank, or another size on a fixed axis (batch aside)."""
+    if len(shape) != len(spec.shape_signature):
+        raise InputError(f"input '{spec.name}' must have rank {len(spec.shape_signature)} "
+                         f"(shape {_shape_text(spec.shape_signature)}); got shape {shape}")
+    for axis, (want, got) in enumerate(zip(spec.shape_signature, shape)):
+        if axis and want != -1 and want != got:
+            raise InputError(f"input '{spec.name}' must have shape {_shape_text(spec.shape_signature)}; got {shape}")
+
+
+@contextlib.contextmanager
+def _interpreter_errors() -> Iterator[None]:
+    """The interpreter's RuntimeError/ValueError as an InferenceError with its first 300 characters."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise InferenceError(f"the interpreter failed to run the model: {reason}") from None
 
 
 def _shape_text(signature: tuple[int, ...]) -> str:

@@ -30,8 +30,13 @@ def _label(labels: Sequence[str] | None, index: int) -> str:
     return labels[index] if labels is not None and 0 <= index < len(labels) else str(index)
 
 
-def top_k(scores: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -> list[Classification]:
-    """The k highest scores of a 1-D score vector (a (1, C) batch of one is accepted)."""
+def top_k(scores: np.ndarray, k: int = 5, labels: Sequence[str] | None = None,
+          quantization: tuple[float, int] | None = None) -> list[Classification]:
+    """The k highest scores of a 1-D score vector (a (1, C) batch of one is accepted).
+
+    ``quantization`` (scale, zero_point) marks ``scores`` as stored int values:
+    they rank as their float values do, so only the k best are dequantized.
+    """
     scores = np.asarray(scores)
     if scores.ndim == 2 and scores.shape[0] == 1:
         scores = scores[0]
@@ -44,10 +49,24 @@ def top_k(scores: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -
     # breaks ties by the lower index, as the C helper does, without sorting all the classes.
     kth = np.partition(scores, scores.size - k)[scores.size - k]
     candidates = np.flatnonzero(scores >= kth)
-    best = candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
-    return [Classification(int(i), float(scores[i]), _label(labels, int(i))) for i in best]
+    best = candidates[np.argsort(-scores[candidates].astype(np.float64), kind="stable")[:k]]  # int8 -(-128)
+    values = scores[best]
+    if quantization:
+        values = dequantize(values, quantization)
+    return [Classification(i, score, _label(labels, i)) for i, score in zip(best.tolist(), values.tolist())]
 
 
+def dequantize(stored: np.ndarray, quantization: tuple[float, int]) -> np.ndarray:
+    """Stored int values -> float32: (q - zero_point) * scale, in float32 as TFLite's kernels do."""
+    scale, zero_point = quantization
+    if not scale > 0:
+        raise ValueError(f"a quantization scale must be positive; got {scale}")
+    return (stored.astype(np.float32) - zero_point) * np.float32(scale)
+
+
+# cx, cy, w, h -> x1, y1, x2, y2 as one product: x1 = cx - w / 2 exactly (the other terms are zeros).
+_CORNERS = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [-0.5, 0.0, 0.5, 0.0], [0.0, -0.5, 0.0, 0.5]])
+MAX_CLASS_ID = 65535  # class ids up to this index a table directly; others are relabelled first
 _TINY = float(np.finfo(np.float64).tiny)  # the smallest positive union: a zero-area pair has IoU 0
 
 
@@ -73,7 +92,9 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_
     order = np.lexsort((np.arange(count), -np.asarray(scores)))
     corners = np.asarray(boxes, np.float64)[order].T.copy()  # (4, N): x1, y1, x2, y2 in score order
     areas = (corners[2] - corners[0]) * (corners[3] - corners[1])
-    labels = np.unique(np.asarray(classes)[order], return_inverse=True)[1].reshape(-1)
+    labels = np.asarray(classes)[order]
+    if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() > MAX_CLASS_ID:  # relabel 0..K-1
+        labels = np.unique(labels, return_inverse=True)[1].reshape(-1)
     head_of = np.zeros(labels.max() + 1, np.intp)
     alive = np.arange(count)  # positions in score order still in play
     kept: list[np.ndarray] = []
@@ -127,23 +148,20 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
     best = (pred[gate] if channels_first else pred[:, gate]).max(axis=0 if channels_first else 1)
     chosen = np.nonzero(best >= raw_threshold)[0]
     # The candidates as (features, M) columns, whichever layout the model has: no transposed copy.
-    found = (pred[:, chosen] if channels_first else pred[chosen].T).astype(np.float32)
-    if quantization:
-        found = (found - zero) * np.float32(scale)
+    found = pred[:, chosen] if channels_first else pred[chosen].T
+    found = dequantize(found, quantization) if quantization else found.astype(np.float32)
     class_scores = found[first_class:] * found[4] if has_objectness else found[first_class:]
-    class_ids = class_scores.argmax(axis=0)
-    scores = class_scores[class_ids, np.arange(len(chosen))]
-    keep_score = scores >= score_threshold
-    scores, class_ids = scores[keep_score], class_ids[keep_score]
-    centre, half = found[:2, keep_score].astype(np.float64), found[2:4, keep_score] / 2.0
-    boxes = np.concatenate([centre - half, centre + half]).T  # x1, y1, x2, y2
+    scores = class_scores.max(axis=0)
+    keep_score = np.flatnonzero(scores >= score_threshold)
+    class_ids = class_scores[:, keep_score].argmax(axis=0)
+    scores = scores[keep_score]
+    boxes = found[:4, keep_score].T.astype(np.float64) @ _CORNERS  # x1, y1, x2, y2
     if normalized is None:
         normalized = bool(boxes.size) and float(np.abs(boxes).max()) <= 1.5
     if normalized:
         if input_size is None:
             raise ValueError("normalized YOLO boxes need input_size=(height, width)")
-        boxes[:, 0::2] *= input_size[1]
-        boxes[:, 1::2] *= input_size[0]
+        boxes *= np.array(input_size[::-1] * 2, np.float64)
     keep = batched_nms(boxes, scores, class_ids, iou_threshold, max_detections)
     return _detections(letterbox.to_original(boxes[keep]), scores[keep], class_ids[keep], labels)
 
@@ -230,5 +248,5 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a @ b.T
 
 
-__all__ = ["Classification", "Detection", "top_k", "nms", "batched_nms", "decode_yolo",
+__all__ = ["Classification", "Detection", "top_k", "dequantize", "nms", "batched_nms", "decode_yolo",
            "decode_ssd", "segmentation_mask", "l2_normalize", "cosine_similarity"]

@@ -76,19 +76,12 @@ class Letterbox:
     def to_original(self, boxes: np.ndarray) -> np.ndarray:
         """(N, 4) x1, y1, x2, y2 in model pixels -> original pixels, clipped to the image."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        out = np.empty_like(boxes)
-        out[:, 0::2] = (boxes[:, 0::2] - self.pad_x) / self.scale_x
-        out[:, 1::2] = (boxes[:, 1::2] - self.pad_y) / self.scale_y
-        out[:, 0::2] = out[:, 0::2].clip(0, self.source_width)
-        out[:, 1::2] = out[:, 1::2].clip(0, self.source_height)
-        return out
+        out = (boxes - (self.pad_x, self.pad_y) * 2) / ((self.scale_x, self.scale_y) * 2)
+        return np.clip(out, 0.0, (self.source_width, self.source_height) * 2, out=out)
 
     def to_model(self, boxes: np.ndarray) -> np.ndarray:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        out = np.empty_like(boxes)
-        out[:, 0::2] = boxes[:, 0::2] * self.scale_x + self.pad_x
-        out[:, 1::2] = boxes[:, 1::2] * self.scale_y + self.pad_y
-        return out
+        return boxes * ((self.scale_x, self.scale_y) * 2) + (self.pad_x, self.pad_y) * 2
 
 
 def load_image(source, color_order: str = "RGB") -> np.ndarray:
@@ -385,12 +378,23 @@ class ImagePreprocessor:
             return np.clip(values, info.min, info.max, out=values).astype(self.dtype)
         return values.astype(self.dtype, copy=False)
 
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The (1, ...) tensor this makes, in the spec's layout."""
+        height, width, channels = self.canvas.shape
+        return (1, height, width, channels) if self.spec.layout == "NHWC" else (1, channels, height, width)
+
+    def __call__(self, image: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
         """``image``: HxWx3 uint8 RGB.  Returns a (1, ...) tensor and the mapping back.
 
+        ``out``, an array of ``shape`` and the model's dtype, is filled instead of
+        a new tensor: the interpreter's own input buffer, saving a copy per frame.
         A channel-reversed view (``load_image``'s answer for a BGR frame, or
         ``frame[..., ::-1]``) is read from its base, saving a full-frame copy.
         """
+        if out is not None and (out.shape != self.shape or out.dtype != self.dtype):
+            raise InputError(f"the image spec makes a {self.shape} {self.dtype} tensor but the model input is "
+                             f"{out.shape} {out.dtype}: pass an ImageSpec of the input's size")
         bgr = image.ndim == 3 and image.strides[2] < 0
         frame = np.ascontiguousarray(image[..., ::-1] if bgr else image)
         key = (frame.shape[0], frame.shape[1], bgr)
@@ -398,16 +402,18 @@ class ImagePreprocessor:
         if plan is None:
             plan = self._plans[key] = self._plan(*key)
         fit, engine = plan
-        out = np.empty_like(self.canvas)
+        tensor = np.empty(self.shape, self.dtype) if out is None else out
+        channels_last = self.spec.layout == "NHWC"
+        hwc = tensor[0] if channels_last else np.empty_like(self.canvas)
         (top, left), (h, w) = fit.paste, fit.size
         if fit.size != self.canvas.shape[:2]:  # letterbox: the border comes from the canvas, made once
-            out[:top], out[top + h:] = self.canvas[:top], self.canvas[top + h:]
-            out[top:top + h, :left], out[top:top + h, left + w:] = (self.canvas[top:top + h, :left],
+            hwc[:top], hwc[top + h:] = self.canvas[:top], self.canvas[top + h:]
+            hwc[top:top + h, :left], hwc[top:top + h, left + w:] = (self.canvas[top:top + h, :left],
                                                                     self.canvas[top:top + h, left + w:])
-        engine(frame, out[top:top + h, left:left + w])
-        if self.spec.layout == "NCHW":
-            out = out.transpose(2, 0, 1)
-        return out[None], fit.letterbox
+        engine(frame, hwc[top:top + h, left:left + w])
+        if not channels_last:
+            tensor[0] = hwc.transpose(2, 0, 1)
+        return tensor, fit.letterbox
 
 
 def preprocess_image(source, spec: ImageSpec, color_order: str = "RGB", engine: str = "auto"

@@ -159,11 +159,29 @@ def test_class_parallel_nms_equals_textbook_greedy():
         boxes = np.concatenate([corner, corner + size], axis=1)  # integer grid: duplicates, zero areas
         scores = rng.integers(0, 5, n) / 4 if trial % 2 else rng.random(n)  # ties in every other scene
         classes = rng.integers(0, int(rng.integers(1, 5)), n)
+        if trial % 3 == 1:  # ids that cannot index a table (negative, huge, float) take the relabelling path
+            classes = classes * 100_003 - 50_000 if trial % 2 else classes + 0.5
         threshold, limit = float(rng.choice([0.0, 0.3, 0.45, 0.9])), int(rng.choice([1, 2, 300]))
         got = batched_nms(boxes, scores, classes, threshold, limit).tolist()
         assert got == _reference_greedy(boxes, scores, classes, threshold, limit), trial
         assert nms(boxes, scores, threshold, limit).tolist() == _reference_greedy(
             boxes, scores, np.zeros(n), threshold, limit), trial
+
+
+def test_top_k_of_stored_int8_scores_equals_top_k_of_their_float_values():
+    from device_runtime.postprocess import dequantize
+
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        stored = rng.integers(-128, 128, int(rng.integers(1, 60))).astype(np.int8)
+        stored[: trial % 3] = -128  # the lowest value, whose negation overflows int8
+        quantization = (float(rng.uniform(0.001, 0.1)), int(rng.integers(-128, 128)))
+        k = int(rng.integers(0, 8))
+        got = top_k(stored, k, quantization=quantization)
+        expected = top_k(dequantize(stored, quantization), k)
+        assert [(c.index, c.score) for c in got] == [(c.index, c.score) for c in expected], trial
+    with pytest.raises(ValueError, match="scale must be positive; got 0.0"):
+        top_k(stored, 3, quantization=(0.0, 0))
 
 
 def test_top_k_by_partition_keeps_the_lower_index_on_ties():

@@ -247,3 +247,50 @@ def test_segment_and_embed_answer_at_the_frame_and_as_unit_vectors(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(vector, axis=-1), 1.0, rtol=1e-5)
     tensor, _ = model.preprocess(frame)
     np.testing.assert_array_equal(vector, l2_normalize(next(iter(model.run(tensor).values()))))
+
+
+def test_image_tasks_fill_the_interpreter_in_place_and_leave_it_runnable(models):
+    """Tasks preprocess into the interpreter's input buffer and read its outputs in place: after a
+    batch of 4 (the buffer reallocated) and after a failure with its traceback kept alive (as a REPL
+    keeps the last one), every answer still equals the copying public path's."""
+    paths, calib = models
+    frame = np.random.default_rng(12).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    model = Model(paths["int8"], image_engine="numpy")
+    tensor, _ = model.preprocess(frame)
+    scores = next(iter(model.run(tensor).values()))[0]
+    expected = [(int(i), float(scores[i])) for i in np.argsort(-scores, kind="stable")[:3]]
+    batch = model(calib[:4])
+    assert batch.shape == (4, 5)
+    assert [(c.index, c.score) for c in model.classify(frame, top_k=3)] == expected
+    with pytest.raises(InputError, match="YOLO rows need 4 box values") as failure:
+        model.detect(frame)  # a (1, 5) classifier output is no detector's: raised with the views in scope
+    assert failure.value is not None  # the traceback is still referenced here
+    assert [(c.index, c.score) for c in model.classify(frame, top_k=3)] == expected
+    np.testing.assert_array_equal(model(calib[:4]), batch)
+
+
+def test_image_tasks_refuse_an_image_spec_of_another_size(models):
+    from device_runtime.preprocess import ImageSpec
+
+    paths, _ = models
+    model = Model(paths["float"], image=ImageSpec(20, 20))  # the model takes 16x16
+    with pytest.raises(InputError, match=r"must have shape \(N, 16, 16, 3\); got \(1, 20, 20, 3\)"):
+        model.classify(np.zeros((20, 20, 3), np.uint8))
+
+
+def test_channels_first_input_is_filled_in_place_too(tmp_path):
+    keras = _tf.keras()
+    keras.utils.set_random_seed(3)
+    image = keras.layers.Input((3, 12, 12))  # NCHW, as PyTorch exports keep it
+    hidden = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Permute((2, 3, 1))(image))
+    net = keras.Model(image, keras.layers.Dense(6)(keras.layers.GlobalAveragePooling2D()(hidden)))
+    path = tmp_path / "nchw.tflite"
+    path.write_bytes(to_tflite(net, QuantizeSettings()))
+    model = Model(path, image_engine="numpy")
+    frame = np.random.default_rng(13).integers(0, 256, (20, 16, 3), dtype=np.uint8)
+    tensor, _ = model.preprocess(frame)
+    assert tensor.shape == (1, 3, 12, 12)
+    scores = next(iter(model.run(tensor).values()))[0]
+    found = model.classify(frame, top_k=6)
+    assert [c.index for c in found] == np.argsort(-scores, kind="stable").tolist()
+    np.testing.assert_array_equal([c.score for c in found], np.sort(scores)[::-1])

@@ -89,28 +89,31 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_
     count = len(scores)
     if not count:
         return np.zeros(0, np.intp)
-    order = np.lexsort((np.arange(count), -np.asarray(scores)))
-    corners = np.asarray(boxes, np.float64)[order].T.copy()  # (4, N): x1, y1, x2, y2 in score order
-    areas = (corners[2] - corners[0]) * (corners[3] - corners[1])
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")  # ties: the lower index first
+    table = np.empty((5, count))  # per box in score order: x1, y1, x2, y2, area
+    table[:4] = np.asarray(boxes, np.float64)[order].T
+    table[4] = (table[2] - table[0]) * (table[3] - table[1])
     labels = np.asarray(classes)[order]
-    if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() > MAX_CLASS_ID:  # relabel 0..K-1
+    top_label = labels.max()
+    if labels.dtype.kind not in "iu" or labels.min() < 0 or top_label > MAX_CLASS_ID:  # relabel 0..K-1
         labels = np.unique(labels, return_inverse=True)[1].reshape(-1)
-    head_of = np.zeros(labels.max() + 1, np.intp)
+        top_label = labels.max()
+    head_of = np.zeros(top_label + 1, np.intp)
     alive = np.arange(count)  # positions in score order still in play
     kept: list[np.ndarray] = []
     total = 0
     while alive.size:
-        first = np.unique(labels[alive], return_index=True)[1]  # each class's best remaining box
+        alive_labels = labels[alive]
+        first = np.unique(alive_labels, return_index=True)[1]  # each class's best remaining box
         heads = alive[first]
         kept.append(heads)
         total += len(heads)
-        head_of[labels[heads]] = heads
-        mine = head_of[labels[alive]]
-        overlap = (np.minimum(corners[2:, mine], corners[2:, alive])
-                   - np.maximum(corners[:2, mine], corners[:2, alive]))
+        head_of[alive_labels[first]] = heads
+        ours, head = table[:, alive], table[:, head_of[alive_labels]]  # each box and its class's head
+        overlap = np.minimum(ours[2:4], head[2:4]) - np.maximum(ours[:2], head[:2])
         np.maximum(overlap, 0.0, out=overlap)
         inter = overlap[0] * overlap[1]
-        union = np.maximum(areas[mine] + areas[alive] - inter, _TINY)  # 0/0 -> IoU 0
+        union = np.maximum(head[4] + ours[4] - inter, _TINY)  # 0/0 -> IoU 0
         survivors = inter / union <= iou_threshold
         survivors[first] = False
         alive = alive[survivors]

@@ -1,0 +1,101 @@
+"""Paired A/B of the device runtime: this working tree against a git revision, in one process.
+
+bench/runtime.py measures the runtime against the raw interpreter, but its figures move by up to 2x
+between runs on a shared machine, so it cannot tell whether a change saved 20 us. Here every round
+times the raw interpreter, the revision's runtime and this tree's, back to back (in alternating order),
+on the same frame, and the table reports each side's median and the median of the per-round
+differences, which machine noise moves far less.
+
+Cases: the int8 MobileNetV2 classifier and the int8 planted-scene detector of bench/runtime.py, each on
+a 640x480 frame and on a frame at the camera size, with the OpenCV engine.
+Run: .venv/bin/python -m bench.runtime_ab --base HEAD~1 [--threads 2]
+(about 70 s; writes bench/results/runtime_ab_<threads>t.{json,md})
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import device_runtime
+from bench.runtime import ROOT, RESULTS, build_classifier, build_detector, frames, raw_invoke_timer
+
+WARMUP = 50
+
+
+def import_runtime_at(revision: str, folder: Path):
+    """device_runtime as it was at ``revision``, importable beside this tree's as ``device_runtime_base``
+    (the package's imports are relative, so a renamed copy works)."""
+    target = folder / "device_runtime_base"
+    target.mkdir()
+    archive = subprocess.run(["git", "archive", revision, "device_runtime"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "--strip-components=1", "-C", str(target)], input=archive, check=True)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("device_runtime_base")
+
+
+def paired(sides: dict, rounds: int) -> dict[str, np.ndarray]:
+    """Seconds per round of each side, over ``rounds`` rounds whose order reverses every round, so no
+    side always runs right after the same other."""
+    names = list(sides)
+    times = {name: [] for name in names}
+    for i in range(rounds + WARMUP):
+        for name in (names if i % 2 else names[::-1]):
+            start = time.perf_counter()
+            sides[name]()
+            if i >= WARMUP:
+                times[name].append(time.perf_counter() - start)
+    return {name: np.array(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="HEAD", help="git revision to compare against (default HEAD)")
+    parser.add_argument("--rounds", type=int, default=1500)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    base = import_runtime_at(args.base, Path(tempfile.mkdtemp(prefix="runtime_ab_")))
+    rows = []
+    for kind, data in (("classifier", build_classifier("int8")), ("detector", build_detector("int8"))):
+        for frame_name, frame in frames(kind == "detector").items():
+            models = {name: module.Model(data, num_threads=args.threads, image_engine="opencv")
+                      for name, module in ((args.base, base), ("this tree", device_runtime))}
+            resize = "letterbox" if kind == "detector" else None
+            tensor, _ = models["this tree"].preprocess(frame, resize=resize)
+            sides = {"raw": raw_invoke_timer(data, tensor, args.threads)}
+            for name, model in models.items():
+                sides[name] = (lambda m=model, f=frame: m.detect(f)) if kind == "detector" else (
+                    lambda m=model, f=frame: m.classify(f, top_k=5))
+            seconds = paired(sides, args.rounds)
+            rows.append({"case": f"{kind}, {frame_name}", "raw_ms": float(np.median(seconds["raw"])) * 1e3,
+                         "base_overhead_us": float(np.median(seconds[args.base] - seconds["raw"])) * 1e6,
+                         "overhead_us": float(np.median(seconds["this tree"] - seconds["raw"])) * 1e6,
+                         "change_us": float(np.median(seconds["this tree"] - seconds[args.base])) * 1e6})
+
+    lines = [f"Paired A/B, {args.rounds} rounds, {args.threads} thread(s); base = {args.base}. Overheads are "
+             "medians of per-round differences from the raw interpreter, in us; the change is the median of "
+             "per-round differences between the two runtimes.", "",
+             f"| case | raw ms | {args.base} overhead us | this tree overhead us | change us |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['raw_ms']:.3f} | {r['base_overhead_us']:.0f} | {r['overhead_us']:.0f} "
+              f"| {r['change_us']:+.0f} |" for r in rows]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    stem = f"runtime_ab_{args.threads}t"
+    (RESULTS / f"{stem}.md").write_text(text + "\n")
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"base": args.base, "threads": args.threads,
+                                                         "rounds": args.rounds, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,10 @@
 """Paired A/B of the device runtime: this working tree against a git revision, in one process.
 
 bench/runtime.py measures the runtime against the raw interpreter, but its figures move by up to 2x
-between runs on a shared machine, so it cannot tell whether a change saved 20 us. Here every round
-times the raw interpreter, the revision's runtime and this tree's, back to back (in alternating order),
-on the same frame, and the table reports each side's median and the median of the per-round
-differences, which machine noise moves far less.
+between runs on a shared machine, so it cannot tell whether a change saved 20 us. Here every round runs,
+on the same frame, raw + one runtime + raw + the other (the two swap places every round), and the table
+reports medians of per-call overheads (runtime minus the raw call just before it) and of their
+per-round differences, which machine noise moves far less.
 
 Cases: the int8 MobileNetV2 classifier and the int8 planted-scene detector of bench/runtime.py, each on
 a 640x480 frame and on a frame at the camera size, with the OpenCV engine.
@@ -43,18 +43,23 @@ def import_runtime_at(revision: str, folder: Path):
     return importlib.import_module("device_runtime_base")
 
 
-def paired(sides: dict, rounds: int) -> dict[str, np.ndarray]:
-    """Seconds per round of each side, over ``rounds`` rounds whose order reverses every round, so no
-    side always runs right after the same other."""
-    names = list(sides)
-    times = {name: [] for name in names}
+def paired(raw, runtimes: dict, rounds: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per runtime, the seconds of each of its calls and of the raw call just before it, for ``rounds``
+    rounds.  Every runtime call comes right after a raw call, and the runtimes swap places every round, so
+    none runs after itself or after the other (a second call in a row finds its caches warm)."""
+    names = list(runtimes)
+    times = {name: ([], []) for name in names}
     for i in range(rounds + WARMUP):
         for name in (names if i % 2 else names[::-1]):
             start = time.perf_counter()
-            sides[name]()
+            raw()
+            middle = time.perf_counter()
+            runtimes[name]()
+            end = time.perf_counter()
             if i >= WARMUP:
-                times[name].append(time.perf_counter() - start)
-    return {name: np.array(t) for name, t in times.items()}
+                times[name][0].append(middle - start)
+                times[name][1].append(end - middle)
+    return {name: (np.array(before), np.array(after)) for name, (before, after) in times.items()}
 
 
 def main() -> None:
@@ -71,19 +76,20 @@ def main() -> None:
                       for name, module in ((args.base, base), ("this tree", device_runtime))}
             resize = "letterbox" if kind == "detector" else None
             tensor, _ = models["this tree"].preprocess(frame, resize=resize)
-            sides = {"raw": raw_invoke_timer(data, tensor, args.threads)}
-            for name, model in models.items():
-                sides[name] = (lambda m=model, f=frame: m.detect(f)) if kind == "detector" else (
-                    lambda m=model, f=frame: m.classify(f, top_k=5))
-            seconds = paired(sides, args.rounds)
-            rows.append({"case": f"{kind}, {frame_name}", "raw_ms": float(np.median(seconds["raw"])) * 1e3,
-                         "base_overhead_us": float(np.median(seconds[args.base] - seconds["raw"])) * 1e6,
-                         "overhead_us": float(np.median(seconds["this tree"] - seconds["raw"])) * 1e6,
-                         "change_us": float(np.median(seconds["this tree"] - seconds[args.base])) * 1e6})
+            raw = raw_invoke_timer(data, tensor, args.threads)
+            tasks = {name: (lambda m=model, f=frame: m.detect(f)) if kind == "detector" else (
+                lambda m=model, f=frame: m.classify(f, top_k=5)) for name, model in models.items()}
+            seconds = paired(raw, tasks, args.rounds)
+            overhead = {name: after - before for name, (before, after) in seconds.items()}
+            rows.append({"case": f"{kind}, {frame_name}",
+                         "raw_ms": float(np.median(np.concatenate([b for b, _ in seconds.values()]))) * 1e3,
+                         "base_overhead_us": float(np.median(overhead[args.base])) * 1e6,
+                         "overhead_us": float(np.median(overhead["this tree"])) * 1e6,
+                         "change_us": float(np.median(overhead["this tree"] - overhead[args.base])) * 1e6})
 
     lines = [f"Paired A/B, {args.rounds} rounds, {args.threads} thread(s); base = {args.base}. Overheads are "
-             "medians of per-round differences from the raw interpreter, in us; the change is the median of "
-             "per-round differences between the two runtimes.", "",
+             "medians of each call minus the raw call just before it, in us; the change is the median of the "
+             "per-round differences between the two overheads.", "",
              f"| case | raw ms | {args.base} overhead us | this tree overhead us | change us |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['raw_ms']:.3f} | {r['base_overhead_us']:.0f} | {r['overhead_us']:.0f} "

@@ -152,12 +152,18 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
     chosen = np.nonzero(best >= raw_threshold)[0]
     # The candidates as (features, M) columns, whichever layout the model has: no transposed copy.
     found = pred[:, chosen] if channels_first else pred[chosen].T
-    found = dequantize(found, quantization) if quantization else found.astype(np.float32)
-    class_scores = found[first_class:] * found[4] if has_objectness else found[first_class:]
-    scores = class_scores.max(axis=0)
+    if not quantization:
+        found = found.astype(np.float32)
+    if has_objectness:  # class score = objectness * class probability, in float
+        found = dequantize(found, quantization) if quantization else found
+        class_scores = found[first_class:] * found[4]
+        class_ids, scores = class_scores.argmax(axis=0), class_scores.max(axis=0)
+    else:  # stored values rank as their floats do, so the best class is found before dequantizing
+        class_ids, scores = found[first_class:].argmax(axis=0), found[first_class:].max(axis=0)
+        if quantization:
+            scores, found = dequantize(scores, quantization), dequantize(found[:4], quantization)
     keep_score = np.flatnonzero(scores >= score_threshold)
-    class_ids = class_scores[:, keep_score].argmax(axis=0)
-    scores = scores[keep_score]
+    scores, class_ids = scores[keep_score], class_ids[keep_score]
     boxes = found[:4, keep_score].T.astype(np.float64) @ _CORNERS  # x1, y1, x2, y2
     if normalized is None:
         normalized = bool(boxes.size) and float(np.abs(boxes).max()) <= 1.5

@@ -75,13 +75,20 @@ class Letterbox:
 
     def to_original(self, boxes: np.ndarray) -> np.ndarray:
         """(N, 4) x1, y1, x2, y2 in model pixels -> original pixels, clipped to the image."""
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        out = (boxes - (self.pad_x, self.pad_y) * 2) / ((self.scale_x, self.scale_y) * 2)
-        return np.clip(out, 0.0, (self.source_width, self.source_height) * 2, out=out)
+        offset, scale, limit = self._per_coordinate
+        out = (np.asarray(boxes, np.float64).reshape(-1, 4) - offset) / scale
+        np.minimum(out, limit, out=out)
+        return np.maximum(out, 0.0, out=out)
 
     def to_model(self, boxes: np.ndarray) -> np.ndarray:
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        return boxes * ((self.scale_x, self.scale_y) * 2) + (self.pad_x, self.pad_y) * 2
+        offset, scale, _ = self._per_coordinate
+        return np.asarray(boxes, np.float64).reshape(-1, 4) * scale + offset
+
+    @functools.cached_property
+    def _per_coordinate(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Padding, scale and image size per x1, y1, x2, y2, made once: a detector maps boxes every frame."""
+        return (np.array((self.pad_x, self.pad_y) * 2), np.array((self.scale_x, self.scale_y) * 2),
+                np.array((self.source_width, self.source_height) * 2, np.float64))
 
 
 def load_image(source, color_order: str = "RGB") -> np.ndarray:

@@ -49,7 +49,7 @@ def top_k(scores: np.ndarray, k: int = 5, labels: Sequence[str] | None = None,
     # breaks ties by the lower index, as the C helper does, without sorting all the classes.
     kth = np.partition(scores, scores.size - k)[scores.size - k]
     candidates = np.flatnonzero(scores >= kth)
-    best = candidates[np.argsort(-scores[candidates].astype(np.float64), kind="stable")[:k]]  # int8 -(-128)
+    best = candidates[np.argsort(-scores[candidates].astype(np.float64), kind="stable")[:k]]  # -int8(-128) overflows
     values = scores[best]
     if quantization:
         values = dequantize(values, quantization)
@@ -66,7 +66,7 @@ def dequantize(stored: np.ndarray, quantization: tuple[float, int]) -> np.ndarra
 
 # cx, cy, w, h -> x1, y1, x2, y2 as one product: x1 = cx - w / 2 exactly (the other terms are zeros).
 _CORNERS = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [-0.5, 0.0, 0.5, 0.0], [0.0, -0.5, 0.0, 0.5]])
-MAX_CLASS_ID = 65535  # class ids up to this index a table directly; others are relabelled first
+MAX_CLASS_ID = 65535  # non-negative int class ids up to this are table indices; others are relabelled
 _TINY = float(np.finfo(np.float64).tiny)  # the smallest positive union: a zero-area pair has IoU 0
 
 

@@ -8,7 +8,7 @@ per-round differences, which machine noise moves far less.
 
 Cases: the int8 MobileNetV2 classifier and the int8 planted-scene detector of bench/runtime.py, each on
 a 640x480 frame and on a frame at the camera size, with the OpenCV engine.
-Run: .venv/bin/python -m bench.runtime_ab --base HEAD~1 [--threads 2]
+Run: .venv/bin/python -m bench.runtime_ab --base HEAD~1 [--threads 2] [--only detector]
 (about 70 s; writes bench/results/runtime_ab_<threads>t.{json,md})
 """
 
@@ -67,10 +67,13 @@ def main() -> None:
     parser.add_argument("--base", default="HEAD", help="git revision to compare against (default HEAD)")
     parser.add_argument("--rounds", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", choices=("classifier", "detector"), help="measure one model's cases")
     args = parser.parse_args()
     base = import_runtime_at(args.base, Path(tempfile.mkdtemp(prefix="runtime_ab_")))
     rows = []
-    for kind, data in (("classifier", build_classifier("int8")), ("detector", build_detector("int8"))):
+    builders = {"classifier": build_classifier, "detector": build_detector}
+    for kind in [args.only] if args.only else builders:
+        data = builders[kind]("int8")
         for frame_name, frame in frames(kind == "detector").items():
             models = {name: module.Model(data, num_threads=args.threads, image_engine="opencv")
                       for name, module in ((args.base, base), ("this tree", device_runtime))}

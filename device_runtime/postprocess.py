@@ -159,8 +159,10 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
         class_scores = found[first_class:] * found[4]
         class_ids, scores = class_scores.argmax(axis=0), class_scores.max(axis=0)
     else:  # stored values rank as their floats do, so the best class is found before dequantizing
-        class_ids, scores = found[first_class:].argmax(axis=0), found[first_class:].max(axis=0)
-        if quantization:
+        class_ids, scores = found[first_class:].argmax(axis=0), best[chosen]  # the prefilter's best is the score
+        if not quantization:
+            scores = scores.astype(np.float32)
+        else:
             scores, found = dequantize(scores, quantization), dequantize(found[:4], quantization)
     keep_score = np.flatnonzero(scores >= score_threshold)
     scores, class_ids = scores[keep_score], class_ids[keep_score]

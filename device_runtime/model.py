@@ -42,6 +42,11 @@ class TensorSpec:
     def quantized(self) -> bool:
         return self.scale != 0.0 and np.issubdtype(self.dtype, np.integer)
 
+    @property
+    def quantization(self) -> tuple[float, int] | None:
+        """(scale, zero_point) of a quantized tensor, else None: what the post-processing helpers take."""
+        return (self.scale, self.zero_point) if self.quantized else None
+
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """float -> stored integer: q = round(x / scale) + zero_point, clipped to the dtype."""
         info = np.iinfo(self.dtype)
@@ -50,6 +55,10 @@ class TensorSpec:
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         return postprocess.dequantize(np.asarray(q), (self.scale, self.zero_point))
+
+    def to_float(self, stored: np.ndarray) -> np.ndarray:
+        """Stored values as the caller speaks them: dequantized when quantized, else as they are."""
+        return self.dequantize(stored) if self.quantized else stored
 
 
 def read_model_bytes(source: str | os.PathLike | bytes | bytearray | memoryview) -> bytes:
@@ -195,12 +204,9 @@ class Model:
         missing = [s.name for s in self.inputs if s.name not in inputs]
         if missing:
             raise InputError(f"missing input(s) {missing}")
-        return self._run(lambda: [self._prepare(spec, inputs[spec.name], raw) for spec in self.inputs], raw)
-
-    def _run(self, prepare, raw: bool) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         with self._lock:  # inputs are prepared under the lock: a swapped model may quantize differently
-            prepared = prepare()
+            prepared = [self._prepare(spec, inputs[spec.name], raw) for spec in self.inputs]
             if prepared and self._needs_per_sample_loop(prepared):
                 parts = [self._invoke([p[i:i + 1] for p in prepared], raw) for i in range(len(prepared[0]))]
                 result = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
@@ -208,8 +214,7 @@ class Model:
                 result = self._invoke(prepared, raw)
             first = self.inputs[0] if prepared else None
             if first is not None:
-                self._monitor.record_input(prepared[0], first.scale if first.quantized else 0.0,
-                                           first.zero_point)
+                self._monitor.record_input(prepared[0], first.quantization)
         self._monitor.record_call(time.perf_counter() - started)
         return result
 
@@ -255,8 +260,7 @@ class Model:
                 interpreter.set_tensor(spec.index, x)
             interpreter.invoke()
             outputs = [(spec, interpreter.get_tensor(spec.index)) for spec in self.outputs]
-        return {spec.name: value if raw or not spec.quantized else spec.dequantize(value)
-                for spec, value in outputs}
+        return {spec.name: value if raw else spec.to_float(value) for spec, value in outputs}
 
     def _answer_image(self, image, resize: str | None, color_order: str, read: Callable):
         """One image through the interpreter's own buffers: preprocessed straight into the input tensor,
@@ -280,7 +284,7 @@ class Model:
                     self._allocate([preprocessor.shape])
                 buffer = interpreter.tensor(spec.index)()
                 letterbox = preprocessor(frame, out=buffer)[1]
-                self._monitor.record_input(buffer, spec.scale if spec.quantized else 0.0, spec.zero_point)
+                self._monitor.record_input(buffer, spec.quantization)
                 buffer = None
                 with _interpreter_errors():
                     interpreter.invoke()
@@ -371,9 +375,8 @@ class Model:
     def classify(self, image, top_k: int = 5, color_order: str = "RGB") -> list[postprocess.Classification]:
         """Top-k classes for an image, with labels when the model has them."""
         spec = self.outputs[0]
-        quantization = (spec.scale, spec.zero_point) if spec.quantized else None
         found = self._answer_image(image, None, color_order, lambda outputs, _: postprocess.top_k(
-            outputs[spec.name], top_k, self.labels, quantization=quantization))
+            outputs[spec.name], top_k, self.labels, quantization=spec.quantization))
         if found:
             self._monitor.record_confidence(found[0].score)
         return found
@@ -392,19 +395,18 @@ class Model:
             roles = self.info.output_names if self.info and self.info.task == "object_detector" else None
 
             def read(outputs, letterbox):
-                values = [s.dequantize(outputs[s.name]) if s.quantized else outputs[s.name] for s in self.outputs]
+                values = [s.to_float(outputs[s.name]) for s in self.outputs]
                 return postprocess.decode_ssd(*postprocess.ssd_outputs(values, roles), letterbox, size,
                                               score_threshold=score_threshold, labels=self.labels,
                                               box_index=order)
         else:
             output = self.outputs[0]
-            quantization = (output.scale, output.zero_point) if output.quantized else None
 
             def read(outputs, letterbox):  # decoded as stored: only the candidates are dequantized
                 return postprocess.decode_yolo(outputs[output.name], letterbox, score_threshold=score_threshold,
                                                iou_threshold=iou_threshold, max_detections=max_detections,
                                                has_objectness=has_objectness, input_size=size,
-                                               labels=self.labels, quantization=quantization)
+                                               labels=self.labels, quantization=output.quantization)
         return self._answer_image(image, "letterbox", color_order, read)
 
     def segment(self, image, color_order: str = "RGB") -> np.ndarray:

@@ -34,12 +34,14 @@ class Monitor:
         with self._lock:
             self._confidence[min(int(score * CONFIDENCE_BINS), CONFIDENCE_BINS - 1)] += 1
 
-    def record_input(self, x: np.ndarray, scale: float = 0.0, zero_point: int = 0) -> None:
-        """Per-channel sums of one input batch; stored int values are mapped back to float."""
+    def record_input(self, x: np.ndarray, quantization: tuple[float, int] | None = None) -> None:
+        """Per-channel sums of one input batch; stored int values (``quantization`` = (scale, zero_point))
+        are mapped back to float."""
         if self._reference is None or x.ndim < 2:
             return
         rows = x.reshape(-1, x.shape[-1])[::INPUT_SUBSAMPLE].astype(np.float64)
-        if scale:
+        if quantization:
+            scale, zero_point = quantization
             rows = (rows - zero_point) * scale
         with self._lock:
             if self._sum is None or self._sum.shape != rows.shape[1:]:

@@ -6,13 +6,17 @@ with the calibration data's, recorded in the model by `sdk convert`.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 
 import numpy as np
 
 CONFIDENCE_BINS = 10
-INPUT_SUBSAMPLE = 4  # every 4th pixel/row is enough for a running mean and std
+# Pixels sampled per call for the drift statistics: a running mean and std over a stream of frames
+# needs no more, and all of a camera frame would cost more than the image task itself
+# (330 us for a 224x224x3 frame, 670 us for 320x320x3, when every 4th pixel was read).
+INPUT_SAMPLES = 1024
 
 
 class Monitor:
@@ -35,19 +39,22 @@ class Monitor:
             self._confidence[min(int(score * CONFIDENCE_BINS), CONFIDENCE_BINS - 1)] += 1
 
     def record_input(self, x: np.ndarray, quantization: tuple[float, int] | None = None) -> None:
-        """Per-channel sums of one input batch; stored int values (``quantization`` = (scale, zero_point))
-        are mapped back to float."""
+        """Per-channel sums over at most INPUT_SAMPLES pixels of one input batch (channels last);
+        stored int values (``quantization`` = (scale, zero_point)) are mapped back to float."""
         if self._reference is None or x.ndim < 2:
             return
-        rows = x.reshape(-1, x.shape[-1])[::INPUT_SUBSAMPLE].astype(np.float64)
+        pixels = x.reshape(-1, x.shape[-1])
+        rows = pixels[::_sample_step(len(pixels), x.shape[-2])].astype(np.float64)
         if quantization:
             scale, zero_point = quantization
             rows = (rows - zero_point) * scale
+        ones = np.ones(len(rows))  # a product sums columns ~10x faster than sum(axis=0) on 3 of them
+        total, squares = ones @ rows, ones @ (rows * rows)
         with self._lock:
-            if self._sum is None or self._sum.shape != rows.shape[1:]:
-                self._sum, self._sumsq, self._count = np.zeros(rows.shape[1]), np.zeros(rows.shape[1]), 0
-            self._sum += rows.sum(axis=0)
-            self._sumsq += (rows * rows).sum(axis=0)
+            if self._sum is None or self._sum.shape != total.shape:
+                self._sum, self._sumsq, self._count = np.zeros(len(total)), np.zeros(len(total)), 0
+            self._sum += total
+            self._sumsq += squares
             self._count += len(rows)
 
     def snapshot(self) -> dict:
@@ -77,3 +84,13 @@ class Monitor:
                 "std_ratio": float((std[usable] / ref_std[usable]).mean()) if usable.any() else 1.0,
                 "mean": mean.tolist(), "std": std.tolist(), "reference_mean": ref_mean.tolist(),
                 "reference_std": ref_std.tolist(), "samples": self._count}
+
+
+def _sample_step(pixels: int, width: int) -> int:
+    """A stride over the flattened pixels taking at most INPUT_SAMPLES of them, coprime with the row
+    width so that successive rows are sampled at other columns: a stride that divides the width would
+    read a few columns only (the left edge of every row, say) and miss what the camera sees."""
+    step = max(1, -(-pixels // INPUT_SAMPLES))
+    while step > 1 and math.gcd(step, width) != 1:
+        step += 1
+    return step

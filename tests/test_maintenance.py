@@ -130,3 +130,26 @@ def test_build_info_and_input_drift(digits, digits_model_path, tmp_path):
     shifted(np.clip(digits.x_test * 0.3 + 0.6, 0, 1))  # over-exposed camera: brighter, flatter
     drift = shifted.stats()["input_drift"]
     assert drift["mean_shift_sigma"] > 1.0 and drift["std_ratio"] < 0.5
+
+
+def test_drift_statistics_read_a_bounded_spread_of_pixels():
+    """A camera frame is sampled, not read whole (that cost more than the image task), and the
+    sample still gives the frame's statistics; a stride dividing the width would see few columns."""
+    from sklearn.datasets import load_sample_image
+
+    from device_runtime.monitor import INPUT_SAMPLES, Monitor
+
+    frame = load_sample_image("china.jpg")[None].astype(np.float32) / 255.0  # 427 x 640
+    monitor = Monitor({"mean": [0.5] * 3, "std": [0.25] * 3})
+    monitor.record_input(frame)
+    drift = monitor.snapshot()["input_drift"]
+    assert drift["samples"] <= INPUT_SAMPLES
+    pixels = frame.reshape(-1, 3)
+    np.testing.assert_allclose(drift["mean"], pixels.mean(axis=0), atol=0.02)
+    np.testing.assert_allclose(drift["std"], pixels.std(axis=0), rtol=0.05)
+
+    stripes = np.zeros((1, 64, 1024, 1), np.float32)
+    stripes[:, :, ::64] = 1.0  # one bright column in 64: a stride of 64 would read only those
+    monitor = Monitor({"mean": [0.0], "std": [1.0]})
+    monitor.record_input(stripes)
+    assert monitor.snapshot()["input_drift"]["mean"][0] == pytest.approx(1 / 64, abs=0.005)

@@ -232,6 +232,21 @@ def test_convert_writes_standard_metadata(digits, digits_npz, digits_model_path,
     assert "standard TFLite metadata written" in done.stdout
 
 
+def test_convert_writes_no_classifier_metadata_on_a_detector(tmp_path):
+    """A YOLO-style head, (1, 4 + classes, anchors), is no class-score vector: it gets build info only."""
+    from sdk import convert
+
+    keras = _tf.keras()
+    keras.utils.set_random_seed(4)
+    image = keras.layers.Input((16, 16, 3))
+    head = keras.layers.Conv2D(7, 3, strides=4, padding="same", activation="sigmoid")(image)  # 4 box + 3 classes
+    net = keras.Model(image, keras.layers.Permute((2, 1))(keras.layers.Reshape((16, 7))(head)))
+    result = convert(net, tmp_path / "yolo.tflite")
+    model = Model(result.path)
+    assert model.outputs[0].shape == (1, 7, 16) and model.info is None and model.build is not None
+    assert any("not one score per class" in note for note in result.report.notes), result.report.notes
+
+
 def test_schema_module_reads_back_what_we_wrote(classifier, tmp_path):
     """The schema's own generated reader (TFLite Support) agrees with ours, for all three tasks."""
     from tensorflow_lite_support.metadata import metadata_schema_py_generated as schema

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -64,6 +65,27 @@ def dequantize(stored: np.ndarray, quantization: tuple[float, int]) -> np.ndarra
     return (stored.astype(np.float32) - zero_point) * np.float32(scale)
 
 
+def stored_threshold(threshold: float, quantization: tuple[float, int]) -> int:
+    """The lowest stored value whose float32 dequantization reaches ``threshold``: comparing stored
+    values with it picks exactly the values a float comparison after dequantizing would."""
+    scale, zero_point = quantization
+    if not math.isfinite(threshold):
+        raise ValueError(f"a score threshold must be a finite number; got {threshold}")
+    level = math.ceil(threshold / scale + zero_point)  # within a step of the answer: float32 rounds
+    if abs(level - zero_point) >= 2 ** 24:  # past float32's whole numbers, and past any 16-bit value
+        return level
+    target = np.float32(threshold)
+
+    def reaches(value: int) -> bool:  # a 1-element array: 0-d arithmetic would be done in float64
+        return bool(dequantize(np.array([value]), quantization)[0] >= target)
+
+    while reaches(level - 1):
+        level -= 1
+    while not reaches(level):
+        level += 1
+    return level
+
+
 # cx, cy, w, h -> x1, y1, x2, y2 as one product: x1 = cx - w / 2 exactly (the other terms are zeros).
 _CORNERS = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [-0.5, 0.0, 0.5, 0.0], [0.0, -0.5, 0.0, 0.5]])
 MAX_CLASS_ID = 65535  # non-negative int class ids up to this are table indices; others are relabelled
@@ -98,27 +120,32 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_
     if labels.dtype.kind not in "iu" or labels.min() < 0 or top_label > MAX_CLASS_ID:  # relabel 0..K-1
         labels = np.unique(labels, return_inverse=True)[1].reshape(-1)
         top_label = labels.max()
-    head_of = np.zeros(top_label + 1, np.intp)
-    alive = np.arange(count)  # positions in score order still in play
+    positions = np.arange(count)
+    head_of = np.empty(top_label + 1, np.intp)  # per class: the local position of its best remaining box
+    alive, alive_labels, ours = positions, labels, table  # still in play, by position in score order
     kept: list[np.ndarray] = []
     total = 0
-    while alive.size:
-        alive_labels = labels[alive]
-        first = np.unique(alive_labels, return_index=True)[1]  # each class's best remaining box
-        heads = alive[first]
-        kept.append(heads)
-        total += len(heads)
-        head_of[alive_labels[first]] = heads
-        ours, head = table[:, alive], table[:, head_of[alive_labels]]  # each box and its class's head
+    while True:
+        local = positions[:len(alive)]
+        head_of.fill(len(alive))
+        np.minimum.at(head_of, alive_labels, local)  # alive is in score order: the first of each class
+        head_local = head_of[alive_labels]  # each box's class head
+        is_head = head_local == local
+        kept.append(alive[is_head])
+        total += len(kept[-1])
+        head = ours[:, head_local]
         overlap = np.minimum(ours[2:4], head[2:4]) - np.maximum(ours[:2], head[:2])
         np.maximum(overlap, 0.0, out=overlap)
         inter = overlap[0] * overlap[1]
         union = np.maximum(head[4] + ours[4] - inter, _TINY)  # 0/0 -> IoU 0
         survivors = inter / union <= iou_threshold
-        survivors[first] = False
+        survivors[is_head] = False
         alive = alive[survivors]
-        if total >= max_detections and alive.size and alive[0] > np.sort(np.concatenate(kept))[max_detections - 1]:
+        if not alive.size:
+            break
+        if total >= max_detections and alive[0] > np.sort(np.concatenate(kept))[max_detections - 1]:
             break  # whatever is kept later ranks below the first max_detections
+        alive_labels, ours = labels[alive], table[:, alive]
     return order[np.sort(np.concatenate(kept))[:max_detections]]
 
 
@@ -144,8 +171,8 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
     if features <= first_class:
         raise InputError(f"YOLO rows need 4 box values{' + objectness' if has_objectness else ''} "
                          f"and at least one class score; got {features} values")
-    scale, zero = quantization if quantization else (1.0, 0)
-    raw_threshold = score_threshold / scale + zero  # dequantization is monotonic, so compare stored values
+    # Dequantization is monotonic, so stored values are compared with the threshold's stored level.
+    raw_threshold = stored_threshold(score_threshold, quantization) if quantization else score_threshold
     # Prefilter: with objectness the score is obj * class <= obj; without, it is the best class score.
     gate = slice(4, 5) if has_objectness else slice(first_class, None)
     best = (pred[gate] if channels_first else pred[:, gate]).max(axis=0 if channels_first else 1)
@@ -158,15 +185,15 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
         found = dequantize(found, quantization) if quantization else found
         class_scores = found[first_class:] * found[4]
         class_ids, scores = class_scores.argmax(axis=0), class_scores.max(axis=0)
-    else:  # stored values rank as their floats do, so the best class is found before dequantizing
-        class_ids, scores = found[first_class:].argmax(axis=0), best[chosen]  # the prefilter's best is the score
-        if not quantization:
-            scores = scores.astype(np.float32)
+        keep = np.flatnonzero(scores >= score_threshold)
+        scores, class_ids, centred = scores[keep], class_ids[keep], found[:4, keep]
+    else:  # the prefilter's best is the score, and the prefilter was exact: every candidate stays
+        class_ids, scores = found[first_class:].argmax(axis=0), best[chosen]  # stored values rank as floats
+        if quantization:
+            scores, centred = dequantize(scores, quantization), dequantize(found[:4], quantization)
         else:
-            scores, found = dequantize(scores, quantization), dequantize(found[:4], quantization)
-    keep_score = np.flatnonzero(scores >= score_threshold)
-    scores, class_ids = scores[keep_score], class_ids[keep_score]
-    boxes = found[:4, keep_score].T.astype(np.float64) @ _CORNERS  # x1, y1, x2, y2
+            scores, centred = scores.astype(np.float32), found[:4]
+    boxes = centred.T.astype(np.float64) @ _CORNERS  # x1, y1, x2, y2
     if normalized is None:
         normalized = bool(boxes.size) and float(np.abs(boxes).max()) <= 1.5
     if normalized:
@@ -259,5 +286,5 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a @ b.T
 
 
-__all__ = ["Classification", "Detection", "top_k", "dequantize", "nms", "batched_nms", "decode_yolo",
+__all__ = ["Classification", "Detection", "top_k", "dequantize", "stored_threshold", "nms", "batched_nms", "decode_yolo",
            "decode_ssd", "segmentation_mask", "l2_normalize", "cosine_similarity"]

@@ -133,17 +133,22 @@ def test_build_info_and_input_drift(digits, digits_model_path, tmp_path):
 
 
 def test_drift_statistics_read_a_bounded_spread_of_pixels():
-    """A camera frame is sampled, not read whole (that cost more than the image task), and the
-    sample still gives the frame's statistics; a stride dividing the width would see few columns."""
+    """Camera frames are sampled, not read whole (that cost more than the image task): some pixels
+    of every INPUT_EVERY-th frame, which still give the frames' statistics.  A stride dividing the
+    width would see few columns."""
     from sklearn.datasets import load_sample_image
 
-    from device_runtime.monitor import INPUT_SAMPLES, Monitor
+    from device_runtime.monitor import INPUT_EVERY, INPUT_SAMPLES, Monitor
 
     frame = load_sample_image("china.jpg")[None].astype(np.float32) / 255.0  # 427 x 640
     monitor = Monitor({"mean": [0.5] * 3, "std": [0.25] * 3})
     monitor.record_input(frame)
+    first = monitor.snapshot()["input_drift"]["samples"]
+    assert 0 < first <= INPUT_SAMPLES
+    for _ in range(INPUT_EVERY):
+        monitor.record_input(frame)
     drift = monitor.snapshot()["input_drift"]
-    assert drift["samples"] <= INPUT_SAMPLES
+    assert drift["samples"] == 2 * first  # the first frame and the INPUT_EVERY-th after it
     pixels = frame.reshape(-1, 3)
     np.testing.assert_allclose(drift["mean"], pixels.mean(axis=0), atol=0.02)
     np.testing.assert_allclose(drift["std"], pixels.std(axis=0), rtol=0.05)

@@ -162,6 +162,38 @@ def test_yolo_decode_in_quantized_domain_matches_float():
     assert len(got) == 2
 
 
+def test_stored_threshold_picks_exactly_what_the_float_comparison_picks():
+    from device_runtime.postprocess import dequantize, stored_threshold
+
+    rng = np.random.default_rng(5)
+    levels = np.arange(-128, 128)
+    for _ in range(300):
+        quantization = (float(np.float32(rng.uniform(1e-4, 0.05))), int(rng.integers(-128, 128)))
+        floats = dequantize(levels, quantization)
+        # thresholds that are exactly a level's float (the rounding edge), and ones between levels
+        for threshold in (float(rng.choice(floats)), float(rng.uniform(floats[0], floats[-1]))):
+            picked = levels >= stored_threshold(threshold, quantization)
+            np.testing.assert_array_equal(picked, floats >= threshold)
+    with pytest.raises(ValueError, match="finite number; got nan"):
+        stored_threshold(float("nan"), (0.1, 0))
+
+
+def test_yolo_decode_keeps_a_score_exactly_at_the_threshold():
+    """Scores stored one level below, at and above the threshold: the quantized decode keeps the two
+    that the float decode of the dequantized output keeps."""
+    # threshold / scale + zero is 12.000004 here, so a comparison with that would drop the score at 12
+    scale, zero, at = 0.006732655223459005, -128, 12
+    output = np.full((1, 4 + 2, 8), zero, np.int8)  # 8 anchors, the last 5 scoring 0
+    output[0, :4, :3] = np.array([[20, 80, 140], [20, 20, 20], [10, 10, 10], [10, 10, 10]]) / 160 / scale + zero
+    output[0, 4, :3] = [at - 1, at, at + 1]
+    threshold = float((np.float32(at - zero)) * np.float32(scale))
+    box = Letterbox(1.0, 1.0, 0.0, 0.0, 160, 160)
+    dequantized = (output.astype(np.float32) - zero) * np.float32(scale)
+    expected = decode_yolo(dequantized, box, score_threshold=threshold, input_size=(160, 160))
+    got = decode_yolo(output, box, score_threshold=threshold, input_size=(160, 160), quantization=(scale, zero))
+    assert len(got) == 2 and [(d.score, d.box) for d in got] == [(d.score, d.box) for d in expected]
+
+
 def test_top_k_ties_take_the_lower_index():
     scores = np.zeros(50)
     scores[[7, 30]] = 1.0

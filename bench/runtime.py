@@ -188,17 +188,18 @@ def task_rows(kind: str, io_type: str, data: bytes, threads: int) -> list[dict]:
             raw = raw_invoke_timer(data, tensor, threads)  # the raw side gets the ready tensor
             if detector:
                 check_planted(model.detect(frame), box)
-                task, what = partial(model.detect, frame), (f"letterbox, decode {OBJECTS * CANDIDATES_PER_OBJECT} "
-                                                             f"candidates, NMS -> {OBJECTS} objects")
+                task, what = model.detect, (f"letterbox, decode {OBJECTS * CANDIDATES_PER_OBJECT} "
+                                            f"candidates, NMS -> {OBJECTS} objects")
             else:
-                task, what = partial(model.classify, frame, top_k=5), "top-5"
+                task, what = partial(model.classify, top_k=5), "top-5"
+            limit = 0.15 if detector else 0.10
             case = f"{kind}, {io_type} I/O, {engine}, {threads} thread(s): {frame_name} -> {what}"
-            rows.append(overhead_row(case, task, raw, 0.15 if detector else 0.10))
-            if engine == "opencv" and io_type == "int8" and not detector and frame.shape == FRAME_SHAPE:
-                bgr = np.ascontiguousarray(frame[..., ::-1])  # as cv2.VideoCapture delivers
+            rows.append(overhead_row(case, partial(task, frame), raw, limit))
+            if engine == "opencv" and io_type == "int8":
+                bgr = np.ascontiguousarray(frame[..., ::-1])  # as cv2.VideoCapture and picamera2's RGB888 deliver
                 rows.append(overhead_row(f"{kind}, {io_type} I/O, {engine}, {threads} thread(s): BGR {frame_name} "
-                                         f"-> {what}", partial(model.classify, bgr, top_k=5, color_order="BGR"),
-                                         raw, 0.10))
+                                         f"-> {what}", partial(task, bgr, color_order="BGR"), raw, limit))
+            if engine == "opencv" and io_type == "int8" and not detector and frame.shape == FRAME_SHAPE:
                 rows.append(overhead_row(f"{kind}, {io_type} I/O, {threads} thread(s): Model.run(tensor) only",
                                          partial(model.run, tensor), raw, None))
     return rows

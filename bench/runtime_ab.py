@@ -7,9 +7,10 @@ reports medians of per-call overheads (runtime minus the raw call just before it
 per-round differences, which machine noise moves far less.
 
 Cases: the int8 MobileNetV2 classifier and the int8 planted-scene detector of bench/runtime.py, each on
-a 640x480 frame and on a frame at the camera size, with the OpenCV engine.
-Run: .venv/bin/python -m bench.runtime_ab --base HEAD~1 [--threads 2] [--only detector]
-(about 70 s; writes bench/results/runtime_ab_<threads>t.{json,md})
+a 640x480 frame and on a frame at the camera size, with the OpenCV engine, in RGB or (--color-order
+BGR) in the order OpenCV and picamera2's RGB888 deliver.
+Run: .venv/bin/python -m bench.runtime_ab --base HEAD~1 [--threads 2] [--only detector] [--color-order BGR]
+(about 3 minutes with the two sdk convert runs; writes bench/results/runtime_ab_<threads>t[_bgr].{json,md})
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", choices=("classifier", "detector"), help="measure one model's cases")
+    parser.add_argument("--color-order", choices=("RGB", "BGR"), default="RGB",
+                        help="frames as RGB, or as BGR (what OpenCV and picamera2's RGB888 deliver)")
     args = parser.parse_args()
     base = import_runtime_at(args.base, Path(tempfile.mkdtemp(prefix="runtime_ab_")))
     rows = []
@@ -75,16 +78,18 @@ def main() -> None:
     for kind in [args.only] if args.only else builders:
         data = builders[kind]("int8")
         for frame_name, frame in frames(kind == "detector").items():
+            order = args.color_order
+            frame = np.ascontiguousarray(frame[..., ::-1]) if order == "BGR" else frame
             models = {name: module.Model(data, num_threads=args.threads, image_engine="opencv")
                       for name, module in ((args.base, base), ("this tree", device_runtime))}
             resize = "letterbox" if kind == "detector" else None
-            tensor, _ = models["this tree"].preprocess(frame, resize=resize)
+            tensor, _ = models["this tree"].preprocess(frame, resize=resize, color_order=order)
             raw = raw_invoke_timer(data, tensor, args.threads)
-            tasks = {name: (lambda m=model, f=frame: m.detect(f)) if kind == "detector" else (
-                lambda m=model, f=frame: m.classify(f, top_k=5)) for name, model in models.items()}
+            tasks = {name: (lambda m=model, f=frame: m.detect(f, color_order=order)) if kind == "detector" else (
+                lambda m=model, f=frame: m.classify(f, top_k=5, color_order=order)) for name, model in models.items()}
             seconds = paired(raw, tasks, args.rounds)
             overhead = {name: after - before for name, (before, after) in seconds.items()}
-            rows.append({"case": f"{kind}, {frame_name}",
+            rows.append({"case": f"{kind}, {order} {frame_name}",
                          "raw_ms": float(np.median(np.concatenate([b for b, _ in seconds.values()]))) * 1e3,
                          "base_overhead_us": float(np.median(overhead[args.base])) * 1e6,
                          "overhead_us": float(np.median(overhead["this tree"])) * 1e6,
@@ -100,7 +105,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    stem = f"runtime_ab_{args.threads}t"
+    stem = f"runtime_ab_{args.threads}t" + ("_bgr" if args.color_order == "BGR" else "")
     (RESULTS / f"{stem}.md").write_text(text + "\n")
     (RESULTS / f"{stem}.json").write_text(json.dumps({"base": args.base, "threads": args.threads,
                                                          "rounds": args.rounds, "rows": rows}, indent=2) + "\n")

@@ -176,6 +176,8 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
     # Prefilter: with objectness the score is obj * class <= obj; without, it is the best class score.
     gate = slice(4, 5) if has_objectness else slice(first_class, None)
     best = (pred[gate] if channels_first else pred[:, gate]).max(axis=0 if channels_first else 1)
+    if not quantization:  # compared as the float32 scores returned are (a float16 output would round)
+        best = best.astype(np.float32, copy=False)
     chosen = np.nonzero(best >= raw_threshold)[0]
     # The candidates as (features, M) columns, whichever layout the model has: no transposed copy.
     found = pred[:, chosen] if channels_first else pred[chosen].T
@@ -192,7 +194,7 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
         if quantization:
             scores, centred = dequantize(scores, quantization), dequantize(found[:4], quantization)
         else:
-            scores, centred = scores.astype(np.float32), found[:4]
+            centred = found[:4]
     boxes = centred.T.astype(np.float64) @ _CORNERS  # x1, y1, x2, y2
     if normalized is None:
         normalized = bool(boxes.size) and float(np.abs(boxes).max()) <= 1.5
@@ -286,5 +288,5 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a @ b.T
 
 
-__all__ = ["Classification", "Detection", "top_k", "dequantize", "stored_threshold", "nms", "batched_nms", "decode_yolo",
-           "decode_ssd", "segmentation_mask", "l2_normalize", "cosine_similarity"]
+__all__ = ["Classification", "Detection", "top_k", "dequantize", "stored_threshold", "nms", "batched_nms",
+           "decode_yolo", "decode_ssd", "segmentation_mask", "l2_normalize", "cosine_similarity"]

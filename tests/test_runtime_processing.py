@@ -194,6 +194,15 @@ def test_yolo_decode_keeps_a_score_exactly_at_the_threshold():
     assert len(got) == 2 and [(d.score, d.box) for d in got] == [(d.score, d.box) for d in expected]
 
 
+def test_yolo_decode_of_a_float16_output_compares_the_scores_it_returns():
+    output = np.zeros((1, 5, 8), np.float16)
+    output[0, :, 0] = [10, 10, 4, 4, 0.2]  # float16 keeps 0.2 as 0.19995, below a threshold of 0.2
+    box = Letterbox(1.0, 1.0, 0.0, 0.0, 64, 64)
+    assert decode_yolo(output, box, score_threshold=0.2) == []
+    (found,) = decode_yolo(output, box, score_threshold=float(np.float16(0.2)))
+    assert found.score == pytest.approx(0.19995, abs=1e-5) and found.box == (8.0, 8.0, 12.0, 12.0)
+
+
 def test_top_k_ties_take_the_lower_index():
     scores = np.zeros(50)
     scores[[7, 30]] = 1.0

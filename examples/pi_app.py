@@ -5,7 +5,8 @@
 
 Needs only numpy, an interpreter (ai-edge-litert or tflite-runtime) and Pillow;
 the camera uses picamera2 when installed, else OpenCV.  Imports nothing from
-the workstation SDK.
+the workstation SDK.  Prefer ai-edge-litert (pip install ".[device]"): it runs
+int8 models with XNNPACK, and tflite-runtime 2.14 leaves them to its builtin kernels.
 
 picamera2 is asked for frames at the size the model takes (Model.camera_size):
 the camera's ISP scales them for free, so the CPU only normalises.

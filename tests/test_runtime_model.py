@@ -294,3 +294,14 @@ def test_channels_first_input_is_filled_in_place_too(tmp_path):
     found = model.classify(frame, top_k=6)
     assert [c.index for c in found] == np.argsort(-scores, kind="stable").tolist()
     np.testing.assert_array_equal([c.score for c in found], np.sort(scores)[::-1])
+
+
+def test_bench_says_when_tflite_runtime_runs_int8_without_xnnpack(models):
+    from device_runtime.bench import benchmark, render
+
+    paths, _ = models
+    pi = benchmark(paths["int8"], runs=2, warmup=0, backend="tflite-runtime")
+    assert len(pi["notes"]) == 1 and "builtin kernels" in pi["notes"][0]
+    assert render(pi).splitlines()[-1].startswith("note: tflite-runtime 2.14's XNNPACK")
+    assert benchmark(paths["int8"], runs=2, warmup=0, backend="ai-edge-litert")["notes"] == []
+    assert benchmark(paths["float"], runs=2, warmup=0, backend="tflite-runtime")["notes"] == []  # float ops

@@ -13,11 +13,11 @@ from collections import deque
 import numpy as np
 
 CONFIDENCE_BINS = 10
-# The drift statistics read INPUT_SAMPLES pixels of every INPUT_EVERY-th call, the first included: a
-# running mean and std over a stream of frames needs no more, and reading all of a camera frame cost
-# more than the image task itself (330 us for a 224x224x3 frame, 670 us for 320x320x3, when every 4th
-# pixel of every call was read; a sample of 1,024 costs 12-20 us).
-INPUT_SAMPLES = 1024
+# The drift statistics read about INPUT_VALUES values (1,024 pixels of 3 channels) of every
+# INPUT_EVERY-th call, the first included: a running mean and std over a stream of frames needs no
+# more, and reading all of a camera frame cost more than the image task itself (330 us for a 224x224x3
+# frame, 670 us for 320x320x3, when every 4th pixel of every call was read; the sample costs 12-20 us).
+INPUT_VALUES = 3072
 INPUT_EVERY = 4
 
 
@@ -42,9 +42,9 @@ class Monitor:
             self._confidence[min(int(score * CONFIDENCE_BINS), CONFIDENCE_BINS - 1)] += 1
 
     def record_input(self, x: np.ndarray, quantization: tuple[float, int] | None = None) -> None:
-        """Per-channel sums over at most INPUT_SAMPLES pixels of one input batch (channels last), for
-        every INPUT_EVERY-th batch; stored int values (``quantization`` = (scale, zero_point)) are
-        mapped back to float."""
+        """Per-channel sums over a sample of the pixels of one input batch (channels last), for every
+        INPUT_EVERY-th batch; stored int values (``quantization`` = (scale, zero_point)) are mapped
+        back to float."""
         if self._reference is None or x.ndim < 2:
             return
         with self._lock:
@@ -52,7 +52,7 @@ class Monitor:
         if turn % INPUT_EVERY:
             return
         pixels = x.reshape(-1, x.shape[-1])
-        rows = pixels[::_sample_step(len(pixels), x.shape[-2])].astype(np.float64)
+        rows = pixels[::_sample_step(len(pixels), pixels.shape[1], x.shape[-2])].astype(np.float64)
         if quantization:
             scale, zero_point = quantization
             rows = (rows - zero_point) * scale
@@ -94,11 +94,13 @@ class Monitor:
                 "reference_std": ref_std.tolist(), "samples": self._count}
 
 
-def _sample_step(pixels: int, width: int) -> int:
-    """A stride over the flattened pixels taking at most INPUT_SAMPLES of them, coprime with the row
-    width so that successive rows are sampled at other columns: a stride that divides the width would
-    read a few columns only (the left edge of every row, say) and miss what the camera sees."""
-    step = max(1, -(-pixels // INPUT_SAMPLES))
+def _sample_step(pixels: int, channels: int, width: int) -> int:
+    """A stride over the flattened pixels taking at most INPUT_VALUES values (never less than one
+    pixel), coprime with the row width so that successive rows are sampled at other columns: a stride
+    that divides the width would read a few columns only (the left edge of every row, say) and miss
+    what the camera sees.  Counting values, not pixels, bounds a channels-first input too, whose
+    "pixels" are rows of a whole image width."""
+    step = max(1, -(-pixels // max(1, INPUT_VALUES // channels)))
     while step > 1 and math.gcd(step, width) != 1:
         step += 1
     return step

@@ -138,13 +138,13 @@ def test_drift_statistics_read_a_bounded_spread_of_pixels():
     width would see few columns."""
     from sklearn.datasets import load_sample_image
 
-    from device_runtime.monitor import INPUT_EVERY, INPUT_SAMPLES, Monitor
+    from device_runtime.monitor import INPUT_EVERY, INPUT_VALUES, Monitor
 
     frame = load_sample_image("china.jpg")[None].astype(np.float32) / 255.0  # 427 x 640
     monitor = Monitor({"mean": [0.5] * 3, "std": [0.25] * 3})
     monitor.record_input(frame)
     first = monitor.snapshot()["input_drift"]["samples"]
-    assert 0 < first <= INPUT_SAMPLES
+    assert 0 < first <= INPUT_VALUES // 3
     for _ in range(INPUT_EVERY):
         monitor.record_input(frame)
     drift = monitor.snapshot()["input_drift"]
@@ -158,3 +158,8 @@ def test_drift_statistics_read_a_bounded_spread_of_pixels():
     monitor = Monitor({"mean": [0.0], "std": [1.0]})
     monitor.record_input(stripes)
     assert monitor.snapshot()["input_drift"]["mean"][0] == pytest.approx(1 / 64, abs=0.005)
+
+    channels_first = np.zeros((1, 3, 224, 224), np.float32)  # its "pixels" are rows of 224 values
+    monitor = Monitor({"mean": [0.0] * 224, "std": [1.0] * 224})
+    monitor.record_input(channels_first)
+    assert 0 < monitor.snapshot()["input_drift"]["samples"] * 224 <= INPUT_VALUES

@@ -163,6 +163,8 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
     """
     pred = np.asarray(output)
     pred = pred[0] if pred.ndim == 3 else pred
+    if not quantization:  # compared and ranked as the float32 scores returned are (no copy for float32)
+        pred = pred.astype(np.float32, copy=False)
     if pred.ndim != 2:
         raise InputError(f"YOLO output must be (1, 4+C, N) or (1, N, 4+C); got {np.shape(output)}")
     channels_first = pred.shape[0] < pred.shape[1]
@@ -176,13 +178,9 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
     # Prefilter: with objectness the score is obj * class <= obj; without, it is the best class score.
     gate = slice(4, 5) if has_objectness else slice(first_class, None)
     best = (pred[gate] if channels_first else pred[:, gate]).max(axis=0 if channels_first else 1)
-    if not quantization:  # compared as the float32 scores returned are (a float16 output would round)
-        best = best.astype(np.float32, copy=False)
     chosen = np.nonzero(best >= raw_threshold)[0]
     # The candidates as (features, M) columns, whichever layout the model has: no transposed copy.
     found = pred[:, chosen] if channels_first else pred[chosen].T
-    if not quantization:
-        found = found.astype(np.float32)
     if has_objectness:  # class score = objectness * class probability, in float
         found = dequantize(found, quantization) if quantization else found
         class_scores = found[first_class:] * found[4]
@@ -190,11 +188,10 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
         keep = np.flatnonzero(scores >= score_threshold)
         scores, class_ids, centred = scores[keep], class_ids[keep], found[:4, keep]
     else:  # the prefilter's best is the score, and the prefilter was exact: every candidate stays
-        class_ids, scores = found[first_class:].argmax(axis=0), best[chosen]  # stored values rank as floats
+        # Stored values rank as their floats do, so the best class is found before dequantizing.
+        class_ids, scores, centred = found[first_class:].argmax(axis=0), best[chosen], found[:4]
         if quantization:
-            scores, centred = dequantize(scores, quantization), dequantize(found[:4], quantization)
-        else:
-            centred = found[:4]
+            scores, centred = dequantize(scores, quantization), dequantize(centred, quantization)
     boxes = centred.T.astype(np.float64) @ _CORNERS  # x1, y1, x2, y2
     if normalized is None:
         normalized = bool(boxes.size) and float(np.abs(boxes).max()) <= 1.5

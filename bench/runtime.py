@@ -33,6 +33,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -177,33 +178,49 @@ def check_planted(found: list, box) -> None:
                            f"found {len(found)}, {matched} matching")
 
 
-def task_rows(kind: str, io_type: str, data: bytes, threads: int) -> list[dict]:
-    """Frame -> answer through the runtime vs raw invoke of the ready tensor, per frame source and engine."""
+class FrameTask(NamedTuple):
+    """A model's task on one frame, and the raw interpreter given the tensor it makes of that frame."""
+
+    model: object
+    tensor: np.ndarray
+    task: Callable  # task(frame, **options) -> answer
+    raw: Callable
+    what: str
+    limit: float
+
+
+def frame_task(kind: str, data: bytes, frame: np.ndarray, threads: int, engine: str = "opencv",
+               backend: str = "ai-edge-litert") -> FrameTask:
     from device_runtime import Model
 
     detector = kind == "detector"
+    model = Model(data, num_threads=threads, image_engine=engine, backend=backend)
+    tensor, box = model.preprocess(frame, resize="letterbox" if detector else None)
+    raw = raw_invoke_timer(data, tensor, threads, backend)  # the raw side gets the ready tensor
+    if detector:
+        check_planted(model.detect(frame), box)
+        return FrameTask(model, tensor, model.detect, raw,
+                         f"letterbox, decode {OBJECTS * CANDIDATES_PER_OBJECT} candidates, NMS -> {OBJECTS} objects",
+                         0.15)
+    return FrameTask(model, tensor, partial(model.classify, top_k=5), raw, "top-5", 0.10)
+
+
+def task_rows(kind: str, io_type: str, data: bytes, threads: int) -> list[dict]:
+    """Frame -> answer through the runtime vs raw invoke of the ready tensor, per frame source and engine."""
     rows = []
-    for frame_name, frame in frames(detector).items():
+    for frame_name, frame in frames(kind == "detector").items():
         for engine in ("numpy", "opencv"):
-            model = Model(data, num_threads=threads, image_engine=engine)
-            tensor, box = model.preprocess(frame, resize="letterbox" if detector else None)
-            raw = raw_invoke_timer(data, tensor, threads)  # the raw side gets the ready tensor
-            if detector:
-                check_planted(model.detect(frame), box)
-                task, what = model.detect, (f"letterbox, decode {OBJECTS * CANDIDATES_PER_OBJECT} "
-                                            f"candidates, NMS -> {OBJECTS} objects")
-            else:
-                task, what = partial(model.classify, top_k=5), "top-5"
-            limit = 0.15 if detector else 0.10
-            case = f"{kind}, {io_type} I/O, {engine}, {threads} thread(s): {frame_name} -> {what}"
-            rows.append(overhead_row(case, partial(task, frame), raw, limit))
+            case = frame_task(kind, data, frame, threads, engine)
+            name = f"{kind}, {io_type} I/O, {engine}, {threads} thread(s)"
+            rows.append(overhead_row(f"{name}: {frame_name} -> {case.what}", partial(case.task, frame), case.raw,
+                                     case.limit))
             if engine == "opencv" and io_type == "int8":
                 bgr = np.ascontiguousarray(frame[..., ::-1])  # as cv2.VideoCapture and picamera2's RGB888 deliver
-                rows.append(overhead_row(f"{kind}, {io_type} I/O, {engine}, {threads} thread(s): BGR {frame_name} "
-                                         f"-> {what}", partial(task, bgr, color_order="BGR"), raw, limit))
-            if engine == "opencv" and io_type == "int8" and not detector and frame.shape == FRAME_SHAPE:
+                rows.append(overhead_row(f"{name}: BGR {frame_name} -> {case.what}",
+                                         partial(case.task, bgr, color_order="BGR"), case.raw, case.limit))
+            if engine == "opencv" and io_type == "int8" and kind == "classifier" and frame.shape == FRAME_SHAPE:
                 rows.append(overhead_row(f"{kind}, {io_type} I/O, {threads} thread(s): Model.run(tensor) only",
-                                         partial(model.run, tensor), raw, None))
+                                         partial(case.model.run, case.tensor), case.raw, None))
     return rows
 
 
@@ -214,16 +231,10 @@ def backend_rows(kind: str, data: bytes) -> list[dict]:
     default delegate), so its invoke is many times slower here, as a Pi's is: the same runtime
     overhead is then a few tenths of a percent.  Fewer rounds, as each takes tens of ms.
     """
-    from device_runtime import Model
-
-    detector = kind == "detector"
-    frame_name, frame = list(frames(detector).items())[1]
-    model = Model(data, num_threads=1, image_engine="opencv", backend="tflite-runtime")
-    tensor, _ = model.preprocess(frame, resize="letterbox" if detector else None)
-    raw = raw_invoke_timer(data, tensor, 1, "tflite-runtime")
-    task = partial(model.detect, frame) if detector else partial(model.classify, frame, top_k=5)
-    return [overhead_row(f"{kind}, int8 I/O, opencv, tflite-runtime 2.14, 1 thread(s): {frame_name}", task, raw,
-                         0.15 if detector else 0.10, rounds=30)]
+    frame_name, frame = list(frames(kind == "detector").items())[1]
+    case = frame_task(kind, data, frame, 1, backend="tflite-runtime")
+    return [overhead_row(f"{kind}, int8 I/O, opencv, tflite-runtime 2.14, 1 thread(s): {frame_name}",
+                         partial(case.task, frame), case.raw, case.limit, rounds=30)]
 
 
 def cold_start(path: Path, backend: str, first: str) -> float:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import arguments
+
 RESULTS = Path(__file__).parent / "results"
 ROUNDS, RUNS = 5, 30
 
@@ -31,7 +33,8 @@ def _p50(model, x) -> float:
     return float(np.median(times) * 1000)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    arguments(__doc__).parse_args(argv)
     import torch
 
     import sdk

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import arguments
 from converters import _tf
 from converters.tflite_analysis import gzip_size
 from examples.digits_cnn import accuracy, load_digits_splits, train_digits_cnn
@@ -48,7 +49,8 @@ def hand_written_tfmot(model_path: Path, splits) -> bytes:
     return converter.convert()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    arguments(__doc__).parse_args(argv)
     from device_runtime import Model
     from sdk import convert
 

@@ -10,7 +10,6 @@ ONNX export, onnx2tf, the TFLite converter, and the SDK's own work.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from bench import arguments
 from examples.torch_zoo import ZOO, build
 
 RESULTS = Path(__file__).parent / "results"
@@ -86,10 +86,10 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments(__doc__)
     parser.add_argument("--only", nargs="*", choices=sorted(ZOO), help="Architectures to run (default: all).")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     names = args.only or list(ZOO)
     with tempfile.TemporaryDirectory() as work:
         rows = [measure(name, Path(work)) for name in names]

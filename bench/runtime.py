@@ -37,6 +37,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from bench import arguments
 from converters import _tf
 from sdk import convert
 
@@ -249,7 +250,8 @@ def cold_start(path: Path, backend: str, first: str) -> float:
     return float(np.median(runs))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    arguments(__doc__).parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench_runtime_"))
     models = {("classifier", io): build_classifier(io) for io in ("float32", "int8")}
     models.update({("detector", io): build_detector(io) for io in ("float32", "int8")})

@@ -15,7 +15,6 @@ Run: .venv/bin/python -m bench.runtime_ab --base HEAD~1 [--threads 2] [--only de
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import device_runtime
+from bench import arguments
 from bench.runtime import ROOT, RESULTS, build_classifier, build_detector, frames, raw_invoke_timer
 
 WARMUP = 50
@@ -63,15 +63,15 @@ def paired(raw, runtimes: dict, rounds: int) -> dict[str, tuple[np.ndarray, np.n
     return {name: (np.array(before), np.array(after)) for name, (before, after) in times.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments(__doc__)
     parser.add_argument("--base", default="HEAD", help="git revision to compare against (default HEAD)")
     parser.add_argument("--rounds", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", choices=("classifier", "detector"), help="measure one model's cases")
     parser.add_argument("--color-order", choices=("RGB", "BGR"), default="RGB",
                         help="frames as RGB, or as BGR (what OpenCV and picamera2's RGB888 deliver)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     base = import_runtime_at(args.base, Path(tempfile.mkdtemp(prefix="runtime_ab_")))
     rows = []
     builders = {"classifier": build_classifier, "detector": build_detector}

@@ -9,16 +9,21 @@ Run: .venv/bin/python -m bench.runtime_fuzz [N]   (writes bench/results/runtime_
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
+from bench import arguments
 from tests.fuzzing import fuzz, fuzz_models
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def main(count: int = 20000) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("count", nargs="?", type=int, default=20000, help="mutations per loader (default 20000)")
+    count = parser.parse_args(argv).count
+    if count < 1:
+        parser.error(f"count must be a positive number of mutations; got {count}")
     models = fuzz_models()
     rows = []
     for mode in ("raw", "runtime"):
@@ -45,4 +50,4 @@ def main(count: int = 20000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20000)
+    main()

@@ -23,7 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import arguments
+
 RESULTS = Path(__file__).parent / "results"
+MODEL_KEYS = ("digits", "digits_torch", "mobilenetv2", "transformer_encoder", "audio_conv1d")
 FINETUNE_EPOCHS = 8
 
 RECIPES = {
@@ -153,19 +156,23 @@ def by_hand(work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = arguments(__doc__)
+    parser.add_argument("--only", nargs="+", choices=MODEL_KEYS,
+                        help="models to run, for a quick partial run whose results go to a temporary folder, "
+                             "not bench/results (default: all)")
+    only = set(parser.parse_args(argv).only or ())
     from sdk.plots import layer_plot, tradeoff_plot
     from sdk.sweep import SweepEntry, quality, render, run_sweep
 
-    argv = sys.argv[1:] if argv is None else argv
-    only = set(argv)  # model names to run, for a quick partial run; default all
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench_suite_"))
     base = {"finetune": {"epochs": FINETUNE_EPOCHS}}
     entries = [SweepEntry(name, {**base, **recipe}) for name, recipe in RECIPES.items()]
-    RESULTS.mkdir(exist_ok=True)
+    results = work / "results" if only else RESULTS  # a partial run keeps the committed results
+    results.mkdir(exist_ok=True)
     sections, everything = [], {}
     for model in prepare_models(work):
-        if only and model["name"] not in only:
+        if only and model["key"] not in only:
             continue
         stem = model["key"]
         result = run_sweep(model["source"], entries, work / "sweeps" / stem, data=model["data"],
@@ -175,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = {r["name"]: r for r in result.rows}
         ok = [r for r in result.rows if r["status"] == "ok" and quality(r)[0] is not None]
         if ok:
-            tradeoff_plot(ok, RESULTS / f"suite_{stem}.png", title=model["name"])
+            tradeoff_plot(ok, results / f"suite_{stem}.png", title=model["name"])
         notes = []
         f32, i8 = rows["float32"], rows["int8"]
         if f32["status"] == i8["status"] == "ok" and "1" in f32.get("latency", {}) and "1" in i8.get("latency", {}):
@@ -190,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         combo = rows["prune75+cluster16+int8"]
         if stem == "digits" and combo["status"] == "ok":
             layer_plot(json.loads(Path(combo["path"]).with_name("model.report.json").read_text()),
-                       RESULTS / "suite_digits_layers.png")
+                       results / "suite_digits_layers.png")
             hand = by_hand(work)
             model["by_hand"] = hand
             notes.append(f"same recipe (75% + 16 clusters + int8) by hand with tfmot + TFLiteConverter: gzip "
@@ -207,10 +214,10 @@ def main(argv: list[str] | None = None) -> int:
               f"minutes in all. Sizes in KiB; quality is test accuracy (%) where there are labels, else top-1 "
               f"agreement with the source model (%); change is against the source; latency is p50 through "
               f"device_runtime at 1 and 2 threads; peak MB is the benchmark process's peak RSS.\n")
-    (RESULTS / "suite.md").write_text(header + "\n" + "\n".join(sections))
-    (RESULTS / "suite.json").write_text(json.dumps({"total_s": total, "models": everything}, indent=2,
+    (results / "suite.md").write_text(header + "\n" + "\n".join(sections))
+    (results / "suite.json").write_text(json.dumps({"total_s": total, "models": everything}, indent=2,
                                                    default=str) + "\n")
-    print(f"total {total / 60:.1f} min; wrote {RESULTS / 'suite.md'}")
+    print(f"total {total / 60:.1f} min; wrote {results / 'suite.md'}")
     return 0
 
 

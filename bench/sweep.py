@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import arguments
 from bench.suite import RECIPES
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    arguments(__doc__).parse_args(argv)
     from examples.digits_cnn import load_digits_splits, train_digits_cnn
     from sdk.sweep import SweepEntry, render, run_sweep
 

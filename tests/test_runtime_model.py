@@ -179,6 +179,169 @@ def test_pi_app_refuses_a_broken_model(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("error: not a TFLite model")
 
 
+def _bgr_photo(size: tuple[int, int]) -> np.ndarray:
+    """china.jpg at (width, height), B, G, R in memory, as a camera delivers it."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    return np.ascontiguousarray(np.asarray(Image.fromarray(load_sample_image("china.jpg")).resize(size))[..., ::-1])
+
+
+def _expected_lines(path: Path, frames: list[np.ndarray]) -> list[str]:
+    model = Model(path)
+    return [f"frame {i}: " + ", ".join(f"{c.label} {c.score:.2f}" for c in model.classify(frame[..., ::-1], 3))
+            for i, frame in enumerate(frames)]
+
+
+class FakePicamera2:
+    """picamera2's calls the app makes; frames are row-padded views, as libcamera's strides give."""
+
+    opened: list[FakePicamera2] = []
+
+    def __init__(self):
+        self.config, self.started, self.stopped, self.frames = None, False, False, []
+        FakePicamera2.opened.append(self)
+
+    def create_preview_configuration(self, main):
+        return {"main": dict(main)}
+
+    def configure(self, config):
+        self.config = config
+
+    def start(self):
+        self.started = True
+
+    def capture_array(self):
+        width, height = self.config["main"]["size"]
+        padded = np.zeros((height, width + 8, 3), np.uint8)  # a 32-byte aligned stride
+        padded[:, :width] = _bgr_photo((width, height))
+        padded[:, :width, 0] += np.uint8(len(self.frames))  # each frame differs a little
+        self.frames.append(padded[:, :width])
+        return self.frames[-1]
+
+    def stop(self):
+        self.stopped = True
+
+
+def _run_pi_app(*args) -> tuple[int, str, str]:
+    """examples/pi_app.py's main() in this process, so a test can stand in for the camera."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from examples import pi_app
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = pi_app.main([*map(str, args)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_pi_app_camera_reads_picamera2_at_the_model_size_as_bgr(models, monkeypatch):
+    import types
+
+    paths, _ = models
+    FakePicamera2.opened = []
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    code, out, err = _run_pi_app(paths["int8"], "--camera", "--frames", 3, "--threads", 1)
+    assert code == 0, err
+    (camera,) = FakePicamera2.opened
+    assert camera.config == {"main": {"format": "RGB888", "size": Model(paths["int8"]).camera_size()}}
+    assert camera.started and camera.stopped and len(camera.frames) == 3
+    lines = out.strip().splitlines()
+    assert lines[:3] == _expected_lines(paths["int8"], camera.frames)  # read as BGR, the padding ignored
+    assert lines[3].startswith("3 frames in") and "FPS" in lines[3]
+
+
+def test_pi_app_ctrl_c_stops_the_camera_and_still_prints_the_summary(models, monkeypatch):
+    import types
+
+    class InterruptedCamera(FakePicamera2):
+        def capture_array(self):
+            if len(self.frames) == 2:
+                raise KeyboardInterrupt
+            return super().capture_array()
+
+    paths, _ = models
+    FakePicamera2.opened = []
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=InterruptedCamera))
+    code, out, err = _run_pi_app(paths["int8"], "--camera", "--threads", 1)
+    (camera,) = FakePicamera2.opened
+    assert code == 0 and camera.stopped and err.strip().endswith("stopped")
+    assert out.strip().splitlines()[-1].startswith("2 frames in")
+
+
+def test_pi_app_camera_asks_opencv_for_a_covering_4_3_mode(models, monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    paths, _ = models
+    delivered = [_bgr_photo((320, 240)), _bgr_photo((320, 240))[::-1].copy()]  # the driver's nearest mode
+    asked = {}
+
+    class FakeCapture:
+        def __init__(self, index):
+            asked["index"], self.frames = index, list(delivered)
+
+        def isOpened(self):
+            return True
+
+        def set(self, prop, value):
+            asked[prop] = value
+            return True
+
+        def read(self):
+            return (True, self.frames.pop(0)) if self.frames else (False, None)
+
+        def release(self):
+            asked["released"] = True
+
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # not installed: import fails
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCapture)
+    code, out, err = _run_pi_app(paths["int8"], "--camera", "--frames", 5, "--threads", 1)
+    assert code == 0, err
+    # A 16x16 input: the smallest 4:3 frame covering it, not the square that would get a smaller mode.
+    assert (asked[cv2.CAP_PROP_FRAME_WIDTH], asked[cv2.CAP_PROP_FRAME_HEIGHT]) == (21, 16)
+    assert asked["index"] == 0 and asked["released"]
+    lines = out.strip().splitlines()
+    assert lines[:2] == _expected_lines(paths["int8"], delivered)  # the camera ran dry after 2 of 5
+    assert lines[2].startswith("2 frames in")
+
+
+@pytest.mark.parametrize("camera", ["picamera2", "opencv"])
+def test_pi_app_says_when_there_is_no_camera(models, monkeypatch, camera):
+    import types
+
+    paths, _ = models
+    if camera == "picamera2":
+        def no_camera():
+            raise IndexError("list index out of range")  # what picamera2 raises with no camera connected
+        monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=no_camera))
+        message = "error: picamera2 could not start a camera (IndexError: list index out of range)"
+    else:
+        cv2 = pytest.importorskip("cv2")
+        monkeypatch.setitem(sys.modules, "picamera2", None)
+        monkeypatch.setattr(cv2, "VideoCapture", lambda index: types.SimpleNamespace(
+            isOpened=lambda: False, release=lambda: None))
+        message = "error: no camera found at index 0 (OpenCV): connect one, or pass --images FOLDER"
+    code, out, err = _run_pi_app(paths["int8"], "--camera")
+    assert code == 2 and out == "" and err.strip().splitlines()[-1].startswith(message)
+
+
+def test_pi_app_refuses_a_missing_image_folder(models):
+    paths, _ = models
+    code, _, err = _run_pi_app(paths["int8"], "--images", "missing-folder")
+    assert code == 2 and err.strip() == "error: --images needs a folder of images; missing-folder is not one"
+
+
+def test_pi_app_refuses_a_bad_thread_count_in_one_line(models, capsys):
+    paths, _ = models
+    from examples import pi_app
+
+    with pytest.raises(SystemExit) as stopped:  # argparse's usage error
+        pi_app.main([str(paths["int8"]), "--images", ".", "--threads", "0"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "argument --threads: must be a whole number >= 1; got '0'")
+
+
 def test_tensorflow_fallback_backend_gives_same_outputs(models):
     paths, calib = models
     heavy = Model(paths["float"], backend="tensorflow")

@@ -277,7 +277,7 @@ def inspect(model, as_json, debug):
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.option("--threads", type=int, multiple=True, default=(1,), show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), multiple=True, default=(1,), show_default=True,
               help="Thread counts to measure; repeat for several (--threads 1 --threads 2).")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True)

@@ -173,6 +173,31 @@ def test_float_models_and_missing_kernels_are_refused(digits_model_path, tmp_pat
         export_mcu(atan, tmp_path / "out2", allow_float=True)
 
 
+@pytest.mark.parametrize("logit_scale, crashes", [(1e-7, True), (4e-7, False)])
+def test_a_collapsed_softmax_input_is_named_instead_of_a_bare_crash(tmp_path, logit_scale, crashes):
+    """TFLite Micro aborts (SIGABRT, no message) when a softmax's int8 input scale is <= 2^-26, as an
+    untrained model's near-constant logits give; the export names the tensor and the fix instead."""
+    keras = _tf.keras()
+    keras.utils.set_random_seed(0)
+    weights = keras.initializers.RandomNormal(stddev=logit_scale)
+    net = keras.Sequential([keras.layers.Input((8, 8, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(3, kernel_initializer=weights), keras.layers.Softmax()])
+    path = tmp_path / "flat.tflite"
+    path.write_bytes(to_tflite(net, QuantizeSettings(mode="int8", io_type="int8"),
+                               np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)))
+    graph = read_model(path.read_bytes()).main
+    softmax = next(op for op in graph.operators if op.op_name == "SOFTMAX")
+    scale = float(graph.tensors[softmax.inputs[0]].quantization.scale[0])
+    assert (scale <= 2.0 ** -26) == crashes, scale  # each case sits on its side of the limit
+    if not crashes:
+        assert export_mcu(path, tmp_path / "out").ops == ["FULLY_CONNECTED", "RESHAPE", "SOFTMAX"]
+        return
+    with pytest.raises(TargetError, match=r"crashed \(SIGABRT\).*the SOFTMAX input '.*' has int8 scale "
+                                          r".*calibrate with representative inputs"):
+        export_mcu(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_export_mcu(digits_int8, tmp_path):
     from click.testing import CliRunner
 

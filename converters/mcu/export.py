@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,15 @@ class TargetError(UserInputError):
     """The model cannot run on the chosen target as it is; the message says how to fix it."""
 
 
+class TflmCrash(ConversionError):
+    """TFLite Micro killed its process (it aborts on checks it fails) and printed nothing."""
+
+
+# TFLite Micro's int8 softmax folds input scale x beta x 2^(31 - 5) into a multiplier it requires > 1,
+# and aborts otherwise: an input scale at or below 2^-26 (beta 1) means a calibrated range of ~4e-6.
+SOFTMAX_MIN_INPUT_SCALE = 2.0 ** -26
+
+
 @dataclass
 class TflmRun:
     outputs: np.ndarray
@@ -57,7 +67,10 @@ def run_tflm(model: bytes, inputs: np.ndarray) -> TflmRun:
         if done.returncode != 0:
             if "No module named 'tflite_micro'" in done.stderr:
                 raise ConversionError("MCU export needs the tflite-micro package: pip install tflite-micro")
-            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            if done.returncode < 0 and not done.stderr.strip():  # TFLM aborts on some checks it fails
+                raise TflmCrash(f"the TFLite Micro interpreter crashed ({_signal_name(-done.returncode)}) "
+                                "on the model, printing no reason")
+            last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
             raise ConversionError(f"the TFLite Micro interpreter failed on the model: {last}")
         facts = json.loads(done.stdout.strip().splitlines()[-1])
         if not facts["loads"]:
@@ -69,6 +82,13 @@ def run_tflm(model: bytes, inputs: np.ndarray) -> TflmRun:
             raise ConversionError("the TFLite Micro interpreter cannot load the model"
                                   + (f": {detail[0]}" if detail else ""))
         return TflmRun(np.load(str(inputs_path) + ".out.npy"), int(facts["min_arena"]))
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 @dataclass
@@ -124,7 +144,10 @@ def export_mcu(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, boa
 
     tensor_in, tensor_out = sg.tensors[sg.inputs[0]], sg.tensors[sg.outputs[0]]
     sample = _sample_input(tensor_in)
-    measured = run_tflm(data, sample).min_arena
+    try:
+        measured = run_tflm(data, sample).min_arena
+    except TflmCrash as crash:
+        raise TargetError(f"{crash}: {_crash_cause(sg)}") from None
     margin = max(ARENA_MARGIN_MIN, math.ceil(measured * ARENA_MARGIN_FRACTION))
     arena = -(-(measured + margin) // 16) * 16
     facts = codegen.CodeFacts(data, hashlib.sha256(data).hexdigest(), _recipe_text(Path(model_path)),
@@ -136,6 +159,23 @@ def export_mcu(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, boa
     for name, text in files.items():
         atomic_write(out / name, text.encode())
     return McuExport(str(out), sorted(files), len(data), arena, measured, arena - measured, facts.ops, chosen)
+
+
+def _crash_cause(sg) -> str:
+    """The known reason TFLite Micro aborts on a model, when the model shows it, with the fix."""
+    for op in sg.operators:
+        if op.op_name != "SOFTMAX" or not op.inputs:
+            continue
+        tensor = sg.tensors[op.inputs[0]]
+        quant = tensor.quantization
+        if tensor.dtype_name in ("int8", "uint8") and quant is not None and quant.scale[0] <= SOFTMAX_MIN_INPUT_SCALE:
+            scale = float(quant.scale[0])
+            return (f"the SOFTMAX input '{tensor.name}' has int8 scale {scale:.2g} (a calibrated range of "
+                    f"{scale * 255:.2g}), and TFLite Micro's int8 softmax needs a scale above "
+                    f"{SOFTMAX_MIN_INPUT_SCALE:.2g} (for beta 1, Keras's and PyTorch's). The logits barely move "
+                    "on the calibration data: calibrate with representative inputs (--calib), or train the model")
+    return ("MCU models are usually a few hundred KB of int8 convolutions, dense layers and pooling: "
+            "try a smaller or simpler model")
 
 
 def _board(name: str | None) -> Board | None:

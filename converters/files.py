@@ -19,7 +19,18 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
         raise OutputPathError(f"output {out} is a directory; give a file path such as {out / 'model.tflite'}")
     if out.exists() and not force:
         raise OutputPathError(f"output {out} exists; pass --force (force=True) to overwrite it")
+    check_writable_folder(out)
     return out
+
+
+def check_writable_folder(output: str | os.PathLike) -> None:
+    """Refuse, before any work is done, an output whose folder cannot be made or written to."""
+    folder = Path(output).absolute().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputPathError(f"cannot write {output}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write {output}: no permission to write in {existing}")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
@@ -28,8 +39,11 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
     ``mode`` is set before the rename, so a secret (0o600) is never readable by others.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -37,6 +51,8 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a folder made read-only meanwhile: one line, not a traceback
+            raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise

@@ -66,6 +66,16 @@ def test_output_is_input_or_exists(digits_model_path, out):
     assert existing.read_bytes() == b"keep me"
 
 
+def test_outputs_that_cannot_be_written(digits_model_path, out):
+    """Refused in one line, before any conversion; these were tracebacks ("internal error") after it."""
+    blocker = out / "a_file"
+    blocker.write_text("not a folder")
+    assert_bad_input(run("convert", digits_model_path, "-o", blocker / "m.tflite"),
+                     f"cannot write {blocker / 'm.tflite'}: {blocker} is a file, not a folder")
+    assert_bad_input(run("keygen", "-o", blocker / "sub" / "key"), f"cannot write {blocker / 'sub' / 'key.pem'}")
+    assert blocker.read_text() == "not a folder" and sorted(p.name for p in out.iterdir()) == ["a_file"]
+
+
 def test_bad_flags_and_recipes(digits_model_path, tmp_path, out):
     assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--prune", "1.5"),
                      "prune.sparsity must be in [0, 1); got 1.5", out)

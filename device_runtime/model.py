@@ -133,7 +133,7 @@ class Model:
         if self.build:  # the TFLite converter sorts signature tensors; the source's order was recorded
             self.inputs = _in_order(self.inputs, self.build.get("input_order"))
             self.outputs = _in_order(self.outputs, self.build.get("output_order"))
-        self._monitor = Monitor(self.build.get("input_stats") if self.build else None)
+        self._monitor = self._new_monitor()
         self.image = image
         self.labels = _read_labels(labels) or (list(self.info.labels) if self.info and self.info.labels else None)
         self._preprocessors: dict[str, ImagePreprocessor] = {}
@@ -209,13 +209,14 @@ class Model:
             prepared = [self._prepare(spec, inputs[spec.name], raw) for spec in self.inputs]
             if prepared and self._needs_per_sample_loop(prepared):
                 parts = [self._invoke([p[i:i + 1] for p in prepared], raw) for i in range(len(prepared[0]))]
-                result = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+                result = {k: np.concatenate([part[k] for part, _ in parts]) for k in parts[0][0]}
+                invoke_seconds = sum(seconds for _, seconds in parts)
             else:
-                result = self._invoke(prepared, raw)
+                result, invoke_seconds = self._invoke(prepared, raw)
             first = self.inputs[0] if prepared else None
             if first is not None:
                 self._monitor.record_input(prepared[0], first.quantization)
-        self._monitor.record_call(time.perf_counter() - started)
+        self._monitor.record_call(time.perf_counter() - started, invoke_seconds)
         return result
 
     def _prepare(self, spec: TensorSpec, x, raw: bool) -> np.ndarray:
@@ -252,15 +253,16 @@ class Model:
         if resized:
             self._interpreter.allocate_tensors()
 
-    def _invoke(self, prepared: list[np.ndarray], raw: bool) -> dict[str, np.ndarray]:
+    def _invoke(self, prepared: list[np.ndarray], raw: bool) -> tuple[dict[str, np.ndarray], float]:
+        """The outputs of one invoke, and the seconds the invoke itself took."""
         interpreter = self._interpreter
         with _interpreter_errors():
             self._allocate([x.shape for x in prepared])
             for spec, x in zip(self.inputs, prepared):
                 interpreter.set_tensor(spec.index, x)
-            interpreter.invoke()
+            invoke_seconds = _timed_invoke(interpreter)
             outputs = [(spec, interpreter.get_tensor(spec.index)) for spec in self.outputs]
-        return {spec.name: value if raw else spec.to_float(value) for spec, value in outputs}
+        return {spec.name: value if raw else spec.to_float(value) for spec, value in outputs}, invoke_seconds
 
     def _answer_image(self, image, resize: str | None, color_order: str, read: Callable):
         """One image through the interpreter's own buffers: preprocessed straight into the input tensor,
@@ -272,8 +274,8 @@ class Model:
         if len(self.inputs) != 1:
             raise InputError(f"image tasks need a model with one input; this one has {len(self.inputs)} "
                              f"({', '.join(s.name for s in self.inputs)}): use run() with a dict")
+        started = time.perf_counter()  # the whole call, reading the image included
         frame = load_image(image, color_order)
-        started = time.perf_counter()
         with self._lock:  # a swapped model may want another size or quantization
             spec, interpreter = self.inputs[0], self._interpreter
             preprocessor = self._preprocessor(resize)
@@ -287,14 +289,14 @@ class Model:
                 self._monitor.record_input(buffer, spec.quantization)
                 buffer = None
                 with _interpreter_errors():
-                    interpreter.invoke()
+                    invoke_seconds = _timed_invoke(interpreter)
                 answer = read({s.name: interpreter.tensor(s.index)() for s in self.outputs}, letterbox)
             except BaseException as exc:
                 # A view left alive in this frame or in the traceback's would stop every later invoke.
                 buffer = None
                 traceback.clear_frames(exc.__traceback__)
                 raise
-        self._monitor.record_call(time.perf_counter() - started)
+        self._monitor.record_call(time.perf_counter() - started, invoke_seconds)
         return answer
 
     # -- maintenance ---------------------------------------------------------------------
@@ -317,11 +319,21 @@ class Model:
                     setattr(self, name, value)
 
     def stats(self) -> dict:
-        """Rolling latency percentiles, top-1 confidence histogram, and input drift vs calibration data."""
+        """Rolling latency percentiles (whole calls, the invoke alone, and the pre- and post-processing
+        around it), top-1 confidence histogram, and input drift vs calibration data."""
         out = self._monitor.snapshot()
         out["model_sha256"] = self.sha256
         out["version"] = self.info.version if self.info else None
         return out
+
+    def reset_stats(self) -> None:
+        """Start the statistics afresh: after a warm-up, say, whose first slow calls would skew them."""
+        with self._lock:
+            self._monitor = self._new_monitor()
+
+    def _new_monitor(self) -> Monitor:
+        """Drift is measured against the calibration statistics `sdk convert` stored in the build info."""
+        return Monitor(self.build.get("input_stats") if self.build else None)
 
     # -- tasks --------------------------------------------------------------------------
     def preprocess(self, image, *, resize: str | None = None, color_order: str = "RGB"
@@ -455,6 +467,14 @@ def _interpreter_errors() -> Iterator[None]:
     except (RuntimeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise InferenceError(f"the interpreter failed to run the model: {reason}") from None
+
+
+def _timed_invoke(interpreter) -> float:
+    """Invoke, and return the seconds it took: the monitor tells the interpreter's time from the
+    pre- and post-processing around it."""
+    started = time.perf_counter()
+    interpreter.invoke()
+    return time.perf_counter() - started
 
 
 def _shape_text(signature: tuple[int, ...]) -> str:

@@ -24,7 +24,8 @@ INPUT_EVERY = 4
 class Monitor:
     def __init__(self, reference: dict | None, window: int = 1000):
         self._lock = threading.Lock()
-        self._latencies = deque(maxlen=window)
+        self._latencies = deque(maxlen=window)  # ms per call, whole
+        self._invokes = deque(maxlen=window)  # ms of the interpreter's invoke within each call
         self._confidence = np.zeros(CONFIDENCE_BINS, np.int64)
         self._reference = reference
         self._sum = self._sumsq = None
@@ -32,9 +33,11 @@ class Monitor:
         self._inputs_seen = 0
         self.calls = 0
 
-    def record_call(self, seconds: float) -> None:
+    def record_call(self, seconds: float, invoke_seconds: float) -> None:
+        """One call's whole time and the part of it the interpreter's invoke took."""
         with self._lock:
             self._latencies.append(seconds * 1000.0)
+            self._invokes.append(invoke_seconds * 1000.0)
             self.calls += 1
 
     def record_confidence(self, score: float) -> None:
@@ -67,12 +70,12 @@ class Monitor:
 
     def snapshot(self) -> dict:
         with self._lock:
-            latencies = np.array(self._latencies)
-            latency = None if not len(latencies) else {
-                "p50": float(np.percentile(latencies, 50)), "p90": float(np.percentile(latencies, 90)),
-                "p99": float(np.percentile(latencies, 99)), "mean": float(latencies.mean()),
-                "window": len(latencies)}
-            return {"calls": self.calls, "latency_ms": latency,
+            latencies, invokes = np.array(self._latencies), np.array(self._invokes)
+            around = latencies - invokes  # per call: the pre- and post-processing around the invoke
+            invoke_p50 = float(np.median(invokes)) if len(invokes) else 0.0
+            return {"calls": self.calls, "latency_ms": _percentiles(latencies), "invoke_ms": _percentiles(invokes),
+                    "overhead_ms": _percentiles(around),
+                    "overhead_share": float(np.median(around)) / invoke_p50 if invoke_p50 > 0 else None,
                     "confidence_histogram": {"edges": np.linspace(0, 1, CONFIDENCE_BINS + 1).round(2).tolist(),
                                              "counts": self._confidence.tolist()},
                     "input_drift": self._drift()}
@@ -92,6 +95,13 @@ class Monitor:
                 "std_ratio": float((std[usable] / ref_std[usable]).mean()) if usable.any() else 1.0,
                 "mean": mean.tolist(), "std": std.tolist(), "reference_mean": ref_mean.tolist(),
                 "reference_std": ref_std.tolist(), "samples": self._count}
+
+
+def _percentiles(ms: np.ndarray) -> dict | None:
+    if not len(ms):
+        return None
+    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()), "window": len(ms)}
 
 
 def _sample_step(pixels: int, channels: int, width: int) -> int:

@@ -281,15 +281,22 @@ def inspect(model, as_json, debug):
               help="Thread counts to measure; repeat for several (--threads 1 --threads 2).")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--task", type=click.Choice(["run", "classify", "detect"]), default="run", show_default=True,
+              help="Time model.run, or an app's whole classify/detect call on a frame, with the pre- and "
+                   "post-processing around the invoke.")
+@click.option("--image", type=click.Path(), help="The image for --task (default: a random frame of the size a "
+                                                 "camera is asked for).")
+@click.option("--color-order", type=click.Choice(["RGB", "BGR"]), default="RGB", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def bench(model, threads, warmup, runs, as_json, debug):
-    """Measure latency (p50/p90/p99), throughput and peak memory of a .tflite MODEL."""
+def bench(model, threads, warmup, runs, task, image, color_order, as_json, debug):
+    """Measure latency (p50/p90/p99), throughput and peak memory of a .tflite MODEL, and the share of
+    each call spent around the invoke."""
 
     def action():
         from device_runtime.bench import benchmark, render
 
-        report = benchmark(model, threads, warmup, runs)
+        report = benchmark(model, threads, warmup, runs, task=task, image=image, color_order=color_order)
         click.echo(json.dumps(report, indent=2) if as_json else render(report))
 
     _run(action, debug)

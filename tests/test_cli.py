@@ -140,5 +140,9 @@ def test_bench_reports_percentiles_per_thread_count(digits_model_path, tmp_path)
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["throughput_per_s"] > 0 and r["peak_rss_mb"] > 10
     assert_bad_input(run("bench", tmp_path / "missing.tflite"), "model file not found")
+    task = run("bench", target, "--task", "classify", "--runs", "10", "--json")
+    assert task.exit_code == 0, task.output
+    row = json.loads(task.stdout)["results"][0]
+    assert json.loads(task.stdout)["frame"] == "random 8x8 frame" and 0 < row["invoke_p50_ms"] <= row["p50_ms"]
     zero = run("bench", target, "--threads", "0")  # was "internal error (ValueError)", exit 1
     assert zero.exit_code == 2 and "'--threads': 0 is not in the range x>=1" in zero.output

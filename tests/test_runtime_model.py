@@ -468,3 +468,55 @@ def test_bench_says_when_tflite_runtime_runs_int8_without_xnnpack(models):
     assert render(pi).splitlines()[-1].startswith("note: tflite-runtime 2.14's XNNPACK")
     assert benchmark(paths["int8"], runs=2, warmup=0, backend="ai-edge-litert")["notes"] == []
     assert benchmark(paths["float"], runs=2, warmup=0, backend="tflite-runtime")["notes"] == []  # float ops
+
+
+def test_stats_tell_the_invoke_from_the_pre_and_post_processing_around_it(models, monkeypatch):
+    """A task whose image reading is made 3 ms slower: the 3 ms show in the overhead, not in the invoke."""
+    import time as clock
+
+    import device_runtime.model as model_module
+
+    paths, _ = models
+    model = Model(paths["int8"])
+    frame = np.random.default_rng(0).integers(0, 256, (16, 16, 3), np.uint8)
+    for _ in range(5):
+        model.classify(frame)
+    model.reset_stats()
+    assert model.stats()["calls"] == 0 and model.stats()["overhead_ms"] is None
+    slow_read = model_module.load_image
+
+    def slowly(image, color_order):
+        clock.sleep(0.003)
+        return slow_read(image, color_order)
+
+    monkeypatch.setattr(model_module, "load_image", slowly)
+    for _ in range(20):
+        model.classify(frame)
+    stats = model.stats()
+    assert stats["calls"] == 20 and stats["invoke_ms"]["window"] == 20
+    assert stats["overhead_ms"]["p50"] >= 3.0 and stats["invoke_ms"]["p50"] < 1.0, stats
+    assert stats["latency_ms"]["p50"] >= stats["overhead_ms"]["p50"] + stats["invoke_ms"]["p50"] * 0.5
+    assert stats["overhead_share"] == pytest.approx(stats["overhead_ms"]["p50"] / stats["invoke_ms"]["p50"])
+    model.run(np.zeros((4, 16, 16, 3), np.float32))  # a batch: one call, its invokes summed
+    assert model.stats()["calls"] == 21 and model.stats()["overhead_ms"]["window"] == 21
+
+
+def test_bench_times_an_app_task_and_the_overhead_around_its_invoke(models, tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    from device_runtime.bench import benchmark, main, render
+
+    paths, _ = models
+    report = benchmark(paths["int8"], threads=(1, 2), runs=30, warmup=3, task="classify")
+    assert report["task"] == "classify" and report["frame"] == "random 16x16 frame"  # Model.camera_size()
+    for row in report["results"]:
+        assert 0 < row["invoke_p50_ms"] <= row["p50_ms"] and 0 <= row["overhead_p50_ms"] <= row["p50_ms"]
+        assert row["overhead_share"] == pytest.approx(row["overhead_p50_ms"] / row["invoke_p50_ms"])
+    assert "classify on a random 16x16 frame" in render(report) and "of invoke)" in render(report)
+    Image.fromarray(load_sample_image("china.jpg")).save(tmp_path / "china.jpg")
+    photo = benchmark(paths["int8"], runs=5, warmup=1, task="classify", image=tmp_path / "china.jpg")
+    assert photo["frame"] == "640x427 image"
+    with pytest.raises(ValueError, match="task must be one of run, classify, detect; got 'segmentation'"):
+        benchmark(paths["int8"], runs=1, task="segmentation")
+    assert main([str(paths["int8"]), "--task", "detect", "--runs", "1"]) == 2  # a classifier cannot detect

@@ -156,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         frames.close()
     elapsed = time.perf_counter() - started
+    stats = model.stats()  # what the runtime adds around the invoke, measured on this device
+    around = "" if stats["overhead_share"] is None else (
+        f"; invoke p50 {stats['invoke_ms']['p50']:.2f} ms, pre + post p50 {stats['overhead_ms']['p50'] * 1000:.0f} us "
+        f"({stats['overhead_share']:.1%} of invoke)")
     print(f"{count} frames in {elapsed:.2f} s: {count / elapsed if elapsed else 0:.1f} FPS "
-          f"({model.backend.name}, {args.threads} threads)")
+          f"({model.backend.name}, {args.threads} threads){around}")
     return 0
 
 

@@ -250,6 +250,7 @@ def test_pi_app_camera_reads_picamera2_at_the_model_size_as_bgr(models, monkeypa
     lines = out.strip().splitlines()
     assert lines[:3] == _expected_lines(paths["int8"], camera.frames)  # read as BGR, the padding ignored
     assert lines[3].startswith("3 frames in") and "FPS" in lines[3]
+    assert "; invoke p50 " in lines[3] and "of invoke)" in lines[3]  # the runtime's overhead on this device
 
 
 def test_pi_app_ctrl_c_stops_the_camera_and_still_prints_the_summary(models, monkeypatch):

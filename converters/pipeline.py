@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from device_runtime.metadata import BUILD_INFO_NAME, METADATA_NAME
+from device_runtime.monitor import channel_rows
 
 from .data import Dataset, DataSource, load_data
 from .errors import ConversionError, DataError, RecipeError
@@ -306,8 +307,8 @@ def build_info(source_sha256: str, recipe: Recipe, calib: Dataset | None, calibr
         sdk_version = "unknown"
     recipe_json = json.dumps(recipe.to_dict(), sort_keys=True)
     stats = None
-    if calibration is not None:  # in the .tflite's layout: channels last
-        channels = calibration.reshape(-1, calibration.shape[-1]).astype(np.float64)
+    if calibration is not None:  # in the .tflite's layout: channels last, grouped as the monitor groups them
+        channels = channel_rows(calibration)[0].astype(np.float64)
         stats = {"mean": channels.mean(axis=0).tolist(), "std": channels.std(axis=0).tolist(),
                  "samples": len(calibration), "data": calib.source}
     return json.dumps({"format": "edge-deploy-build/1", "sdk_version": sdk_version,

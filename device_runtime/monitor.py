@@ -19,6 +19,19 @@ CONFIDENCE_BINS = 10
 # frame, 670 us for 320x320x3, when every 4th pixel of every call was read; the sample costs 12-20 us).
 INPUT_VALUES = 3072
 INPUT_EVERY = 4
+# Statistics are per channel when the input's last axis is a channel axis (an image's RGB, a few
+# features), else over all its values: a (1, 16000) waveform's per-"channel" statistics were 16,000
+# means and stds in the model's build info, 665 KB beside 5 KB of weights.
+MAX_STAT_CHANNELS = 32
+
+
+def channel_rows(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """``x`` as (values, channels) rows for drift statistics, and how many rows make one line of the
+    input (an image row's pixels), along which the sampler spreads its picks.  The converter's
+    reference statistics and the runtime's use this one rule."""
+    if x.shape[-1] <= MAX_STAT_CHANNELS:
+        return x.reshape(-1, x.shape[-1]), x.shape[-2] if x.ndim > 1 else 1
+    return x.reshape(-1, 1), x.shape[-1]
 
 
 class Monitor:
@@ -45,7 +58,7 @@ class Monitor:
             self._confidence[min(int(score * CONFIDENCE_BINS), CONFIDENCE_BINS - 1)] += 1
 
     def record_input(self, x: np.ndarray, quantization: tuple[float, int] | None = None) -> None:
-        """Per-channel sums over a sample of the pixels of one input batch (channels last), for every
+        """Per-channel sums (``channel_rows``) over a sample of the pixels of one input batch, for every
         INPUT_EVERY-th batch; stored int values (``quantization`` = (scale, zero_point)) are mapped
         back to float."""
         if self._reference is None or x.ndim < 2:
@@ -54,8 +67,8 @@ class Monitor:
             turn, self._inputs_seen = self._inputs_seen, self._inputs_seen + 1
         if turn % INPUT_EVERY:
             return
-        pixels = x.reshape(-1, x.shape[-1])
-        rows = pixels[::_sample_step(len(pixels), pixels.shape[1], x.shape[-2])].astype(np.float64)
+        pixels, width = channel_rows(x)
+        rows = pixels[::_sample_step(len(pixels), pixels.shape[1], width)].astype(np.float64)
         if quantization:
             scale, zero_point = quantization
             rows = (rows - zero_point) * scale

@@ -132,6 +132,30 @@ def test_build_info_and_input_drift(digits, digits_model_path, tmp_path):
     assert drift["mean_shift_sigma"] > 1.0 and drift["std_ratio"] < 0.5
 
 
+def test_a_waveform_input_gets_pooled_statistics_not_one_per_sample(tmp_path):
+    """A (N, 16000) input's last axis is samples, not channels: its statistics used to be 16,000 means and
+    stds in the build info, 665 KB in a 5 KB model. Now they are pooled, and drift still shows."""
+    from device_runtime.metadata import BUILD_INFO_NAME
+
+    keras = _tf.keras()
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.layers.Input((16000,)), keras.layers.Reshape((16000, 1)),
+                            keras.layers.Conv1D(8, 80, strides=16, activation="relu"),
+                            keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(4, activation="softmax")])
+    waves = np.random.default_rng(0).uniform(-1, 1, (40, 16000)).astype(np.float32)
+    result = convert(net, tmp_path / "kws.tflite", {"quantize": {"mode": "int8"}}, calib_data=waves)
+    spec = read_model(result.path.read_bytes())
+    assert len(spec.buffers[spec.metadata[BUILD_INFO_NAME]]) < 2048
+    reference = read_build_info(spec)["input_stats"]
+    assert len(reference["mean"]) == 1 and reference["std"][0] == pytest.approx(1 / np.sqrt(3), rel=0.01)
+    quiet, loud = Model(result.path), Model(result.path)
+    for wave in np.random.default_rng(1).uniform(-1, 1, (8, 16000)).astype(np.float32):
+        quiet(wave[None])
+        loud(np.clip(wave[None] * 0.2 + 0.5, -1, 1))  # a DC offset and a quiet microphone
+    assert quiet.stats()["input_drift"]["mean_shift_sigma"] < 0.05
+    assert loud.stats()["input_drift"]["mean_shift_sigma"] > 0.5 and loud.stats()["input_drift"]["std_ratio"] < 0.3
+
+
 def test_drift_statistics_read_a_bounded_spread_of_pixels():
     """Camera frames are sampled, not read whole (that cost more than the image task): some pixels
     of every INPUT_EVERY-th frame, which still give the frames' statistics.  A stride dividing the
@@ -159,7 +183,9 @@ def test_drift_statistics_read_a_bounded_spread_of_pixels():
     monitor.record_input(stripes)
     assert monitor.snapshot()["input_drift"]["mean"][0] == pytest.approx(1 / 64, abs=0.005)
 
-    channels_first = np.zeros((1, 3, 224, 224), np.float32)  # its "pixels" are rows of 224 values
-    monitor = Monitor({"mean": [0.0] * 224, "std": [1.0] * 224})
+    channels_first = np.zeros((1, 3, 224, 224), np.float32)  # its last axis is 224 columns: values pooled
+    channels_first[:, :, :, ::32] = 1.0  # one bright column in 32
+    monitor = Monitor({"mean": [0.0], "std": [1.0]})
     monitor.record_input(channels_first)
-    assert 0 < monitor.snapshot()["input_drift"]["samples"] * 224 <= INPUT_VALUES
+    drift = monitor.snapshot()["input_drift"]
+    assert INPUT_VALUES // 2 < drift["samples"] <= INPUT_VALUES and drift["mean"][0] == pytest.approx(1 / 32, abs=0.01)

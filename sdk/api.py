@@ -98,6 +98,7 @@ class Inspection:
     stats: Any  # converters.tflite_analysis.ModelStats
     signatures: list[dict]
     metadata: list[str]
+    metadata_bytes: dict[str, int]  # per metadata buffer: what it adds to the file
     description: str
     info: dict | None  # the standard TFLite metadata, when embedded
     build: dict | None  # what `sdk convert` recorded: source hash, recipe, calibration statistics
@@ -119,7 +120,8 @@ class Inspection:
         for sig in self.signatures:
             lines.append(f"signature {sig['key']!r}: inputs {sig['inputs']} outputs {sig['outputs']}")
         if self.metadata:
-            lines.append("metadata buffers: " + ", ".join(self.metadata))
+            lines.append("metadata buffers: " + ", ".join(f"{name} ({self.metadata_bytes[name]:,} bytes)"
+                                                          for name in self.metadata))
         if self.info:
             i = self.info
             lines.append(f"model: {i['name'] or '(no name)'} version {i['version']}"
@@ -156,5 +158,6 @@ def inspect(path: str | os.PathLike) -> Inspection:
     return Inspection(str(path), hashlib.sha256(data).hexdigest(), analyse(data),
                       [{"key": s.key, "inputs": sorted(s.inputs), "outputs": sorted(s.outputs)}
                        for s in model.signatures],
-                      sorted(model.metadata), model.description, as_dict(info) if info else None,
+                      sorted(model.metadata), {name: len(model.buffers[i]) for name, i in model.metadata.items()},
+                      model.description, as_dict(info) if info else None,
                       read_build_info(model))

@@ -120,6 +120,11 @@ def test_convert_json_and_inspect(digits_npz, digits_model_path, out):
     data = json.loads(run("inspect", target, "--json").stdout)
     assert data["stats"]["file_size"] == target.stat().st_size
     assert len(data["stats"]["weights"]) == 5
+    from device_runtime.tflite_format import read_model
+
+    spec = read_model(target.read_bytes())
+    build = len(spec.buffers[spec.metadata["EDGE_SDK_BUILD"]])
+    assert data["metadata_bytes"]["EDGE_SDK_BUILD"] == build and f"EDGE_SDK_BUILD ({build:,} bytes)" in shown.stdout
 
 
 def test_inspect_bad_files(tmp_path, digits_model_path):

@@ -54,6 +54,8 @@ def benchmark(source, threads: Sequence[int] = (1,), warmup: int = 10, runs: int
         raise ValueError(f"warmup must be >= 0 and runs >= 1; got {warmup}, {runs}")
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    if not threads:
+        raise ValueError("threads needs at least one thread count, such as (1, 2); got none")
     results = []
     for n in threads:
         model = Model(source, num_threads=n, backend=backend, use_xnnpack=use_xnnpack)

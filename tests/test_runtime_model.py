@@ -520,4 +520,6 @@ def test_bench_times_an_app_task_and_the_overhead_around_its_invoke(models, tmp_
     assert photo["frame"] == "640x427 image"
     with pytest.raises(ValueError, match="task must be one of run, classify, detect; got 'segmentation'"):
         benchmark(paths["int8"], runs=1, task="segmentation")
+    with pytest.raises(ValueError, match="threads needs at least one thread count"):
+        benchmark(paths["int8"], threads=(), runs=1)
     assert main([str(paths["int8"]), "--task", "detect", "--runs", "1"]) == 2  # a classifier cannot detect

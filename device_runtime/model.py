@@ -8,6 +8,7 @@ tensor's scale and zero point, so app code never handles int8 by hand.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import threading
@@ -146,6 +147,8 @@ class Model:
         if not use_xnnpack:
             kwargs["experimental_op_resolver_type"] = self.backend.no_default_delegates
         if delegates:
+            for path in delegates:
+                _check_delegate_library(path)
             try:
                 kwargs["experimental_delegates"] = [self.backend.load_delegate(p) for p in delegates]
             except (ValueError, OSError) as exc:
@@ -467,6 +470,23 @@ def _interpreter_errors() -> Iterator[None]:
     except (RuntimeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise InferenceError(f"the interpreter failed to run the model: {reason}") from None
+
+
+DELEGATE_ENTRY_POINTS = ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate")
+
+
+def _check_delegate_library(path) -> None:
+    """Refuse a delegate the interpreter's load_delegate would choke on: a missing file, one that is not a
+    shared library, or one without the external-delegate entry points.  load_delegate raises for those
+    too, but leaves a half-built object whose finaliser then prints a traceback."""
+    try:
+        library = ctypes.CDLL(os.fspath(path))
+    except OSError as exc:
+        raise UnsupportedModelError(f"cannot load delegate {path}: {exc}") from None
+    missing = [name for name in DELEGATE_ENTRY_POINTS if not hasattr(library, name)]
+    if missing:
+        raise UnsupportedModelError(f"{path} is not a TFLite delegate library: it has no {' or '.join(missing)} "
+                                    "(the external delegate interface)")
 
 
 def _timed_invoke(interpreter) -> float:

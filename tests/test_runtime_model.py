@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -523,3 +524,34 @@ def test_bench_times_an_app_task_and_the_overhead_around_its_invoke(models, tmp_
     with pytest.raises(ValueError, match="threads needs at least one thread count"):
         benchmark(paths["int8"], threads=(), runs=1)
     assert main([str(paths["int8"]), "--task", "detect", "--runs", "1"]) == 2  # a classifier cannot detect
+
+
+STUBS = Path(__file__).parent / "delegate_stub"
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="no gcc to build the stub delegate")
+@pytest.mark.parametrize("backend", ["ai-edge-litert", "tflite-runtime"])
+def test_delegates_load_by_path_and_take_part(models, tmp_path, capfd, backend):
+    """A stub external delegate (tests/delegate_stub) that claims no operators: the interpreter creates it
+    and asks it to prepare the graph, and the answers are the builtin kernels' own."""
+    import ctypes
+
+    paths, calib = models
+    library = tmp_path / "libcounting_delegate.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(STUBS / "counting_delegate.c")], check=True)
+    model = Model(paths["int8"], delegates=[str(library)], backend=backend)
+    counters = ctypes.CDLL(str(library))  # the same loaded library: its counters
+    assert ctypes.c_int.in_dll(counters, "created").value == 1
+    assert ctypes.c_int.in_dll(counters, "prepare_calls").value >= 1
+    np.testing.assert_array_equal(model(calib[:4]), Model(paths["int8"], backend=backend)(calib[:4]))
+
+    not_delegate = tmp_path / "libplain.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(not_delegate), str(STUBS / "no_entry_points.c")],
+                   check=True)
+    capfd.readouterr()
+    for bad, message in ((tmp_path / "missing.so", "cannot load delegate .*missing.so"),
+                         (paths["int8"], "cannot load delegate .*invalid ELF header"),
+                         (not_delegate, "is not a TFLite delegate library: it has no tflite_plugin_create_delegate")):
+        with pytest.raises(UnsupportedModelError, match=message):
+            Model(paths["int8"], delegates=[str(bad)], backend=backend)
+    assert "Traceback" not in capfd.readouterr().err  # load_delegate's half-built object used to print one

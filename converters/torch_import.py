@@ -8,6 +8,7 @@ which the .tflite keeps as its signature names.
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib
 import inspect
 import os
@@ -112,10 +113,18 @@ def _from_factory(spec: str, weights) -> Any:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # so that a model file in the working directory imports
     try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as exc:
+        source = importlib.import_module(module_name)
+    except ImportError as exc:
         raise SourceModelError(f"cannot import {spec}: {first_line(exc)}; run from the folder that holds "
                                f"{module_name.split('.')[0]} or install it") from None
+    factory = getattr(source, factory_name, None)
+    if not callable(factory):
+        offered = sorted(name for name, value in vars(source).items() if callable(value) and not name.startswith("_")
+                         and getattr(value, "__module__", None) == source.__name__)
+        close = difflib.get_close_matches(factory_name, offered, n=1)
+        raise SourceModelError(f"{module_name} has no model factory {factory_name!r}"
+                               + (f" (did you mean {close[0]!r}?)" if close else "")
+                               + f"; it defines {', '.join(offered) or 'no public callables'}")
     try:
         module = factory()
     except Exception as exc:  # the user's code may raise anything

@@ -198,6 +198,8 @@ def test_bad_pytorch_and_onnx_inputs_fail_in_one_line(resnet_onnx, tmp_path):
     assert_bad_input(run("convert", scripted, "-o", out / "m.tflite", "--input-shape", "1,5,32,32"),
                      "cannot run on inputs of shape (1, 5, 32, 32)", out)
     assert_bad_input(run("convert", "nomodule.anywhere:build", "-o", out / "m.tflite"), "cannot import", out)
+    assert_bad_input(run("convert", "examples.digits_torch:DigitNet", "-o", out / "m.tflite"),
+                     "examples.digits_torch has no model factory 'DigitNet' (did you mean 'DigitsNet'?)", out)
     assert_bad_input(run("convert", resnet_onnx, "-o", out / "m.tflite", "--finetune", tmp_path / "x.npz"),
                      "fine-tuning needs the PyTorch model", out)
     ok = run("convert", scripted, "-o", out / "m.tflite", "--input-shape", "1,3,32,32")

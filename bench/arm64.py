@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import arguments
-from bench.runtime import RESULTS, ROOT, build_detector
+from bench import arguments, publish
+from bench.runtime import ROOT, build_detector
 
 CPUS = {"cortex-a72": "Raspberry Pi 4", "cortex-a76": "Raspberry Pi 5"}
 EXTRAS = {"ai-edge-litert": "device", "tflite-runtime": "pi"}
@@ -136,10 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(r["facts"]["tensorflow_imported"] for r in rows):
         lines.append("\nwarning: TensorFlow was imported on the emulated device")
     text = "\n".join(lines)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "arm64.md").write_text(text + "\n")
-    (RESULTS / "arm64.json").write_text(json.dumps(rows, indent=2) + "\n")
+    publish("arm64", text, rows)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,14 @@ Writes bench/results/channels.{md,json}.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench import arguments
+from bench import arguments, publish
 
-RESULTS = Path(__file__).parent / "results"
 ROUNDS, RUNS = 5, 30
 
 
@@ -75,10 +73,7 @@ def main(argv: list[str] | None = None) -> None:
               "Every Conv loses half its channels except the classifier, whose outputs are the model's; "
               "residual groups keep the same channels on both sides of each add."]
     text = "\n".join(lines)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "channels.md").write_text(text + "\n")
-    (RESULTS / "channels.json").write_text(json.dumps({"speedup": base / thin, **results}, indent=2) + "\n")
+    publish("channels", text, {"speedup": base / thin, **results})
 
 
 if __name__ == "__main__":

@@ -10,19 +10,16 @@ Run: .venv/bin/python -m bench.compression
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench import arguments
+from bench import arguments, publish
 from converters import _tf
 from converters.tflite_analysis import gzip_size
 from examples.digits_cnn import accuracy, load_digits_splits, train_digits_cnn
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def hand_written_tfmot(model_path: Path, splits) -> bytes:
@@ -90,11 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"accuracy: sdk {sdk_row['accuracy_change']:+.2f} vs by hand {hand_row['accuracy_change']:+.2f} "
                   "points (same run, same trained model)"]
     text = "\n".join(lines)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "compression.md").write_text(text + "\n")
-    (RESULTS / "compression.json").write_text(json.dumps(
-        {"float_accuracy": float_acc, "float_gzip": baseline_gzip, "rows": rows}, indent=2) + "\n")
+    publish("compression", text, {"float_accuracy": float_acc, "float_gzip": baseline_gzip, "rows": rows})
 
 
 if __name__ == "__main__":

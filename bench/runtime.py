@@ -26,7 +26,6 @@ Run: .venv/bin/python -m bench.runtime   (writes bench/results/runtime.{json,md}
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -37,11 +36,10 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from bench import arguments
+from bench import arguments, publish
 from converters import _tf
 from sdk import convert
 
-RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 200
 PASSES = 3
@@ -310,10 +308,7 @@ def main(argv: list[str] | None = None) -> None:
               "|---|---|"]
     lines += [f"| {case} | {seconds:.3f} |" for case, seconds in cold.items()]
     text = "\n".join(lines)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "runtime.md").write_text(text + "\n")
-    (RESULTS / "runtime.json").write_text(json.dumps({"rows": rows, "in_app": in_app, "cold_start_s": cold}, indent=2) + "\n")
+    publish("runtime", text, {"rows": rows, "in_app": in_app, "cold_start_s": cold})
 
 
 if __name__ == "__main__":

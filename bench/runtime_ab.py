@@ -16,7 +16,6 @@ Run: .venv/bin/python -m bench.runtime_ab --base HEAD~1 [--threads 2] [--only de
 from __future__ import annotations
 
 import importlib
-import json
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 import device_runtime
-from bench import arguments
-from bench.runtime import ROOT, RESULTS, build_classifier, build_detector, frames, raw_invoke_timer
+from bench import arguments, publish
+from bench.runtime import ROOT, build_classifier, build_detector, frames, raw_invoke_timer
 
 WARMUP = 50
 
@@ -103,12 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {r['case']} | {r['raw_ms']:.3f} | {r['base_overhead_us']:.0f} | {r['overhead_us']:.0f} "
               f"| {r['change_us']:+.0f} |" for r in rows]
     text = "\n".join(lines)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    stem = f"runtime_ab_{args.threads}t" + ("_bgr" if args.color_order == "BGR" else "")
-    (RESULTS / f"{stem}.md").write_text(text + "\n")
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"base": args.base, "threads": args.threads,
-                                                         "rounds": args.rounds, "rows": rows}, indent=2) + "\n")
+    publish(f"runtime_ab_{args.threads}t" + ("_bgr" if args.color_order == "BGR" else ""), text,
+            {"base": args.base, "threads": args.threads, "rounds": args.rounds, "rows": rows})
 
 
 if __name__ == "__main__":

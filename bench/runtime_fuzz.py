@@ -8,14 +8,10 @@ Run: .venv/bin/python -m bench.runtime_fuzz [N]   (writes bench/results/runtime_
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
-from bench import arguments
+from bench import arguments, publish
 from tests.fuzzing import fuzz, fuzz_models
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,10 +39,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{r['unexpected_exceptions'] if r['loader'] != 'ai-edge-litert Interpreter' else 'n/a'} | "
                      f"{r['outcomes'].get('ran', 0)} | {refused} | {r['seconds']:.0f} |")
     text = "\n".join(lines)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "runtime_fuzz.md").write_text(text + "\n")
-    (RESULTS / "runtime_fuzz.json").write_text(json.dumps(rows, indent=2) + "\n")
+    publish("runtime_fuzz", text, rows)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,13 @@ machine.  Run: .venv/bin/python -m bench.sweep   Writes bench/results/sweep.{md,
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from bench import arguments
+from bench import arguments, publish
 from bench.suite import RECIPES
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,12 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     text = (f"# sdk sweep: digits CNN, {len(entries)} recipes, local Ray\n\n{render(runs[2])}\n\n"
             f"Wall time of the conversions: 1 worker {runs[1].wall_s:.1f} s, 2 workers {runs[2].wall_s:.1f} s: "
             f"**{speedup:.2f}x faster** with 2 (same run, empty caches).\n")
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sweep.md").write_text(text)
-    (RESULTS / "sweep.json").write_text(json.dumps({"sequential_s": runs[1].wall_s, "parallel_s": runs[2].wall_s,
-                                                    "speedup": speedup, "rows": runs[2].rows}, indent=2,
-                                                   default=str) + "\n")
+    publish("sweep", text, {"sequential_s": runs[1].wall_s, "parallel_s": runs[2].wall_s, "speedup": speedup,
+                            "rows": runs[2].rows})
 
 
 if __name__ == "__main__":

@@ -55,3 +55,16 @@ def test_fuzz_bench_checks_its_count(args, message):
 def test_suite_names_its_models_when_one_is_mistyped():
     done = _bench("suite", "--only", "mobilenet")
     assert done.returncode == 2 and "invalid choice: 'mobilenet'" in done.stderr and "mobilenetv2" in done.stderr
+
+
+def test_publish_prints_and_writes_both_files(tmp_path, monkeypatch, capsys):
+    import json
+
+    import bench
+
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    bench.publish("demo", "| a |\n|---|", {"rows": [1, 2], "path": tmp_path})
+    assert capsys.readouterr().out == "| a |\n|---|\n"
+    assert (tmp_path / "results" / "demo.md").read_text() == "| a |\n|---|\n"
+    assert json.loads((tmp_path / "results" / "demo.json").read_text()) == {"rows": [1, 2], "path": str(tmp_path)}
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["demo.json", "demo.md"]  # no temp files

@@ -4,7 +4,9 @@ Debian Bookworm arm64 (Raspberry Pi OS's base) with its Python 3.11, each interp
 as `pip install ".[device]"` and `".[pi]"` install them (ai-edge-litert 2.1.0, tflite-runtime 2.14.0),
 run under qemu-user as a Cortex-A72 (Pi 4) and a Cortex-A76 (Pi 5).  Compared with this machine on the
 same backend: preprocessing (numpy and OpenCV engines), a trained digits CNN in int8 and in float32,
-the planted-scene int8 detector of bench/runtime.py, and its detections.  Timing under emulation
+the planted-scene int8 detector of bench/runtime.py, its detections, and what examples/pi_app.py
+prints for a folder of photos (against this machine's run with ai-edge-litert: the int8 model's answers
+are the same on both interpreters).  Timing under emulation
 says nothing about a Pi, so only the answers are compared.
 
 Needs qemu-user and mmdebstrap (apt-get install qemu-user mmdebstrap), and the Debian and PyPI
@@ -70,23 +72,39 @@ def models(folder: Path) -> None:
     from sklearn.datasets import load_sample_image
 
     np.save(folder / "photo.npy", load_sample_image("china.jpg"))
+    from PIL import Image
+
+    (folder / "photos").mkdir()
+    for name in ("china.jpg", "flower.jpg"):
+        Image.fromarray(load_sample_image(name)).save(folder / "photos" / name)
     np.save(folder / "frame.npy", np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8))
 
 
-def probe(folder: Path, out: Path, backend: str, site: Path | None = None, rootfs: Path | None = None,
-          cpu: str | None = None) -> dict:
-    """Run bench/_arm64_probe.py here, or under qemu as ``cpu`` with the aarch64 ``site`` packages."""
-    script = [str(ROOT / "bench" / "_arm64_probe.py"), str(folder), str(out), backend]
+def run_python(args: list[str], what: str, site: Path | None = None, rootfs: Path | None = None,
+               cpu: str | None = None) -> str:
+    """The output of ``python ARGS`` here, or under qemu as ``cpu`` with the aarch64 ``site`` packages."""
     if cpu is None:
-        command, path = [sys.executable, *script], str(ROOT)
+        command, path = [sys.executable, *args], str(ROOT)
     else:
-        command = ["qemu-aarch64", "-cpu", cpu, "-L", str(rootfs), str(rootfs / "usr/bin/python3.11"), *script]
+        command = ["qemu-aarch64", "-cpu", cpu, "-L", str(rootfs), str(rootfs / "usr/bin/python3.11"), *args]
         path = f"{ROOT}:{site}"
     done = subprocess.run(command, capture_output=True, text=True, env={"PYTHONPATH": path}, check=False)
     if done.returncode:
-        raise RuntimeError(f"the probe failed on {cpu or 'this machine'} with {backend}: "
-                           f"{done.stderr.strip().splitlines()[-1:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{what} failed on {cpu or 'this machine'}: {done.stderr.strip().splitlines()[-1:]}")
+    return done.stdout
+
+
+def probe(folder: Path, out: Path, backend: str, **where) -> dict:
+    """bench/_arm64_probe.py's facts; its answers go to ``out``."""
+    script = [str(ROOT / "bench" / "_arm64_probe.py"), str(folder), str(out), backend]
+    return json.loads(run_python(script, f"the probe with {backend}", **where).strip().splitlines()[-1])
+
+
+def pi_app(folder: Path, **where) -> list[str]:
+    """examples/pi_app.py on the photos folder with the int8 digits CNN: its result lines (FPS aside)."""
+    app = [str(ROOT / "examples" / "pi_app.py"), str(folder / "digits_int8.tflite"), "--images",
+           str(folder / "photos"), "--threads", "1"]
+    return [line for line in run_python(app, "the Pi app", **where).splitlines() if " frames in " not in line]
 
 
 def compare(host: Path, other: Path) -> dict[str, str]:
@@ -117,22 +135,26 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_arm64_"))
     models(work)
     rows = []
+    host_app = pi_app(work)  # the app takes the interpreter installed: here ai-edge-litert, and per extra below
     for backend, extra in EXTRAS.items():
         site = wheels(args.cache, extra)
         host_out = work / f"host-{extra}.npz"
         host = probe(work, host_out, backend)
         for cpu, board in CPUS.items():
             out = work / f"{cpu}-{extra}.npz"
-            facts = probe(work, out, backend, site, rootfs, cpu)
+            where = {"site": site, "rootfs": rootfs, "cpu": cpu}
+            facts = probe(work, out, backend, **where)
+            answers = compare(host_out, out)
+            answers["pi_app"] = "same lines" if pi_app(work, **where) == host_app else "differs"
             rows.append({"cpu": cpu, "board": board, "backend": backend, "facts": facts, "host": host,
-                         "answers": compare(host_out, out)})
-    names = list(rows[0]["answers"])
+                         "answers": answers})
+    names = list(dict.fromkeys(name for r in rows for name in r["answers"]))
     lines = ["Answers on emulated Raspberry Pi CPUs (qemu-user, Debian Bookworm arm64, Python "
              f"{rows[0]['facts']['python']}, glibc {rows[0]['facts']['glibc']}) against this machine "
              f"({rows[0]['host']['machine']}) on the same backend", "",
              "| CPU | backend | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    lines += [f"| {r['cpu']} ({r['board']}) | {r['backend']} | " + " | ".join(r["answers"][n] for n in names) + " |"
-              for r in rows]
+    lines += [f"| {r['cpu']} ({r['board']}) | {r['backend']} | "
+              + " | ".join(r["answers"].get(n, "-") for n in names) + " |" for r in rows]
     if any(r["facts"]["tensorflow_imported"] for r in rows):
         lines.append("\nwarning: TensorFlow was imported on the emulated device")
     text = "\n".join(lines)

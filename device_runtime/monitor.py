@@ -84,11 +84,11 @@ class Monitor:
     def snapshot(self) -> dict:
         with self._lock:
             latencies, invokes = np.array(self._latencies), np.array(self._invokes)
-            around = latencies - invokes  # per call: the pre- and post-processing around the invoke
-            invoke_p50 = float(np.median(invokes)) if len(invokes) else 0.0
-            return {"calls": self.calls, "latency_ms": _percentiles(latencies), "invoke_ms": _percentiles(invokes),
-                    "overhead_ms": _percentiles(around),
-                    "overhead_share": float(np.median(around)) / invoke_p50 if invoke_p50 > 0 else None,
+            invoke = _percentiles(invokes)
+            overhead = _percentiles(latencies - invokes)  # per call: the pre- and post-processing around the invoke
+            return {"calls": self.calls, "latency_ms": _percentiles(latencies), "invoke_ms": invoke,
+                    "overhead_ms": overhead,
+                    "overhead_share": overhead["p50"] / invoke["p50"] if invoke and invoke["p50"] > 0 else None,
                     "confidence_histogram": {"edges": np.linspace(0, 1, CONFIDENCE_BINS + 1).round(2).tolist(),
                                              "counts": self._confidence.tolist()},
                     "input_drift": self._drift()}

@@ -6,8 +6,8 @@ run under qemu-user as a Cortex-A72 (Pi 4) and a Cortex-A76 (Pi 5).  Compared wi
 same backend: preprocessing (numpy and OpenCV engines), a trained digits CNN in int8 and in float32,
 the planted-scene int8 detector of bench/runtime.py, its detections, and what examples/pi_app.py
 prints for a folder of photos (against this machine's run with ai-edge-litert: the int8 model's answers
-are the same on both interpreters).  Timing under emulation
-says nothing about a Pi, so only the answers are compared.
+are the same on both interpreters).  Timing under emulation says nothing about a Pi, so only the
+answers are compared.
 
 Needs qemu-user and mmdebstrap (apt-get install qemu-user mmdebstrap), and the Debian and PyPI
 registries once: the root file system and the wheels are kept in --cache.
@@ -59,6 +59,9 @@ def wheels(cache: Path, extra: str) -> Path:
 
 def models(folder: Path) -> None:
     """The probe's models and data, built here with the SDK."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
     from examples.digits_cnn import load_digits_splits, train_digits_cnn
     from sdk import convert
 
@@ -69,11 +72,7 @@ def models(folder: Path) -> None:
             calib_data=splits.x_train)
     np.save(folder / "digits.npy", splits.x_test)
     (folder / "detector_int8.tflite").write_bytes(build_detector("int8"))
-    from sklearn.datasets import load_sample_image
-
     np.save(folder / "photo.npy", load_sample_image("china.jpg"))
-    from PIL import Image
-
     (folder / "photos").mkdir()
     for name in ("china.jpg", "flower.jpg"):
         Image.fromarray(load_sample_image(name)).save(folder / "photos" / name)

@@ -310,7 +310,7 @@ class Recipe:
             channels=_section(ChannelSettings, data.get("channels"), "channels"),
             quantize=_section(QuantizeSettings, data.get("quantize"), "quantize") or QuantizeSettings(),
             finetune=_section(FinetuneSettings, data.get("finetune"), "finetune") or FinetuneSettings(),
-            sparse_export=data.get("sparse_export", "auto"),
+            sparse_export=_yaml_switch(data.get("sparse_export", "auto")),
             layers=_overrides(data.get("layers") or {}, "layers"),
             layer_types=_overrides(data.get("layer_types") or {}, "layer_types"),
         )
@@ -355,6 +355,11 @@ class Recipe:
 
 
 _NO_MATCH = object()
+
+
+def _yaml_switch(value: Any) -> Any:
+    """YAML 1.1 reads unquoted on/off as booleans; the recipe means the words."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 def _given(**kwargs) -> dict[str, Any]:

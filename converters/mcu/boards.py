@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
+
+from ..errors import UserInputError
 
 KIB = 1024
 
@@ -23,3 +26,14 @@ BOARDS = {b.name: b for b in (
     Board("esp32-s3", "ESP32-S3, 512 KiB SRAM / 8 MiB flash (PSRAM not counted)", 512 * KIB, 8192 * KIB),
     Board("arduino-nano-33-ble", "Arduino Nano 33 BLE (nRF52840), 256 KiB RAM / 1 MiB flash", 256 * KIB, 1024 * KIB),
 )}
+
+
+def board_named(name: str | None) -> Board | None:
+    """The board called ``name`` (None for none); an unknown name is refused with the close match."""
+    if name is None:
+        return None
+    if name not in BOARDS:
+        hint = difflib.get_close_matches(name, BOARDS, n=1)
+        raise UserInputError(f"unknown board {name!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
+                             f"known: {', '.join(BOARDS)}")
+    return BOARDS[name]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -24,7 +23,7 @@ from ..metadata import read_labels_file
 from ..report import describe_recipe
 from ..tflite_analysis import FLOAT_TYPES, analyse, read_single_io_model
 from . import codegen
-from .boards import BOARDS, Board
+from .boards import Board, board_named
 
 ARENA_MARGIN_FRACTION = 0.10
 ARENA_MARGIN_MIN = 1024
@@ -131,7 +130,7 @@ def export_mcu(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, boa
                allow_float: bool = False, labels: Sequence[str] | str | os.PathLike | None = None,
                force: bool = False) -> McuExport:
     """Check ``model_path`` for TFLite Micro, measure its arena and write the project files."""
-    chosen = _board(board)
+    chosen = board_named(board)
     data, model = read_single_io_model(model_path, "MCU export")
     sg = model.main
     if not allow_float:
@@ -176,16 +175,6 @@ def _crash_cause(sg) -> str:
                     "on the calibration data: calibrate with representative inputs (--calib), or train the model")
     return ("MCU models are usually a few hundred KB of int8 convolutions, dense layers and pooling: "
             "try a smaller or simpler model")
-
-
-def _board(name: str | None) -> Board | None:
-    if name is None:
-        return None
-    if name not in BOARDS:
-        hint = difflib.get_close_matches(name, BOARDS, n=1)
-        raise UserInputError(f"unknown board {name!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
-                             f"known: {', '.join(BOARDS)}")
-    return BOARDS[name]
 
 
 def _require_full_integer(data: bytes) -> None:

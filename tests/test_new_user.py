@@ -1,0 +1,119 @@
+"""Defects a new user met (issue #19): each fails on the code before its fix.
+
+Every bad input is one line on stderr, exit 2, and nothing written; accepted input does what it says.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_cli import assert_bad_input, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def out(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+def test_readme_mixed_precision_recipe_with_auto_sparse_export(digits_model_path, digits_npz, tmp_path, out):
+    """The README's recipe crashed in the fidelity check: the sparse selective-int8 file had its outputs swapped."""
+    train, test = digits_npz
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("prune: {sparsity: 0.75}\nquantize: {mode: int8}\nlayers:\n  fc1: {precision: float}\n")
+    result = run("convert", digits_model_path, "-o", out / "r.tflite", "--recipe", recipe, "--calib", train,
+                 "--eval", test, "--json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    report = json.loads(result.stdout)
+    weights = {w["layer"]: w for w in report["compressed"]["weights"]}
+    assert weights["fc1"]["dtype"] == "float32" and weights["conv1"]["dtype"] == "int8", weights
+    assert abs(weights["fc1"]["sparsity"] - 0.75) < 0.01
+    assert report["fidelity"]["samples"] == 360 and report["fidelity"]["cosine"] > 0.5
+    assert any("not tried: mixed precision" in note for note in report["notes"])
+
+
+def test_sparse_export_on_with_mixed_precision_is_refused_first(digits_model_path, digits_npz, tmp_path, out):
+    train, _ = digits_npz
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("quantize: {mode: int8}\nsparse_export: on\nlayers:\n  fc1: {precision: float}\n")
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "r.tflite", "--recipe", recipe, "--calib", train),
+                     "sparse_export: on cannot be combined with precision: float", out)
+
+
+@pytest.mark.parametrize("word, expected", [("on", "on"), ("off", "off"), ("auto", "auto")])
+def test_yaml_on_off_unquoted(tmp_path, word, expected):
+    """YAML 1.1 reads on/off as booleans; the recipe documents the words."""
+    from converters.recipe import Recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"sparse_export: {word}\n")
+    assert Recipe.load(path).sparse_export == expected
+
+
+def test_flags_that_need_other_flags(digits_model_path, digits_npz, out):
+    train, _ = digits_npz
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--board", "rp2040"),
+                     "--board rp2040 applies to --target mcu", out)
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--prune", "0.5", "--epochs", "3"),
+                     "--epochs 3 sets fine-tuning epochs, but no --finetune DATA was given", out)
+    # an unknown board was refused only after the conversion had written the model and its report
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--quantize", "int8",
+                         "--io-type", "int8", "--calib", train, "--target", "mcu", "--board", "esp8266"),
+                     "unknown board 'esp8266'", out)
+
+
+def test_labels_out_of_range_are_bad_input(digits, digits_model_path, tmp_path, out):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=digits.x_train, y=digits.y_train + 5)
+    result = run("convert", digits_model_path, "-o", out / "m.tflite", "--prune", "0.5", "--finetune", bad,
+                 "--epochs", "1", "--quiet")
+    assert_bad_input(result, "does not fit the model's 10 classes; labels must be class ids 0..9", out)
+
+
+def test_help_keeps_the_factory_example_and_lists_exit_130():
+    text = run("convert", "--help").output
+    assert "--input-shape 1,3,32,32 \\\n" in text, text
+    assert "130 interrupted" in text
+    for command in (("convert",), ("inspect",), ("bench",), ("export", "mcu"), ("metadata", "add"), ("sign",)):
+        shown = run(*command, "--help").output
+        assert "--quiet" in shown and "--verbose" in shown and "--log-file" in shown, command
+
+
+def _sdk(*args, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-m", "sdk.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_real_process_prints_one_line_not_tensorflow_noise(digits_model_path, tmp_path):
+    """TensorFlow's C++ logs (cuDNN/cuBLAS factories, cuInit, absl) start before absl is set up: no env var
+    silences them, so the CLI redirects descriptor 2 while it works, and --log-file keeps them."""
+    missing = _sdk("convert", tmp_path / "nope.h5", "-o", tmp_path / "m.tflite", cwd=ROOT)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [f"error: source model not found: {tmp_path / 'nope.h5'}"]
+    done = _sdk("convert", digits_model_path, "-o", tmp_path / "m.tflite", "--quiet", cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "", done.stderr
+    log = tmp_path / "tf.log"
+    kept = _sdk("inspect", tmp_path / "m.tflite", "--log-file", log, cwd=ROOT)
+    assert kept.returncode == 0 and kept.stderr.strip() == "", kept.stderr
+    assert log.exists()
+    for command in (("inspect",), ("bench", "--runs", "1", "--warmup", "0"), ("export", "mcu", "-o", tmp_path / "fw"),
+                    ("verify", "--key", tmp_path / "k.pub.pem"), ("sign", "--key", tmp_path / "k.pem"),
+                    ("metadata", "add", "-o", tmp_path / "x.tflite")):
+        result = _sdk(*command[:2] if command[0] in ("export", "metadata") else command[:1], tmp_path / "none.tflite",
+                      *(command[2:] if command[0] in ("export", "metadata") else command[1:]), cwd=ROOT)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (command, result.stderr)

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _tf
 from .data import Dataset
-from .errors import ConversionError
+from .errors import ConversionError, DataError
 from .recipe import FinetuneSettings
 
 _EPS = 1e-7
@@ -46,8 +46,12 @@ def distillation_loss(num_classes: int, temperature: float, alpha: float):
 
 
 def finetune(student, teacher, data: Dataset, settings: FinetuneSettings, callbacks: list,
-             verbose: bool) -> dict:
-    """Train ``student`` towards ``teacher`` (and the labels, when present); return the history."""
+             verbose: bool, step: str = "fine-tune") -> dict:
+    """Train ``student`` towards ``teacher`` (and the labels, when present); return the history.
+
+    With ``verbose``, each epoch is one line on stderr naming ``step`` (prune, cluster, qat...),
+    never Keras's own progress bars, which fill logs with backspaces.
+    """
     keras = _tf.keras()
     if len(student.outputs) != 1:
         raise ConversionError("fine-tuning supports single-output models; compress without data "
@@ -61,8 +65,8 @@ def finetune(student, teacher, data: Dataset, settings: FinetuneSettings, callba
         onehot = np.zeros_like(teacher_out)
         if data.labelled:
             if data.y.max() >= classes or data.y.min() < 0:
-                raise ConversionError(f"labels range {data.y.min()}..{data.y.max()} does not fit the "
-                                      f"model's {classes} classes")
+                raise DataError(f"labels range {data.y.min()}..{data.y.max()} does not fit the "
+                                f"model's {classes} classes; labels must be class ids 0..{classes - 1}")
             onehot[np.arange(len(data.y)), data.y] = 1.0
         targets = np.concatenate([teacher_out, onehot], axis=1)
         loss = distillation_loss(classes, settings.temperature, alpha)
@@ -70,11 +74,23 @@ def finetune(student, teacher, data: Dataset, settings: FinetuneSettings, callba
         targets, loss = teacher_out, "mse"
     student.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=loss)
     history = student.fit(data.x, targets, batch_size=settings.batch_size, epochs=settings.epochs,
-                          callbacks=callbacks, verbose=1 if verbose else 0, shuffle=True)
+                          callbacks=callbacks + ([_epoch_lines(keras, step, settings.epochs)] if verbose else []),
+                          verbose=0, shuffle=True)
     return {"epochs": settings.epochs, "samples": len(data),
             "loss": "distillation+labels" if loss != "mse" and data.labelled else
                     ("distillation" if loss != "mse" else "mse-to-teacher"),
             "final_loss": float(history.history["loss"][-1])}
+
+
+def _epoch_lines(keras, step: str, epochs: int):
+    """A callback that prints 'fine-tune (STEP) epoch n/N: loss L' on stderr after each epoch."""
+    import sys
+
+    def line(epoch, logs):
+        print(f"fine-tune ({step}) epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.4f}",
+              file=sys.stderr, flush=True)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=line)
 
 
 def steps_per_epoch(data: Dataset, settings: FinetuneSettings) -> int:

@@ -40,7 +40,7 @@ def quantization_aware_training(model, teacher, data: Dataset, recipe: Recipe, r
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ConversionError(f"quantization-aware training cannot wrap this model: {str(exc).splitlines()[0]}"
                               "; use post-training int8 (drop quantize.qat)") from None
-    history = finetune(trained, teacher, data, recipe.finetune, [], verbose)
+    history = finetune(trained, teacher, data, recipe.finetune, [], verbose, step="qat")
     record = PassRecord("qat", fine_tuned=True)
     record.summary = {"scheme": name, **history}
     return trained, record

@@ -42,9 +42,9 @@ def finetune_torch(student, teacher, weights: list[WeightArray], owners: dict[st
     trainer = _Trainer(student, teacher, data, settings, verbose)
     masks: dict[str, torch.Tensor] = {}
     if not prune and not cluster and train_unchanged:  # the graph changed (low-rank, channels): distil
-        trainer.train(lambda step, total: None)
+        trainer.train(lambda step, total: None, "distillation after the graph rewrite")
     if prune:
-        trainer.train(lambda step, total: _update_masks(owners, prune, masks, step, total))
+        trainer.train(lambda step, total: _update_masks(owners, prune, masks, step, total), "prune")
         for name, settings_ in prune.items():
             records["prune"].layers[name] = prune_measure([_weight(owners[name])], settings_)
         records["prune"].fine_tuned = True
@@ -55,7 +55,7 @@ def finetune_torch(student, teacher, weights: list[WeightArray], owners: dict[st
         for weight in weights:
             if weight.name in cluster:
                 _share(owners[weight.name], weight.values)
-        trainer.train(lambda step, total: _apply_masks(owners, masks))
+        trainer.train(lambda step, total: _apply_masks(owners, masks), "cluster")
         for name, settings_ in cluster.items():
             torch.nn.utils.parametrize.remove_parametrizations(owners[name], "weight", leave_parametrized=True)
             records["cluster"].layers[name] = cluster_measure([_weight(owners[name])], settings_)
@@ -128,7 +128,10 @@ class _Trainer:
         self.y = torch.from_numpy(data.y) if data.labelled else None
         self.classifier = teacher_out.ndim == 2 and teacher_out.shape[1] > 1
 
-    def train(self, after_step) -> None:
+    def train(self, after_step, step_name: str = "fine-tune") -> None:
+        """Train every epoch, calling ``after_step(step, total)``; with verbose, one stderr line per epoch."""
+        import sys
+
         import torch
 
         settings = self.settings
@@ -149,7 +152,8 @@ class _Trainer:
                 step += 1
                 after_step(step, total)
             if self.verbose:
-                print(f"fine-tune epoch {epoch + 1}/{settings.epochs}: loss {loss.item():.4f}")
+                print(f"fine-tune ({step_name}) epoch {epoch + 1}/{settings.epochs}: loss {loss.item():.4f}",
+                      file=sys.stderr, flush=True)
         self.student.eval()
 
     def _loss(self, student_out, index):

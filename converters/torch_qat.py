@@ -77,7 +77,7 @@ def quantization_aware_finetune(student, teacher, data: Dataset, settings: Finet
 
     try:
         trainer = _Trainer(student, teacher, data, settings, verbose)
-        trainer.train(keep_zeros)
+        trainer.train(keep_zeros, "qat")
     finally:
         for hook in hooks:
             hook.remove()

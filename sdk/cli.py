@@ -7,9 +7,13 @@ data), 130 interrupted.  Errors print one line on stderr, never a traceback
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
 import sys
-from typing import Callable
+import warnings
+from typing import Callable, Iterator
 
 import click
 
@@ -23,8 +27,10 @@ EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 def _run(action: Callable[[], None], debug: bool) -> None:
     """Run ``action`` and map every failure to a one-line message and an exit code."""
+    quiet, verbose, log_file = click.get_current_context().meta.get(OUTPUT_KEY, (False, False, None))
     try:
-        action()
+        with _native_logs(None if verbose else (log_file or os.devnull)):
+            action()
     except (UserInputError, ModelFormatError, InputError, click.BadParameter) as exc:
         _fail(exc, EXIT_BAD_INPUT, debug)
     except (ConversionError, DeviceRuntimeError) as exc:
@@ -35,6 +41,81 @@ def _run(action: Callable[[], None], debug: bool) -> None:
     except Exception as exc:  # the last line of defence: still one line, never a wall
         _fail(exc, EXIT_FAILURE, debug, prefix=f"internal error ({type(exc).__name__}): ",
               suffix=" (rerun with --debug for the traceback and please report it)")
+
+
+OUTPUT_KEY = "sdk.output"
+
+
+@contextlib.contextmanager
+def _native_logs(path: str | None) -> Iterator[None]:
+    """Send what TensorFlow, absl, XNNPACK and CUDA write to file descriptor 2 (and Python warnings) to ``path``.
+
+    TensorFlow's C++ logging starts before absl is initialised, so no environment variable silences it; the
+    descriptor itself is redirected, and this process's own messages go to the original stderr.  Only a real
+    process is redirected: under a test runner, sys.stderr is not descriptor 2 and nothing changes.
+    """
+    try:
+        real = path is not None and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if not real:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        os.close(saved)
+        raise UserInputError(f"cannot write log file {path}: {exc.strerror or exc}") from None
+    os.dup2(target, 2)
+    os.close(target)
+    original = sys.stderr
+    sys.stderr = open(saved, "w", buffering=1, encoding=original.encoding or "utf-8", errors="replace",
+                      closefd=False)
+    log = open(2, "w", buffering=1, closefd=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: log.write(
+                warnings.formatwarning(message, category, filename, lineno, line))
+            yield
+    finally:
+        log.close()
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = original
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _with_output_options(command: click.Command) -> None:
+    """Give ``command`` (and a group's commands) --quiet, --verbose and --log-file, read by ``_run``."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _with_output_options(sub)
+        return
+    command.params += [
+        click.Option(["-q", "--quiet"], is_flag=True, help="Print only the result (and errors): no progress."),
+        click.Option(["-v", "--verbose"], is_flag=True,
+                     help="Also show TensorFlow's, onnx2tf's and the interpreter's own logs on stderr."),
+        click.Option(["--log-file"], type=click.Path(dir_okay=False),
+                     help="Append those logs (and Python warnings) to this file instead of dropping them.")]
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def with_output(*args, quiet, verbose, log_file, **kwargs):
+        if quiet and verbose:
+            raise click.UsageError("--quiet and --verbose contradict each other; give one of them")
+        click.get_current_context().meta[OUTPUT_KEY] = (quiet, verbose, log_file)
+        return callback(*args, **kwargs)
+
+    command.callback = with_output
+
+
+def _chatty(as_json: bool = False) -> bool:
+    """Whether progress is shown: not with --quiet, and not under --json (stdout is for the JSON)."""
+    quiet = click.get_current_context().meta.get(OUTPUT_KEY, (False, False, None))[0]
+    return not (quiet or as_json)
 
 
 def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "", suffix: str = "") -> None:
@@ -73,14 +154,14 @@ Examples:
   sdk convert model.keras -o m.tflite --recipe recipe.yaml --finetune unlabelled.npy
   sdk convert model.onnx -o m.tflite --quantize int8 --calib images.npy
   sdk convert traced.pt -o m.tflite --input-shape 1,3,224,224
-  sdk convert mypkg.models:build_net --weights net.pth --input-shape 1,3,32,32 \
+  sdk convert mypkg.models:build_net --weights net.pth --input-shape 1,3,32,32 \\
       -o small.tflite --prune 0.75 --cluster 16 --quantize int8 --finetune train.npz
 \b
 Data: .npz with x (and y for labels), .npy of inputs, or an image folder
 (one sub-folder per class), in the source model's layout (NCHW for PyTorch).
 Without labels, fine-tuning distils from the original model. PyTorch/ONNX
 image inputs become NHWC in the .tflite unless --keep-nchw.
-Exit codes: 0 ok, 1 conversion failed, 2 bad input.
+Exit codes: 0 ok, 1 conversion failed, 2 bad input, 130 interrupted (Ctrl-C).
 """
 
 
@@ -145,6 +226,15 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
     def action():
         from sdk.api import convert as convert_model
 
+        if board and target != "mcu":
+            raise UserInputError(f"--board {board} applies to --target mcu; add --target mcu (or drop --board)")
+        if epochs is not None and not finetune_path:
+            raise UserInputError(f"--epochs {epochs} sets fine-tuning epochs, but no --finetune DATA was given; "
+                                 "add --finetune DATA (without it, compression is one-shot)")
+        if target == "mcu" and board:
+            from converters.mcu.boards import board_named
+
+            board_named(board)  # an unknown board is refused before the conversion, not after it
         recipe = Recipe.load(recipe_path) if recipe_path else Recipe()
         recipe = recipe.with_flags(prune=prune, prune_structure=prune_structure, cluster=cluster,
                                    quantize=quantize, io_type=io_type, samples=samples, epochs=epochs,
@@ -169,12 +259,14 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             budget = convert_within_budget(source, output, max_drop=max_drop, optimize=optimize, recipe=recipe,
                                            finetune_data=finetune_path, calib_data=calib, eval_data=eval_path,
                                            force=force, metadata=metadata,
-                                           progress=None if as_json else _stderr_progress, verbose=not as_json)
+                                           progress=_stderr_progress if _chatty(as_json) else None,
+                                           verbose=_chatty(as_json))
             result = budget.result
         else:
             result = convert_model(source, output, recipe, finetune_data=finetune_path, calib_data=calib,
                                    eval_data=eval_path, force=force, metadata=metadata,
-                                   progress=None if as_json else _stderr_progress, verbose=not as_json,
+                                   progress=_stderr_progress if _chatty(as_json) else None,
+                                   verbose=_chatty(as_json),
                                    **torch_onnx)
         if plot_path:
             from sdk.plots import layer_plot
@@ -248,7 +340,7 @@ def sweep(source, grid_path, data_path, eval_path, out_dir, max_drop, address, w
             result = run_sweep(source, load_grid(grid_path), out_dir, data=data_path, eval_data=eval_path,
                                finetune=not no_finetune, address=address, workers=workers, max_drop=max_drop,
                                latency_threads=(1, 2) if latency_runs else (), latency_runs=max(latency_runs, 1),
-                               options=options, progress=None if as_json else _stderr_progress)
+                               options=options, progress=_stderr_progress if _chatty(as_json) else None)
         except KeyboardInterrupt:
             click.echo(f"interrupted; finished recipes are kept in {out_dir}/runs and a re-run continues from "
                        "them", err=True)
@@ -502,6 +594,8 @@ def export_android_command(model, project_dir, task, labels, mean, std, objectne
 
     _run(action, debug)
 
+
+_with_output_options(main)
 
 if __name__ == "__main__":
     main()

@@ -125,6 +125,24 @@ def _load_image_folder(folder: Path, input_shape: Sequence[int | None], what: st
     return Dataset(images, labels, str(folder), names)
 
 
+def _layout_hint(got: tuple[int, ...], expected: tuple[int | None, ...]) -> str:
+    """How to make ``got`` samples fit: a transpose when only the axis order differs, else a reshape.
+
+    A reshape of channels-last images into a channels-first shape keeps the element count but
+    scrambles the pixels, so it is suggested only when no axis permutation fits.
+    """
+    import itertools
+
+    if len(got) == len(expected) and None not in expected and sorted(got) == sorted(expected):
+        for perm in itertools.permutations(range(len(got))):
+            if tuple(got[i] for i in perm) == expected:
+                axes = ", ".join(str(a) for a in (0, *(i + 1 for i in perm)))
+                return f"; the axes are in another order: use x.transpose({axes})"
+    if int(np.prod(got)) == int(np.prod([e or 0 for e in expected])):
+        return f"; reshape it with x.reshape(-1, {', '.join(str(e) for e in expected)})"
+    return ""
+
+
 def _checked(dataset: Dataset, input_shape: Sequence[int | None], what: str) -> Dataset:
     x = dataset.x
     if len(x) == 0:
@@ -134,9 +152,7 @@ def _checked(dataset: Dataset, input_shape: Sequence[int | None], what: str) -> 
     expected = tuple(input_shape)
     got = tuple(x.shape[1:])
     if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
-        hint = ""
-        if int(np.prod(got)) == int(np.prod([e or 0 for e in expected])):
-            hint = f"; reshape it with x.reshape(-1, {', '.join(str(e) for e in expected)})"
+        hint = _layout_hint(got, expected)
         raise DataError(f"{what} data samples have shape {got} but the model input is "
                         f"{tuple('N' if e is None else e for e in expected)}{hint}")
     y = dataset.y

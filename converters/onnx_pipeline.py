@@ -22,7 +22,7 @@ import numpy as np
 
 from .array_compression import compress_weights
 from .data import DataSource, Dataset
-from .errors import ConversionError, DataError, RecipeError
+from .errors import ConversionError, DataError, RecipeError, first_line
 from .fidelity import Fidelity, compare
 from .files import check_output_path
 from .metadata import MetadataSpec
@@ -79,7 +79,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
                        force: bool = False, progress: Progress | None = None, verbose: bool = False,
                        metadata: MetadataSpec | None = None) -> ConversionResult:
     """Convert a PyTorch module / TorchScript file / factory, or an ONNX file, to ``output`` (.tflite)."""
-    from .torch_import import is_torch_source
+    from .torch_import import FACTORY_SPEC, is_torch_source
 
     recipe = recipe or Recipe()
     started = time.perf_counter()
@@ -102,6 +102,9 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
 
             torch_source = load_torch_source(source, example_input, input_shapes, weights)
             onnx_model, description = None, torch_source.description
+            if isinstance(source, str) and FACTORY_SPEC.match(source) and weights is None:
+                notes.append(f"{source} was converted with the weights its factory returns, since no --weights "
+                             "state dict was given: random initial weights unless the factory loads trained ones")
             input_shapes = torch_source.input_shapes
         else:
             raise DataError(f"not a PyTorch or ONNX source: {source!r}")
@@ -135,6 +138,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     if recipe.quantize.qat and recipe.clusters:
         raise RecipeError("quantize.qat with clustering is available for Keras sources (tfmot's cluster-preserving "
                           "scheme); for PyTorch, drop one of them")
+    _check_overrides(recipe, torch_source, onnx_model)
     if torch_source is not None:
         shapes = [s[1:] for s in torch_source.input_shapes]
         tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data)
@@ -165,6 +169,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         timings["torch_onnx_export"] = time.perf_counter() - mark
     specs = fix_input_shapes(onnx_model, input_shapes)
     reference_model = copy.deepcopy(onnx_model) if torch_source is None else None
+    if reference_model is not None and input_shapes is not None:
+        _check_runs(reference_model, specs)
     if torch_source is None:
         shapes = [s.shape[1:] for s in specs]
         if finetune_data is not None:
@@ -245,6 +251,37 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         timings={k: round(v, 3) for k, v in timings.items()}, notes=notes,
         io_layout=route.describe(), output_fidelity=by_output if len(by_output) > 1 else {})
     return write_result(output, tflite_bytes, report)
+
+
+def _check_runs(onnx_model, specs: list[TensorSpec]) -> None:
+    """An --input-shape the ONNX graph cannot run is the user's input, found before onnx2tf fails on it."""
+    from onnx import helper
+
+    by_name = {i.name: i for i in onnx_model.graph.input}
+    feeds = {s.name: np.zeros(s.shape, helper.tensor_dtype_to_np_dtype(by_name[s.name].type.tensor_type.elem_type))
+             for s in specs}
+    try:
+        run_onnx(onnx_model, feeds)
+    except Exception as exc:  # onnxruntime's own error types, raised at load or at run
+        shapes = ", ".join(f"{s.name} {s.shape}" for s in specs)
+        raise DataError(f"the model cannot run on inputs of shape {shapes} ({first_line(exc, 160)}); check "
+                        "--input-shape "
+                        "against the shapes the model was exported with") from None
+
+
+def _check_overrides(recipe: Recipe, torch_source, onnx_model) -> None:
+    """Per-layer overrides must name PyTorch modules (or ONNX layers) and their classes or ONNX ops."""
+    if not (recipe.layers or recipe.layer_types):
+        return
+    types = {"Conv", "Gemm", "MatMul", "Linear", "Conv1d", "Conv2d", "Conv3d"}  # the aliases weights answer to
+    if torch_source is not None:
+        modules = list(torch_source.module.named_modules())
+        names = [name for name, _ in modules if name]
+        types |= {type(module).__name__ for _, module in modules}
+    else:
+        names = [w.name for w in onnx_weights(onnx_model)[0]]
+        types |= {node.op_type for node in onnx_model.graph.node}
+    recipe.check_overrides(names, sorted(types))
 
 
 def _check_quantizable(onnx_model, recipe: Recipe) -> None:

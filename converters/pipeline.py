@@ -83,6 +83,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
         notes.append("fine-tuning data given but the recipe changes no weights or layers and asks for no QAT; "
                      "not fine-tuned")
     layer_names = [layer.name for layer in model.layers]
+    recipe.check_overrides(layer_names, [type(layer).__name__ for layer in model.layers])
     float_layers = [layer.name for layer in model.layers  # mixed precision: checked before any work
                     if (plan := recipe.plan_for(layer.name, type(layer).__name__)) and plan.precision == "float"]
     if float_layers and recipe.sparse_export == "on":

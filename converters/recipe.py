@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .errors import RecipeError
 
@@ -213,6 +213,15 @@ class Recipe:
                         raise RecipeError(f"{section}[{key!r}].precision applies under quantize.mode int8 (mixed "
                                           f"precision); got mode {self.quantize.mode}")
 
+    def check_overrides(self, layer_names: Sequence[str], layer_types: Sequence[str]) -> None:
+        """Refuse a ``layers``/``layer_types`` key that matches no layer of the model: it would do nothing."""
+        for key in self.layers:
+            if key not in layer_names and not any(_compile_pattern(key).fullmatch(n) for n in layer_names):
+                _no_such("layers", key, layer_names, "layer")
+        for key in self.layer_types:
+            if key not in layer_types:
+                _no_such("layer_types", key, layer_types, "layer type")
+
     # -- resolution -----------------------------------------------------------------
     def plan_for(self, layer_name: str, layer_type: str) -> LayerPlan | None:
         """Settings for one layer: name (exact, then regex) > type > global; None skips it."""
@@ -371,6 +380,14 @@ def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
         hint = difflib.get_close_matches(str(value), allowed, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise RecipeError(f"{where} must be one of {', '.join(allowed)}; got {value!r}{suggestion}")
+
+
+def _no_such(section: str, key: str, offered: Sequence[str], what: str) -> None:
+    unique = sorted(set(offered))
+    hint = difflib.get_close_matches(key, unique, n=1)
+    shown = ", ".join(unique[:12]) + (", ..." if len(unique) > 12 else "")
+    raise RecipeError(f"{section}[{key!r}] matches no {what} of the model"
+                      + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; it has: {shown}")
 
 
 def _reject_unknown(where: str, data: Mapping[str, Any], allowed: list[str]) -> None:

@@ -141,6 +141,12 @@ def _load_weights(module, path: Path) -> None:
 
     if not path.is_file():
         raise SourceModelError(f"weights file not found: {path}")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive (or, before 1.6, a pickle)
+        # torch.load's own message for such a file is a bare number or a warning about weights_only
+        raise SourceModelError(f"cannot read weights {path.name}: not a file written by torch.save; save them "
+                               "with torch.save(model.state_dict(), path)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors alike: not a loadable state dict
@@ -151,10 +157,30 @@ def _load_weights(module, path: Path) -> None:
     if not isinstance(state, dict):
         raise SourceModelError(f"{path.name} holds a {type(state).__name__}, not a state dict; save it with "
                                "torch.save(model.state_dict(), path)")
+    mismatch = _state_dict_mismatch(module.state_dict(), state)
+    if mismatch:
+        raise SourceModelError(f"weights {path.name} do not fit the model: {mismatch}; save them from the same "
+                               "architecture the factory builds")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise SourceModelError(f"weights {path.name} do not fit the model: {first_line(exc)}") from None
+
+
+def _state_dict_mismatch(expected: dict, given: dict, shown: int = 3) -> str:
+    """The missing, unexpected and mis-shaped keys, a few of each by name (torch's own message puts the
+    names on lines after its first, which a one-line error drops)."""
+    def names(keys) -> str:
+        keys = sorted(keys)
+        return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+    missing, unexpected = set(expected) - set(given), set(given) - set(expected)
+    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(expected) & set(given))
+              if hasattr(given[k], "shape") and tuple(given[k].shape) != tuple(expected[k].shape)]
+    parts = ([f"missing {names(missing)}"] if missing else []) + \
+            ([f"unexpected {names(unexpected)}"] if unexpected else []) + \
+            ([f"shape of {', '.join(shapes[:shown])}"] if shapes else [])
+    return "; ".join(parts)
 
 
 def _load_torchscript(path: Path) -> Any:

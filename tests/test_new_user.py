@@ -117,3 +117,77 @@ def test_a_real_process_prints_one_line_not_tensorflow_noise(digits_model_path, 
                       *(command[2:] if command[0] in ("export", "metadata") else command[1:]), cwd=ROOT)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (command, result.stderr)
+
+
+def test_channels_last_data_for_a_channels_first_model_gets_a_transpose_not_a_reshape():
+    """x.reshape(-1, 3, 16, 16) on NHWC images keeps the count but scrambles every pixel."""
+    from converters.data import Dataset, _checked
+    from converters.errors import DataError
+
+    nhwc = Dataset(np.zeros((4, 16, 16, 3), np.float32), None, "calib.npy")
+    with pytest.raises(DataError, match=r"use x.transpose\(0, 3, 1, 2\)$"):
+        _checked(nhwc, (3, 16, 16), "calibration")
+    flat = Dataset(np.zeros((4, 64), np.float32), None, "calib.npy")
+    with pytest.raises(DataError, match=r"reshape it with x.reshape\(-1, 8, 8, 1\)$"):
+        _checked(flat, (8, 8, 1), "calibration")
+
+
+def test_recipe_overrides_must_name_a_layer(digits_model_path, tmp_path, out):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("prune: {sparsity: 0.5}\nlayers:\n  fc9: null\n")
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--recipe", recipe),
+                     "layers['fc9'] matches no layer of the model (did you mean 'fc1'?)", out)
+    recipe.write_text("prune: {sparsity: 0.5}\nlayer_types:\n  Dence: null\n")
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--recipe", recipe),
+                     "layer_types['Dence'] matches no layer type of the model (did you mean 'Dense'?)", out)
+
+
+@pytest.fixture()
+def factory(tmp_path, monkeypatch):
+    (tmp_path / "zoo_factory.py").write_text(
+        "from examples.torch_zoo import build\n\ndef make():\n    return build('non_square', seed=3)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "zoo_factory:make"
+
+
+def test_weights_that_do_not_fit_name_the_keys(factory, tmp_path, out):
+    import torch
+
+    from examples.torch_zoo import build
+
+    other = tmp_path / "other.pth"
+    torch.save(build("unet").state_dict(), other)
+    result = run("convert", factory, "--weights", other, "--input-shape", "1,3,24,40", "-o", out / "m.tflite")
+    assert_bad_input(result, "weights other.pth do not fit the model: missing ", out)
+    assert "unexpected " in result.stderr
+    notes = tmp_path / "notes.pt"
+    notes.write_text("my notes about the model\n")
+    assert_bad_input(run("convert", factory, "--weights", notes, "--input-shape", "1,3,24,40", "-o", out / "m.tflite"),
+                     "cannot read weights notes.pt: not a file written by torch.save", out)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("prune: {sparsity: 0.5}\nlayers:\n  features.99: null\n")
+    assert_bad_input(run("convert", factory, "--recipe", recipe, "--input-shape", "1,3,24,40", "-o", out / "m.tflite"),
+                     "layers['features.99'] matches no layer of the model", out)
+
+
+def test_a_factory_without_weights_is_said_in_the_report(factory, out):
+    import json
+
+    result = run("convert", factory, "--input-shape", "1,3,24,40", "-o", out / "m.tflite", "--json")
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.stdout)["notes"]
+    assert any("no --weights state dict was given: random initial weights" in n for n in notes), notes
+
+
+def test_an_input_shape_the_onnx_graph_cannot_run_is_bad_input(tmp_path, out):
+    """It reached onnx2tf, which failed with exit 1 and advice about --keep-nchw."""
+    import torch
+
+    from examples.torch_zoo import build
+
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(build("non_square"), (torch.rand(1, 3, 24, 40),), str(path), opset_version=17,
+                      input_names=["image"], dynamic_axes={"image": {2: "h", 3: "w"}}, dynamo=False)
+    assert_bad_input(run("convert", path, "-o", out / "m.tflite", "--input-shape", "1,5,24,40"),
+                     "the model cannot run on inputs of shape image (1, 5, 24, 40)", out)

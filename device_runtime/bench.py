@@ -112,6 +112,12 @@ def _notes(model: Model, use_xnnpack: bool) -> list[str]:
     return []
 
 
+def _ms(value: float, width: int) -> str:
+    """Milliseconds with two decimals, or three significant digits below 0.1 ms (a tiny model's invoke
+    printed as 0.00 beside its share)."""
+    return f"{value:{width}.2f}" if value >= 0.1 else f"{value:{width}.3g}"
+
+
 def render(report: dict) -> str:
     fed = f", {report['task']} on a {report['frame']}" if report.get("frame") else ""
     lines = [f"{report['model']}  backend {report['backend']}, xnnpack {'on' if report['xnnpack'] else 'off'}, "
@@ -119,8 +125,8 @@ def render(report: dict) -> str:
              "threads  p50 ms  p90 ms  p99 ms  throughput/s  peak RSS MB  invoke p50 ms  pre+post p50 us"]
     for r in report["results"]:
         share = f" ({r['overhead_share']:.1%} of invoke)" if r["overhead_share"] is not None else ""
-        lines.append(f"{r['threads']:>7}  {r['p50_ms']:6.2f}  {r['p90_ms']:6.2f}  {r['p99_ms']:6.2f}  "
-                     f"{r['throughput_per_s']:12.1f}  {r['peak_rss_mb']:11.1f}  {r['invoke_p50_ms']:13.2f}  "
+        lines.append(f"{r['threads']:>7}  {_ms(r['p50_ms'], 6)}  {_ms(r['p90_ms'], 6)}  {_ms(r['p99_ms'], 6)}  "
+                     f"{r['throughput_per_s']:12.1f}  {r['peak_rss_mb']:11.1f}  {_ms(r['invoke_p50_ms'], 13)}  "
                      f"{r['overhead_p50_ms'] * 1000:8.0f}{share}")
     lines += [f"note: {note}" for note in report.get("notes", [])]
     return "\n".join(lines)

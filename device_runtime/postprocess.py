@@ -171,8 +171,9 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
     features = pred.shape[0] if channels_first else pred.shape[1]
     first_class = 5 if has_objectness else 4
     if features <= first_class:
-        raise InputError(f"YOLO rows need 4 box values{' + objectness' if has_objectness else ''} "
-                         f"and at least one class score; got {features} values")
+        raise InputError(f"detection needs rows of 4 box values{' + objectness' if has_objectness else ''} "
+                         f"and at least one class score; the output {np.shape(output)} has {features} values per "
+                         "row: is the model a classifier? (then classify, or sdk bench --task classify)")
     # Dequantization is monotonic, so stored values are compared with the threshold's stored level.
     raw_threshold = stored_threshold(score_threshold, quantization) if quantization else score_threshold
     # Prefilter: with objectness the score is obj * class <= obj; without, it is the best class score.

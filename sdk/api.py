@@ -14,7 +14,6 @@ from device_runtime.model import read_model_bytes
 from device_runtime.tflite_format import read_model
 
 
-
 def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str | os.PathLike | None = None,
             *, finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
             eval_data: DataSource | None = None, force: bool = False,
@@ -147,17 +146,19 @@ def inspect(path: str | os.PathLike) -> Inspection:
     import hashlib
 
     from converters.tflite_analysis import analyse
-
-    from dataclasses import asdict as as_dict
-
     from device_runtime.metadata import read_build_info, read_info
 
-    data = read_model_bytes(path)
-    model = read_model(data)
+    from device_runtime.errors import DeviceRuntimeError
+
+    try:
+        data = read_model_bytes(path)
+        model = read_model(data)
+    except DeviceRuntimeError as exc:  # the runtime's own types: sdk callers catch sdk.SDKError
+        raise SourceModelError(str(exc)) from None
     info = read_info(model)
     return Inspection(str(path), hashlib.sha256(data).hexdigest(), analyse(data),
                       [{"key": s.key, "inputs": sorted(s.inputs), "outputs": sorted(s.outputs)}
                        for s in model.signatures],
                       sorted(model.metadata), {name: len(model.buffers[i]) for name, i in model.metadata.items()},
-                      model.description, as_dict(info) if info else None,
+                      model.description, asdict(info) if info else None,
                       read_build_info(model))

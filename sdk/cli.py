@@ -231,10 +231,20 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
         if epochs is not None and not finetune_path:
             raise UserInputError(f"--epochs {epochs} sets fine-tuning epochs, but no --finetune DATA was given; "
                                  "add --finetune DATA (without it, compression is one-shot)")
-        if target == "mcu" and board:
+        from converters.files import check_output_path
+
+        if plot_path:  # every output is checked before the conversion, so none is written and then refused
+            check_output_path(plot_path, [source], force)
+        if target == "mcu":
+            from pathlib import Path
+
             from converters.mcu.boards import board_named
 
-            board_named(board)  # an unknown board is refused before the conversion, not after it
+            board_named(board)
+            firmware = Path(output).with_name(Path(output).stem + "_mcu")
+            if firmware.exists() and (not firmware.is_dir() or any(firmware.iterdir())) and not force:
+                raise UserInputError(f"{firmware} (where --target mcu writes) exists and is not empty; pass "
+                                     "--force to overwrite its files")
         recipe = Recipe.load(recipe_path) if recipe_path else Recipe()
         recipe = recipe.with_flags(prune=prune, prune_structure=prune_structure, cluster=cluster,
                                    quantize=quantize, io_type=io_type, samples=samples, epochs=epochs,

@@ -191,3 +191,38 @@ def test_an_input_shape_the_onnx_graph_cannot_run_is_bad_input(tmp_path, out):
                       input_names=["image"], dynamic_axes={"image": {2: "h", 3: "w"}}, dynamo=False)
     assert_bad_input(run("convert", path, "-o", out / "m.tflite", "--input-shape", "1,5,24,40"),
                      "the model cannot run on inputs of shape image (1, 5, 24, 40)", out)
+
+
+def test_sdk_inspect_raises_an_sdk_error(tmp_path):
+    import sdk
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\0" * 64)
+    with pytest.raises(sdk.SDKError):
+        sdk.inspect(bad)
+    with pytest.raises(sdk.SDKError, match="not found"):
+        sdk.inspect(tmp_path / "missing.tflite")
+
+
+def test_bench_prints_a_tiny_invoke_in_significant_digits():
+    from device_runtime.bench import render
+
+    row = {"threads": 1, "p50_ms": 0.0191, "p90_ms": 0.02, "p99_ms": 0.03, "throughput_per_s": 50000.0,
+           "peak_rss_mb": 80.0, "invoke_p50_ms": 0.0042, "overhead_p50_ms": 0.0149, "overhead_share": 3.553}
+    text = render({"model": "m.tflite", "backend": "ai-edge-litert", "xnnpack": True, "runs": 10, "warmup": 1,
+                   "results": [row]})
+    assert "0.0042" in text and " 0.00 " not in text and "355.3% of invoke" in text
+
+
+def test_plot_and_firmware_outputs_are_checked_before_converting(digits_model_path, digits_npz, tmp_path, out):
+    train, _ = digits_npz
+    blocker = tmp_path / "ro"
+    blocker.write_text("a file")
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--plot", blocker / "l.png"),
+                     f"{blocker} is a file, not a folder", out)
+    firmware = out / "m_mcu"
+    firmware.mkdir()
+    (firmware / "main.cc").write_text("// mine")
+    assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--quantize", "int8", "--io-type",
+                         "int8", "--calib", train, "--target", "mcu"), "exists and is not empty; pass --force", out)
+    assert (firmware / "main.cc").read_text() == "// mine"

@@ -88,7 +88,7 @@ def test_half_the_channels_stay_within_two_points_on_digits(tmp_path):
     source_accuracy = accuracy(net, splits.x_test, splits.y_test)
     assert source_accuracy > 93.0
     result = sdk.convert(net, tmp_path / "thin.tflite", {"channels": {"fraction": 0.5},
-                                                        "quantize": {"mode": "int8"}, "finetune": {"epochs": 10}},
+                                                        "quantize": {"mode": "int8"}, "finetune": {"epochs": 15}},
                          example_input=torch.zeros(1, 1, 8, 8), finetune_data=(splits.x_train, splits.y_train),
                          calib_data=splits.x_train, eval_data=(splits.x_test, splits.y_test))
     record, fidelity = result.report.passes["channels"], result.report.fidelity
@@ -119,7 +119,7 @@ def test_keras_slicing_through_flatten_is_exact(digits_model):
 def test_keras_digits_half_the_channels_within_two_points(digits_model_path, digits_npz, tmp_path):
     train, test = digits_npz
     result = sdk.convert(digits_model_path, tmp_path / "thin.tflite",
-                         {"channels": {"fraction": 0.5}, "quantize": {"mode": "int8"}, "finetune": {"epochs": 10}},
+                         {"channels": {"fraction": 0.5}, "quantize": {"mode": "int8"}, "finetune": {"epochs": 15}},
                          finetune_data=train, eval_data=test)
     record, fidelity = result.report.passes["channels"], result.report.fidelity
     assert record.fine_tuned and {k: v["kept"] for k, v in record.layers.items()} == \

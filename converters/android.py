@@ -23,7 +23,7 @@ from device_runtime.preprocess import ImageSpec
 
 from .errors import OutputPathError, UserInputError
 from .files import atomic_write
-from .metadata import read_labels_file
+from .labels import check_label_count, read_labels
 
 CARD_FORMAT, CARD_VERSION = "edge-sdk-model-card", 1
 ASSETS = Path("app/src/main/assets")
@@ -142,17 +142,14 @@ def _labels(labels, info) -> list[str]:
         if info is None or not info.labels:
             raise UserInputError("the model has no labels; pass --labels FILE (one class name per line) or embed "
                                  "them with `sdk convert --labels` / `sdk metadata add --labels`")
-        return list(info.labels)
-    return list(labels) if isinstance(labels, (list, tuple)) else read_labels_file(labels)
+        return read_labels(list(info.labels))
+    return read_labels(labels)
 
 
 def _classifier_outputs(outputs, names: list[str]) -> list[str]:
     if len(outputs) != 1:
         raise UserInputError(f"an image classifier for the app has one scores output; the model has {len(outputs)}")
-    classes = int(np.prod(outputs[0].shape))
-    if classes != len(names):
-        raise UserInputError(f"the model scores {classes} classes but there are {len(names)} labels; "
-                             "give one label per class")
+    check_label_count(names, int(np.prod(outputs[0].shape)))
     return ["scores"]
 
 
@@ -170,9 +167,8 @@ def _detector_outputs(outputs, names, info, has_objectness, score_threshold, iou
                              f"detectors; this model has outputs {[s.shape for s in outputs]}")
     _, a, b = outputs[0].shape
     classes = min(a, b) - (5 if has_objectness else 4)
-    if classes != len(names):
-        raise UserInputError(f"the YOLO output {outputs[0].shape} holds {classes} classes"
-                             f"{' after objectness' if has_objectness else ''} but there are {len(names)} labels")
+    check_label_count(names, classes, what=f"the YOLO output {outputs[0].shape} holds {classes} classes"
+                                           f"{' after objectness' if has_objectness else ''}")
     return ["yolo"], {"format": "yolo", "box_index": [0, 1, 2, 3], **settings}
 
 

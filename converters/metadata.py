@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import flatbuffers
@@ -25,6 +25,9 @@ from device_runtime.tflite_format import TFLiteModel, read_model
 
 from .errors import ConversionError, UserInputError
 from .files import atomic_write
+from .labels import read_labels
+
+read_labels_file = read_labels  # the name `sdk convert` imports: one reader for every command
 
 LABELS_FILE = "labels.txt"
 MIN_PARSER_VERSION = "1.0.0"
@@ -46,7 +49,7 @@ class MetadataSpec:
     license: str = ""
     mean: Sequence[float] = (0.0,)
     std: Sequence[float] = (255.0,)
-    color_space: str = "RGB"  # RGB | GRAYSCALE
+    color_space: str | None = None  # RGB | GRAYSCALE; None: from the input's channels (1 or 3)
     labels: Sequence[str] = field(default_factory=tuple)
     box_index: Sequence[int] = (1, 0, 3, 2)  # positions of left, top, right, bottom: ymin, xmin, ymax, xmax
     sample_rate: int = 16000
@@ -55,7 +58,7 @@ class MetadataSpec:
     def validate(self) -> None:
         if self.task not in TASKS:
             raise UserInputError(f"task must be one of {', '.join(TASKS)}; got {self.task!r}")
-        if self.color_space not in ("RGB", "GRAYSCALE"):
+        if self.color_space not in (None, "RGB", "GRAYSCALE"):
             raise UserInputError(f"color_space must be RGB or GRAYSCALE; got {self.color_space!r}")
         if any(s == 0 for s in self.std):
             raise UserInputError("normalisation std values must be non-zero")
@@ -94,7 +97,7 @@ def _labels_file(schema, kind: int):
 
 def _image_input(schema, spec: MetadataSpec, name: str):
     image = schema.ImagePropertiesT()
-    image.colorSpace = getattr(schema.ColorSpaceType, spec.color_space)
+    image.colorSpace = getattr(schema.ColorSpaceType, spec.color_space or "RGB")
     tensor = _tensor(schema, name, "Input image, normalised as (pixel - mean) / std.",
                      schema.ContentProperties.ImageProperties, image)
     norm = schema.NormalizationOptionsT()
@@ -250,10 +253,9 @@ def standard_metadata(model: TFLiteModel, spec: MetadataSpec) -> tuple[bytes, di
     if len(sg.inputs) != 1 or len(sg.outputs) != wanted_outputs:
         raise UserInputError(f"a {spec.task} needs 1 input and {wanted_outputs} output(s); the model has "
                              f"{len(sg.inputs)} and {len(sg.outputs)}")
+    spec = _fit_input(spec, tuple(sg.tensors[sg.inputs[0]].shape))
     if spec.task != "object_detector":
-        classes = sg.tensors[sg.outputs[0]].shape[-1]
-        if spec.labels and len(spec.labels) != classes:
-            raise UserInputError(f"{len(spec.labels)} labels given but the model outputs {classes} scores")
+        read_labels(spec.labels, sg.tensors[sg.outputs[0]].shape[-1])
     names = {index: name for s in model.signatures[:1] for name, index in {**s.inputs, **s.outputs}.items()}
     output_names = [names.get(i, sg.tensors[i].name) for i in sg.outputs]
     roles = detection_roles([sg.tensors[i].shape for i in sg.outputs], output_names) \
@@ -261,6 +263,35 @@ def standard_metadata(model: TFLiteModel, spec: MetadataSpec) -> tuple[bytes, di
     buffer = metadata_buffer(spec, names.get(sg.inputs[0], sg.tensors[sg.inputs[0]].name), output_names, roles)
     files = {LABELS_FILE: ("\n".join(spec.labels) + "\n").encode()} if spec.labels else {}
     return buffer, files
+
+
+def _fit_input(spec: MetadataSpec, shape: tuple[int, ...]) -> MetadataSpec:
+    """``spec`` with its colour space filled in, or refused where it does not fit the model's input ``shape``.
+
+    An image's channels are its rank-4 shape's last axis (NHWC) or second (NCHW) when that is 1 or 3, as the
+    device runtime reads them; a metadata reader would otherwise fail on the first image (three means for
+    one channel) or feed it wrongly (RGB for a grayscale input).
+    """
+    if spec.task == "audio_classifier":
+        if len(shape) >= 4:
+            raise UserInputError(f"--task audio_classifier needs a waveform input such as (1, samples); the "
+                                 f"model's input {shape} is an image's. Fix: --task image_classifier (or "
+                                 "object_detector) for an image model")
+        return spec
+    channels = shape[3] if len(shape) == 4 and shape[3] in (1, 3) else \
+        shape[1] if len(shape) == 4 and shape[1] in (1, 3) else None
+    if channels is None:
+        return spec
+    if len(spec.mean) not in (1, channels) or len(spec.std) not in (1, channels):
+        raise UserInputError(f"--mean/--std give {len(spec.mean)}/{len(spec.std)} values but the model's input "
+                             f"{shape} has {channels} channel{'s' if channels > 1 else ''}. Fix: one --mean and "
+                             f"one --std{f', or {channels} of each (one per channel)' if channels > 1 else ''}")
+    fitting = "GRAYSCALE" if channels == 1 else "RGB"
+    if spec.color_space not in (None, fitting):
+        raise UserInputError(f"--color-space {spec.color_space} does not fit the model's input {shape}: it has "
+                             f"{channels} channel{'s' if channels > 1 else ''}. Fix: --color-space {fitting}, or "
+                             "leave it out (it follows the input)")
+    return replace(spec, color_space=fitting)
 
 
 def add_metadata(model_path: str | os.PathLike, output: str | os.PathLike, spec: MetadataSpec,
@@ -275,12 +306,3 @@ def add_metadata(model_path: str | os.PathLike, output: str | os.PathLike, spec:
     result = populate(data, {METADATA_NAME: buffer}, files)
     atomic_write(out, result)
     return result
-
-
-def read_labels_file(path: str | os.PathLike) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
-    except OSError as exc:
-        raise UserInputError(f"cannot read labels file {path}: {exc.strerror}") from None
-

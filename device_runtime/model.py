@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import os
 import threading
@@ -360,11 +361,19 @@ class Model:
 
     def _image_spec(self, resize: str | None) -> ImageSpec:
         """``image=`` when given, else the input's shape with the metadata's normalisation."""
-        normalisation = {}
-        if self.info is not None and self.info.mean is not None:
-            normalisation = {"mean": self.info.mean, "std": self.info.std}
-        return self.image or ImageSpec.from_input_shape(self.inputs[0].shape, resize=resize or "stretch",
-                                                        **normalisation)
+        if self.image is not None:
+            return self.image
+        spec = ImageSpec.from_input_shape(self.inputs[0].shape, resize=resize or "stretch")
+        if self.info is None or self.info.mean is None:
+            return spec
+        mean, std = tuple(self.info.mean), tuple(self.info.std or ())
+        if len(mean) not in (1, spec.channels) or len(std) not in (1, spec.channels) or 0 in std:
+            raise ModelFormatError(
+                f"the model's metadata normalises its input {self.inputs[0].shape} ({spec.channels} channel"
+                f"{'s' if spec.channels > 1 else ''}) with mean {list(mean)} and std {list(std)}, which do not fit "
+                f"it; rewrite the metadata with one non-zero value each, or one per channel (sdk metadata add "
+                f"MODEL -o OUT --mean M --std S), or pass image=ImageSpec(...)")
+        return dataclasses.replace(spec, mean=mean, std=std)
 
     def camera_size(self, resize: str | None = None, aspect: tuple[int, int] = (4, 3)) -> tuple[int, int]:
         """(width, height) to ask a camera for, so that its frames need no resampling here.
@@ -445,11 +454,19 @@ class Model:
 def _read_labels(labels) -> list[str] | None:
     if labels is None or isinstance(labels, (list, tuple)):
         return None if labels is None else list(labels)
-    try:
-        lines = Path(labels).read_text(encoding="utf-8").splitlines()
+    try:  # the SDK's converters read labels files by the same rules (device_runtime never imports them)
+        lines = [line.strip() for line in Path(labels).read_text(encoding="utf-8-sig").splitlines()]
+    except UnicodeDecodeError as exc:
+        raise InputError(f"labels file {labels} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                         f"{exc.start}); save it as UTF-8, one class name per line") from None
     except OSError as exc:
-        raise InputError(f"cannot read labels file {labels}: {exc.strerror}") from None
-    return [line.strip() for line in lines if line.strip()]
+        raise InputError(f"cannot read labels file {labels}: {exc.strerror or exc}") from None
+    while lines and not lines[-1]:
+        lines.pop()
+    if "" in lines:
+        raise InputError(f"labels file {labels} line {lines.index('') + 1} is empty, which would shift the names "
+                         "after it onto the wrong classes; name that class or delete the line")
+    return lines
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:

@@ -502,7 +502,8 @@ Library, MediaPipe Tasks and device_runtime.Model; the input is not changed.
               help="Normalisation mean on 0..255 pixels; once, or once per channel.")
 @click.option("--std", type=float, multiple=True, default=(255.0,), show_default=True,
               help="Normalisation std on 0..255 pixels; once, or once per channel.")
-@click.option("--color-space", type=click.Choice(["RGB", "GRAYSCALE"]), default="RGB", show_default=True)
+@click.option("--color-space", type=click.Choice(["RGB", "GRAYSCALE"]),
+              help="The image input's colour space; default: from its channels (1 GRAYSCALE, 3 RGB).")
 @click.option("--name", default="", help="Model name.")
 @click.option("--description", default="", help="What the model does.")
 @click.option("--version", "model_version", default="1", show_default=True, help="Model version.")
@@ -515,12 +516,12 @@ def metadata_add(model, output, task, labels, sample_rate, channels, mean, std, 
     """Write a copy of MODEL with standard TFLite metadata."""
 
     def action():
-        from converters.metadata import MetadataSpec, add_metadata, read_labels_file
+        from converters.labels import read_labels
+        from converters.metadata import MetadataSpec, add_metadata
 
         spec = MetadataSpec(task=task, name=name, description=description, version=model_version, author=author,
                             license=license_, mean=mean, std=std, color_space=color_space,
-                            labels=read_labels_file(labels) if labels else (), sample_rate=sample_rate,
-                            channels=channels)
+                            labels=read_labels(labels), sample_rate=sample_rate, channels=channels)
         add_metadata(model, output, spec, force)
         click.echo(f"wrote {output} with metadata" + (f" and {len(spec.labels)} labels" if spec.labels else ""))
 

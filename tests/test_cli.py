@@ -151,3 +151,36 @@ def test_bench_reports_percentiles_per_thread_count(digits_model_path, tmp_path)
     assert json.loads(task.stdout)["frame"] == "random 8x8 frame" and 0 < row["invoke_p50_ms"] <= row["p50_ms"]
     zero = run("bench", target, "--threads", "0")  # was "internal error (ValueError)", exit 1
     assert zero.exit_code == 2 and "'--threads': 0 is not in the range x>=1" in zero.output
+
+
+def test_labels_files_follow_one_set_of_rules_in_every_command(digits_model_path, tmp_path, out):
+    """One reader for convert, metadata add, export mcu and export android: a non-UTF-8 file was an
+    "internal error (UnicodeDecodeError)" with exit 1 in all four, a blank line silently shifted the names
+    after it, and a file without names gave a model without labels."""
+    from converters import _tf
+    from converters.recipe import QuantizeSettings
+    from converters.tflite_export import to_tflite
+
+    keras = _tf.keras()
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.layers.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model = tmp_path / "ten.tflite"
+    model.write_bytes(to_tflite(net, QuantizeSettings()))
+    project = tmp_path / "android_demo"
+    (project / "app/src/main").mkdir(parents=True)
+    files = {"latin1.txt": ("z\u00e9ro\n".encode("latin-1"), "latin1.txt is not UTF-8 text (byte 0xe9 at offset 1)"),
+             "blank.txt": (b"0\n\n1\n2\n3\n4\n5\n6\n7\n8\n", "blank.txt line 2 is empty, which would shift the names"),
+             "empty.txt": (b" \n\n", "empty.txt has no labels; give one label per class"),
+             "three.txt": (b"a\nb\nc\n", "the model scores 10 classes but there are 3 labels")}
+    for name, (data, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+    commands = {"convert": ["convert", digits_model_path, "-o", out / "m.tflite"],
+                "metadata add": ["metadata", "add", model, "-o", out / "m.tflite"],
+                "export mcu": ["export", "mcu", model, "-o", out / "fw", "--allow-float"],
+                "export android": ["export", "android", model, "-o", project, "--task", "image_classifier"]}
+    for command, args in commands.items():
+        for name, (_, message) in files.items():
+            if command == "convert" and name == "three.txt":
+                continue  # counted against the model once it is converted (converters/pipeline.py)
+            assert_bad_input(run(*args, "--labels", tmp_path / name), message, out)
+            assert list(out.iterdir()) == [] and not (project / "app/src/main/assets").exists(), (command, name)

@@ -110,6 +110,12 @@ def test_reported_arena_is_what_tflm_needs(digits_int8, tmp_path):
 def test_generated_files_compile_and_c_helpers_match_python(digits_int8, digits, tmp_path):
     out = tmp_path / "out"
     export_mcu(digits_int8, out, labels=[str(i) for i in range(10)])
+    _compile_and_match_python(out, tmp_path, Model(digits_int8), digits.x_test[:40])
+
+
+def _compile_and_match_python(out: Path, tmp_path: Path, model: Model, x: np.ndarray) -> None:
+    """Compile the exported files with -Werror, run example_main and the op check, and feed the compiled
+    C helpers the inputs and the interpreter's outputs: quantized inputs and top-1/top-3 equal Python's."""
     flags = ["-Wall", "-Wextra", "-Werror", f"-I{out}", f"-I{STUBS}"]
     build = [
         ["gcc", "-std=c99", *flags, "-c", str(out / "model_io.c"), "-o", str(tmp_path / "model_io.o")],
@@ -122,16 +128,16 @@ def test_generated_files_compile_and_c_helpers_match_python(digits_int8, digits,
         "  if (RegisterModelOps(r) != kTfLiteOk) return 1;\n"
         "  return r.registered == kModelOpCount ? 0 : 2; }\n")
     build.append(["g++", "-std=c++17", *flags, str(tmp_path / "ops_check.cc"), "-o", str(tmp_path / "ops_check")])
-    (tmp_path / "harness.c").write_text(
+    (tmp_path / "harness.c").write_text(  # scores are read as floats: exact for int8 values and for floats
         '#include <stdio.h>\n#include "model_io.h"\n#include "model_settings.h"\n'
         "int main(void) {\n"
         "  static float x[MODEL_INPUT_SIZE]; static model_input_t q[MODEL_INPUT_SIZE];\n"
         "  static model_output_t s[MODEL_OUTPUT_SIZE]; size_t top[3];\n"
         "  for (;;) {\n"
         "    for (int i = 0; i < MODEL_INPUT_SIZE; ++i) if (scanf(\"%f\", &x[i]) != 1) return 0;\n"
-        "    for (int i = 0; i < MODEL_OUTPUT_SIZE; ++i) { int v; if (scanf(\"%d\", &v) != 1) return 1; s[i] = (model_output_t)v; }\n"
+        "    for (int i = 0; i < MODEL_OUTPUT_SIZE; ++i) { float v; if (scanf(\"%f\", &v) != 1) return 1; s[i] = (model_output_t)v; }\n"
         "    model_quantize_input(x, q, MODEL_INPUT_SIZE);\n"
-        "    for (int i = 0; i < MODEL_INPUT_SIZE; ++i) printf(\"%d \", q[i]);\n"
+        "    for (int i = 0; i < MODEL_INPUT_SIZE; ++i) printf(\"%.9g \", (double)q[i]);\n"
         "    model_top_k(s, MODEL_OUTPUT_SIZE, 3, top);\n"
         "    printf(\"| %zu | %zu %zu %zu\\n\", model_argmax(s, MODEL_OUTPUT_SIZE), top[0], top[1], top[2]);\n"
         "  }\n}\n")
@@ -143,20 +149,52 @@ def test_generated_files_compile_and_c_helpers_match_python(digits_int8, digits,
     assert subprocess.run([str(tmp_path / "ops_check")]).returncode == 0
     assert subprocess.run([str(tmp_path / "example")], capture_output=True).returncode == 0
 
-    model = Model(digits_int8)
-    spec, out_name = model.inputs[0], model.outputs[0].name
-    x = digits.x_test[:40]
-    raw = model.run({spec.name: spec.quantize(x)}, raw=True)[out_name]
-    feed = "\n".join(" ".join(f"{v:.9g}" for v in xi.reshape(-1)) + "\n" + " ".join(str(int(v)) for v in ri)
+    spec, out_spec = model.inputs[0], model.outputs[0]
+    x = x.astype(np.float32)
+    stored = spec.quantize(x) if spec.quantized else x
+    raw = model.run({spec.name: stored}, raw=True)[out_spec.name]
+    feed = "\n".join(" ".join(f"{v:.9g}" for v in xi.reshape(-1)) + "\n" + " ".join(f"{v:.9g}" for v in ri)
                      for xi, ri in zip(x, raw))
     done = subprocess.run([str(tmp_path / "harness")], input=feed, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    probs = model.outputs[0].dequantize(raw)
-    for line, xi, pi in zip(done.stdout.splitlines(), x, probs):
+    probs = out_spec.to_float(raw)
+    for line, si, pi in zip(done.stdout.splitlines(), stored, probs):
         q_text, argmax_text, top_text = line.split("|")
-        np.testing.assert_array_equal(np.array(q_text.split(), int), spec.quantize(xi[None]).reshape(-1))
+        np.testing.assert_array_equal(np.array(q_text.split(), np.float32), si.reshape(-1).astype(np.float32))
         assert int(argmax_text) == int(pi.argmax())
         assert [int(v) for v in top_text.split()] == [c.index for c in top_k(pi, 3)]
+
+
+@pytest.fixture(scope="module")
+def digits_float(digits_model_path, digits, tmp_path_factory):
+    """The digits CNN all float, and with int8 ops but float input and output (the converter's default I/O)."""
+    folder = tmp_path_factory.mktemp("mcu_float")
+    return {"float": convert(digits_model_path, folder / "float.tflite").path,
+            "int8 ops, float io": convert(digits_model_path, folder / "int8_float_io.tflite",
+                                          {"quantize": {"mode": "int8"}}, calib_data=digits.x_train).path}
+
+
+@needs_compiler
+@pytest.mark.parametrize("which", ["float", "int8 ops, float io"])
+def test_allow_float_exports_float_models_that_compile_and_run(digits_float, digits, tmp_path, which):
+    """--allow-float ended in "internal error (KeyError): 'float'" whatever the model: model_io had no float
+    case. A float input is now copied (no quantization), and a float output read as it is."""
+    from click.testing import CliRunner
+
+    from sdk.cli import main
+
+    path, out = digits_float[which], tmp_path / "fw"
+    done = CliRunner().invoke(main, ["export", "mcu", str(path), "-o", str(out), "--allow-float"])
+    assert done.exit_code == 0, done.output
+    assert "note:  float inputs/outputs" in done.stdout
+    assert ("note:  exported with float ops" in done.stdout) == (which == "float")
+    io_header = (out / "model_io.h").read_text()
+    assert "typedef float model_input_t;" in io_header and "typedef float model_output_t;" in io_header
+    assert "#define MODEL_INPUT_TYPE kTfLiteFloat32" in (out / "model_settings.h").read_text()
+    model, x = Model(path), digits.x_test[:20].astype(np.float32)
+    micro = run_tflm(path.read_bytes(), x).outputs  # what the exported model computes on TFLite Micro
+    np.testing.assert_allclose(micro, model(x), atol=1e-5)
+    _compile_and_match_python(out, tmp_path, model, x)
 
 
 def test_float_models_and_missing_kernels_are_refused(digits_model_path, tmp_path):
@@ -211,6 +249,109 @@ def test_cli_export_mcu(digits_int8, tmp_path):
     assert again.exit_code == 2 and "is not empty; pass --force" in again.stderr
     bad = runner.invoke(main, ["export", "mcu", str(digits_int8), "-o", str(tmp_path / "p"), "--board", "esp32"])
     assert bad.exit_code == 2 and "did you mean 'esp32-s3'" in bad.stderr
+
+
+def _refused(result, message: str) -> None:
+    """Exit 2, exactly one stderr line starting "error: " that contains ``message``, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def no_tflm(monkeypatch):
+    """Fail the test if TFLite Micro is asked to run: a check came after the work."""
+    def refuse(*_):
+        raise AssertionError("run_tflm was called before the inputs were checked")
+    monkeypatch.setattr("converters.mcu.export.run_tflm", refuse)
+
+
+def test_labels_that_do_not_fit_are_refused_before_any_work(digits_int8, tmp_path, no_tflm):
+    """3 labels for 10 classes exited 0 (a label table example_main.cc reads past its end), while
+    export android and metadata add refused the same file; blank lines shifted names silently."""
+    from click.testing import CliRunner
+
+    from sdk.cli import main
+
+    out = tmp_path / "fw"
+    cases = {"three.txt": ("a\nb\nc\n", "the model scores 10 classes but there are 3 labels in "),
+             "blank.txt": ("0\n1\n\n2\n3\n4\n5\n6\n7\n8\n", "blank.txt line 3 is empty, which would shift"),
+             "empty.txt": ("\n\n", "empty.txt has no labels; give one label per class"),
+             "latin1.txt": (None, "latin1.txt is not UTF-8 text (byte 0xe9 at offset 1); save it as UTF-8"),
+             "missing.txt": (False, "cannot read labels file ")}
+    for name, (text, message) in cases.items():
+        if text is None:
+            (tmp_path / name).write_bytes("z\u00e9ro\n".encode("latin-1"))
+        elif text is not False:
+            (tmp_path / name).write_text(text)
+        result = CliRunner().invoke(main, ["export", "mcu", str(digits_int8), "-o", str(out), "--labels",
+                                           str(tmp_path / name)])
+        _refused(result, message)
+        assert not out.exists()
+    ok = tmp_path / "ok.txt"  # a byte-order mark and trailing blank lines are fine
+    ok.write_text("\ufeff" + "\n".join(f"digit {i}" for i in range(10)) + "\n\n\n", encoding="utf-8")
+    from converters.labels import read_labels
+
+    assert read_labels(ok, 10) == [f"digit {i}" for i in range(10)]
+
+
+def test_output_folder_is_checked_before_the_model(digits_float, tmp_path, no_tflm):
+    """A non-empty folder without --force is refused first, before the model is read, checked or run."""
+    from click.testing import CliRunner
+
+    from sdk.cli import main
+
+    out = tmp_path / "fw"
+    out.mkdir()
+    (out / "model_data.h").write_text("keep me")
+    for model in (digits_float["float"], tmp_path / "no_such_model.tflite"):
+        _refused(CliRunner().invoke(main, ["export", "mcu", str(model), "-o", str(out)]),
+                 f"{out} is not empty; pass --force to overwrite its files")
+    assert _tree(out) == {"model_data.h": b"keep me"}
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_full_disk_leaves_the_output_folder_as_it_was(digits_int8, tmp_path, monkeypatch, existing):
+    """The files were written one by one: a full disk at the third left model_data.h and model_data.cc."""
+    import errno
+    import os
+
+    from click.testing import CliRunner
+
+    from sdk.cli import main
+
+    out = tmp_path / "fw" / "model"
+    if existing:
+        out.mkdir(parents=True)
+        (out / "model_data.h").write_text("old header")
+        (out / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):  # where a full disk shows itself: the data reaches the disk
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    result = CliRunner().invoke(main, ["export", "mcu", str(digits_int8), "-o", str(out), "--force"])
+    _refused(result, f"cannot write {out / 'model_ops.h'}: No space left on device")
+    assert _tree(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.rglob("*")) == (["fw", "model", "model_data.h", "notes.txt"]
+                                                          if existing else [])
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    done = CliRunner().invoke(main, ["export", "mcu", str(digits_int8), "-o", str(out), "--force"])
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(["example_main.cc", "model_data.cc", "model_data.h",
+                                                            "model_io.c", "model_io.h", "model_ops.h",
+                                                            "model_settings.h"] + (["notes.txt"] if existing else []))
+    assert not list(tmp_path.rglob(".*"))
 
 
 def test_board_fit_verdict():

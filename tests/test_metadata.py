@@ -80,7 +80,7 @@ def test_runtime_configures_itself_from_metadata(classifier):
 def test_bad_requests_change_nothing(classifier, tmp_path):
     plain, with_meta, _ = classifier
     before = plain.read_bytes()
-    with pytest.raises(UserInputError, match="3 labels given but the model outputs 4 scores"):
+    with pytest.raises(UserInputError, match="the model scores 4 classes but there are 3 labels"):
         add_metadata(plain, tmp_path / "x.tflite", MetadataSpec(labels=["a", "b", "c"]))
     with pytest.raises(OutputPathError, match="pass --force"):
         add_metadata(plain, with_meta, MetadataSpec())
@@ -109,6 +109,93 @@ def test_cli_metadata_add_and_inspect(classifier, tmp_path):
     shown = json.loads(runner.invoke(main, ["inspect", str(tmp_path / "m.tflite"), "--json"]).stdout)
     assert shown["info"]["labels"] == LABELS and shown["info"]["name"] == "tiny"
     assert "4 labels (cat, dog, bird, fish)" in runner.invoke(main, ["inspect", str(tmp_path / "m.tflite")]).stdout
+
+
+@pytest.fixture(scope="module")
+def grayscale(tmp_path_factory):
+    """A float 8x8x1 image classifier (3 classes) without metadata."""
+    keras = _tf.keras()
+    keras.utils.set_random_seed(1)
+    net = keras.Sequential([keras.layers.Input((8, 8, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(3, activation="softmax")])
+    path = tmp_path_factory.mktemp("gray") / "gray.tflite"
+    path.write_bytes(to_tflite(net, QuantizeSettings()))
+    return path
+
+
+def _refused(result, message: str):
+    """Exit 2, exactly one stderr line starting "error: " that contains ``message``, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mean", "127.5", "--mean", "127.5", "--mean", "127.5", "--std", "127.5"],
+     "--mean/--std give 3/1 values but the model's input (1, 8, 8, 1) has 1 channel. Fix: one --mean and one --std"),
+    (["--color-space", "RGB"], "--color-space RGB does not fit the model's input (1, 8, 8, 1): it has 1 channel. "
+                               "Fix: --color-space GRAYSCALE"),
+    (["--task", "audio_classifier"], "--task audio_classifier needs a waveform input such as (1, samples); the "
+                                     "model's input (1, 8, 8, 1) is an image's. Fix: --task image_classifier"),
+])
+def test_metadata_that_does_not_fit_the_input_is_refused(grayscale, tmp_path, flags, message):
+    """Each was written and then failed in the app (ValueError in classify) or misled it (RGB for gray)."""
+    before = grayscale.read_bytes()
+    out = tmp_path / "m.tflite"
+    _refused(CliRunner().invoke(main, ["metadata", "add", str(grayscale), "-o", str(out), *flags]), message)
+    assert not out.exists() and list(tmp_path.iterdir()) == [] and grayscale.read_bytes() == before
+
+
+def test_colour_space_follows_the_input_unless_given(classifier, grayscale, tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["metadata", "add", str(grayscale), "-o", str(tmp_path / "g.tflite")]).exit_code == 0
+    assert Model(tmp_path / "g.tflite").info.color_space == "GRAYSCALE"
+    plain, _, image = classifier
+    done = runner.invoke(main, ["metadata", "add", str(plain), "-o", str(tmp_path / "c.tflite"), "--mean", "120",
+                                "--mean", "127.5", "--mean", "130", "--std", "127.5"])  # one mean per channel
+    assert done.exit_code == 0, done.output
+    model = Model(tmp_path / "c.tflite")
+    assert model.info.color_space == "RGB" and model.info.mean == (120.0, 127.5, 130.0)
+    assert len(model.classify(image, top_k=4)) == 4
+
+
+def test_runtime_refuses_metadata_that_does_not_fit_with_a_typed_error(classifier, tmp_path):
+    """A file written elsewhere (or by an older SDK) with two means for three channels: classify raised a
+    plain ValueError from ImageSpec, and `sdk bench --task classify` an internal error."""
+    from converters.metadata import metadata_buffer, populate
+    from device_runtime.errors import ModelFormatError
+    from device_runtime.metadata import METADATA_NAME
+
+    plain, _, image = classifier
+    model = read_model(plain.read_bytes())
+    sg = model.main
+    buffer = metadata_buffer(MetadataSpec(mean=(127.5, 127.5), std=(127.5,)), sg.tensors[sg.inputs[0]].name,
+                             [sg.tensors[sg.outputs[0]].name])
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(populate(plain.read_bytes(), {METADATA_NAME: buffer}))
+    with pytest.raises(ModelFormatError, match=r"metadata normalises its input \(1, 16, 16, 3\) \(3 channels\) "
+                                               r"with mean \[127.5, 127.5\]"):
+        Model(bad).classify(image)
+    _refused(CliRunner().invoke(main, ["bench", str(bad), "--task", "classify", "--runs", "1", "--warmup", "0"]),
+             "the model's metadata normalises its input (1, 16, 16, 3)")
+
+
+def test_runtime_reads_labels_files_by_the_same_rules(classifier, tmp_path):
+    """device_runtime keeps its own reader (it never imports the converters), with the converters' rules:
+    a non-UTF-8 file raised UnicodeDecodeError, and a blank line shifted the names after it."""
+    from device_runtime.errors import InputError
+
+    plain, _, _ = classifier
+    (tmp_path / "latin1.txt").write_bytes("chat\nchi\u00e9n\n".encode("latin-1"))
+    (tmp_path / "blank.txt").write_text("cat\n\ndog\nbird\n")
+    (tmp_path / "ok.txt").write_text("\ufeffcat\ndog\nbird\nfish\n\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"latin1.txt is not UTF-8 text \(byte 0xe9 at offset 8\)"):
+        Model(plain, labels=tmp_path / "latin1.txt")
+    with pytest.raises(InputError, match="blank.txt line 2 is empty"):
+        Model(plain, labels=tmp_path / "blank.txt")
+    assert Model(plain, labels=tmp_path / "ok.txt").labels == LABELS
 
 
 @pytest.fixture(scope="module")

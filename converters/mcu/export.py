@@ -11,15 +11,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import ConversionError, OutputPathError, UserInputError
-from ..files import atomic_write
-from ..metadata import read_labels_file
+from ..files import atomic_write_folder, check_writable_folder
+from ..labels import read_labels
 from ..report import describe_recipe
 from ..tflite_analysis import FLOAT_TYPES, analyse, read_single_io_model
 from . import codegen
@@ -100,6 +100,7 @@ class McuExport:
     arena_margin_bytes: int
     ops: list[str]
     board: Board | None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def fits(self) -> bool | None:
@@ -123,25 +124,37 @@ class McuExport:
             lines.append(f"board: {self.board.name} ({self.board.description}): {verdict} "
                          f"(RAM {self.arena_bytes}/{self.board.ram_bytes}, "
                          f"flash {self.model_bytes}/{self.board.flash_bytes})")
+        lines += [f"note:  {note}" for note in self.notes]
         return "\n".join(lines)
 
 
 def export_mcu(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, board: str | None = None,
                allow_float: bool = False, labels: Sequence[str] | str | os.PathLike | None = None,
                force: bool = False) -> McuExport:
-    """Check ``model_path`` for TFLite Micro, measure its arena and write the project files."""
+    """Check ``model_path`` for TFLite Micro, measure its arena and write the project files.
+
+    Everything that can be checked without running the model (board, output folder, float ops, I/O types,
+    labels) is checked before TFLite Micro runs, and the files are written all together or not at all.
+    """
     chosen = board_named(board)
-    data, model = read_single_io_model(model_path, "MCU export")
-    sg = model.main
-    if not allow_float:
-        _require_full_integer(data)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"{out} is a file; give a folder for the MCU project files")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise OutputPathError(f"{out} is not empty; pass --force to overwrite its files")
-
+    check_writable_folder(out / "model_data.h")
+    data, model = read_single_io_model(model_path, "MCU export")
+    sg = model.main
+    if not allow_float:
+        _require_full_integer(data)
     tensor_in, tensor_out = sg.tensors[sg.inputs[0]], sg.tensors[sg.outputs[0]]
+    for role, tensor in (("input", tensor_in), ("output", tensor_out)):
+        if tensor.dtype_name not in codegen.IO_TYPES:
+            raise TargetError(f"the model's {role} '{tensor.name}' is {tensor.dtype_name}; the generated C code "
+                              f"handles {', '.join(codegen.IO_TYPES)} inputs and outputs. Fix: sdk convert ... "
+                              "--quantize int8 --io-type int8 --calib DATA")
+    names = read_labels(labels, tensor_out.size)  # one per score: example_main.cc indexes them by argmax
+    notes = _float_notes(data) if allow_float else []
     sample = _sample_input(tensor_in)
     try:
         measured = run_tflm(data, sample).min_arena
@@ -150,14 +163,13 @@ def export_mcu(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, boa
     margin = max(ARENA_MARGIN_MIN, math.ceil(measured * ARENA_MARGIN_FRACTION))
     arena = -(-(measured + margin) // 16) * 16
     facts = codegen.CodeFacts(data, hashlib.sha256(data).hexdigest(), _recipe_text(Path(model_path)),
-                              model.ops_used(), tensor_in, tensor_out, arena, measured, arena - measured,
-                              _labels(labels))
+                              model.ops_used(), tensor_in, tensor_out, arena, measured, arena - measured, names)
     files = {**codegen.model_data_files(facts), "model_ops.h": codegen.model_ops_file(facts),
              **codegen.model_io_files(facts), "model_settings.h": codegen.model_settings_file(facts),
              "example_main.cc": codegen.example_main_file(facts)}
-    for name, text in files.items():
-        atomic_write(out / name, text.encode())
-    return McuExport(str(out), sorted(files), len(data), arena, measured, arena - measured, facts.ops, chosen)
+    atomic_write_folder(out, {name: text.encode() for name, text in files.items()})
+    return McuExport(str(out), sorted(files), len(data), arena, measured, arena - measured, facts.ops, chosen,
+                     notes)
 
 
 def _crash_cause(sg) -> str:
@@ -177,10 +189,27 @@ def _crash_cause(sg) -> str:
             "try a smaller or simpler model")
 
 
-def _require_full_integer(data: bytes) -> None:
+def _float_parts(data: bytes) -> tuple[list[str], list[str]]:
+    """The ops computing in float ("CONV_2D x2") and the float inputs/outputs ("x (float32)") of a model."""
     stats = analyse(data)
     float_io = [f"{t['name']} ({t['dtype']})" for t in stats.inputs + stats.outputs if t["dtype"] in FLOAT_TYPES]
-    float_ops = [f"{name} x{n}" for name, n in stats.ops.float_ops.items()]
+    return [f"{name} x{n}" for name, n in stats.ops.float_ops.items()], float_io
+
+
+def _float_notes(data: bytes) -> list[str]:
+    float_ops, float_io = _float_parts(data)
+    notes = []
+    if float_ops:
+        notes.append(f"exported with float ops ({', '.join(float_ops)}): their weights and activations take "
+                     "4 bytes a value (int8: 1), and they are slow on an MCU without an FPU")
+    if float_io:
+        notes.append(f"float inputs/outputs ({', '.join(float_io)}): model_io.c copies them, with no "
+                     "quantization")
+    return notes
+
+
+def _require_full_integer(data: bytes) -> None:
+    float_ops, float_io = _float_parts(data)
     if float_ops or float_io:
         parts = []
         if float_ops:
@@ -206,11 +235,3 @@ def _recipe_text(model_path: Path) -> str:
         return describe_recipe(json.loads(report.read_text())["recipe"])
     except (OSError, ValueError, KeyError):
         return "unknown (no report beside the model)"
-
-
-def _labels(labels) -> list[str]:
-    if labels is None:
-        return []
-    if isinstance(labels, (list, tuple)):
-        return [str(label) for label in labels]
-    return read_labels_file(labels)

@@ -64,10 +64,7 @@ TECHNIQUES: tuple[Technique, ...] = (
     Technique("quantization-aware training", "quantize.qat", lambda r: r.recipe.quantize.qat,
               {"keras": None, "pytorch": None, "onnx": _TRAINS}),
     Technique("QAT with clustering", "quantize.qat + cluster", lambda r: r.recipe.quantize.qat and r.recipe.clusters,
-              {"keras": None,
-               "pytorch": Refusal("quantize.qat with clustering is available for Keras sources (tfmot's "
-                                  "cluster-preserving scheme)", "drop one of them"),
-               "onnx": _TRAINS}),
+              {"keras": None, "pytorch": None, "onnx": _TRAINS}),
     Technique("accuracy-budget mode", "--max-drop", lambda r: r.budget,
               {"keras": None,
                "pytorch": Refusal("accuracy-budget mode is available for Keras sources",

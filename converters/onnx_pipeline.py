@@ -329,7 +329,9 @@ def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool
     if qat:
         from .techniques.qat.torch import quantization_aware_finetune
 
-        records["qat"] = quantization_aware_finetune(student, torch_source.module, tune, recipe.finetune, verbose)
+        clustered = {name: owners[name] for name in records["cluster"].layers}
+        records["qat"] = quantization_aware_finetune(student, torch_source.module, tune, recipe.finetune, verbose,
+                                                     clustered)
     return student.eval(), records, [w.name for w in weights]
 
 

@@ -66,11 +66,9 @@ TECHNIQUES: tuple[Technique, ...] = (
     Technique("QAT with clustering", "quantize.qat + cluster", lambda r: r.recipe.quantize.qat and r.recipe.clusters,
               {"keras": None, "pytorch": None, "onnx": _TRAINS}),
     Technique("accuracy-budget mode", "--max-drop", lambda r: r.budget,
-              {"keras": None,
-               "pytorch": Refusal("accuracy-budget mode is available for Keras sources",
-                                  "run `sdk sweep` with per-layer recipes"),
-               "onnx": Refusal("accuracy-budget mode is available for Keras sources",
-                               "run `sdk sweep` with per-layer recipes")}),
+              {"keras": None, "pytorch": None,
+               "onnx": Refusal("it fine-tunes every candidate, which needs the PyTorch model",
+                               "convert the PyTorch source, or run `sdk sweep` with per-layer recipes")}),
 )
 
 

@@ -50,12 +50,9 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
                                   weights=weights, keep_nchw=keep_nchw, keep_intermediates=keep_intermediates,
                                   finetune_data=finetune_data, calib_data=calib_data, eval_data=eval_data,
                                   force=force, progress=progress, verbose=verbose, metadata=metadata)
-    torch_only = {"example_input": example_input is not None, "input_shapes": bool(input_shapes),
-                  "weights": weights is not None, "keep_nchw": keep_nchw, "keep_intermediates": keep_intermediates}
-    given = [name for name, used in torch_only.items() if used]
-    if given and is_keras_source(source):
-        raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "
-                             "has its own input shapes and layout")
+    _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
+                                   "weights": weights, "keep_nchw": keep_nchw,
+                                   "keep_intermediates": keep_intermediates})
     if not is_keras_source(source):
         kind = Path(source).suffix or "folder" if isinstance(source, (str, os.PathLike)) else \
             type(source).__name__
@@ -71,9 +68,13 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
                           recipe: Recipe | dict | str | os.PathLike | None = None,
                           finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
                           eval_data: DataSource | None = None, force: bool = False, metadata=None,
-                          progress: Callable[[str, int, int], None] | None = None, verbose: bool = False):
+                          progress: Callable[[str, int, int], None] | None = None, verbose: bool = False,
+                          example_input: Any = None, input_shapes: Sequence[Sequence[int]] | None = None,
+                          weights: str | os.PathLike | None = None, keep_nchw: bool = False,
+                          keep_intermediates: bool = False):
     """Accuracy-budget mode: the smallest per-layer recipe whose measured drop on ``eval_data`` is within
-    ``max_drop`` points (Keras sources).  ``recipe`` supplies the shared settings (quantization,
+    ``max_drop`` points (Keras and PyTorch sources; PyTorch takes ``example_input``/``input_shapes``,
+    ``weights`` and ``keep_nchw`` as in ``convert``).  ``recipe`` supplies the shared settings (quantization,
     fine-tuning).  Returns a ``converters.search.budget.BudgetResult`` with ``result`` (the conversion),
     ``recipe`` and ``recipe_path`` (reusable YAML), ``sensitivity`` and ``attempts``.
     """
@@ -83,9 +84,24 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
         recipe = Recipe.from_dict(recipe)
     elif isinstance(recipe, (str, os.PathLike)):
         recipe = Recipe.load(recipe)
+    torch_options = _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
+                                                   "weights": weights, "keep_nchw": keep_nchw,
+                                                   "keep_intermediates": keep_intermediates})
     return run_budget(source, output, max_drop=max_drop, optimize=optimize, finetune_data=finetune_data,
                       calib_data=calib_data, eval_data=eval_data, recipe=recipe, force=force, progress=progress,
-                      verbose=verbose, metadata=metadata)
+                      verbose=verbose, metadata=metadata, source_options=torch_options)
+
+
+def _refuse_torch_options(source: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The PyTorch/ONNX-only options that were given; refused for a Keras source, which has its own shapes."""
+    from converters.sources.keras import is_keras_source
+
+    given = {name: value for name, value in options.items() if value is not None and value is not False
+             and not (name == "input_shapes" and not value)}
+    if given and is_keras_source(source):
+        raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "
+                             "has its own input shapes and layout")
+    return given
 
 
 @dataclass

@@ -270,7 +270,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
                                            finetune_data=finetune_path, calib_data=calib, eval_data=eval_path,
                                            force=force, metadata=metadata,
                                            progress=_stderr_progress if _chatty(as_json) else None,
-                                           verbose=_chatty(as_json))
+                                           verbose=_chatty(as_json), **torch_onnx)
             result = budget.result
         else:
             result = convert_model(source, output, recipe, finetune_data=finetune_path, calib_data=calib,

@@ -20,21 +20,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .array_compression import compress_weights
+from .techniques.arrays import compress_weights
 from .data import DataSource, Dataset
 from .errors import ConversionError, DataError, RecipeError, first_line
-from .fidelity import Fidelity, compare
+from .verify.fidelity import Fidelity, compare
 from .files import check_output_path
-from .metadata import MetadataSpec
-from .onnx2tf_bridge import onnx_to_keras
-from .onnx_import import (TensorSpec, channel_last_inputs, fix_input_shapes, load_onnx, onnx_weights, run_onnx,
+from .targets.tflite.metadata import MetadataSpec
+from .lowering.onnx2tf import onnx_to_keras
+from .sources.onnx import (TensorSpec, channel_last_inputs, fix_input_shapes, load_onnx, onnx_weights, run_onnx,
                           set_weights, simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
                        export_tflite, write_result)
 from .recipe import QuantizeSettings, Recipe
-from .report import Report
-from .tflite_analysis import analyse, label_weights
-from .tflite_export import to_tflite
+from .verify.report import Report
+from .verify.analysis import analyse, label_weights
+from .targets.tflite.convert import to_tflite
 
 
 # TensorFlow 2.19's int8/int16x8 calibrator dies with SIGSEGV on onnx2tf's recurrent loops (measured).
@@ -79,7 +79,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
                        force: bool = False, progress: Progress | None = None, verbose: bool = False,
                        metadata: MetadataSpec | None = None) -> ConversionResult:
     """Convert a PyTorch module / TorchScript file / factory, or an ONNX file, to ``output`` (.tflite)."""
-    from .torch_import import FACTORY_SPEC, is_torch_source
+    from .sources.torch import FACTORY_SPEC, is_torch_source
 
     recipe = recipe or Recipe()
     started = time.perf_counter()
@@ -98,7 +98,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
             onnx_model = load_onnx(source)
             description = str(source)
         elif is_torch_source(source):
-            from .torch_import import load_torch_source
+            from .sources.torch import load_torch_source
 
             torch_source = load_torch_source(source, example_input, input_shapes, weights)
             onnx_model, description = None, torch_source.description
@@ -144,12 +144,12 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data)
         module = torch_source.module
         if recipe.removes_channels:
-            from .channel_removal import remove_channels
+            from .techniques.channels.torch import remove_channels
 
             module, record = remove_channels(module, recipe, torch_source.example_inputs)
             graph_records.append(record)
         if recipe.factorizes:
-            from .low_rank import factorize_linear_layers
+            from .techniques.low_rank import factorize_linear_layers
 
             module, record = factorize_linear_layers(module, recipe)
             graph_records.append(record)
@@ -161,7 +161,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
             notes.append("fine-tuning data given but the recipe neither prunes, clusters, removes channels "
                          "nor factorizes; not fine-tuned")
         mark = time.perf_counter()
-        from .torch_import import export_onnx
+        from .sources.torch import export_onnx
 
         onnx_model = export_onnx(torch_source, module, work / "model.onnx")
         if module is not torch_source.module:  # the float32 baseline is the original, not the student
@@ -228,7 +228,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     mark = time.perf_counter()
     inputs = [evaluation.x] if len(specs) == 1 else _random_inputs(specs, len(evaluation))
     if torch_source is not None:
-        from .torch_import import reference_outputs
+        from .sources.torch import reference_outputs
 
         references = reference_outputs(torch_source.module, inputs)
     else:
@@ -304,8 +304,8 @@ def _data(shapes, finetune_data, calib_data, eval_data):
 
 
 def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool, notes: list[str]):
-    from .torch_finetune import finetune_torch
-    from .torch_import import fold_batchnorm, torch_weights
+    from .training.torch import finetune_torch
+    from .sources.torch import fold_batchnorm, torch_weights
 
     import torch
 
@@ -323,7 +323,7 @@ def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool
     records = finetune_torch(student, torch_source.module, weights, owners, recipe, tune, verbose,
                              train_unchanged=not qat)
     if qat:
-        from .torch_qat import quantization_aware_finetune
+        from .techniques.qat.torch import quantization_aware_finetune
 
         records["qat"] = quantization_aware_finetune(student, torch_source.module, tune, recipe.finetune, verbose)
     return student.eval(), records, [w.name for w in weights]

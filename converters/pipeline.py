@@ -24,17 +24,17 @@ from device_runtime.monitor import channel_rows
 
 from .data import Dataset, DataSource, load_data
 from .errors import ConversionError, DataError, RecipeError
-from .fidelity import compare, run_tflite
+from .verify.fidelity import compare, run_tflite
 from .files import atomic_write, check_output_path
-from .finetune import finetune, steps_per_epoch
-from .keras_import import load_keras_model
-from .metadata import MetadataSpec, populate, standard_metadata
-from .passes import PASSES, PassRecord
-from .passes.base import kernel_weights
+from .training.keras import finetune, steps_per_epoch
+from .sources.keras import load_keras_model
+from .targets.tflite.metadata import MetadataSpec, populate, standard_metadata
+from .techniques import PASSES, PassRecord
+from .techniques.base import kernel_weights
 from .recipe import QuantizeSettings, Recipe
-from .report import Report
-from .tflite_analysis import analyse, gzip_size
-from .tflite_export import to_tflite
+from .verify.report import Report
+from .verify.analysis import analyse, gzip_size
+from .targets.tflite.convert import to_tflite
 
 HELD_OUT_FRACTION = 0.2
 RANDOM_EVAL_SAMPLES = 64
@@ -102,11 +102,11 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     mark = time.perf_counter()
     graph_records = {}  # passes that rewrite layers run first; pruning and clustering work on what is left
     if recipe.removes_channels:
-        from .channel_removal_keras import remove_channels_keras
+        from .techniques.channels.keras import remove_channels_keras
 
         model, graph_records["channels"] = remove_channels_keras(model, recipe)
     if recipe.factorizes:
-        from .low_rank import factorize_keras_dense_layers
+        from .techniques.low_rank import factorize_keras_dense_layers
 
         model, graph_records["low_rank"] = factorize_keras_dense_layers(model, recipe)
     if graph_records and tune is not None:
@@ -119,7 +119,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     weight_layers = {layer.name for layer in model.layers if kernel_weights(layer)}
     all_clustered = bool(weight_layers) and weight_layers <= set(records["cluster"].layers)
     if recipe.quantize.qat:
-        from .qat import quantization_aware_training
+        from .techniques.qat.keras import quantization_aware_training
 
         mark = time.perf_counter()
         model, records["qat"] = quantization_aware_training(model, teacher, tune, recipe, records, verbose)

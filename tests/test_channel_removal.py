@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import sdk
-from converters.channel_removal import count_macs_and_params, remove_channels
+from converters.techniques.channels.torch import count_macs_and_params, remove_channels
 from converters.errors import RecipeError
 from converters.recipe import Recipe
 from examples.torch_zoo import InvertedResidual, build
@@ -100,8 +100,8 @@ def test_half_the_channels_stay_within_two_points_on_digits(tmp_path):
 
 def test_keras_slicing_through_flatten_is_exact(digits_model):
     """conv3's channels reach fc1 through Flatten, 16 positions per channel: silent channels leave no trace."""
-    from converters.channel_removal_keras import remove_channels_keras
-    from converters.keras_import import load_keras_model
+    from converters.techniques.channels.keras import remove_channels_keras
+    from converters.sources.keras import load_keras_model
 
     model = load_keras_model(digits_model)
     weights = model.get_layer("conv3").get_weights()

@@ -25,12 +25,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .data import DataSource, Dataset
-from .errors import DataError, RecipeError
-from .files import atomic_write, check_output_path
-from .passes.cluster import kmeans_1d
-from .passes.prune import magnitude_prune
-from .recipe import QuantizeSettings, Recipe
+from ..data import DataSource, Dataset
+from ..errors import DataError, RecipeError
+from ..files import atomic_write, check_output_path
+from ..techniques.cluster import kmeans_1d
+from ..techniques.prune import magnitude_prune
+from ..recipe import QuantizeSettings, Recipe
 
 PRUNE_LEVELS = (0.5, 0.75, 0.9)
 CLUSTER_LEVELS = (32, 16, 8)
@@ -195,7 +195,7 @@ def recipe_for(choice: dict[str, Any], base: Recipe, optimize: str) -> Recipe:
 
 def measure_channel_sensitivity(model, data: Dataset, progress: Callable | None = None) -> list[LayerSensitivity]:
     """The drop and the MACs saved when only one layer loses each fraction of its channels (one-shot)."""
-    from .channel_removal_keras import remove_channels_keras
+    from ..techniques.channels.keras import remove_channels_keras
 
     reference, base = _baseline(model, data)
     base_macs = keras_macs(model)
@@ -244,8 +244,8 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
                eval_data: DataSource | None = None, recipe: Recipe | None = None, force: bool = False,
                progress: Callable | None = None, verbose: bool = False, metadata=None) -> BudgetResult:
     """The smallest recipe whose measured drop on ``eval_data`` is within ``max_drop`` points."""
-    from .keras_import import is_keras_source, load_keras_model
-    from .pipeline import convert_keras, datasets
+    from ..sources.keras import is_keras_source, load_keras_model
+    from ..pipeline import convert_keras, datasets
 
     if optimize not in OPTIMIZE_TARGETS:
         raise RecipeError(f"--optimize must be one of {', '.join(OPTIMIZE_TARGETS)}; got {optimize!r}")
@@ -306,7 +306,7 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
         report.output = str(output)
         report.notes.append(f"accuracy-budget mode ({optimize}): {len(attempts)} candidate(s) converted; chosen "
                             f"drop {attempts[-1]['drop']:+.2f} within {max_drop} points")
-        from .pipeline import write_result
+        from ..pipeline import write_result
 
         final = write_result(output, result.path.read_bytes(), report)
     finally:

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _tf
-from .errors import RecipeError
-from .passes.base import PassRecord
-from .recipe import LowRankSettings, Recipe
+from .. import _tf
+from ..errors import RecipeError
+from .base import PassRecord
+from ..recipe import LowRankSettings, Recipe
 
 LINEAR_TYPES = ("Linear", "Gemm", "MatMul")  # the names a recipe's layer_types may use for a Linear
 CONV_TYPES = ("Conv2d", "Conv")
@@ -108,7 +108,7 @@ def factorize_keras_dense_layers(model, recipe: Recipe) -> tuple[Any, PassRecord
     The first layer (``<name>_lowrank``, rank units, no bias, linear) is inserted before
     the original, which keeps its name, bias and activation and gets the second factor.
     """
-    from .channel_removal_keras import functional_graph
+    from .channels.keras import functional_graph
 
     keras_model, config = functional_graph(model, "low_rank")
     record = PassRecord("low_rank")

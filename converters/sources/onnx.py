@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .array_compression import WeightArray
-from .errors import ConversionError, DataError, SourceModelError, first_line
+from ..techniques.arrays import WeightArray
+from ..errors import ConversionError, DataError, SourceModelError, first_line
 
 CONV_LIKE_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
                  "BatchNormalization", "InstanceNormalization", "LpPool", "Resize", "Upsample"}

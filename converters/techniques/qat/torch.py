@@ -14,9 +14,9 @@ from __future__ import annotations
 
 
 
-from .data import Dataset
-from .passes.base import PassRecord
-from .recipe import FinetuneSettings
+from ...data import Dataset
+from ..base import PassRecord
+from ...recipe import FinetuneSettings
 
 EMA = 0.99
 
@@ -61,7 +61,7 @@ def quantization_aware_finetune(student, teacher, data: Dataset, settings: Finet
     import torch
     from torch.nn.utils import parametrize
 
-    from .torch_finetune import _Trainer
+    from ...training.torch import _Trainer
 
     layers = [m for m in student.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear))]
     zeros = {m: m.weight.detach() == 0 for m in layers}

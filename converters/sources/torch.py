@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .array_compression import WeightArray
-from .errors import ConversionError, DataError, SourceModelError, first_line
+from ..techniques.arrays import WeightArray
+from ..errors import ConversionError, DataError, SourceModelError, first_line
 
 FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 ONNX_OPSET = 17

@@ -73,7 +73,7 @@ def read_single_io_model(path, purpose: str) -> tuple[bytes, TFLiteModel]:
     """A .tflite's bytes and parsed form, refusing models without exactly one input and one output."""
     from device_runtime.model import read_model_bytes
 
-    from .errors import UserInputError
+    from ..errors import UserInputError
 
     data = read_model_bytes(path)
     model = read_model(data)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _tf
-from .data import Dataset
-from .errors import ConversionError, DataError
-from .recipe import FinetuneSettings
+from .. import _tf
+from ..data import Dataset
+from ..errors import ConversionError, DataError
+from ..recipe import FinetuneSettings
 
 _EPS = 1e-7
 

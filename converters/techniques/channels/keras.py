@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from . import _tf
-from .channel_removal import ChannelGroup, keep_count, merge_groups
-from .errors import RecipeError
-from .passes.base import PassRecord
-from .recipe import Recipe
+from ... import _tf
+from .torch import ChannelGroup, keep_count, merge_groups
+from ...errors import RecipeError
+from ..base import PassRecord
+from ...recipe import Recipe
 
 PRODUCERS = ("Conv1D", "Conv2D", "Dense")
 PASS_THROUGH = ("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Dropout", "SpatialDropout2D",

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _tf
-from .data import Dataset
-from .errors import ConversionError
-from .finetune import finetune
-from .passes.base import PassRecord
-from .recipe import Recipe
+from ... import _tf
+from ...data import Dataset
+from ...errors import ConversionError
+from ...training.keras import finetune
+from ..base import PassRecord
+from ...recipe import Recipe
 
 
 def quantization_aware_training(model, teacher, data: Dataset, recipe: Recipe, records: dict[str, PassRecord],

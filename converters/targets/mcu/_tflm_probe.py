@@ -2,7 +2,7 @@
 
 TFLM prints allocation failures to the C-level stderr and can abort on broken
 models, so the SDK asks it questions from here, never in its own process.
-Usage: python -m converters.mcu._tflm_probe MODEL.tflite INPUTS.npy
+Usage: python -m converters.targets.mcu._tflm_probe MODEL.tflite INPUTS.npy
 """
 
 import json

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from ..errors import UserInputError
+from ...errors import UserInputError
 
 KIB = 1024
 

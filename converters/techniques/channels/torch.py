@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RecipeError
-from .passes.base import PassRecord
-from .recipe import ChannelSettings, Recipe
+from ...errors import RecipeError
+from ..base import PassRecord
+from ...recipe import ChannelSettings, Recipe
 
 ELEMENTWISE_MODULES = ("ReLU", "ReLU6", "LeakyReLU", "Hardswish", "Hardsigmoid", "SiLU", "GELU", "Sigmoid", "Tanh",
                        "Identity", "Dropout", "Dropout2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",

@@ -23,9 +23,9 @@ from device_runtime.metadata import (METADATA_IDENTIFIER, METADATA_NAME, TENSOR_
 from device_runtime.model import read_model_bytes
 from device_runtime.tflite_format import TFLiteModel, read_model
 
-from .errors import ConversionError, UserInputError
-from .files import atomic_write
-from .labels import read_labels
+from ...errors import ConversionError, UserInputError
+from ...files import atomic_write
+from ...labels import read_labels
 
 read_labels_file = read_labels  # the name `sdk convert` imports: one reader for every command
 
@@ -297,7 +297,7 @@ def _fit_input(spec: MetadataSpec, shape: tuple[int, ...]) -> MetadataSpec:
 def add_metadata(model_path: str | os.PathLike, output: str | os.PathLike, spec: MetadataSpec,
                  force: bool = False) -> bytes:
     """Write a copy of the model with standard metadata; the input file is never changed."""
-    from .files import check_output_path
+    from ...files import check_output_path
 
     spec.validate()
     out = check_output_path(output, [model_path], force)

@@ -12,8 +12,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from . import _tf
-from .errors import SourceModelError
+from .. import _tf
+from ..errors import SourceModelError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")

@@ -12,9 +12,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import _tf
-from .errors import ConversionError
-from .recipe import QuantizeSettings
+from ... import _tf
+from ...errors import ConversionError
+from ...recipe import QuantizeSettings
 
 Progress = Callable[[str, int, int], None]
 
@@ -93,8 +93,8 @@ def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool, fl
 
     from device_runtime.tflite_format import read_model
 
-    from .errors import RecipeError
-    from .tflite_analysis import layer_of
+    from ...errors import RecipeError
+    from ...verify.analysis import layer_of
 
     converter._experimental_calibrate_only = True  # the route tf.lite.experimental.QuantizationDebugger takes
     converter.experimental_mlir_quantizer = True

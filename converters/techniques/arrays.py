@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .passes.base import PassRecord
-from .passes.cluster import cluster_measure, kmeans_1d
-from .passes.prune import M_BY_N, prune_array, prune_measure
-from .recipe import ClusterSettings, PruneSettings, Recipe
+from .base import PassRecord
+from .cluster import cluster_measure, kmeans_1d
+from .prune import M_BY_N, prune_array, prune_measure
+from ..recipe import ClusterSettings, PruneSettings, Recipe
 
 
 @dataclass

@@ -4,7 +4,7 @@ The same two passes as for Keras, in PyTorch: pruning ramps sparsity up on a
 polynomial schedule (as tfmot's ``PolynomialDecay``), re-choosing the mask from
 the current magnitudes, then holds it fixed; clustering starts from one-shot
 k-means and trains the shared values (centroids) with the assignments fixed,
-so zeros stay zeros.  The loss is the one ``converters.finetune`` documents:
+so zeros stay zeros.  The loss is the one ``converters.training.keras`` documents:
 labels (when given) plus KL to the teacher at temperature T.
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from .array_compression import WeightArray, cluster_weights, plan_targets
-from .data import Dataset
-from .finetune import is_probability_output, steps_per_epoch
-from .passes.base import PassRecord
-from .passes.cluster import cluster_measure
-from .passes.prune import RAMP_FRACTION, prune_array, prune_measure
-from .recipe import FinetuneSettings, PruneSettings, Recipe
+from ..techniques.arrays import WeightArray, cluster_weights, plan_targets
+from ..data import Dataset
+from .keras import is_probability_output, steps_per_epoch
+from ..techniques.base import PassRecord
+from ..techniques.cluster import cluster_measure
+from ..techniques.prune import RAMP_FRACTION, prune_array, prune_measure
+from ..recipe import FinetuneSettings, PruneSettings, Recipe
 
 UPDATES_PER_RAMP = 10
 

@@ -21,9 +21,9 @@ from device_runtime import Model
 from device_runtime.errors import DeviceRuntimeError
 from device_runtime.preprocess import ImageSpec
 
-from .errors import OutputPathError, UserInputError
-from .files import atomic_write
-from .labels import check_label_count, read_labels
+from ..errors import OutputPathError, UserInputError
+from ..files import atomic_write
+from ..labels import check_label_count, read_labels
 
 CARD_FORMAT, CARD_VERSION = "edge-sdk-model-card", 1
 ASSETS = Path("app/src/main/assets")

@@ -17,11 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConversionError, OutputPathError, UserInputError
-from ..files import atomic_write_folder, check_writable_folder
-from ..labels import read_labels
-from ..report import describe_recipe
-from ..tflite_analysis import FLOAT_TYPES, analyse, read_single_io_model
+from ...errors import ConversionError, OutputPathError, UserInputError
+from ...files import atomic_write_folder, check_writable_folder
+from ...labels import read_labels
+from ...verify.report import describe_recipe
+from ...verify.analysis import FLOAT_TYPES, analyse, read_single_io_model
 from . import codegen
 from .boards import Board, board_named
 
@@ -55,10 +55,10 @@ def run_tflm(model: bytes, inputs: np.ndarray) -> TflmRun:
         model_path, inputs_path = Path(tmp) / "model.tflite", Path(tmp) / "inputs.npy"
         model_path.write_bytes(model)
         np.save(inputs_path, inputs)
-        root = Path(__file__).resolve().parents[2]
+        root = Path(__file__).resolve().parents[3]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
         try:
-            done = subprocess.run([sys.executable, "-m", "converters.mcu._tflm_probe", str(model_path),
+            done = subprocess.run([sys.executable, "-m", "converters.targets.mcu._tflm_probe", str(model_path),
                                    str(inputs_path)], capture_output=True, text=True, env=env,
                                   timeout=PROBE_TIMEOUT_S)
         except subprocess.TimeoutExpired:

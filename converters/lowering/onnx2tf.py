@@ -21,8 +21,8 @@ from typing import Iterator
 
 import numpy as np
 
-from . import _tf
-from .errors import ConversionError
+from .. import _tf
+from ..errors import ConversionError
 
 # onnx2tf's sample is 20 images of 128x128x3 in [0, 1]; it only feeds its own shape checks.
 SAMPLE_IMAGES_SHAPE = (20, 128, 128, 3)

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fidelity import Fidelity
-from .passes import PassRecord
-from .tflite_analysis import ModelStats
+from ..techniques import PassRecord
+from .analysis import ModelStats
 
 
 @dataclass

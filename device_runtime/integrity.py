@@ -58,13 +58,8 @@ def load_public_key(key, name: str = "public_key"):
         pem = key.encode()
     elif isinstance(key, (str, os.PathLike)):
         name = str(key)
-        try:
-            pem = Path(key).read_bytes()
-        except FileNotFoundError:
-            raise InvalidKeyError(f"public key file {name} not found; give the signer's .pub.pem "
-                                  "(`sdk keygen -o PREFIX` writes PREFIX.pub.pem)") from None
-        except OSError as exc:
-            raise InvalidKeyError(f"cannot read the public key file {name}: {exc.strerror or exc}") from None
+        pem = read_key_bytes(key, "public key", "give the signer's .pub.pem (`sdk keygen -o PREFIX` writes "
+                                                "PREFIX.pub.pem)")
     elif isinstance(key, (bytes, bytearray, memoryview)):
         pem = bytes(key)
     else:
@@ -89,7 +84,7 @@ def _public_half(private_path: str) -> str:
     if private_path.endswith(".pem") and not private_path.endswith(".pub.pem"):
         sibling = private_path[:-len(".pem")] + ".pub.pem"
         if Path(sibling).is_file():
-            return f"give {sibling}, which `sdk keygen` wrote beside it"
+            return f"give {sibling}, the public key beside it"
         return (f"give the .pub.pem `sdk keygen` wrote beside it, or derive one with "
                 f"`openssl pkey -in {private_path} -pubout -out {sibling}`")
     return ("give the .pub.pem `sdk keygen` wrote beside the private key, or derive one with "
@@ -128,14 +123,19 @@ def aes_key(key: bytes | str, name: str = "decryption_key") -> bytes:
 
 def read_aes_key_file(path: str | os.PathLike) -> bytes:
     """The 32-byte key in a file from `sdk keygen --aes` (or holding the raw 32 bytes); InvalidKeyError if not."""
-    try:
-        content = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InvalidKeyError(f"AES key file {path} not found; give the file `sdk keygen --aes` wrote "
-                              f"(make one with `sdk keygen --aes -o {path}`)") from None
-    except OSError as exc:
-        raise InvalidKeyError(f"cannot read the AES key file {path}: {exc.strerror or exc}") from None
+    content = read_key_bytes(path, "AES key", f"give the file `sdk keygen --aes` wrote (make one with "
+                                              f"`sdk keygen --aes -o {path}`)")
     return aes_key(content, f"key file {path}")
+
+
+def read_key_bytes(path: str | os.PathLike, kind: str, fix: str) -> bytes:
+    """A key file's bytes; InvalidKeyError naming the file and ``fix`` when it is missing or unreadable."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InvalidKeyError(f"{kind} file {path} not found; {fix}") from None
+    except OSError as exc:
+        raise InvalidKeyError(f"cannot read the {kind} file {path}: {exc.strerror or exc}") from None
 
 
 def key_for_command(model_path: str | os.PathLike, key_path: str | os.PathLike | None) -> bytes | None:

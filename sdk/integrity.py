@@ -120,12 +120,10 @@ def _load_private_key(path: str | os.PathLike):
     """The Ed25519 private key in PATH, with a one-line refusal for a missing file or a public key."""
     serialization, ed25519, *_ = integrity._crypto()
     try:
-        pem = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UserInputError(f"private key file {path} not found; make a key pair with `sdk keygen -o PREFIX` "
-                             "and sign with PREFIX.pem") from None
-    except OSError as exc:
-        raise UserInputError(f"cannot read the private key file {path}: {exc.strerror or exc}") from None
+        pem = integrity.read_key_bytes(path, "private key", "make a key pair with `sdk keygen -o PREFIX` and sign "
+                                                            "with PREFIX.pem")
+    except InvalidKeyError as exc:
+        raise UserInputError(str(exc)) from None
     if b"PUBLIC KEY-----" in pem:
         private = str(path)[:-len(".pub.pem")] + ".pem" if str(path).endswith(".pub.pem") else "PREFIX.pem"
         raise UserInputError(f"{path} is a public key; signing needs the private key: give {private}, which "

@@ -171,7 +171,7 @@ def test_key_file_content_opens_an_encrypted_model(folder):
     with pytest.raises(InvalidKeyError, match="^public key file nope.pem not found; give the signer's .pub.pem"):
         Model(folder / "m.tflite", public_key="nope.pem")
     with pytest.raises(InvalidKeyError, match=f"^{folder / 'k.pem'} is a private key; verifying needs the public "
-                                              f"key: give {folder / 'k.pub.pem'}, which `sdk keygen` wrote"):
+                                              f"key: give {folder / 'k.pub.pem'}, the public key beside it$"):
         Model(folder / "m.tflite", public_key=folder / "k.pem")
     assert _files(folder) == before
 
@@ -194,8 +194,7 @@ def test_verify_names_a_missing_or_private_key(folder):
              "public key file nope.pem not found; give the signer's .pub.pem (`sdk keygen -o PREFIX` writes "
              "PREFIX.pub.pem)")
     _refused(folder, ["verify", "m.tflite", "--key", "k.pem"],
-             "k.pem is a private key; verifying needs the public key: give k.pub.pem, which `sdk keygen` wrote "
-             "beside it")
+             "k.pem is a private key; verifying needs the public key: give k.pub.pem, the public key beside it")
     (folder / "k.pub.pem").rename(folder / "elsewhere.pem")
     _refused(folder, ["verify", "m.tflite", "--key", "k.pem"],
              "k.pem is a private key; verifying needs the public key: give the .pub.pem `sdk keygen` wrote beside "

@@ -149,7 +149,6 @@ def inspect(path: str | os.PathLike) -> Inspection:
     from device_runtime.metadata import read_build_info, read_info
 
     from device_runtime.errors import DeviceRuntimeError
-
     from device_runtime.integrity import is_encrypted
 
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 from converters.errors import OutputPathError, UserInputError
 from converters.files import atomic_write, check_output_path
 from device_runtime import integrity
-from device_runtime.errors import InvalidKeyError
+from device_runtime.errors import InvalidKeyError, ModelFormatError
 from device_runtime.model import read_model_bytes
 from device_runtime.tflite_format import read_model
 
@@ -63,7 +63,7 @@ def decryption_key(model_path: str | os.PathLike, key_path: str | os.PathLike | 
     """The key for a command that runs MODEL (from --decryption-key), or None for a plain model."""
     try:
         return integrity.key_for_command(model_path, key_path)
-    except InvalidKeyError as exc:
+    except (InvalidKeyError, ModelFormatError) as exc:  # sdk callers catch sdk.SDKError
         raise UserInputError(str(exc)) from None
 
 

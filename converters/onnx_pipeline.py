@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .techniques.arrays import compress_weights
+from .capabilities import Request, check_supported
+from .techniques.arrays import compress_weights, float_precision_weights
 from .data import DataSource, Dataset
 from .errors import ConversionError, DataError, RecipeError, first_line
 from .verify.fidelity import Fidelity, compare
@@ -86,6 +87,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
     timings: dict[str, float] = {}
     is_onnx_file = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
     source_files = [Path(p) for p in (source, weights) if isinstance(p, (str, os.PathLike)) and Path(p).exists()]
+    check_supported(Request(recipe, finetune=finetune_data is not None), "onnx" if is_onnx_file else "pytorch")
     check_calibration(recipe, calib_data, finetune_data)
     output = check_output_path(output, source_files, force)
     work = Path(tempfile.mkdtemp(prefix="sdk-convert-"))
@@ -132,12 +134,6 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     mark = time.perf_counter()
     fine_tuned_records = original = None
     graph_records: list = []  # passes that rewrite layers: they run on the PyTorch module before export
-    if torch_source is None and (recipe.factorizes or recipe.removes_channels or recipe.quantize.qat):
-        raise RecipeError("low_rank, channels and quantize.qat change the model before export and need the "
-                          "PyTorch model; an ONNX file can be pruned, clustered and quantized")
-    if recipe.quantize.qat and recipe.clusters:
-        raise RecipeError("quantize.qat with clustering is available for Keras sources (tfmot's cluster-preserving "
-                          "scheme); for PyTorch, drop one of them")
     _check_overrides(recipe, torch_source, onnx_model)
     if torch_source is not None:
         shapes = [s[1:] for s in torch_source.input_shapes]
@@ -173,9 +169,6 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         _check_runs(reference_model, specs)
     if torch_source is None:
         shapes = [s.shape[1:] for s in specs]
-        if finetune_data is not None:
-            raise DataError("fine-tuning needs the PyTorch model; an ONNX file is compressed one-shot, so "
-                            "drop --finetune (use --calib for int8) or convert the PyTorch source")
         tune, calib, evaluation, data_notes = _data(shapes, None, calib_data, eval_data)
     notes += data_notes
 
@@ -198,7 +191,9 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     for record in graph_records:
         record.fine_tuned = fine_tuned_records is not None
     records = {**{record.name: record for record in graph_records}, **records}
-    final_weights = {w.name: w.values for w in onnx_weights(onnx_model)[0]}
+    final_arrays = onnx_weights(onnx_model)[0]
+    final_weights = {w.name: w.values for w in final_arrays}
+    float_layers = float_precision_weights(final_arrays, recipe)  # mixed precision: found by their final values
     compressed_any = original is not None or any(r.layers for r in records.values())
     channel_last = [] if keep_nchw else channel_last_inputs(onnx_model, specs)
     keep_first = [s.name for s in specs if 3 <= len(s.shape) <= 5 and s.name not in channel_last]
@@ -215,7 +210,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     calibration = route.to_tflite_layout(specs[0].name, calib.x) if calib is not None else None
     baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"))
     all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
-    tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress)
+    tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
+                                               float_layers)
     timings["tflite_convert"] = time.perf_counter() - mark
     notes += export_notes
 
@@ -275,13 +271,21 @@ def _check_overrides(recipe: Recipe, torch_source, onnx_model) -> None:
         return
     types = {"Conv", "Gemm", "MatMul", "Linear", "Conv1d", "Conv2d", "Conv3d"}  # the aliases weights answer to
     if torch_source is not None:
+        from .sources.torch import torch_weights
+
         modules = list(torch_source.module.named_modules())
         names = [name for name, _ in modules if name]
         types |= {type(module).__name__ for _, module in modules}
+        weights = torch_weights(torch_source.module)[0]
     else:
-        names = [w.name for w in onnx_weights(onnx_model)[0]]
+        weights = onnx_weights(onnx_model)[0]
+        names = [w.name for w in weights]
         types |= {node.op_type for node in onnx_model.graph.node}
     recipe.check_overrides(names, sorted(types))
+    if recipe.keeps_float_layers and not float_precision_weights(weights, recipe):
+        raise RecipeError("precision: float keeps layers with weights (Conv, Linear/Gemm, MatMul) in float, and the "
+                          "override names none of them; layers with weights: "
+                          f"{', '.join(w.name for w in weights[:12])}{' ...' if len(weights) > 12 else ''}")
 
 
 def _check_quantizable(onnx_model, recipe: Recipe) -> None:
@@ -325,7 +329,9 @@ def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool
     if qat:
         from .techniques.qat.torch import quantization_aware_finetune
 
-        records["qat"] = quantization_aware_finetune(student, torch_source.module, tune, recipe.finetune, verbose)
+        clustered = {name: owners[name] for name in records["cluster"].layers}
+        records["qat"] = quantization_aware_finetune(student, torch_source.module, tune, recipe.finetune, verbose,
+                                                     clustered)
     return student.eval(), records, [w.name for w in weights]
 
 

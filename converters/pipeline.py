@@ -15,13 +15,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from device_runtime.metadata import BUILD_INFO_NAME, METADATA_NAME
 from device_runtime.monitor import channel_rows
 
+from .capabilities import Request, check_supported
 from .data import Dataset, DataSource, load_data
 from .errors import ConversionError, DataError, RecipeError
 from .verify.fidelity import compare, run_tflite
@@ -68,6 +69,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     started = time.perf_counter()
     timings: dict[str, float] = {}
     source_path = source if isinstance(source, (str, os.PathLike)) else None
+    check_supported(Request(recipe, finetune=finetune_data is not None), "keras")
     check_calibration(recipe, calib_data, finetune_data)
     output = check_output_path(output, [source_path] if source_path else [], force)
 
@@ -86,13 +88,6 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     recipe.check_overrides(layer_names, [type(layer).__name__ for layer in model.layers])
     float_layers = [layer.name for layer in model.layers  # mixed precision: checked before any work
                     if (plan := recipe.plan_for(layer.name, type(layer).__name__)) and plan.precision == "float"]
-    if float_layers and recipe.sparse_export == "on":
-        raise RecipeError("sparse_export: on cannot be combined with precision: float (mixed precision): the "
-                          "converter's selective quantization does not support the sparse format; set "
-                          "sparse_export: auto or off")
-    if float_layers and recipe.quantize.qat:
-        raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
-                          "every layer it wraps; drop one of them")
     timings["load"] = time.perf_counter() - started
 
     mark = time.perf_counter()
@@ -243,7 +238,7 @@ def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: 
 
 
 def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progress,
-                  float_layers: Sequence[str] = ()) -> tuple[bytes, list[str]]:
+                  float_layers: Sequence[str] | Mapping[str, np.ndarray] = ()) -> tuple[bytes, list[str]]:
     """Convert, choosing per-channel scales and TFLite's sparse format by what they measure."""
     notes = []
     per_channel = recipe.quantize.per_channel

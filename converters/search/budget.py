@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..capabilities import Request, check_supported
 from ..data import DataSource, Dataset
 from ..errors import DataError, RecipeError
 from ..files import atomic_write, check_output_path
@@ -252,8 +253,12 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
     if max_drop < 0:
         raise RecipeError(f"--max-drop must be >= 0 points; got {max_drop}")
     if not is_keras_source(source):
-        raise RecipeError("accuracy-budget mode is available for Keras sources; for PyTorch, run `sdk sweep` "
-                          "with per-layer recipes")
+        from ..sources.torch import is_torch_source
+
+        is_onnx = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
+        if is_onnx or is_torch_source(source):  # anything else is refused as a source by load_keras_model
+            check_supported(Request(recipe or Recipe(), finetune=finetune_data is not None, budget=True),
+                            "onnx" if is_onnx else "pytorch")
     if finetune_data is None or eval_data is None:
         raise DataError("accuracy-budget mode needs --finetune DATA (to fine-tune) and --eval DATA (held out, "
                         "to measure the drop)")

@@ -14,7 +14,7 @@ import numpy as np
 from .base import PassRecord
 from .cluster import cluster_measure, kmeans_1d
 from .prune import M_BY_N, prune_array, prune_measure
-from ..recipe import ClusterSettings, PruneSettings, Recipe
+from ..recipe import ClusterSettings, LayerPlan, PruneSettings, Recipe
 
 
 @dataclass
@@ -35,8 +35,7 @@ def plan_targets(weights: list[WeightArray], recipe: Recipe
     prune: dict[str, PruneSettings] = {}
     cluster: dict[str, ClusterSettings] = {}
     for weight in weights:
-        layer_type = next((t for t in weight.layer_types if t in recipe.layer_types), weight.layer_types[0])
-        plan = recipe.plan_for(weight.name, layer_type)
+        plan = layer_plan(weight, recipe)
         if plan is None:
             continue
         settings = plan.prune
@@ -49,6 +48,17 @@ def plan_targets(weights: list[WeightArray], recipe: Recipe
         if plan.cluster is not None:
             cluster[weight.name] = plan.cluster
     return prune, cluster, records
+
+
+def layer_plan(weight: WeightArray, recipe: Recipe) -> LayerPlan | None:
+    """The recipe's plan for ``weight``'s layer, by its name and whichever type alias the recipe names."""
+    layer_type = next((t for t in weight.layer_types if t in recipe.layer_types), weight.layer_types[0])
+    return recipe.plan_for(weight.name, layer_type)
+
+
+def float_precision_weights(weights: list[WeightArray], recipe: Recipe) -> dict[str, np.ndarray]:
+    """{layer: final weight values} of the layers the recipe keeps in float (``precision: float``)."""
+    return {w.name: w.values for w in weights if (plan := layer_plan(w, recipe)) and plan.precision == "float"}
 
 
 def _unprunable(weight: WeightArray, settings: PruneSettings) -> str | None:

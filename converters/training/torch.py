@@ -39,7 +39,7 @@ def finetune_torch(student, teacher, weights: list[WeightArray], owners: dict[st
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     prune, cluster, records = plan_targets(weights, recipe)
-    trainer = _Trainer(student, teacher, data, settings, verbose)
+    trainer = Trainer(student, teacher, data, settings, verbose)
     masks: dict[str, torch.Tensor] = {}
     if not prune and not cluster and train_unchanged:  # the graph changed (low-rank, channels): distil
         trainer.train(lambda step, total: None, "distillation after the graph rewrite")
@@ -54,7 +54,7 @@ def finetune_torch(student, teacher, weights: list[WeightArray], owners: dict[st
         cluster_weights(weights, cluster, set(prune), PassRecord("cluster"))
         for weight in weights:
             if weight.name in cluster:
-                _share(owners[weight.name], weight.values)
+                share_values(owners[weight.name], weight.values)
         trainer.train(lambda step, total: _apply_masks(owners, masks), "cluster")
         for name, settings_ in cluster.items():
             torch.nn.utils.parametrize.remove_parametrizations(owners[name], "weight", leave_parametrized=True)
@@ -93,7 +93,7 @@ def _apply_masks(owners, masks) -> None:
                 owners[name].weight.mul_(mask)
 
 
-def _share(module, clustered: np.ndarray) -> None:
+def share_values(module, clustered: np.ndarray) -> None:
     """Make ``module.weight`` = centroids[assignment], training only the centroids; zeros stay fixed."""
     import torch
 
@@ -112,7 +112,7 @@ def _share(module, clustered: np.ndarray) -> None:
     torch.nn.utils.parametrize.register_parametrization(module, "weight", SharedValues(), unsafe=True)
 
 
-class _Trainer:
+class Trainer:
     """Adam over the student's parameters, towards the teacher's outputs and the labels."""
 
     def __init__(self, student, teacher, data: Dataset, settings: FinetuneSettings, verbose: bool):

@@ -8,7 +8,7 @@ random calibration happens only when the recipe says so explicitly.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -34,11 +34,14 @@ def representative_samples(calibration: np.ndarray | list[np.ndarray] | None, se
 
 def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[np.ndarray] | None = None,
               sparse: bool = False, per_channel: bool = True, progress: Progress | None = None,
-              float_layers: Sequence[str] = ()) -> bytes:
+              float_layers: Sequence[str] | Mapping[str, np.ndarray] = ()) -> bytes:
     """Convert ``model``; ``calibration`` feeds int8/int16x8 activation ranges.
 
     ``float_layers`` (int8 only) keeps those layers' ops in float32 while the rest is
-    int8: mixed precision by the converter's own selective quantization.
+    int8: mixed precision by the converter's own selective quantization. Layer names
+    are found in the ops' tensor names (Keras); a mapping {layer: weight values} finds
+    each layer's op by its constant weights instead, for graphs whose tensor names do
+    not carry the source layer (onnx2tf's).
 
     ``calibration`` holds one array per model input (or one array for a single input).
     ``per_channel=False`` gives one scale per weight tensor, which keeps k-means
@@ -87,14 +90,12 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
         raise ConversionError(f"TFLite conversion ({settings.mode}) failed: {_first_line(exc)}") from None
 
 
-def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool, float_layers: Sequence[str]) -> bytes:
+def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool,
+                    float_layers: Sequence[str] | Mapping[str, np.ndarray]) -> bytes:
     """Calibrate, then quantize everything but the ops of ``float_layers`` (TFLite's denylisted nodes)."""
     from tensorflow.lite.python import convert as lite_convert
 
-    from device_runtime.tflite_format import read_model
-
     from ...errors import RecipeError
-    from ...verify.analysis import layer_of
 
     converter._experimental_calibrate_only = True  # the route tf.lite.experimental.QuantizationDebugger takes
     converter.experimental_mlir_quantizer = True
@@ -103,14 +104,7 @@ def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool, fl
     except Exception as exc:
         raise ConversionError(f"TFLite calibration for mixed precision failed: {_first_line(exc)}") from None
     wanted = set(float_layers)
-    nodes, found = [], set()
-    main = read_model(calibrated).main
-    for op in main.operators:
-        name = main.tensors[op.outputs[0]].name
-        layer = layer_of(name, wanted)
-        if layer in wanted:
-            nodes.append(name)
-            found.add(layer)
+    nodes, found = _float_nodes(calibrated, float_layers)
     if wanted - found:
         raise RecipeError(f"precision float: no ops of layer(s) {sorted(wanted - found)} in the converted model")
     io_type = _io_dtype(settings)
@@ -121,6 +115,46 @@ def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool, fl
                                                 denylisted_nodes=nodes))
     except Exception as exc:
         raise ConversionError(f"TFLite mixed-precision quantization failed: {_first_line(exc)}") from None
+
+
+def _float_nodes(calibrated: bytes, float_layers: Sequence[str] | Mapping[str, np.ndarray]
+                 ) -> tuple[list[str], set[str]]:
+    """The output tensor names of the ops to keep in float, and the layers they were found for."""
+    from device_runtime.tflite_format import read_model
+
+    from ...verify.analysis import layer_of
+
+    model = read_model(calibrated)
+    main = model.main
+    by_weights = {name: np.sort(np.asarray(values, np.float32), axis=None)
+                  for name, values in float_layers.items()} if isinstance(float_layers, Mapping) else {}
+    wanted = set(float_layers)
+    nodes, found = [], set()
+    for op in main.operators:
+        name = main.tensors[op.outputs[0]].name
+        layer = layer_of(name, wanted)
+        if layer not in wanted and by_weights:
+            layer = _layer_by_weights(model, op, by_weights)
+        if layer in wanted:
+            nodes.append(name)
+            found.add(layer)
+    return nodes, found
+
+
+def _layer_by_weights(model, op, by_weights: dict[str, np.ndarray]) -> str | None:
+    """The layer whose weights are one of ``op``'s constant inputs (compared as sorted values, so layouts
+    transposed by the converter still match)."""
+    for index in op.inputs:
+        if index < 0:
+            continue
+        tensor = model.main.tensors[index]
+        values = model.constant(tensor) if tensor.dtype_name == "float32" else None
+        if values is None:
+            continue
+        for layer, weights in by_weights.items():
+            if weights.size == values.size and np.array_equal(weights, np.sort(values, axis=None)):
+                return layer
+    return None
 
 
 def _io_dtype(settings: QuantizeSettings):

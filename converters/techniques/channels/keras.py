@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from ... import _tf
-from .torch import ChannelGroup, keep_count, merge_groups
 from ...errors import RecipeError
 from ..base import PassRecord
 from ...recipe import Recipe
+from .grouping import ChannelGroup, channel_scores, keep_count, merge_groups
 
 PRODUCERS = ("Conv1D", "Conv2D", "Dense")
 PASS_THROUGH = ("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Dropout", "SpatialDropout2D",
@@ -125,12 +125,15 @@ def remove_channels_keras(model, recipe: Recipe) -> tuple[Any, PassRecord]:
         count = keep_count(group.channels, settings)
         if count >= group.channels:
             continue
-        scores = sum(np.sqrt((functional.get_layer(p).get_weights()[0].astype(np.float64) ** 2)
-                             .reshape(-1, group.channels).sum(0)) for p in group.producers)
+        weights = [functional.get_layer(p).get_weights()[0].reshape(-1, group.channels).T for p in group.producers]
+        scales = [functional.get_layer(target).get_weights()[0] for target, how in group.slices
+                  if how == "both" and layers[target]["class_name"] == "BatchNormalization"
+                  and layers[target]["config"].get("scale", True)]
+        scores = channel_scores(weights, scales, settings.ranking, group.producers)
         chosen = np.sort(np.argsort(-scores, kind="stable")[:count])
         for producer in group.producers:
             out_keep[producer] = chosen
-            record.layers[producer] = {"channels": group.channels, "kept": count, "ranking": "l2",
+            record.layers[producer] = {"channels": group.channels, "kept": count, "ranking": settings.ranking,
                                        "joined_with": [p for p in group.producers if p != producer]}
         in_slices += [(target, how, chosen) for target, how in group.slices if how != "out"]
     if not record.layers:

@@ -15,16 +15,15 @@ or the BatchNorm scale) and every member is sliced to match.
 from __future__ import annotations
 
 import copy
-import math
 import operator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ...errors import RecipeError
 from ..base import PassRecord
-from ...recipe import ChannelSettings, Recipe
+from .grouping import ChannelGroup, channel_scores, keep_count, merge_groups
+from ...recipe import Recipe
 
 ELEMENTWISE_MODULES = ("ReLU", "ReLU6", "LeakyReLU", "Hardswish", "Hardsigmoid", "SiLU", "GELU", "Sigmoid", "Tanh",
                        "Identity", "Dropout", "Dropout2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
@@ -34,13 +33,6 @@ ELEMENTWISE_FUNCTIONS = ("relu", "relu6", "hardswish", "silu", "gelu", "sigmoid"
                          "contiguous", "clone")
 ADD_TARGETS = (operator.add, operator.iadd, "add")
 
-
-@dataclass
-class ChannelGroup:
-    producers: list[str] = field(default_factory=list)
-    channels: int = 0
-    slices: dict[tuple[str, str], None] = field(default_factory=dict)  # (module, "out"|"in"|"both"), ordered set
-    blocked: str | None = None
 
 
 def _module_kind(module) -> str:
@@ -166,62 +158,11 @@ def _groups(graph_module, recipe: Recipe, record: PassRecord) -> list[ChannelGro
     return merge_groups(walks, joins, record)
 
 
-def merge_groups(walks: dict[str, ChannelGroup], joins: list[list[str | None]], record: PassRecord) -> list[ChannelGroup]:
-    """Join the walks whose channels meet at residual adds; return the groups that may be cut.
-
-    ``joins`` lists, per add, the producer that owns each operand (None: channels that no
-    prunable layer produced, such as the model input, which blocks the whole group).
-    """
-    parent = {name: name for name in walks}
-
-    def find(name: str) -> str:
-        while parent[name] != name:
-            parent[name] = parent[parent[name]]
-            name = parent[name]
-        return name
-
-    blocked_adds: dict[str, str] = {}
-    for origins in joins:
-        known = [o for o in origins if o is not None]
-        for other in known[1:]:
-            parent[find(other)] = find(known[0])
-        if len(known) < len(origins):
-            for origin in known:
-                blocked_adds[origin] = "a residual add joins it with channels that cannot be pruned"
-    merged: dict[str, ChannelGroup] = {}
-    for name, walk in walks.items():
-        root = find(name)
-        group = merged.setdefault(root, ChannelGroup(channels=walk.channels))
-        group.producers.append(name)
-        group.slices.update(walk.slices)
-        group.blocked = group.blocked or walk.blocked or blocked_adds.get(name)
-        if walk.channels != group.channels:
-            group.blocked = group.blocked or "the joined layers have different channel counts"
-    for group in merged.values():
-        if group.blocked and group.blocked != "not asked for by the recipe":
-            for name in group.producers:
-                record.skipped[name] = group.blocked
-    return [g for g in merged.values() if not g.blocked]
-
-
 def _scores(group: ChannelGroup, modules, ranking: str) -> np.ndarray:
-    scores = np.zeros(group.channels)
-    for name in group.producers:
-        weight = modules[name].weight.detach().double().reshape(group.channels, -1).numpy()
-        scores += np.abs(weight).sum(1) if ranking == "l1" else np.sqrt((weight ** 2).sum(1))
-    if ranking == "bn_scale":
-        scales = [modules[m].weight.detach().abs().double().numpy() for m, how in group.slices
-                  if how == "both" and _module_kind(modules[m]) == "batchnorm"]
-        if scales:
-            return np.sum(scales, axis=0)
-    return scores
-
-
-def keep_count(channels: int, settings: ChannelSettings) -> int:
-    keep = math.ceil(channels * (1.0 - settings.fraction))
-    multiple = settings.multiple_of
-    keep = max(multiple, int(math.ceil(keep / multiple) * multiple)) if multiple > 1 else max(1, keep)
-    return min(channels, keep)
+    weights = [modules[name].weight.detach().double().reshape(group.channels, -1).numpy() for name in group.producers]
+    scales = [modules[m].weight.detach().double().numpy() for m, how in group.slices
+              if how == "both" and _module_kind(modules[m]) == "batchnorm"]
+    return channel_scores(weights, scales, ranking, group.producers)
 
 
 def _slice(module, how: str, keep) -> None:

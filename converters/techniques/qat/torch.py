@@ -7,12 +7,16 @@ them) and every Conv/Linear output per tensor with running min/max, both with
 straight-through gradients, under the usual distillation loss.  Afterwards the
 weights are left on their int8 grid, and the TFLite converter calibrates the
 activation ranges on the data as in post-training int8.  Zeros from pruning
-stay zero.
+stay zero.  Clustered layers keep their shared values (cluster-preserving QAT,
+as tfmot's PCQAT): only the centroids train, under the same fake quantization,
+so each output channel ends with at most as many values as clusters.
 """
 
 from __future__ import annotations
 
+from typing import Any
 
+import numpy as np
 
 from ...data import Dataset
 from ..base import PassRecord
@@ -56,15 +60,21 @@ class _ActivationFakeQuant:
 
 
 def quantization_aware_finetune(student, teacher, data: Dataset, settings: FinetuneSettings,
-                                verbose: bool) -> PassRecord:
-    """Fine-tune ``student`` in place under int8 fake quantization; its weights end on the int8 grid."""
+                                verbose: bool, clustered: dict[str, Any] | None = None) -> PassRecord:
+    """Fine-tune ``student`` in place under int8 fake quantization; its weights end on the int8 grid.
+
+    ``clustered`` ({name: module}) are layers whose weights share values: they train only those values.
+    """
     import torch
     from torch.nn.utils import parametrize
 
-    from ...training.torch import _Trainer
+    from ...training.torch import Trainer, share_values
 
+    clustered = clustered or {}
     layers = [m for m in student.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear))]
     zeros = {m: m.weight.detach() == 0 for m in layers}
+    for module in clustered.values():
+        share_values(module, module.weight.detach().numpy().copy())
     for module in layers:
         parametrize.register_parametrization(module, "weight", _weight_fake_quant())
     hooks = [m.register_forward_hook(_ActivationFakeQuant()) for m in layers]
@@ -76,7 +86,7 @@ def quantization_aware_finetune(student, teacher, data: Dataset, settings: Finet
                     module.parametrizations.weight.original[mask] = 0.0
 
     try:
-        trainer = _Trainer(student, teacher, data, settings, verbose)
+        trainer = Trainer(student, teacher, data, settings, verbose)
         trainer.train(keep_zeros, "qat")
     finally:
         for hook in hooks:
@@ -84,8 +94,14 @@ def quantization_aware_finetune(student, teacher, data: Dataset, settings: Finet
         for module in layers:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     record = PassRecord("qat", fine_tuned=True)
-    record.summary = {"scheme": "fake-quant fine-tuning (int8 per-channel weights, per-tensor activations), "
-                                "then PTQ calibration", "layers": len(layers), "epochs": settings.epochs}
+    scheme = "fake-quant fine-tuning (int8 per-channel weights, per-tensor activations), then PTQ calibration"
+    if clustered:
+        scheme = f"cluster-preserving {scheme}: {len(clustered)} clustered layer(s) train only their shared values"
+    record.summary = {"scheme": scheme, "layers": len(layers), "epochs": settings.epochs}
+    if clustered:
+        record.summary["values_per_channel_max"] = max(
+            int(max(len(np.unique(row)) for row in m.weight.detach().numpy().reshape(m.weight.shape[0], -1)))
+            for m in clustered.values())
     return record
 
 

@@ -18,10 +18,16 @@ from tests.fuzzing import fuzz_models
 
 
 @pytest.fixture(scope="module")
-def signed(tmp_path_factory):
+def seeds() -> list[bytes]:
+    """The small int8 and float CNNs, converted once for the module (each conversion takes seconds)."""
+    return fuzz_models()
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory, seeds):
     folder = tmp_path_factory.mktemp("signed")
     model = folder / "m.tflite"
-    model.write_bytes(fuzz_models()[0])
+    model.write_bytes(seeds[0])
     pair = tools.keygen(folder / "key")
     tools.sign(model, pair.private_path)
     return model, pair
@@ -92,9 +98,9 @@ def test_encrypted_model_runs_from_memory_only(signed, tmp_path):
         Model(encrypted)
 
 
-def test_cli_keygen_sign_verify_encrypt(tmp_path):
+def test_cli_keygen_sign_verify_encrypt(tmp_path, seeds):
     model = tmp_path / "m.tflite"
-    model.write_bytes(fuzz_models()[1])
+    model.write_bytes(seeds[1])
     runner = CliRunner()
     assert runner.invoke(main, ["keygen", "-o", str(tmp_path / "k")]).exit_code == 0
     again = runner.invoke(main, ["keygen", "-o", str(tmp_path / "k")])
@@ -120,16 +126,11 @@ ACCEPTED = ("the content of the key file `sdk keygen --aes` writes (64 hex chara
             "as bytes or str) or the raw 32 bytes")
 
 
-@pytest.fixture(scope="module")
-def plain_model() -> bytes:
-    return fuzz_models()[1]
-
-
 @pytest.fixture
-def folder(tmp_path, plain_model, monkeypatch):
+def folder(tmp_path, seeds, monkeypatch):
     """The working folder: m.tflite, app.key from `sdk keygen --aes`, m.enc encrypted with it, a pair k.*."""
     monkeypatch.chdir(tmp_path)
-    Path("m.tflite").write_bytes(plain_model)
+    Path("m.tflite").write_bytes(seeds[1])
     for args in (["keygen", "--aes", "-o", "app.key"], ["encrypt", "m.tflite", "--key", "app.key", "-o", "m.enc"],
                  ["keygen", "-o", "k"]):
         assert CliRunner().invoke(main, args).exit_code == 0

@@ -28,3 +28,7 @@ class InferenceError(DeviceRuntimeError):
 
 class NoInterpreterError(DeviceRuntimeError):
     """No TFLite interpreter package is installed."""
+
+
+class InvalidKeyError(DeviceRuntimeError):
+    """A key given to the runtime (decryption or public key) is missing or not in a form it accepts."""

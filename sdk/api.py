@@ -165,9 +165,13 @@ def inspect(path: str | os.PathLike) -> Inspection:
     from device_runtime.metadata import read_build_info, read_info
 
     from device_runtime.errors import DeviceRuntimeError
+    from device_runtime.integrity import is_encrypted
 
     try:
         data = read_model_bytes(path)
+        if is_encrypted(data):
+            raise SourceModelError(f"{path} is encrypted by `sdk encrypt`, so its structure is hidden; inspect "
+                                   "the plain .tflite it was made from")
         model = read_model(data)
     except DeviceRuntimeError as exc:  # the runtime's own types: sdk callers catch sdk.SDKError
         raise SourceModelError(str(exc)) from None

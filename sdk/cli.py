@@ -389,16 +389,21 @@ def inspect(model, as_json, debug):
 @click.option("--image", type=click.Path(), help="The image for --task (default: a random frame of the size a "
                                                  "camera is asked for).")
 @click.option("--color-order", type=click.Choice(["RGB", "BGR"]), default="RGB", show_default=True)
+@click.option("--decryption-key", "key_path", type=click.Path(),
+              help="The AES key file (`sdk keygen --aes`) of a model written by `sdk encrypt`.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def bench(model, threads, warmup, runs, task, image, color_order, as_json, debug):
+def bench(model, threads, warmup, runs, task, image, color_order, key_path, as_json, debug):
     """Measure latency (p50/p90/p99), throughput and peak memory of a .tflite MODEL, and the share of
     each call spent around the invoke."""
 
     def action():
         from device_runtime.bench import benchmark, render
+        from sdk.integrity import decryption_key
 
-        report = benchmark(model, threads, warmup, runs, task=task, image=image, color_order=color_order)
+        key = decryption_key(model, key_path)
+        report = benchmark(model, threads, warmup, runs, task=task, image=image, color_order=color_order,
+                           decryption_key=key)
         click.echo(json.dumps(report, indent=2) if as_json else render(report))
 
     _run(action, debug)
@@ -429,14 +434,15 @@ def keygen(prefix, aes, force, debug):
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("--key", "private_key", required=True, type=click.Path(), help="Private key from `sdk keygen`.")
+@click.option("--force", is_flag=True, help="Overwrite an existing MODEL.sig.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def sign(model, private_key, debug):
+def sign(model, private_key, force, debug):
     """Sign MODEL (Ed25519 over its exact bytes) into MODEL.sig; the model file is not changed."""
 
     def action():
         from sdk import integrity
 
-        click.echo(f"wrote {integrity.sign(model, private_key)}")
+        click.echo(f"wrote {integrity.sign(model, private_key, force)}")
 
     _run(action, debug)
 
@@ -462,7 +468,7 @@ def verify(model, public_key, debug):
 @click.argument("model", type=click.Path())
 @click.option("--key", "key_path", required=True, type=click.Path(), help="AES key from `sdk keygen --aes`.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="The encrypted file to write.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output (never the model or the key).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def encrypt(model, key_path, output, force, debug):
     """Encrypt MODEL with AES-256-GCM; apps open it with Model(path, decryption_key=...)."""

@@ -31,7 +31,8 @@ from .lowering.onnx2tf import onnx_to_keras
 from .sources.onnx import (TensorSpec, channel_last_inputs, fix_input_shapes, load_onnx, onnx_weights, run_onnx,
                           set_weights, simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
-                       export_tflite, write_result)
+                       export_tflite, quantization_checks, write_result)
+from .verify.layers import fidelity_warnings, quantized_layer_report
 from .recipe import QuantizeSettings, Recipe
 from .verify.report import Report
 from .verify.analysis import analyse, label_weights
@@ -210,8 +211,11 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     calibration = route.to_tflite_layout(specs[0].name, calib.x) if calib is not None else None
     baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"))
     all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
+    float_reference, search = quantization_checks(
+        converted, recipe, baseline_bytes, compressed_any, calib, calibration, [tuple(converted.inputs[0].shape[1:])],
+        {name: values for name, values in final_weights.items() if name not in float_layers})
     tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
-                                               float_layers)
+                                               float_layers, search)
     timings["tflite_convert"] = time.perf_counter() - mark
     notes += export_notes
 
@@ -232,6 +236,9 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     tflite_inputs = {s.name: route.to_tflite_layout(s.name, x) for s, x in zip(specs, inputs)}
     by_output = _fidelity(route, references, tflite_bytes, tflite_inputs, evaluation)
     float_by_output = _fidelity(route, references, baseline_bytes, tflite_inputs, evaluation)
+    layer_errors = quantized_layer_report(recipe.quantize.mode, tflite_bytes, float_reference,
+                                          tflite_inputs[specs[0].name], evaluation.source, final_weights) \
+        if len(specs) == 1 else None
     timings["verify"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
 
@@ -245,7 +252,9 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         baseline=baseline_stats, compressed=compressed_stats, passes=records,
         fidelity=by_output[first], float_fidelity=float_by_output[first],
         timings={k: round(v, 3) for k, v in timings.items()}, notes=notes,
-        io_layout=route.describe(), output_fidelity=by_output if len(by_output) > 1 else {})
+        io_layout=route.describe(), output_fidelity=by_output if len(by_output) > 1 else {},
+        layer_errors=layer_errors, mixed_precision=search.record if search else None,
+        warnings=fidelity_warnings(by_output[first].cosine, by_output[first].top1_agreement, layer_errors))
     return write_result(output, tflite_bytes, report)
 
 

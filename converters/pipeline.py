@@ -33,6 +33,7 @@ from .targets.tflite.metadata import MetadataSpec, populate, standard_metadata
 from .techniques import PASSES, PassRecord
 from .techniques.base import kernel_weights
 from .recipe import QuantizeSettings, Recipe
+from .verify.layers import fidelity_warnings, quantized_layer_report
 from .verify.report import Report
 from .verify.analysis import analyse, gzip_size
 from .targets.tflite.convert import to_tflite
@@ -122,7 +123,13 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
 
     mark = time.perf_counter()
     calibration = calib.x if calib is not None else None
-    tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress, float_layers)
+    changed = bool(graph_records) or any(r.layers for name, r in records.items() if name != "qat")
+    float_reference, search = quantization_checks(
+        model, recipe, baseline_bytes, changed and not recipe.quantize.qat, calib, calibration, [input_shape],
+        {layer.name: kernel_weights(layer)[0].numpy() for layer in model.layers
+         if kernel_weights(layer) and layer.name not in float_layers})
+    tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress, float_layers,
+                                               search)
     notes += export_notes
     source_sha256 = _source_hash(source_path, teacher)
     tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, calibration),
@@ -135,6 +142,10 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     fidelity = compare(reference, run_tflite(tflite_bytes, evaluation.x), evaluation.y, evaluation.source)
     float_fidelity = compare(reference, run_tflite(baseline_bytes, evaluation.x), evaluation.y,
                              evaluation.source)
+    layer_errors = quantized_layer_report(recipe.quantize.mode, tflite_bytes, float_reference, evaluation.x,
+                                          evaluation.source, {layer.name: kernel_weights(layer)[0].numpy()
+                                                              if kernel_weights(layer) else None
+                                                              for layer in model.layers})
     timings["verify"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
 
@@ -144,8 +155,28 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
         output_sha256=hashlib.sha256(tflite_bytes).hexdigest(), recipe=recipe.to_dict(),
         baseline=analyse(baseline_bytes, layer_names), compressed=analyse(tflite_bytes, layer_names),
         passes=records, fidelity=fidelity, float_fidelity=float_fidelity,
-        timings={k: round(v, 3) for k, v in timings.items()}, notes=notes)
+        timings={k: round(v, 3) for k, v in timings.items()}, notes=notes, layer_errors=layer_errors,
+        mixed_precision=search.record if search else None,
+        warnings=fidelity_warnings(fidelity.cosine, fidelity.top1_agreement, layer_errors))
     return write_result(output, tflite_bytes, report)
+
+
+def quantization_checks(model, recipe: Recipe, baseline_bytes: bytes, changed: bool, calib: Dataset | None,
+                        calibration, input_shapes: list[tuple], candidates):
+    """The float .tflite that quantized layers are compared with (the source's, or the compressed model's when
+    passes changed it), and the automatic mixed precision search when the recipe sets a fidelity target."""
+    from .search.mixed_precision import PrecisionSearch
+    from .targets.tflite.convert import representative_samples
+    from .verify.layers import LAYER_REPORT_MODES
+
+    if recipe.quantize.mode not in LAYER_REPORT_MODES:
+        return None, None
+    reference = to_tflite(model, QuantizeSettings(mode="none")) if changed else baseline_bytes
+    if not recipe.quantize.searches_precision:
+        return reference, None
+    inputs = representative_samples(calibration, recipe.quantize, input_shapes)[0]
+    return reference, PrecisionSearch(reference, inputs, candidates,
+                                      calib.source if calib is not None else "random calibration inputs")
 
 
 def check_calibration(recipe: Recipe, calib_data, finetune_data) -> None:
@@ -238,8 +269,12 @@ def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: 
 
 
 def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progress,
-                  float_layers: Sequence[str] | Mapping[str, np.ndarray] = ()) -> tuple[bytes, list[str]]:
-    """Convert, choosing per-channel scales and TFLite's sparse format by what they measure."""
+                  float_layers: Sequence[str] | Mapping[str, np.ndarray] = (),
+                  precision_search=None) -> tuple[bytes, list[str]]:
+    """Convert, choosing per-channel scales and TFLite's sparse format by what they measure.
+
+    ``precision_search`` (a ``search.mixed_precision.PrecisionSearch``) keeps layers float until the recipe's
+    fidelity target holds."""
     notes = []
     per_channel = recipe.quantize.per_channel
     if per_channel == "auto":
@@ -252,6 +287,17 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
     if float_layers:
         notes.append(f"mixed precision: layer(s) {', '.join(float_layers)} kept in float32, the rest int8")
     dense = convert(sparse=False)
+    if precision_search is not None:
+        dense = precision_search.run(dense, lambda layers: convert(sparse=False, float_layers=layers), float_layers,
+                                     recipe.quantize, progress)
+        record = precision_search.record
+        notes.append(f"automatic mixed precision ({record.target}): " + (
+            f"{len(record.kept)} layer(s) kept float32 ({', '.join(record.kept)}), +{record.size_cost:,} bytes"
+            if record.kept else "every layer int8 already meets it") + ("" if record.met else "; target NOT met"))
+        if record.kept:
+            return dense, notes + ["sparse format (EXPERIMENTAL_SPARSITY) not tried: automatic mixed precision "
+                                   "keeps layers float with the converter's selective quantization, which does "
+                                   "not support it"]
     if recipe.sparse_export == "off":
         return dense, notes
     if float_layers:  # the selective quantizer's output is wrong with EXPERIMENTAL_SPARSITY (measured: outputs swapped)

@@ -96,6 +96,8 @@ class QuantizeSettings:
     samples: int = 200
     allow_random_calibration: bool = False
     qat: bool = False  # quantization-aware training (Keras, needs fine-tuning data) before int8 conversion
+    min_cosine: float | None = None  # automatic mixed precision: keep layers float until the output cosine holds
+    min_agreement: float | None = None  # ... and/or the top-1 agreement with float (percent)
 
     def validate(self) -> None:
         _choice("quantize.mode", self.mode, QUANTIZE_MODES)
@@ -111,6 +113,26 @@ class QuantizeSettings:
             raise RecipeError(f"quantize.samples must be an integer >= 1; got {self.samples!r}")
         if self.per_channel not in (True, False, "auto"):
             raise RecipeError(f"quantize.per_channel must be true, false or auto; got {self.per_channel!r}")
+        if self.min_cosine is not None and (isinstance(self.min_cosine, bool) or
+                                            not isinstance(self.min_cosine, (int, float)) or
+                                            not 0.0 < self.min_cosine <= 1.0):
+            raise RecipeError(f"quantize.min_cosine must be a number in (0, 1], e.g. 0.99; got {self.min_cosine!r}")
+        if self.min_agreement is not None and (isinstance(self.min_agreement, bool) or
+                                               not isinstance(self.min_agreement, (int, float)) or
+                                               not 0.0 < self.min_agreement <= 100.0):
+            raise RecipeError("quantize.min_agreement must be a percentage in (0, 100], e.g. 95; got "
+                              f"{self.min_agreement!r}")
+        if self.searches_precision and self.mode != "int8":
+            raise RecipeError(f"quantize.min_cosine/min_agreement (automatic mixed precision) keep layers float "
+                              f"under int8; set quantize.mode int8 (got {self.mode})")
+        if self.searches_precision and self.qat:
+            raise RecipeError("quantize.min_cosine/min_agreement (automatic mixed precision) and quantize.qat "
+                              "cannot be combined: QAT quantizes every layer it wraps; drop one of them")
+
+    @property
+    def searches_precision(self) -> bool:
+        """A fidelity target is set: automatic mixed precision."""
+        return self.min_cosine is not None or self.min_agreement is not None
 
     @property
     def needs_calibration(self) -> bool:
@@ -212,7 +234,7 @@ class Recipe:
                     if self.quantize.mode != "int8":
                         raise RecipeError(f"{section}[{key!r}].precision applies under quantize.mode int8 (mixed "
                                           f"precision); got mode {self.quantize.mode}")
-        if self.keeps_float_layers and self.sparse_export == "on":
+        if (self.keeps_float_layers or self.quantize.searches_precision) and self.sparse_export == "on":
             raise RecipeError("sparse_export: on cannot be combined with precision: float (mixed precision): the "
                               "converter's selective quantization does not support the sparse format; set "
                               "sparse_export: auto or off")
@@ -358,7 +380,8 @@ class Recipe:
     def with_flags(self, *, prune: float | None = None, prune_structure: str | None = None,
                    cluster: int | None = None, quantize: str | None = None, io_type: str | None = None,
                    samples: int | None = None, epochs: int | None = None,
-                   allow_random_calibration: bool | None = None) -> Recipe:
+                   allow_random_calibration: bool | None = None, min_cosine: float | None = None,
+                   min_agreement: float | None = None) -> Recipe:
         """A copy with CLI flags applied on top (flags win over the file)."""
         new_prune = self.prune
         if prune is not None or prune_structure is not None:
@@ -366,7 +389,7 @@ class Recipe:
             new_prune = dataclasses.replace(base, **_given(sparsity=prune, structure=prune_structure))
         quant = dataclasses.replace(self.quantize, **_given(
             mode=quantize, io_type=io_type, samples=samples,
-            allow_random_calibration=allow_random_calibration))
+            allow_random_calibration=allow_random_calibration, min_cosine=min_cosine, min_agreement=min_agreement))
         if quant.mode != "int8" and io_type is None and self.quantize.io_type != "float32":
             quant = dataclasses.replace(quant, io_type="float32")
         return dataclasses.replace(

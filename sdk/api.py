@@ -182,3 +182,29 @@ def inspect(path: str | os.PathLike) -> Inspection:
                       sorted(model.metadata), {name: len(model.buffers[i]) for name, i in model.metadata.items()},
                       model.description, asdict(info) if info else None,
                       read_build_info(model))
+
+
+def compare_files(quantized: str | os.PathLike, reference: str | os.PathLike, data: DataSource,
+                  samples: int = 32):
+    """Per-layer error of ``quantized`` against ``reference`` (any two .tflite files of one model, e.g. int8 and
+    float32) on ``data`` (inputs in the .tflite's layout), plus the output fidelity: a
+    ``converters.verify.layers.LayerComparison``. Both files must take one input of the same shape."""
+    from converters.data import load_data
+    from converters.verify.analysis import read_single_io_model
+    from converters.verify.layers import compare_files as compare
+    from device_runtime.errors import DeviceRuntimeError
+
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise UserInputError(f"samples must be an integer >= 1; got {samples!r}")
+    files = []
+    for path in (quantized, reference):
+        try:
+            files.append(read_single_io_model(path, "inspect --compare"))
+        except DeviceRuntimeError as exc:
+            raise SourceModelError(str(exc)) from None
+    shapes = [tuple(m.main.tensors[m.main.inputs[0]].shape[1:]) for _, m in files]
+    if shapes[0] != shapes[1]:
+        raise UserInputError(f"inspect --compare needs two files with the same input; {quantized} takes "
+                             f"{shapes[0]} and {reference} takes {shapes[1]}: compare files of one model")
+    dataset = load_data(data, shapes[0], "comparison")
+    return compare(files[0][0], files[1][0], dataset.x, dataset.source, samples)

@@ -210,14 +210,18 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
               "points of the source (needs --finetune and --eval; Keras).")
 @click.option("--optimize", type=click.Choice(["size", "latency"]), default="size", show_default=True,
               help="What accuracy-budget mode minimises: gzip size (prune/cluster) or latency (channel removal).")
+@click.option("--min-cosine", type=float, help="Automatic mixed precision (int8): keep the layers that lose most "
+              "in float until the output cosine vs float reaches this, e.g. 0.995.")
+@click.option("--min-agreement", type=float, help="Automatic mixed precision (int8): ... until top-1 agreement "
+              "with float reaches this percentage, e.g. 95.")
 @click.option("--plot", "plot_path", type=click.Path(), help="Also write per-layer sparsity/unique-value bars (PNG).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
             samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
-            model_version, input_shapes, weights, keep_nchw, keep_intermediates, max_drop, optimize, plot_path, force,
-            as_json, debug):
+            model_version, input_shapes, weights, keep_nchw, keep_intermediates, max_drop, optimize, min_cosine,
+            min_agreement, plot_path, force, as_json, debug):
     """Compress and convert SOURCE to a verified .tflite.
 
     SOURCE: .keras, .h5, SavedModel folder, .onnx, TorchScript .pt, or package.module:factory.
@@ -248,7 +252,8 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
         recipe = Recipe.load(recipe_path) if recipe_path else Recipe()
         recipe = recipe.with_flags(prune=prune, prune_structure=prune_structure, cluster=cluster,
                                    quantize=quantize, io_type=io_type, samples=samples, epochs=epochs,
-                                   allow_random_calibration=allow_random_calibration)
+                                   allow_random_calibration=allow_random_calibration, min_cosine=min_cosine,
+                                   min_agreement=min_agreement)
         if target == "mcu" and (recipe.quantize.mode != "int8" or recipe.quantize.io_type == "float32"):
             raise UserInputError("--target mcu needs a full-integer model: add --quantize int8 --io-type int8 "
                                  "and --calib DATA")
@@ -361,17 +366,36 @@ def sweep(source, grid_path, data_path, eval_path, out_dir, max_drop, address, w
 
     _run(action, debug)
 
-@main.command()
+@main.command(epilog="""
+\b
+Examples:
+  sdk inspect model.tflite
+  sdk inspect q.tflite --compare float.tflite --data calib.npy    # per-layer SNR and cosine
+""")
 @click.argument("model", type=click.Path())
+@click.option("--compare", "reference", type=click.Path(),
+              help="A float .tflite of the same model: print each layer's SNR and cosine against it.")
+@click.option("--data", "data_path", type=click.Path(), help="With --compare: inputs (.npy/.npz/image folder) in "
+              "the .tflite's layout.")
+@click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True,
+              help="With --compare: samples the per-layer table is measured on.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def inspect(model, as_json, debug):
+def inspect(model, reference, data_path, samples, as_json, debug):
     """Print sizes, ops, per-layer sparsity and unique weights of a .tflite MODEL."""
 
     def action():
-        from sdk.api import inspect as inspect_model
+        if (reference is None) != (data_path is None):
+            given, missing = ("--compare", "--data DATA") if reference else ("--data", "--compare FLOAT.tflite")
+            raise UserInputError(f"{given} needs {missing}: the per-layer comparison runs both files on the data")
+        if reference is not None:
+            from sdk.api import compare_files
 
-        result = inspect_model(model)
+            result = compare_files(model, reference, data_path, samples)
+        else:
+            from sdk.api import inspect as inspect_model
+
+            result = inspect_model(model)
         click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
 
     _run(action, debug)

@@ -26,6 +26,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     io_layout: list[dict[str, Any]] = field(default_factory=list)  # PyTorch/ONNX: source vs .tflite layout
     output_fidelity: dict[str, Fidelity] = field(default_factory=dict)  # every output, for multi-output models
+    layer_errors: Any = None  # verify.layers.LayerReport: int8/int16x8/dynamic files
+    mixed_precision: Any = None  # search.mixed_precision.MixedPrecisionRecord: when a fidelity target was set
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def size_ratio(self) -> float:
@@ -50,11 +53,14 @@ class Report:
             "notes": self.notes,
             "io_layout": self.io_layout,
             "output_fidelity": {name: f.to_dict() for name, f in self.output_fidelity.items()},
+            "layer_errors": self.layer_errors.to_dict() if self.layer_errors else None,
+            "mixed_precision": self.mixed_precision.to_dict() if self.mixed_precision else None,
+            "warnings": self.warnings,
         }
 
     def render(self) -> str:
         lines = [f"{self.output}  <-  {self.source}",
-                 f"recipe: {describe_recipe(self.recipe)}", ""]
+                 f"recipe: {describe_recipe(self.recipe)}", *[f"warning: {w}" for w in self.warnings], ""]
         lines += _table(["", "float32", "compressed", "ratio"], [
             ["file size", _kb(self.baseline.file_size), _kb(self.compressed.file_size),
              f"{self.size_ratio:.2f}x"],
@@ -77,6 +83,10 @@ class Report:
             lines += render_fidelity("fidelity vs source", self.fidelity)
         if self.float_fidelity:
             lines += render_fidelity("float32 .tflite vs source", self.float_fidelity)
+        if self.layer_errors:
+            lines += ["", *self.layer_errors.render()]
+        if self.mixed_precision:
+            lines += ["", *self.mixed_precision.render()]
         lines += ["", "per-layer weights (measured in the written .tflite):"]
         lines += render_weights(self.compressed)
         for record in self.passes.values():

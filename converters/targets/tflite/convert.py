@@ -122,23 +122,34 @@ def _float_nodes(calibrated: bytes, float_layers: Sequence[str] | Mapping[str, n
     """The output tensor names of the ops to keep in float, and the layers they were found for."""
     from device_runtime.tflite_format import read_model
 
+    main = read_model(calibrated).main
+    layers = op_layers(calibrated, float_layers)
+    return [main.tensors[main.operators[i].outputs[0]].name for i in layers], set(layers.values())
+
+
+def op_layers(data: bytes, layers: Sequence[str] | Mapping[str, np.ndarray]) -> dict[int, str]:
+    """{op index: layer} for the ops of a float (or calibrated) .tflite that belong to ``layers``: by the
+    layer name in the op's output tensor name (Keras), or, for a mapping {layer: weight values}, by the
+    op's constant weights (onnx2tf's tensor names do not carry the source layer)."""
+    from device_runtime.tflite_format import read_model
+
     from ...verify.analysis import layer_of
 
-    model = read_model(calibrated)
+    model = read_model(data)
     main = model.main
-    by_weights = {name: np.sort(np.asarray(values, np.float32), axis=None)
-                  for name, values in float_layers.items()} if isinstance(float_layers, Mapping) else {}
-    wanted = set(float_layers)
-    nodes, found = [], set()
-    for op in main.operators:
-        name = main.tensors[op.outputs[0]].name
-        layer = layer_of(name, wanted)
+    by_weights = {name: np.sort(np.asarray(values, np.float32), axis=None)  # None: found by name alone
+                  for name, values in layers.items() if values is not None} if isinstance(layers, Mapping) else {}
+    wanted = set(layers)
+    found = {}
+    for index, op in enumerate(main.operators):
+        if not op.outputs:
+            continue
+        layer = layer_of(main.tensors[op.outputs[0]].name, wanted)
         if layer not in wanted and by_weights:
             layer = _layer_by_weights(model, op, by_weights)
         if layer in wanted:
-            nodes.append(name)
-            found.add(layer)
-    return nodes, found
+            found[index] = layer
+    return found
 
 
 def _layer_by_weights(model, op, by_weights: dict[str, np.ndarray]) -> str | None:

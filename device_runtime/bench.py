@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import DeviceRuntimeError
+from .errors import ArgumentError, DeviceRuntimeError
 from .integrity import key_for_command
 from .model import Model
 from .preprocess import load_image
@@ -53,11 +53,11 @@ def benchmark(source, threads: Sequence[int] = (1,), warmup: int = 10, runs: int
     model written by ``sdk encrypt`` (as ``Model`` takes it).
     """
     if warmup < 0 or runs < 1:
-        raise ValueError(f"warmup must be >= 0 and runs >= 1; got {warmup}, {runs}")
+        raise ArgumentError(f"warmup must be >= 0 and runs >= 1; got {warmup}, {runs}")
     if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+        raise ArgumentError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     if not threads:
-        raise ValueError("threads needs at least one thread count, such as (1, 2); got none")
+        raise ArgumentError("threads needs at least one thread count, such as (1, 2); got none")
     results = []
     for n in threads:
         model = Model(source, num_threads=n, backend=backend, use_xnnpack=use_xnnpack,

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import integrity, metadata, postprocess, tflite_format
 from .backend import get_backend
-from .errors import InferenceError, InputError, ModelFormatError, UnsupportedModelError
+from .errors import ArgumentError, InferenceError, InputError, ModelFormatError, UnsupportedModelError
 from .monitor import Monitor
 from .preprocess import ImagePreprocessor, ImageSpec, Letterbox, check_engine, load_image
 
@@ -103,7 +103,7 @@ class Model:
                  image_engine: str = "auto", public_key=None, signature: dict | bytes | None = None,
                  decryption_key: bytes | str | None = None):
         if num_threads is not None and num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None; got {num_threads}")
+            raise ArgumentError(f"num_threads must be >= 1 or None; got {num_threads}")
         check_engine(image_engine, "image_engine")  # resolved on the first image: OpenCV loads only then
         self._options = {"num_threads": num_threads, "use_xnnpack": use_xnnpack, "delegates": delegates,
                          "backend": backend, "image": image, "labels": labels, "image_engine": image_engine,
@@ -390,7 +390,7 @@ class Model:
         smallest ``aspect`` frame covering the input.
         """
         if len(aspect) != 2 or min(aspect) <= 0:
-            raise ValueError(f"aspect must be two positive numbers (width, height); got {aspect}")
+            raise ArgumentError(f"aspect must be two positive numbers (width, height); got {aspect}")
         spec = self._image_spec(resize)
         mode = resize or spec.resize
         if mode == "stretch":

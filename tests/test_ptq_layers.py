@@ -1,0 +1,161 @@
+"""Per-layer error report and automatic mixed precision (#24), on small models built here with one layer made
+to break: huge weights on an input channel that is always zero do nothing in float, but set that layer's int8
+weight scales so coarse that its other weights round away."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import sdk
+from converters.errors import RecipeError
+from sdk.cli import main
+
+OUTLIER = 100.0  # times the layer's largest weight
+
+
+def _broken_keras_model():
+    from converters import _tf
+
+    keras = _tf.keras()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_a")(inp)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_b")(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_c")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    model = keras.Model(inp, keras.layers.Dense(10, name="fc")(x))
+    w, b = model.get_layer("conv_a").get_weights()
+    w[..., 0], b[0] = 0.0, -1.0  # channel 0 of conv_a is always 0 after its ReLU
+    model.get_layer("conv_a").set_weights([w, b])
+    w, b = model.get_layer("conv_b").get_weights()
+    w[1, 1, 0, :] = OUTLIER * np.abs(w).max()  # conv_b's weights on that dead channel
+    model.get_layer("conv_b").set_weights([w, b])
+    return model
+
+
+def _broken_torch_net():
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3)
+            self.fc = torch.nn.Linear(8 * 8 * 8, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+            return self.fc(x.flatten(1))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.conv1.weight[0], net.conv1.bias[0] = 0.0, -1.0
+        net.conv2.weight[:, 0, 1, 1] = OUTLIER * net.conv2.weight.abs().max()
+    return net
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return np.random.default_rng(0).random((80, 12, 12, 3), np.float32)
+
+
+def test_per_layer_report_names_the_broken_layer_and_inspect_compare_agrees(calib, tmp_path):
+    from converters.recipe import QuantizeSettings
+    from converters.targets.tflite.convert import to_tflite
+
+    model = _broken_keras_model()
+    result = sdk.convert(model, tmp_path / "q.tflite", {"quantize": {"mode": "int8"}}, calib_data=calib)
+    report = result.report
+    rows = {r.layer: r for r in report.layer_errors.rows if r.layer}
+    assert set(rows) == {"conv_a", "conv_b", "conv_c", "flat", "fc"}
+    assert report.layer_errors.worst(1)[0].layer == "conv_b"
+    assert rows["conv_a"].snr_db >= 35 and rows["conv_b"].snr_db <= 10  # measured: 44.6 and 8.1 dB
+    assert rows["conv_b"].added_db <= 10 and rows["conv_b"].cosine < 0.95  # measured: 8.1 dB, 0.930
+    assert min(r.added_db for r in report.layer_errors.rows if r.layer != "conv_b") >= 12
+    assert report.layer_errors.unpaired_quantized == report.layer_errors.unpaired_float == 0
+    assert report.fidelity.cosine < 0.99
+    assert report.warnings and report.warnings[0].startswith(f"output cosine {report.fidelity.cosine:.4f} is "
+                                                               "below 0.99")
+    assert "conv_b (" in report.warnings[0].split("adding most error: ")[1].split(",")[0]
+    saved = json.loads(result.report_path.read_text())
+    assert saved["layer_errors"]["worst"][0] == "conv_b" and saved["warnings"] == report.warnings
+    assert "warning: output cosine" in report.render() and "<- worst" in report.render()
+
+    (tmp_path / "f.tflite").write_bytes(to_tflite(model, QuantizeSettings(mode="none")))
+    np.save(tmp_path / "x.npy", calib[:20])
+    cli = CliRunner().invoke(main, ["inspect", str(result.path), "--compare", str(tmp_path / "f.tflite"),
+                                    "--data", str(tmp_path / "x.npy"), "--samples", "8", "--json"])
+    assert cli.exit_code == 0, cli.output
+    compared = json.loads(cli.stdout)
+    assert compared["layers"]["samples"] == 8 and compared["fidelity"]["samples"] == 20
+    by_op = {r["op_index"]: r for r in compared["layers"]["rows"]}
+    for row in report.layer_errors.rows:  # the same pairs as the report, to within sampling (8 vs 16 samples)
+        assert abs(by_op[row.op_index]["snr_db"] - row.snr_db) < 3
+    assert compared["warnings"][0].startswith("output cosine")
+    text = CliRunner().invoke(main, ["inspect", str(result.path), "--compare", str(tmp_path / "f.tflite"),
+                                     "--data", str(tmp_path / "x.npy")])
+    assert text.exit_code == 0 and "SNR dB" in text.stdout and "conv_b" in text.stdout
+    missing = CliRunner().invoke(main, ["inspect", str(result.path), "--compare", str(tmp_path / "f.tflite")])
+    assert missing.exit_code == 2
+    assert missing.stderr.strip() == ("error: --compare needs --data DATA: the per-layer comparison runs both files "
+                                      "on the data")
+
+
+def test_automatic_mixed_precision_keeps_exactly_the_broken_layer_float(calib, tmp_path):
+    result = sdk.convert(_broken_keras_model(), tmp_path / "mp.tflite", {"quantize": {"mode": "int8",
+                                                                                     "min_cosine": 0.999}},
+                         calib_data=calib)
+    report = result.report
+    record = report.mixed_precision
+    assert record.met and record.kept == ["conv_b"]
+    assert record.steps[0].cosine < 0.99 and record.steps[1].cosine >= 0.999
+    # (the in-memory model's Dense op is named StatefulPartitionedCall in the file)
+    assert [w.dtype for w in report.compressed.weights] == ["int8", "float32", "int8", "int8"]
+    assert [w.layer for w in report.compressed.weights][:3] == ["conv_a", "conv_b", "conv_c"]
+    # conv_b holds 3x3x8x8 = 576 weights: float32 costs 3 bytes more per weight than int8, plus its QUANTIZE ops
+    assert 3 * 576 <= record.size_cost <= 3 * 576 + 400
+    assert report.fidelity.cosine >= 0.999 and not report.warnings
+    assert "automatic mixed precision (target cosine >= 0.999" in report.render()
+
+
+def test_automatic_mixed_precision_on_the_pytorch_route(tmp_path):
+    import torch
+
+    calib = np.random.default_rng(0).random((80, 3, 12, 12), np.float32)
+    result = sdk.convert(_broken_torch_net(), tmp_path / "t.tflite", {"quantize": {"mode": "int8",
+                                                                                  "min_cosine": 0.999}},
+                         example_input=torch.zeros(1, 3, 12, 12), calib_data=calib)
+    record = result.report.mixed_precision
+    assert record.steps[0].cosine < 0.99  # all int8: the broken layer ruins it
+    assert record.met and record.kept == ["conv2"]
+    assert {w.layer: w.dtype for w in result.report.compressed.weights} == {
+        "conv1": "int8", "conv2": "float32", "fc": "int8"}
+    assert result.report.fidelity.cosine >= 0.999
+
+
+def test_fidelity_targets_are_checked_before_any_work(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        sdk.Recipe.from_dict({"quantize": {"mode": "dynamic", "min_cosine": 0.99}})
+    assert str(err.value) == ("quantize.min_cosine/min_agreement (automatic mixed precision) keep layers float under "
+                              "int8; set quantize.mode int8 (got dynamic)")
+    with pytest.raises(RecipeError, match=r"quantize.min_cosine must be a number in \(0, 1\], e.g. 0.99; got 1.5"):
+        sdk.Recipe.from_dict({"quantize": {"mode": "int8", "min_cosine": 1.5}})
+    with pytest.raises(RecipeError, match=r"min_agreement must be a percentage in \(0, 100\], e.g. 95; got 0"):
+        sdk.Recipe.from_dict({"quantize": {"mode": "int8", "min_agreement": 0}})
+    cli = CliRunner().invoke(main, ["convert", "nothing.h5", "-o", str(tmp_path / "m.tflite"), "--quantize",
+                                    "float16", "--min-agreement", "95"])
+    assert cli.exit_code == 2 and cli.stderr.startswith("error: quantize.min_cosine/min_agreement")
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_all_zero_output_is_not_a_perfect_cosine():
+    """compare() gave cosine 1.0 when the quantized output was all zeros (measured on a broken int8 model)."""
+    from converters.verify.fidelity import compare
+
+    ref = np.array([[0.2, -0.1, 0.3], [0.0, 0.0, 0.0]], np.float32)
+    fid = compare(ref, np.zeros_like(ref), None, "x")
+    assert fid.cosine == 0.5  # sample 1: 0 (zeros vs signal); sample 2: 1 (zeros vs zeros)

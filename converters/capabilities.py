@@ -53,6 +53,8 @@ TECHNIQUES: tuple[Technique, ...] = (
     Technique("k-means clustering", "cluster", lambda r: r.recipe.clusters, _ALL),
     Technique("post-training quantization", "quantize.mode", lambda r: r.recipe.quantize.mode != "none", _ALL),
     Technique("mixed precision", "layers: {NAME: {precision: float}}", lambda r: r.recipe.keeps_float_layers, _ALL),
+    Technique("automatic mixed precision", "quantize.min_cosine / min_agreement",
+              lambda r: r.recipe.quantize.searches_precision, _ALL),
     Technique("channel removal", "channels", lambda r: r.recipe.removes_channels,
               {"keras": None, "pytorch": None, "onnx": _GRAPH}),
     Technique("low-rank factorization", "low_rank", lambda r: r.recipe.factorizes,

@@ -18,6 +18,7 @@ ASKING = {
     "k-means clustering": Request(Recipe.from_dict({"cluster": {"clusters": 16}})),
     "post-training quantization": Request(Recipe.from_dict({"quantize": {"mode": "dynamic"}})),
     "mixed precision": Request(Recipe.from_dict({"quantize": {"mode": "int8"}, "layers": {"fc1": {"precision": "float"}}})),
+    "automatic mixed precision": Request(Recipe.from_dict({"quantize": {"mode": "int8", "min_cosine": 0.99}})),
     "channel removal": Request(Recipe.from_dict({"channels": {"fraction": 0.5}})),
     "low-rank factorization": Request(Recipe.from_dict({"low_rank": {"rank_ratio": 0.25}})),
     "fine-tuning by distillation": Request(Recipe(), finetune=True),

@@ -25,6 +25,10 @@ MEASURED_ELSEWHERE = {
     ("mixed precision", "keras"): "test_mixed_precision::test_chosen_layers_stay_float_and_the_rest_is_int8",
     ("mixed precision", "pytorch"): "test_mixed_precision::test_pytorch_and_onnx_layers_stay_float",
     ("mixed precision", "onnx"): "test_mixed_precision::test_pytorch_and_onnx_layers_stay_float",
+    ("automatic mixed precision", "keras"):
+        "test_ptq_layers::test_automatic_mixed_precision_keeps_exactly_the_broken_layer_float",
+    ("automatic mixed precision", "pytorch"): "test_ptq_layers::test_automatic_mixed_precision_on_the_pytorch_route",
+    ("automatic mixed precision", "onnx"): "test_ptq_layers::test_automatic_mixed_precision_on_the_pytorch_route",
     ("fine-tuning by distillation", "keras"): "test_keras_convert::test_unlabelled_finetune_distils",
     ("fine-tuning by distillation", "pytorch"):
         "test_torch_onnx::test_digits_pruned_clustered_int8_keeps_accuracy_and_shrinks_10x",

@@ -135,6 +135,12 @@ def test_automatic_mixed_precision_on_the_pytorch_route(tmp_path):
     assert {w.layer: w.dtype for w in result.report.compressed.weights} == {
         "conv1": "int8", "conv2": "float32", "fc": "int8"}
     assert result.report.fidelity.cosine >= 0.999
+    torch.onnx.export(_broken_torch_net(), torch.zeros(1, 3, 12, 12), tmp_path / "t.onnx", input_names=["x"],
+                      dynamo=False)
+    onnx_record = sdk.convert(tmp_path / "t.onnx", tmp_path / "o.tflite", {"quantize": {"mode": "int8",
+                                                                                      "min_cosine": 0.999}},
+                              calib_data=calib).report.mixed_precision
+    assert onnx_record.steps[0].cosine < 0.99 and onnx_record.met and onnx_record.kept == ["conv2"]
 
 
 def test_fidelity_targets_are_checked_before_any_work(tmp_path):

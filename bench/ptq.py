@@ -12,7 +12,8 @@ seen by any calibrator). Inputs are normalised as the model was trained ((pixel 
 
 Each row is measured on the same crops in the same run against the float PyTorch model: top-1 agreement
 (the argmax over the 1000 classes matches) and mean cosine of the logits. Rows: the SDK's dynamic, int8 and int8
-with automatic mixed precision (``quantize.min_agreement``, checked on the calibration crops); plain TFLite
+with bias correction (``quantize.bias_correction``), and int8 with automatic mixed precision
+(``quantize.min_agreement``, checked on the calibration crops); plain TFLite
 post-training quantization (the TFLite converter's default int8 with a representative dataset, on the same
 onnx2tf graph the SDK converts); onnxruntime ``quantize_static`` (QDQ, per-channel, MinMax and Percentile).
 
@@ -85,6 +86,7 @@ def sdk_rows(model, calib, held_out, reference, work: Path, target: float) -> li
     rows = []
     example = torch.zeros(1, 3, SIZE, SIZE)
     for name, quantize in (("SDK dynamic", {"mode": "dynamic"}), ("SDK int8", {"mode": "int8"}),
+                           ("SDK int8 + bias correction", {"mode": "int8", "bias_correction": True}),
                            (f"SDK int8 + automatic mixed precision (min_agreement {target:g})",
                             {"mode": "int8", "min_agreement": target})):
         started = time.perf_counter()

@@ -55,6 +55,11 @@ TECHNIQUES: tuple[Technique, ...] = (
     Technique("mixed precision", "layers: {NAME: {precision: float}}", lambda r: r.recipe.keeps_float_layers, _ALL),
     Technique("automatic mixed precision", "quantize.min_cosine / min_agreement",
               lambda r: r.recipe.quantize.searches_precision, _ALL),
+    Technique("bias correction", "quantize.bias_correction", lambda r: r.recipe.quantize.bias_correction,
+              {"keras": Refusal("it corrects ONNX initializers, on the PyTorch/ONNX route only",
+                                "drop quantize.bias_correction, or set precision float for the layers that lose "
+                                "most (--min-cosine)"),
+               "pytorch": None, "onnx": None}),
     Technique("channel removal", "channels", lambda r: r.recipe.removes_channels,
               {"keras": None, "pytorch": None, "onnx": _GRAPH}),
     Technique("low-rank factorization", "low_rank", lambda r: r.recipe.factorizes,

@@ -202,9 +202,11 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     timings["compress"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    converted = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes)
+    corrected = _bias_correction(onnx_model, recipe, calib, notes)
+    converted = _onnx2tf(corrected or onnx_model, keep_first, log_path, keep_nchw, route, notes)
+    plain = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes) if corrected else converted
     float_keras = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes) \
-        if compressed_any else converted
+        if compressed_any else plain
     timings["onnx2tf"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -212,7 +214,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"))
     all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
     float_reference, search = quantization_checks(
-        converted, recipe, baseline_bytes, compressed_any, calib, calibration, [tuple(converted.inputs[0].shape[1:])],
+        plain, recipe, baseline_bytes, compressed_any, calib, calibration, [tuple(converted.inputs[0].shape[1:])],
         {name: values for name, values in final_weights.items() if name not in float_layers})
     tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
                                                float_layers, search)
@@ -256,6 +258,20 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         layer_errors=layer_errors, mixed_precision=search.record if search else None,
         warnings=fidelity_warnings(by_output[first].cosine, by_output[first].top1_agreement, layer_errors))
     return write_result(output, tflite_bytes, report)
+
+
+def _bias_correction(onnx_model, recipe: Recipe, calib: Dataset | None, notes: list[str]):
+    """The model with int8-corrected biases (``quantize.bias_correction``), or None."""
+    if not recipe.quantize.bias_correction:
+        return None
+    if calib is None:
+        notes.append("bias correction skipped: it measures mean layer inputs on calibration data, and none was given")
+        return None
+    from .techniques.bias_correction import correct_biases
+
+    corrected, record = correct_biases(onnx_model, calib.x)
+    notes.append(record.summary())
+    return corrected
 
 
 def _check_runs(onnx_model, specs: list[TensorSpec]) -> None:

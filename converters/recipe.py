@@ -98,6 +98,7 @@ class QuantizeSettings:
     qat: bool = False  # quantization-aware training (Keras, needs fine-tuning data) before int8 conversion
     min_cosine: float | None = None  # automatic mixed precision: keep layers float until the output cosine holds
     min_agreement: float | None = None  # ... and/or the top-1 agreement with float (percent)
+    bias_correction: bool = False  # PyTorch/ONNX, int8/int16x8: fold each layer's mean int8 weight error into its bias
 
     def validate(self) -> None:
         _choice("quantize.mode", self.mode, QUANTIZE_MODES)
@@ -122,6 +123,11 @@ class QuantizeSettings:
                                                not 0.0 < self.min_agreement <= 100.0):
             raise RecipeError("quantize.min_agreement must be a percentage in (0, 100], e.g. 95; got "
                               f"{self.min_agreement!r}")
+        if self.bias_correction not in (True, False):
+            raise RecipeError(f"quantize.bias_correction must be true or false; got {self.bias_correction!r}")
+        if self.bias_correction and self.mode not in ("int8", "int16x8"):
+            raise RecipeError(f"quantize.bias_correction corrects int8 weights; set quantize.mode int8 or int16x8 "
+                              f"(got {self.mode})")
         if self.searches_precision and self.mode != "int8":
             raise RecipeError(f"quantize.min_cosine/min_agreement (automatic mixed precision) keep layers float "
                               f"under int8; set quantize.mode int8 (got {self.mode})")

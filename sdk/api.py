@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from converters.data import DataSource
@@ -34,16 +33,14 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     normalisation, name, version); by default name, [0, 1] inputs and image-folder labels.
     Returns a ``ConversionResult`` with ``path``, ``report_path`` and ``report``.
     """
-    from converters.sources.keras import is_keras_source
     from converters.pipeline import convert_keras
-    from converters.sources.torch import is_torch_source
+    from converters.sources import framework_of
 
     if isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
     elif isinstance(recipe, (str, os.PathLike)):
         recipe = Recipe.load(recipe)
-    is_onnx = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
-    if is_onnx or is_torch_source(source):
+    if framework_of(source) in ("onnx", "pytorch"):
         from converters.onnx_pipeline import convert_onnx_route
 
         return convert_onnx_route(source, output, recipe, example_input=example_input, input_shapes=input_shapes,
@@ -53,12 +50,6 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
                                    "weights": weights, "keep_nchw": keep_nchw,
                                    "keep_intermediates": keep_intermediates})
-    if not is_keras_source(source):
-        kind = Path(source).suffix or "folder" if isinstance(source, (str, os.PathLike)) else \
-            type(source).__name__
-        raise SourceModelError(f"unknown source model kind {kind!r}: give a .keras or .h5 file, a SavedModel "
-                               "folder, a tf_keras model, a PyTorch module, TorchScript (.pt) file, "
-                               "'package.module:factory', or an .onnx file")
     return convert_keras(source, output, recipe, finetune_data=finetune_data, calib_data=calib_data,
                          eval_data=eval_data, force=force, progress=progress, verbose=verbose,
                          custom_objects=custom_objects, metadata=metadata)
@@ -94,11 +85,11 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
 
 def _refuse_torch_options(source: Any, options: dict[str, Any]) -> dict[str, Any]:
     """The PyTorch/ONNX-only options that were given; refused for a Keras source, which has its own shapes."""
-    from converters.sources.keras import is_keras_source
+    from converters.sources import framework_of
 
     given = {name: value for name, value in options.items() if value is not None and value is not False
              and not (name == "input_shapes" and not value)}
-    if given and is_keras_source(source):
+    if given and framework_of(source) == "keras":
         raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "
                              "has its own input shapes and layout")
     return given

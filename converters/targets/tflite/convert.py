@@ -72,8 +72,8 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
                     {name: x[i:i + 1] for name, x in zip(names, samples)}
 
         converter.representative_dataset = representative_dataset
-        if float_layers and settings.mode == "int8":
-            return _selective_int8(converter, settings, per_channel, float_layers)
+        if (float_layers or settings.activation_range == "percentile") and settings.mode == "int8":
+            return _selective_int8(converter, settings, per_channel, float_layers, samples)
         if settings.mode == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             io_type = _io_dtype(settings)
@@ -91,8 +91,9 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
 
 
 def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool,
-                    float_layers: Sequence[str] | Mapping[str, np.ndarray]) -> bytes:
-    """Calibrate, then quantize everything but the ops of ``float_layers`` (TFLite's denylisted nodes)."""
+                    float_layers: Sequence[str] | Mapping[str, np.ndarray], samples: list[np.ndarray]) -> bytes:
+    """Calibrate, then quantize everything but the ops of ``float_layers`` (TFLite's denylisted nodes), with
+    activation ranges narrowed to a percentile of ``samples`` when the settings ask for it."""
     from tensorflow.lite.python import convert as lite_convert
 
     from ...errors import RecipeError
@@ -103,6 +104,10 @@ def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool,
         calibrated = converter.convert()
     except Exception as exc:
         raise ConversionError(f"TFLite calibration for mixed precision failed: {first_line(exc)}") from None
+    if settings.activation_range == "percentile":
+        from ...techniques.activation_ranges import narrow_ranges
+
+        calibrated = narrow_ranges(calibrated, samples, settings.percentile)[0]
     wanted = set(float_layers)
     nodes, found = _float_nodes(calibrated, float_layers)
     if wanted - found:

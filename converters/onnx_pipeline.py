@@ -238,8 +238,10 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     tflite_inputs = {s.name: route.to_tflite_layout(s.name, x) for s, x in zip(specs, inputs)}
     by_output = _fidelity(route, references, tflite_bytes, tflite_inputs, evaluation)
     float_by_output = _fidelity(route, references, baseline_bytes, tflite_inputs, evaluation)
+    reference_weights = final_weights if float_reference is not baseline_bytes else \
+        {w.name: w.values for w in onnx_weights(float_model)[0]}  # the reference file holds these weights
     layer_errors = quantized_layer_report(recipe.quantize.mode, tflite_bytes, float_reference,
-                                          tflite_inputs[specs[0].name], evaluation.source, final_weights) \
+                                          tflite_inputs[specs[0].name], evaluation.source, reference_weights) \
         if len(specs) == 1 else None
     timings["verify"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started

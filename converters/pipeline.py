@@ -163,17 +163,19 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
 
 def quantization_checks(model, recipe: Recipe, baseline_bytes: bytes, changed: bool, calib: Dataset | None,
                         calibration, input_shapes: list[tuple], candidates):
-    """The float .tflite that quantized layers are compared with (the source's, or the compressed model's when
-    passes changed it), and the automatic mixed precision search when the recipe sets a fidelity target."""
+    """The float .tflite that quantized layers are compared with, and the automatic mixed precision search when
+    the recipe sets a fidelity target. The reference is the source's float file (so the per-layer table also
+    shows what pruning or clustering lost), except under a search, which measures quantization alone against
+    the compressed model's float file."""
     from .search.mixed_precision import PrecisionSearch
     from .targets.tflite.convert import representative_samples
     from .verify.layers import LAYER_REPORT_MODES
 
     if recipe.quantize.mode not in LAYER_REPORT_MODES:
         return None, None
+    if not recipe.quantize.searches_precision:  # the report compares with the source's float file: no extra work
+        return baseline_bytes, None
     reference = to_tflite(model, QuantizeSettings(mode="none")) if changed else baseline_bytes
-    if not recipe.quantize.searches_precision:
-        return reference, None
     inputs = representative_samples(calibration, recipe.quantize, input_shapes)[0]
     return reference, PrecisionSearch(reference, inputs, candidates,
                                       calib.source if calib is not None else "random calibration inputs")

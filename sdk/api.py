@@ -36,10 +36,7 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     from converters.pipeline import convert_keras
     from converters.sources import framework_of
 
-    if isinstance(recipe, dict):
-        recipe = Recipe.from_dict(recipe)
-    elif isinstance(recipe, (str, os.PathLike)):
-        recipe = Recipe.load(recipe)
+    recipe = _recipe(recipe)
     if framework_of(source) in ("onnx", "pytorch"):
         from converters.onnx_pipeline import convert_onnx_route
 
@@ -71,16 +68,55 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
     """
     from converters.search.budget import run_budget
 
-    if isinstance(recipe, dict):
-        recipe = Recipe.from_dict(recipe)
-    elif isinstance(recipe, (str, os.PathLike)):
-        recipe = Recipe.load(recipe)
+    recipe = _recipe(recipe)
     torch_options = _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
                                                    "weights": weights, "keep_nchw": keep_nchw,
                                                    "keep_intermediates": keep_intermediates})
     return run_budget(source, output, max_drop=max_drop, optimize=optimize, finetune_data=finetune_data,
                       calib_data=calib_data, eval_data=eval_data, recipe=recipe, force=force, progress=progress,
                       verbose=verbose, metadata=metadata, source_options=torch_options)
+
+
+def distill(teacher: Any, output: str | os.PathLike, data: DataSource, *, student: Any = None,
+            keep_layers: int | None = None, width_ratio: float | None = None,
+            recipe: Recipe | dict | str | os.PathLike | None = None, epochs: int = 30, patience: int = 5,
+            temperature: float = 4.0, alpha: float = 0.5, learning_rate: float = 1e-3,
+            checkpoint: str | os.PathLike | None = None, eval_data: DataSource | None = None,
+            calib_data: DataSource | None = None, example_input: Any = None,
+            input_shapes: Sequence[Sequence[int]] | None = None, weights: str | os.PathLike | None = None,
+            student_weights: str | os.PathLike | None = None, force: bool = False,
+            progress: Callable[[str, int, int], None] | None = None, verbose: bool = False):
+    """Distil a PyTorch ``teacher`` into a smaller student trained on ``data`` (labels optional), then convert
+    the student as ``recipe`` says; the report's ``passes["distill"]`` compares teacher and student.
+
+    The student: ``student`` (an nn.Module or 'package.module:factory' with ``student_weights``), or derived
+    from the teacher with ``keep_layers`` (blocks kept from its deepest stack, one every n/keep, as
+    DistilBERT) and/or ``width_ratio`` (fraction of channels kept). Training: soft targets at
+    ``temperature`` (KL x T^2) plus cross-entropy weighted ``alpha`` when labels exist, a cosine term for
+    embeddings; the best epoch on a held-out tenth is kept, with early stop after ``patience`` epochs and a
+    resumable ``checkpoint`` file.
+    """
+    from converters.distillation import distill_student
+    from converters.recipe import FinetuneSettings
+    from converters.training.students import DistillSettings
+
+    settings = DistillSettings(FinetuneSettings(epochs=epochs, temperature=temperature, alpha=alpha,
+                                                learning_rate=learning_rate), patience=patience,
+                               checkpoint=checkpoint)
+    return distill_student(teacher, output, data, student=student, keep_layers=keep_layers,
+                           width_ratio=width_ratio, recipe=_recipe(recipe), settings=settings, eval_data=eval_data,
+                           calib_data=calib_data, example_input=example_input, input_shapes=input_shapes,
+                           weights=weights, student_weights=student_weights, force=force, progress=progress,
+                           verbose=verbose)
+
+
+def _recipe(recipe: Recipe | dict | str | os.PathLike | None) -> Recipe | None:
+    """A Recipe from what the API takes: a Recipe, a dict in recipe form, a .yaml/.json path, or None."""
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    if isinstance(recipe, (str, os.PathLike)):
+        return Recipe.load(recipe)
+    return recipe
 
 
 def _refuse_torch_options(source: Any, options: dict[str, Any]) -> dict[str, Any]:

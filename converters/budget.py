@@ -245,7 +245,7 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
                progress: Callable | None = None, verbose: bool = False, metadata=None) -> BudgetResult:
     """The smallest recipe whose measured drop on ``eval_data`` is within ``max_drop`` points."""
     from .keras_import import is_keras_source, load_keras_model
-    from .pipeline import convert_keras, datasets
+    from .pipeline import convert_keras, datasets, keras_normalisation
 
     if optimize not in OPTIMIZE_TARGETS:
         raise RecipeError(f"--optimize must be one of {', '.join(OPTIMIZE_TARGETS)}; got {optimize!r}")
@@ -260,7 +260,8 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
     base = recipe or Recipe()
     output = check_output_path(output, [source] if isinstance(source, (str, os.PathLike)) else [], force)
     model = load_keras_model(source)
-    _, _, evaluation, _ = datasets(tuple(model.inputs[0].shape[1:]), None, None, eval_data)
+    known, _ = keras_normalisation(model, metadata)  # image folders load as the conversions will load them
+    _, _, evaluation, _ = datasets(tuple(model.inputs[0].shape[1:]), None, None, eval_data, pixels=known)
     if optimize == "size":
         sensitivity = measure_sensitivity(model, evaluation, progress)
         options = size_options(sensitivity)

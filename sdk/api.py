@@ -30,14 +30,17 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     the .tflite unless ``keep_nchw``; data is always given in the source's layout.
     ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
     Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array.
-    ``metadata``: a ``converters.metadata.MetadataSpec`` for image classifiers (labels,
-    normalisation, name, version); by default name, [0, 1] inputs and image-folder labels.
+    ``metadata``: a ``converters.metadata.MetadataSpec`` for image classifiers (labels, name, version,
+    and ``mean``/``std``: the input normalisation on 0..255 pixels).  By default: the source's name,
+    image-folder labels, and a normalisation only when known (image-folder data, or a Keras model's
+    leading Rescaling/Normalization layers); otherwise none, and the report says how to set it.
     Returns a ``ConversionResult`` with ``path``, ``report_path`` and ``report``.
     """
     from converters.keras_import import is_keras_source
     from converters.pipeline import convert_keras
     from converters.torch_import import is_torch_source
 
+    _check_metadata(metadata)
     if isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
     elif isinstance(recipe, (str, os.PathLike)):
@@ -79,6 +82,7 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
     """
     from converters.budget import run_budget
 
+    _check_metadata(metadata)
     if isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
     elif isinstance(recipe, (str, os.PathLike)):
@@ -86,6 +90,17 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
     return run_budget(source, output, max_drop=max_drop, optimize=optimize, finetune_data=finetune_data,
                       calib_data=calib_data, eval_data=eval_data, recipe=recipe, force=force, progress=progress,
                       verbose=verbose, metadata=metadata)
+
+
+def _check_metadata(metadata) -> None:
+    """``metadata`` is a MetadataSpec whose own values hold together, checked before any work."""
+    from converters.metadata import MetadataSpec
+
+    if metadata is None:
+        return
+    if not isinstance(metadata, MetadataSpec):
+        raise UserInputError(f"metadata must be a converters.metadata.MetadataSpec; got {type(metadata).__name__}")
+    metadata.validate()
 
 
 @dataclass

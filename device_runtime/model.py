@@ -407,7 +407,7 @@ class Model:
         Refuses a model whose input normalisation is unknown (no metadata, no ``image=``): a guess
         would give wrong classes without a word.
         """
-        if not self.knows_normalisation:
+        if len(self.inputs) == 1 and not self.knows_normalisation:  # (several inputs: refused as such below)
             raise MissingMetadataError(
                 "the model has no input normalisation in its metadata, so classify() cannot know how to scale "
                 "pixels; set it with `sdk metadata add MODEL -o OUT --mean M --std S` (0..255 pixels: --mean 0 "

@@ -268,8 +268,14 @@ def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: 
         else:
             shape = tuple(d or 1 for d in input_shape)
             x = np.random.default_rng(0).random((RANDOM_EVAL_SAMPLES, *shape), dtype=np.float32)
+            span = "[0, 1)"
+            if pixels is not FOLDER and len(shape) == 3:  # random images as the model takes them: 0..255 normalised
+                mean, std = (np.asarray(v, np.float32).reshape((-1, 1, 1) if channels_first else (-1,))
+                             for v in (pixels.mean, pixels.std))
+                x = ((x * 255.0 - mean) / std).astype(np.float32)
+                span = f"[{x.min():.3g}, {x.max():.3g}] (random pixels, normalised as {pixels.describe()})"
             evaluation = Dataset(x, None, "random uniform inputs")
-            notes.append("no data given: fidelity measured on random inputs in [0, 1)")
+            notes.append(f"no data given: fidelity measured on random inputs in {span}")
     if calib is None and tune is not None:
         calib = tune
     return tune, calib, evaluation, notes

@@ -72,6 +72,7 @@ def test_rescaling_layer_means_the_model_takes_pixels(photo, tmp_path):
     assert np.abs(guessed - expected).max() > 0.01  # what the guess cost
     assert any("the model's own Rescaling layers (x * 0.007843 - 1.0), so it takes 0..255 pixels" in n
                for n in result.report.notes)
+    assert not any("check --mean/--std" in n for n in result.report.notes)  # calibrated on pixels, as it should
 
 
 def test_image_folder_data_means_pixels_over_255(photo, tmp_path):
@@ -195,3 +196,43 @@ def test_image_folders_load_with_the_known_normalisation(tmp_path):
     loaded = load_data(folder, (4, 4, 3), "calibration", pixels=(IMAGENET_MEAN, IMAGENET_STD))
     np.testing.assert_allclose(loaded.x[0], (pixels - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD), rtol=1e-5)
     assert loaded.images and not load_data(loaded.x, (4, 4, 3), "calibration").images
+
+
+def test_pytorch_imagenet_model_with_mean_std_and_an_image_folder(photo, tmp_path):
+    """The issue's case: a PyTorch model trained on ImageNet-normalised inputs.  --mean/--std go into the
+    metadata, image-folder calibration data loads with them (channels-first), and classify() on the NHWC
+    .tflite matches the module on the normalised NCHW photo."""
+    import torch
+
+    from converters.metadata import MetadataSpec
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 5), torch.nn.Softmax(dim=1)).eval()
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    rng = np.random.default_rng(6)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    result = convert(net, tmp_path / "t.tflite", example_input=torch.zeros(1, 3, SIZE, SIZE), calib_data=folder,
+                     metadata=MetadataSpec(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    model = Model(result.path)
+    np.testing.assert_allclose(model.info.mean, IMAGENET_MEAN, rtol=1e-6)
+    normalised = ((photo - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = net(torch.tensor(normalised, dtype=torch.float32)).numpy()[0]
+    np.testing.assert_allclose(_scores(model, photo), expected, atol=1e-5)
+    assert not any("span" in n and "check --mean/--std" in n for n in result.report.notes)
+
+
+def test_array_data_on_another_scale_than_the_normalisation_is_noted():
+    """[0, 1] arrays for a model that takes 0..255 pixels: the model was calibrated on inputs an app never feeds."""
+    from converters.data import Dataset
+    from converters.normalisation import Normalisation, range_note
+
+    pixels = Normalisation((0.0,), (1.0,), "test")
+    unit = Dataset(np.random.default_rng(0).random((4, SIZE, SIZE, 3), dtype=np.float32), None, "calib.npy")
+    assert range_note(pixels, unit, "calibration") == (
+        "the calibration data span [0.00019, 1], but images normalised as (pixel - [0.0]) / [1.0] span [0, 255]: "
+        "an app feeding images will not match the data; check --mean/--std or the data's scale")
+    assert range_note(Normalisation((0.0,), (255.0,), "test"), unit, "calibration") is None

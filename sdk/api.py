@@ -30,15 +30,15 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     the .tflite unless ``keep_nchw``; data is always given in the source's layout.
     ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
     Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array.
-    ``metadata``: a ``converters.metadata.MetadataSpec`` for image classifiers (labels, name, version,
+    ``metadata``: a ``converters.targets.tflite.metadata.MetadataSpec`` for image classifiers (labels, name, version,
     and ``mean``/``std``: the input normalisation on 0..255 pixels).  By default: the source's name,
     image-folder labels, and a normalisation only when known (image-folder data, or a Keras model's
     leading Rescaling/Normalization layers); otherwise none, and the report says how to set it.
     Returns a ``ConversionResult`` with ``path``, ``report_path`` and ``report``.
     """
-    from converters.keras_import import is_keras_source
+    from converters.sources.keras import is_keras_source
     from converters.pipeline import convert_keras
-    from converters.torch_import import is_torch_source
+    from converters.sources.torch import is_torch_source
 
     _check_metadata(metadata)
     if isinstance(recipe, dict):
@@ -77,10 +77,10 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
                           progress: Callable[[str, int, int], None] | None = None, verbose: bool = False):
     """Accuracy-budget mode: the smallest per-layer recipe whose measured drop on ``eval_data`` is within
     ``max_drop`` points (Keras sources).  ``recipe`` supplies the shared settings (quantization,
-    fine-tuning).  Returns a ``converters.budget.BudgetResult`` with ``result`` (the conversion),
+    fine-tuning).  Returns a ``converters.search.budget.BudgetResult`` with ``result`` (the conversion),
     ``recipe`` and ``recipe_path`` (reusable YAML), ``sensitivity`` and ``attempts``.
     """
-    from converters.budget import run_budget
+    from converters.search.budget import run_budget
 
     _check_metadata(metadata)
     if isinstance(recipe, dict):
@@ -94,12 +94,12 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
 
 def _check_metadata(metadata) -> None:
     """``metadata`` is a MetadataSpec whose own values hold together, checked before any work."""
-    from converters.metadata import MetadataSpec
+    from converters.targets.tflite.metadata import MetadataSpec
 
     if metadata is None:
         return
     if not isinstance(metadata, MetadataSpec):
-        raise UserInputError(f"metadata must be a converters.metadata.MetadataSpec; got {type(metadata).__name__}")
+        raise UserInputError(f"metadata must be a converters.targets.tflite.metadata.MetadataSpec; got {type(metadata).__name__}")
     metadata.validate()
 
 
@@ -109,7 +109,7 @@ class Inspection:
 
     path: str
     sha256: str
-    stats: Any  # converters.tflite_analysis.ModelStats
+    stats: Any  # converters.verify.analysis.ModelStats
     signatures: list[dict]
     metadata: list[str]
     metadata_bytes: dict[str, int]  # per metadata buffer: what it adds to the file
@@ -123,8 +123,8 @@ class Inspection:
         return out
 
     def render(self) -> str:
-        from converters.report import render_ops, render_weights
-        from converters.tflite_analysis import ModelStats
+        from converters.verify.report import render_ops, render_weights
+        from converters.verify.analysis import ModelStats
 
         stats: ModelStats = self.stats
         lines = [f"{self.path}  sha256 {self.sha256[:16]}",
@@ -160,7 +160,7 @@ def inspect(path: str | os.PathLike) -> Inspection:
     """Sizes, ops, per-layer sparsity and unique values, signatures and metadata of a .tflite."""
     import hashlib
 
-    from converters.tflite_analysis import analyse
+    from converters.verify.analysis import analyse
     from device_runtime.metadata import read_build_info, read_info
 
     from device_runtime.errors import DeviceRuntimeError

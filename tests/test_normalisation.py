@@ -15,7 +15,7 @@ from PIL import Image
 from converters import _tf
 from converters.data import load_data
 from converters.errors import UserInputError
-from converters.normalisation import keras_normalisation
+from converters.targets.tflite.normalisation import keras_normalisation
 from device_runtime import MissingMetadataError, Model
 from device_runtime.preprocess import ImageSpec
 from sdk import convert
@@ -164,7 +164,7 @@ def test_mean_std_on_a_non_image_input_is_refused(tmp_path):
     net = keras.Sequential([keras.layers.Input((20,)), keras.layers.Dense(3, activation="softmax")])
     with pytest.raises(UserInputError, match=r"^--mean/--std describe an image input's normalisation; the model's "
                                              r"input \(1, 20\) is no image of 1 or 3 channels. Fix: drop --mean/--std$"):
-        from converters.metadata import MetadataSpec
+        from converters.targets.tflite.metadata import MetadataSpec
 
         convert(net, tmp_path / "m.tflite", metadata=MetadataSpec(mean=(0.0,), std=(1.0,)))
     assert not list(tmp_path.iterdir())
@@ -204,7 +204,7 @@ def test_pytorch_imagenet_model_with_mean_std_and_an_image_folder(photo, tmp_pat
     .tflite matches the module on the normalised NCHW photo."""
     import torch
 
-    from converters.metadata import MetadataSpec
+    from converters.targets.tflite.metadata import MetadataSpec
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
@@ -228,7 +228,7 @@ def test_pytorch_imagenet_model_with_mean_std_and_an_image_folder(photo, tmp_pat
 def test_array_data_on_another_scale_than_the_normalisation_is_noted():
     """[0, 1] arrays for a model that takes 0..255 pixels: the model was calibrated on inputs an app never feeds."""
     from converters.data import Dataset
-    from converters.normalisation import Normalisation, range_note
+    from converters.targets.tflite.normalisation import Normalisation, range_note
 
     pixels = Normalisation((0.0,), (1.0,), "test")
     unit = Dataset(np.random.default_rng(0).random((4, SIZE, SIZE, 3), dtype=np.float32), None, "calib.npy")

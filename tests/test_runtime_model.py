@@ -12,7 +12,7 @@ import pytest
 
 from converters import _tf
 from converters.recipe import QuantizeSettings
-from converters.tflite_export import to_tflite
+from converters.targets.tflite.convert import to_tflite
 from device_runtime import InputError, Model, ModelFormatError, UnsupportedModelError
 from device_runtime.preprocess import ImageSpec
 
@@ -26,7 +26,7 @@ def models(tmp_path_factory):
 
     The classifiers carry the metadata `sdk convert` writes for their [0, 1] inputs, (pixel - 0) / 255: without
     a normalisation, classify() refuses a model."""
-    from converters.metadata import MetadataSpec, populate, standard_metadata
+    from converters.targets.tflite.metadata import MetadataSpec, populate, standard_metadata
     from device_runtime.metadata import METADATA_NAME
     from device_runtime.tflite_format import read_model
 

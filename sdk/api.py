@@ -143,6 +143,9 @@ class Inspection:
             if i["mean"] is not None:
                 lines.append(f"input {i['input_name']}: {i['color_space']} image, (pixel - {list(i['mean'])}) "
                              f"/ {list(i['std'])}")
+            elif i["color_space"] is not None:
+                lines.append(f"input {i['input_name']}: {i['color_space']} image, normalisation unknown "
+                             "(Model.classify refuses it; set it with sdk metadata add --mean M --std S)")
             if i["labels"]:
                 shown = ", ".join(i["labels"][:5]) + (", ..." if len(i["labels"]) > 5 else "")
                 lines.append(f"output {i['output_name']}: {len(i['labels'])} labels ({shown}) from {i['label_file']}")

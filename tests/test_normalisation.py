@@ -122,6 +122,9 @@ def test_unknown_normalisation_is_not_written_and_classify_refuses(photo, tmp_pa
     assert model.info is not None and model.info.mean is None and model.info.std is None
     note = next(n for n in result.report.notes if "input normalisation unknown" in n)
     assert "sdk metadata add MODEL -o OUT --mean M --std S" in note and "--mean 0 --std 255" in note
+    from sdk import inspect
+
+    assert "RGB image, normalisation unknown (Model.classify refuses it" in inspect(out).render()
     with pytest.raises(MissingMetadataError) as refused:
         model.classify(photo)
     assert str(refused.value) == UNKNOWN_REFUSAL
@@ -236,3 +239,26 @@ def test_array_data_on_another_scale_than_the_normalisation_is_noted():
         "the calibration data span [0.00019, 1], but images normalised as (pixel - [0.0]) / [1.0] span [0, 255]: "
         "an app feeding images will not match the data; check --mean/--std or the data's scale")
     assert range_note(Normalisation((0.0,), (255.0,), "test"), unit, "calibration") is None
+
+
+def test_pi_app_refuses_a_model_without_normalisation_once(tmp_path):
+    """The example app said "skipped: ..." for every frame; now one line before the first, exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from converters.recipe import QuantizeSettings
+    from converters.targets.tflite.convert import to_tflite
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "m.tflite").write_bytes(to_tflite(_net(seed=4), QuantizeSettings()))
+    (tmp_path / "photos").mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(tmp_path / "photos" / f"{i}.png")
+    done = subprocess.run([sys.executable, "examples/pi_app.py", str(tmp_path / "m.tflite"), "--images",
+                           str(tmp_path / "photos")], capture_output=True, text=True, cwd=root,
+                          env={"PYTHONPATH": str(root)})
+    assert done.returncode == 2 and done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("INFO: ")]  # the interpreter's own
+    assert errors == ["error: the model has no input normalisation in its metadata; set it with `sdk metadata add "
+                      "MODEL -o OUT --mean M --std S` (0..255 pixels, e.g. --mean 0 --std 255 for [0, 1] inputs)"]

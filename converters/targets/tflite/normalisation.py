@@ -171,9 +171,12 @@ def _compose(layers: list, shape: tuple, channels: int) -> tuple[np.ndarray | No
     values = []
     for level in (0.0, 1.0, 2.0):
         x = np.full(probe_shape, level, np.float32)
-        for layer in layers:
-            x = np.asarray(layer(x, training=False) if type(layer).__name__.startswith("Random") else layer(x),
-                           np.float64)
+        try:
+            for layer in layers:
+                x = np.asarray(layer(x, training=False) if type(layer).__name__.startswith("Random") else layer(x),
+                               np.float64)
+        except Exception:  # noqa: BLE001 -- a layer that refuses a probe tells nothing; the conversion goes on
+            return None, None
         if x.ndim != 4 or x.shape[axis] != channels:
             return None, None
         per_channel = np.moveaxis(x, axis, -1).reshape(-1, channels)

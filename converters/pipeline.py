@@ -322,7 +322,7 @@ def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, name: str
     if len(sg.inputs) != 1 or len(sg.outputs) != 1 or len(shape) != 4 or shape[-1] not in (1, 3):
         return None, None
     scores = sg.tensors[sg.outputs[0]].shape
-    if spec is None and not (len(scores) >= 2 and all(d == 1 for d in scores[1:-1])):
+    if not (len(scores) >= 2 and all(d == 1 for d in scores[1:-1])):  # also with --labels/--mean: no guess
         return None, (f"standard TFLite metadata not written: the output {tuple(scores)} is not one score per "
                       "class, so the model is no image classifier; describe it with sdk metadata add --task")
     if spec is None:

@@ -70,7 +70,7 @@ def explicit(mean: Sequence[float] | None, std: Sequence[float] | None,
         given, missing = ("--mean", "--std") if mean else ("--std", "--mean")
         raise UserInputError(f"{given} was given without {missing}: the normalisation (pixel - mean) / std needs "
                              f"both. Fix: add {missing} (0..255 pixel scale, once or once per channel)")
-    shape = tuple(1 if d is None else d for d in shape)
+    shape = (1 if shape[0] is None else shape[0], *shape[1:])  # a free height/width stays free (None)
     if image_channels(shape) is None:
         raise UserInputError(f"--mean/--std describe an image input's normalisation; the model's input {shape} is "
                              "no image of 1 or 3 channels. Fix: drop --mean/--std")

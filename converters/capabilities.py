@@ -57,6 +57,10 @@ TECHNIQUES: tuple[Technique, ...] = (
               {"keras": None, "pytorch": None, "onnx": _GRAPH}),
     Technique("low-rank factorization", "low_rank", lambda r: r.recipe.factorizes,
               {"keras": None, "pytorch": None, "onnx": _GRAPH}),
+    Technique("accuracy-budget mode", "--max-drop", lambda r: r.budget,
+              {"keras": None, "pytorch": None,
+               "onnx": Refusal("it fine-tunes every candidate, which needs the PyTorch model",
+                               "convert the PyTorch source, or run `sdk sweep` with per-layer recipes")}),
     Technique("fine-tuning by distillation", "--finetune DATA", lambda r: r.finetune,
               {"keras": None, "pytorch": None,
                "onnx": Refusal("fine-tuning needs the PyTorch model; an ONNX file is compressed one-shot",
@@ -65,12 +69,6 @@ TECHNIQUES: tuple[Technique, ...] = (
               {"keras": None, "pytorch": None, "onnx": _TRAINS}),
     Technique("QAT with clustering", "quantize.qat + cluster", lambda r: r.recipe.quantize.qat and r.recipe.clusters,
               {"keras": None, "pytorch": None, "onnx": _TRAINS}),
-    Technique("accuracy-budget mode", "--max-drop", lambda r: r.budget,
-              {"keras": None,
-               "pytorch": Refusal("accuracy-budget mode is available for Keras sources",
-                                  "run `sdk sweep` with per-layer recipes"),
-               "onnx": Refusal("accuracy-budget mode is available for Keras sources",
-                               "run `sdk sweep` with per-layer recipes")}),
 )
 
 

@@ -24,7 +24,7 @@ from device_runtime.monitor import channel_rows
 
 from .capabilities import Request, check_supported
 from .data import Dataset, DataSource, load_data
-from .errors import ConversionError, DataError, RecipeError
+from .errors import ConversionError, DataError, RecipeError, first_line
 from .verify.fidelity import compare, run_tflite
 from .files import atomic_write, check_output_path
 from .training.keras import finetune, steps_per_epoch
@@ -223,7 +223,7 @@ def apply_passes(model, teacher, recipe: Recipe, tune: Dataset | None, verbose: 
             try:
                 finetune(wrapped, teacher, tune, recipe.finetune, compression.callbacks(), verbose, step=name)
             except ValueError as exc:
-                raise ConversionError(f"fine-tuning for {name} failed: {str(exc).splitlines()[0]}") from None
+                raise ConversionError(f"fine-tuning for {name} failed: {first_line(exc)}") from None
             model = compression.strip(wrapped)
         else:
             by_name = {layer.name: layer for layer in model.layers}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from converters.data import DataSource
@@ -36,35 +35,24 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     leading Rescaling/Normalization layers); otherwise none, and the report says how to set it.
     Returns a ``ConversionResult`` with ``path``, ``report_path`` and ``report``.
     """
-    from converters.sources.keras import is_keras_source
     from converters.pipeline import convert_keras
-    from converters.sources.torch import is_torch_source
+    from converters.sources import framework_of
 
     _check_metadata(metadata)
     if isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
     elif isinstance(recipe, (str, os.PathLike)):
         recipe = Recipe.load(recipe)
-    is_onnx = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
-    if is_onnx or is_torch_source(source):
+    if framework_of(source) in ("onnx", "pytorch"):
         from converters.onnx_pipeline import convert_onnx_route
 
         return convert_onnx_route(source, output, recipe, example_input=example_input, input_shapes=input_shapes,
                                   weights=weights, keep_nchw=keep_nchw, keep_intermediates=keep_intermediates,
                                   finetune_data=finetune_data, calib_data=calib_data, eval_data=eval_data,
                                   force=force, progress=progress, verbose=verbose, metadata=metadata)
-    torch_only = {"example_input": example_input is not None, "input_shapes": bool(input_shapes),
-                  "weights": weights is not None, "keep_nchw": keep_nchw, "keep_intermediates": keep_intermediates}
-    given = [name for name, used in torch_only.items() if used]
-    if given and is_keras_source(source):
-        raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "
-                             "has its own input shapes and layout")
-    if not is_keras_source(source):
-        kind = Path(source).suffix or "folder" if isinstance(source, (str, os.PathLike)) else \
-            type(source).__name__
-        raise SourceModelError(f"unknown source model kind {kind!r}: give a .keras or .h5 file, a SavedModel "
-                               "folder, a tf_keras model, a PyTorch module, TorchScript (.pt) file, "
-                               "'package.module:factory', or an .onnx file")
+    _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
+                                   "weights": weights, "keep_nchw": keep_nchw,
+                                   "keep_intermediates": keep_intermediates})
     return convert_keras(source, output, recipe, finetune_data=finetune_data, calib_data=calib_data,
                          eval_data=eval_data, force=force, progress=progress, verbose=verbose,
                          custom_objects=custom_objects, metadata=metadata)
@@ -74,9 +62,13 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
                           recipe: Recipe | dict | str | os.PathLike | None = None,
                           finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
                           eval_data: DataSource | None = None, force: bool = False, metadata=None,
-                          progress: Callable[[str, int, int], None] | None = None, verbose: bool = False):
+                          progress: Callable[[str, int, int], None] | None = None, verbose: bool = False,
+                          example_input: Any = None, input_shapes: Sequence[Sequence[int]] | None = None,
+                          weights: str | os.PathLike | None = None, keep_nchw: bool = False,
+                          keep_intermediates: bool = False):
     """Accuracy-budget mode: the smallest per-layer recipe whose measured drop on ``eval_data`` is within
-    ``max_drop`` points (Keras sources).  ``recipe`` supplies the shared settings (quantization,
+    ``max_drop`` points (Keras and PyTorch sources; PyTorch takes ``example_input``/``input_shapes``,
+    ``weights`` and ``keep_nchw`` as in ``convert``).  ``recipe`` supplies the shared settings (quantization,
     fine-tuning).  Returns a ``converters.search.budget.BudgetResult`` with ``result`` (the conversion),
     ``recipe`` and ``recipe_path`` (reusable YAML), ``sensitivity`` and ``attempts``.
     """
@@ -87,9 +79,24 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
         recipe = Recipe.from_dict(recipe)
     elif isinstance(recipe, (str, os.PathLike)):
         recipe = Recipe.load(recipe)
+    torch_options = _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
+                                                   "weights": weights, "keep_nchw": keep_nchw,
+                                                   "keep_intermediates": keep_intermediates})
     return run_budget(source, output, max_drop=max_drop, optimize=optimize, finetune_data=finetune_data,
                       calib_data=calib_data, eval_data=eval_data, recipe=recipe, force=force, progress=progress,
-                      verbose=verbose, metadata=metadata)
+                      verbose=verbose, metadata=metadata, source_options=torch_options)
+
+
+def _refuse_torch_options(source: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The PyTorch/ONNX-only options that were given; refused for a Keras source, which has its own shapes."""
+    from converters.sources import framework_of
+
+    given = {name: value for name, value in options.items() if value is not None and value is not False
+             and not (name == "input_shapes" and not value)}
+    if given and framework_of(source) == "keras":
+        raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "
+                             "has its own input shapes and layout")
+    return given
 
 
 def _check_metadata(metadata) -> None:
@@ -167,9 +174,13 @@ def inspect(path: str | os.PathLike) -> Inspection:
     from device_runtime.metadata import read_build_info, read_info
 
     from device_runtime.errors import DeviceRuntimeError
+    from device_runtime.integrity import is_encrypted
 
     try:
         data = read_model_bytes(path)
+        if is_encrypted(data):
+            raise SourceModelError(f"{path} is encrypted by `sdk encrypt`, so its structure is hidden; inspect "
+                                   "the plain .tflite it was made from")
         model = read_model(data)
     except DeviceRuntimeError as exc:  # the runtime's own types: sdk callers catch sdk.SDKError
         raise SourceModelError(str(exc)) from None

@@ -121,7 +121,7 @@ class Trainer:
         self.student, self.data, self.settings, self.verbose = student, data, settings, verbose
         self.x = torch.from_numpy(np.ascontiguousarray(data.x))
         with torch.no_grad():
-            teacher_out = torch.cat([_first_output(teacher(self.x[i:i + 256]))
+            teacher_out = torch.cat([first_output(teacher(self.x[i:i + 256]))
                                      for i in range(0, len(self.x), 256)])
         self.probabilities = is_probability_output(teacher_out.numpy())
         self.teacher_out = teacher_out
@@ -145,7 +145,7 @@ class Trainer:
             order = torch.randperm(len(self.x))
             for start in range(0, len(order), settings.batch_size):
                 index = order[start:start + settings.batch_size]
-                loss = self._loss(_first_output(self.student(self.x[index])), index)
+                loss = self._loss(first_output(self.student(self.x[index])), index)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -173,7 +173,7 @@ class Trainer:
         return alpha * F.cross_entropy(student_out, self.y[index]) + (1 - alpha) * kl
 
 
-def _first_output(outputs):
+def first_output(outputs):
     if isinstance(outputs, dict):
         return next(iter(outputs.values()))
     return outputs[0] if isinstance(outputs, (tuple, list)) else outputs

@@ -29,13 +29,16 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     the .tflite unless ``keep_nchw``; data is always given in the source's layout.
     ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
     Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array.
-    ``metadata``: a ``converters.targets.tflite.metadata.MetadataSpec`` for image classifiers (labels,
-    normalisation, name, version); by default name, [0, 1] inputs and image-folder labels.
+    ``metadata``: a ``converters.targets.tflite.metadata.MetadataSpec`` for image classifiers (labels, name, version,
+    and ``mean``/``std``: the input normalisation on 0..255 pixels).  By default: the source's name,
+    image-folder labels, and a normalisation only when known (image-folder data, or a Keras model's
+    leading Rescaling/Normalization layers); otherwise none, and the report says how to set it.
     Returns a ``ConversionResult`` with ``path``, ``report_path`` and ``report``.
     """
     from converters.pipeline import convert_keras
     from converters.sources import framework_of
 
+    _check_metadata(metadata)
     recipe = _recipe(recipe)
     if framework_of(source) in ("onnx", "pytorch"):
         from converters.onnx_pipeline import convert_onnx_route
@@ -68,6 +71,7 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
     """
     from converters.search.budget import run_budget
 
+    _check_metadata(metadata)
     recipe = _recipe(recipe)
     torch_options = _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
                                                    "weights": weights, "keep_nchw": keep_nchw,
@@ -131,6 +135,17 @@ def _refuse_torch_options(source: Any, options: dict[str, Any]) -> dict[str, Any
     return given
 
 
+def _check_metadata(metadata) -> None:
+    """``metadata`` is a MetadataSpec whose own values hold together, checked before any work."""
+    from converters.targets.tflite.metadata import MetadataSpec
+
+    if metadata is None:
+        return
+    if not isinstance(metadata, MetadataSpec):
+        raise UserInputError(f"metadata must be a converters.targets.tflite.metadata.MetadataSpec; got {type(metadata).__name__}")
+    metadata.validate()
+
+
 @dataclass
 class Inspection:
     """What a .tflite holds, measured from its bytes."""
@@ -171,6 +186,9 @@ class Inspection:
             if i["mean"] is not None:
                 lines.append(f"input {i['input_name']}: {i['color_space']} image, (pixel - {list(i['mean'])}) "
                              f"/ {list(i['std'])}")
+            elif i["color_space"] is not None:
+                lines.append(f"input {i['input_name']}: {i['color_space']} image, normalisation unknown "
+                             "(Model.classify refuses it; set it with sdk metadata add --mean M --std S)")
             if i["labels"]:
                 shown = ", ".join(i["labels"][:5]) + (", ..." if len(i["labels"]) > 5 else "")
                 lines.append(f"output {i['output_name']}: {len(i['labels'])} labels ({shown}) from {i['label_file']}")

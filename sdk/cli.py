@@ -83,6 +83,11 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--board", help="With --target mcu: check the model fits this board (see `sdk export mcu --help`).")
 @click.option("--labels", type=click.Path(), help="Class names for the model's metadata, one per line.")
 @click.option("--model-version", default="1", show_default=True, help="Version written into the metadata.")
+@click.option("--mean", type=float, multiple=True,
+              help="The input normalisation (pixel - mean) / std on 0..255 pixels, for the metadata: once, or once "
+                   "per channel; with --std (default: known from image-folder data or the model's Rescaling/"
+                   "Normalization layers, else none written).")
+@click.option("--std", type=float, multiple=True, help="See --mean; e.g. --mean 0 --std 255 for [0, 1] inputs.")
 @click.option("--input-shape", "input_shapes", multiple=True,
               help="PyTorch/ONNX: an input's shape, e.g. 1,3,224,224; once per input, in order.")
 @click.option("--weights", type=click.Path(), help="PyTorch state dict for a package.module:factory source.")
@@ -98,7 +103,7 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
             samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
-            model_version, input_shapes, weights, keep_nchw, keep_intermediates, max_drop, optimize, plot_path, force,
+            model_version, mean, std, input_shapes, weights, keep_nchw, keep_intermediates, max_drop, optimize, plot_path, force,
             as_json, debug):
     """Compress and convert SOURCE to a verified .tflite.
 
@@ -135,13 +140,14 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             raise UserInputError("--target mcu needs a full-integer model: add --quantize int8 --io-type int8 "
                                  "and --calib DATA")
         metadata = None
-        if labels or model_version != "1":
+        if labels or model_version != "1" or mean or std:
             from pathlib import Path
 
             from converters.targets.tflite.metadata import MetadataSpec, read_labels_file
 
-            metadata = MetadataSpec(name=Path(source).stem, version=model_version,
-                                    labels=read_labels_file(labels) if labels else ())
+            metadata = MetadataSpec(name=Path(source).stem, version=model_version, mean=mean or None,
+                                    std=std or None, labels=read_labels_file(labels) if labels else ())
+            metadata.validate()
         torch_onnx = dict(input_shapes=_parse_shapes(input_shapes), weights=weights, keep_nchw=keep_nchw,
                           keep_intermediates=keep_intermediates)
         budget = None
@@ -314,10 +320,11 @@ Library, MediaPipe Tasks and device_runtime.Model; the input is not changed.
 @click.option("--labels", type=click.Path(), help="Class names, one per line (class id order).")
 @click.option("--sample-rate", type=int, default=16000, show_default=True, help="Audio input sample rate.")
 @click.option("--channels", type=int, default=1, show_default=True, help="Audio input channels.")
-@click.option("--mean", type=float, multiple=True, default=(0.0,), show_default=True,
-              help="Normalisation mean on 0..255 pixels; once, or once per channel.")
-@click.option("--std", type=float, multiple=True, default=(255.0,), show_default=True,
-              help="Normalisation std on 0..255 pixels; once, or once per channel.")
+@click.option("--mean", type=float, multiple=True,
+              help="Normalisation mean on 0..255 pixels; once, or once per channel (default: the model's own, else "
+                   "none is written).")
+@click.option("--std", type=float, multiple=True,
+              help="Normalisation std on 0..255 pixels; once, or once per channel (e.g. 255 for [0, 1] inputs).")
 @click.option("--color-space", type=click.Choice(["RGB", "GRAYSCALE"]),
               help="The image input's colour space; default: from its channels (1 GRAYSCALE, 3 RGB).")
 @click.option("--name", default="", help="Model name.")
@@ -336,10 +343,17 @@ def metadata_add(model, output, task, labels, sample_rate, channels, mean, std, 
         from converters.targets.tflite.metadata import MetadataSpec, add_metadata
 
         spec = MetadataSpec(task=task, name=name, description=description, version=model_version, author=author,
-                            license=license_, mean=mean, std=std, color_space=color_space,
+                            license=license_, mean=mean or None, std=std or None, color_space=color_space,
                             labels=read_labels(labels), sample_rate=sample_rate, channels=channels)
-        add_metadata(model, output, spec, force)
+        written = add_metadata(model, output, spec, force)
         click.echo(f"wrote {output} with metadata" + (f" and {len(spec.labels)} labels" if spec.labels else ""))
+        if task != "audio_classifier":
+            from device_runtime.metadata import read_info
+            from device_runtime.tflite_format import read_model
+
+            info = read_info(read_model(written))
+            click.echo(f"input normalisation: (pixel - {list(info.mean)}) / {list(info.std)}" if info.mean is not None
+                       else "input normalisation: none (unknown; pass --mean/--std, or Model.classify refuses it)")
 
     run(action, debug)
 

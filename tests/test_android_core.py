@@ -196,7 +196,8 @@ def exported(digits, digits_model_path, digits_npz, tmp_path_factory):
     digits_tflite = folder / "digits_int8.tflite"
     runner = CliRunner()
     done = runner.invoke(main, ["convert", str(digits_model_path), "-o", str(digits_tflite), "--quantize", "int8",
-                                "--io-type", "int8", "--calib", str(train), "--labels", str(labels)])
+                                "--io-type", "int8", "--calib", str(train), "--labels", str(labels),
+                                "--mean", "0", "--std", "255"])  # the digits arrays are [0, 1]: say so
     assert done.exit_code == 0, done.output
     ssd_plain, _ = _detector_and_audio(folder)
     ssd = folder / "ssd_meta.tflite"

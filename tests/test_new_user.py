@@ -85,7 +85,8 @@ def test_help_keeps_the_factory_example_and_lists_exit_130():
     text = run("convert", "--help").output
     assert "--input-shape 1,3,32,32 \\\n" in text, text
     assert "130 interrupted" in text
-    for command in (("convert",), ("inspect",), ("bench",), ("export", "mcu"), ("metadata", "add"), ("sign",)):
+    for command in (("convert",), ("inspect",), ("bench",), ("export", "mcu"), ("metadata", "add"), ("sign",),
+                    ("distill",)):
         shown = run(*command, "--help").output
         assert "--quiet" in shown and "--verbose" in shown and "--log-file" in shown, command
 
@@ -113,7 +114,8 @@ def test_a_real_process_prints_one_line_not_tensorflow_noise(digits_model_path, 
     for command in (("inspect",), ("bench", "--runs", "1", "--warmup", "0"), ("export", "mcu", "-o", tmp_path / "fw"),
                     ("verify", "--key", tmp_path / "k.pub.pem"), ("sign", "--key", tmp_path / "k.pem"),
                     ("encrypt", "--key", tmp_path / "a.key", "-o", tmp_path / "m.enc"),
-                    ("metadata", "add", "-o", tmp_path / "x.tflite")):
+                    ("metadata", "add", "-o", tmp_path / "x.tflite"),
+                    ("distill", "-o", tmp_path / "s.tflite", "--data", tmp_path / "d.npy", "--keep-layers", "2")):
         result = _sdk(*command[:2] if command[0] in ("export", "metadata") else command[:1], tmp_path / "none.tflite",
                       *(command[2:] if command[0] in ("export", "metadata") else command[1:]), cwd=ROOT)
         lines = result.stderr.strip().splitlines()

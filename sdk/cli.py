@@ -8,6 +8,7 @@ data), 130 interrupted.  Errors print one line on stderr, never a traceback
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -126,6 +127,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
 
         if plot_path:  # every output is checked before the conversion, so none is written and then refused
             check_output_path(plot_path, [source], force)
+            check_output_path(_errors_plot(plot_path), [source], force)
         if target == "mcu":
             from pathlib import Path
 
@@ -175,6 +177,11 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             from sdk.plots import layer_plot
 
             layer_plot(result.report.to_dict(), plot_path)
+            if result.report.layer_errors:
+                from sdk.plots import layer_error_plot
+
+                layer_error_plot(result.report.layer_errors.to_dict(), _errors_plot(plot_path),
+                                 f"{result.path.name}: per-layer error vs float")
         mcu = None
         if target == "mcu":
             from converters.targets.mcu import export_mcu
@@ -267,19 +274,32 @@ Examples:
               "the .tflite's layout.")
 @click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True,
               help="With --compare: samples the per-layer table is measured on.")
+@click.option("--plot", "plot_path", type=click.Path(), help="With --compare: also write the per-layer SNR bars (PNG).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --plot file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def inspect(model, reference, data_path, samples, as_json, debug):
+def inspect(model, reference, data_path, samples, plot_path, force, as_json, debug):
     """Print sizes, ops, per-layer sparsity and unique weights of a .tflite MODEL."""
 
     def action():
         if (reference is None) != (data_path is None):
             given, missing = ("--compare", "--data DATA") if reference else ("--data", "--compare FLOAT.tflite")
             raise UserInputError(f"{given} needs {missing}: the per-layer comparison runs both files on the data")
+        if plot_path and reference is None:
+            raise UserInputError("--plot draws the per-layer comparison; add --compare FLOAT.tflite --data DATA")
         if reference is not None:
             from sdk.api import compare_files
 
+            if plot_path:
+                from converters.files import check_output_path
+
+                check_output_path(plot_path, [model, reference], force)
             result = compare_files(model, reference, data_path, samples)
+            if plot_path:
+                from sdk.plots import layer_error_plot
+
+                layer_error_plot(result.layers.to_dict(), plot_path, f"{os.path.basename(model)} vs "
+                                 f"{os.path.basename(reference)}: per-layer error")
         else:
             from sdk.api import inspect as inspect_model
 
@@ -388,3 +408,9 @@ with_output_options(main)
 
 if __name__ == "__main__":
     main()
+
+
+def _errors_plot(plot_path: str) -> str:
+    """Where `convert --plot P` draws the per-layer error bars of a quantized model: beside P."""
+    root, ext = os.path.splitext(plot_path)
+    return f"{root}.layers{ext or '.png'}"

@@ -93,3 +93,29 @@ def layer_plot(report: dict, path: str | os.PathLike) -> None:
         ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
     plt.close(fig)
+
+
+def layer_error_plot(layers: dict, path: str | os.PathLike, title: str) -> None:
+    """Per-op output SNR and the error each op adds (a report's ``layer_errors``), so the layers that lose
+    stand out: bars at or above the 99 dB cap are exact."""
+    plt = _pyplot()
+    rows = layers["rows"]
+    if not rows:
+        from converters.errors import UserInputError
+
+        raise UserInputError("no quantized op could be paired with the float file; nothing to plot")
+    names = [r["layer"] or r["tensor"].split(";")[0][-40:] for r in rows]  # as LayerError.label
+    worst = set(layers.get("worst", []))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 4.5))
+    positions = range(len(names))
+    ax.bar([p - 0.2 for p in positions], [r["snr_db"] for r in rows], width=0.4, label="output SNR", color="tab:blue")
+    ax.bar([p + 0.2 for p in positions], [r["added_db"] for r in rows], width=0.4, label="added error (SNR)",
+           color=["tab:red" if n in worst else "tab:orange" for n in names])
+    ax.set_ylabel("dB (higher is better; 99 = exact)")
+    ax.set_ylim(0, 100)
+    ax.set_xticks(list(positions), names, rotation=60, ha="right", fontsize=7)
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)

@@ -242,3 +242,27 @@ def test_percentile_activation_ranges_ignore_rare_calibration_outliers(tmp_path)
         sdk.Recipe.from_dict({"quantize": {"mode": "int16x8", "activation_range": "percentile"}})
     with pytest.raises(RecipeError, match=r"quantize.activation_range must be one of minmax, percentile; got 'mse'"):
         sdk.Recipe.from_dict({"quantize": {"mode": "int8", "activation_range": "mse"}})
+
+
+def test_inspect_compare_plot_and_refusals(calib, tmp_path):
+    from converters.recipe import QuantizeSettings
+    from converters.targets.tflite.convert import to_tflite
+
+    model = _broken_keras_model()
+    (tmp_path / "f.tflite").write_bytes(to_tflite(model, QuantizeSettings(mode="none")))
+    (tmp_path / "q.tflite").write_bytes(to_tflite(model, QuantizeSettings(mode="int8"), calib))
+    np.save(tmp_path / "x.npy", calib[:8])
+    args = ["inspect", str(tmp_path / "q.tflite"), "--compare", str(tmp_path / "f.tflite"), "--data",
+            str(tmp_path / "x.npy")]
+    plotted = CliRunner().invoke(main, [*args, "--plot", str(tmp_path / "layers.png")])
+    assert plotted.exit_code == 0, plotted.output
+    assert (tmp_path / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = CliRunner().invoke(main, [*args, "--plot", str(tmp_path / "layers.png")])
+    assert again.exit_code == 2 and "--force" in again.stderr  # an existing plot is not overwritten
+    alone = CliRunner().invoke(main, ["inspect", str(tmp_path / "q.tflite"), "--plot", str(tmp_path / "p.png")])
+    assert alone.exit_code == 2 and alone.stderr.strip() == ("error: --plot draws the per-layer comparison; add "
+                                                             "--compare FLOAT.tflite --data DATA")
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 5, 5, 3), np.float32))
+    wrong = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "wrong.npy")])
+    assert wrong.exit_code == 2 and wrong.stderr.startswith("error: ") and len(wrong.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "p.png").exists()

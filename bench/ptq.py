@@ -17,7 +17,7 @@ with bias correction (``quantize.bias_correction``), and int8 with automatic mix
 post-training quantization (the TFLite converter's default int8 with a representative dataset, on the same
 onnx2tf graph the SDK converts); onnxruntime ``quantize_static`` (QDQ, per-channel, MinMax and Percentile).
 
-    nice -n 10 python -m bench.ptq [--target 97] [--max-steps 8]
+    nice -n 10 python -m bench.ptq [--target 97] [--max-steps 4]
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def render(rows: list[dict], target: float) -> str:
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--target", type=float, default=97.0, help="min_agreement for automatic mixed precision")
-    parser.add_argument("--max-steps", type=int, default=8, help="layers automatic mixed precision may keep float")
+    parser.add_argument("--max-steps", type=int, default=4, help="layers automatic mixed precision may keep float")
     args = parser.parse_args()
     from converters.search import mixed_precision
 
@@ -202,11 +202,11 @@ def main() -> None:
         sdk = functools.partial(sdk_row, model, calib, held_out, reference, work)
         ort = functools.partial(onnxruntime_row, model, calib, held_out, reference, work)
         plan = [  # most important first: every finished row is published at once
-            lambda: sdk("SDK int8", {"mode": "int8"}),
-            lambda: plain_tflite_row(model, calib, held_out, reference, work),
-            lambda: ort("MinMax"),
             lambda: sdk(f"SDK int8 + automatic mixed precision (min_agreement {args.target:g})",
                         {"mode": "int8", "min_agreement": args.target}),
+            lambda: plain_tflite_row(model, calib, held_out, reference, work),
+            lambda: ort("MinMax"),
+            lambda: sdk("SDK int8", {"mode": "int8"}),
             lambda: ort("Percentile"),
             lambda: sdk("SDK int8 + bias correction", {"mode": "int8", "bias_correction": True}),
             lambda: sdk("SDK int8 + percentile ranges (99.99)", {"mode": "int8", "activation_range": "percentile"}),

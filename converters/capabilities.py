@@ -56,7 +56,7 @@ TECHNIQUES: tuple[Technique, ...] = (
     Technique("mixed precision", "layers: {NAME: {precision: float}}", lambda r: r.recipe.keeps_float_layers, _ALL),
     Technique("automatic mixed precision", "quantize.min_cosine / min_agreement",
               lambda r: r.recipe.quantize.searches_precision, _ALL),
-    Technique("bias correction", "quantize.bias_correction", lambda r: r.recipe.quantize.bias_correction,
+    Technique("bias correction", "quantize.bias_correction", lambda r: r.recipe.quantize.bias_correction is True,
               {"keras": Refusal("it corrects ONNX initializers, on the PyTorch/ONNX route only",
                                 "drop quantize.bias_correction, or set precision float for the layers that lose "
                                 "most (--min-cosine)"),

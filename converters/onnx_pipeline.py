@@ -266,8 +266,11 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
 
 
 def _bias_correction(onnx_model, recipe: Recipe, calib: Dataset | None, notes: list[str]):
-    """The model with int8-corrected biases (``quantize.bias_correction``), or None."""
-    if not recipe.quantize.bias_correction:
+    """The model with int8-corrected biases (``quantize.bias_correction``; auto: for int8/int16x8 with
+    calibration data), or None."""
+    settings = recipe.quantize
+    if settings.bias_correction is False or settings.mode not in ("int8", "int16x8") or \
+            (settings.bias_correction == "auto" and calib is None):
         return None
     if calib is None:
         notes.append("bias correction skipped: it measures mean layer inputs on calibration data, and none was given")

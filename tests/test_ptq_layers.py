@@ -126,9 +126,10 @@ def test_automatic_mixed_precision_on_the_pytorch_route(tmp_path):
     import torch
 
     calib = np.random.default_rng(0).random((80, 3, 12, 12), np.float32)
-    result = sdk.convert(_broken_torch_net(), tmp_path / "t.tflite", {"quantize": {"mode": "int8",
-                                                                                  "min_cosine": 0.999}},
-                         example_input=torch.zeros(1, 3, 12, 12), calib_data=calib)
+    # bias correction off: it lifts the all-int8 cosine above 0.99 here, and this test is about the search
+    recipe = {"quantize": {"mode": "int8", "min_cosine": 0.999, "bias_correction": False}}
+    result = sdk.convert(_broken_torch_net(), tmp_path / "t.tflite", recipe, example_input=torch.zeros(1, 3, 12, 12),
+                         calib_data=calib)
     record = result.report.mixed_precision
     assert record.steps[0].cosine < 0.99  # all int8: the broken layer ruins it
     assert record.met and record.kept == ["conv2"]
@@ -137,8 +138,7 @@ def test_automatic_mixed_precision_on_the_pytorch_route(tmp_path):
     assert result.report.fidelity.cosine >= 0.999
     torch.onnx.export(_broken_torch_net(), torch.zeros(1, 3, 12, 12), tmp_path / "t.onnx", input_names=["x"],
                       dynamo=False)
-    onnx_record = sdk.convert(tmp_path / "t.onnx", tmp_path / "o.tflite", {"quantize": {"mode": "int8",
-                                                                                      "min_cosine": 0.999}},
+    onnx_record = sdk.convert(tmp_path / "t.onnx", tmp_path / "o.tflite", recipe,
                               calib_data=calib).report.mixed_precision
     assert onnx_record.steps[0].cosine < 0.99 and onnx_record.met and onnx_record.kept == ["conv2"]
 
@@ -199,9 +199,9 @@ def test_bias_correction_cuts_int8_error_and_leaves_the_float_reference(tmp_path
 
     net, example = _rounding_net(), torch.zeros(1, 3, 12, 12)
     calib = np.random.default_rng(0).random((96, 3, 12, 12), np.float32)
-    plain = sdk.convert(net, tmp_path / "p.tflite", {"quantize": {"mode": "int8"}}, example_input=example,
-                        calib_data=calib).report
-    fixed = sdk.convert(net, tmp_path / "c.tflite", {"quantize": {"mode": "int8", "bias_correction": True}},
+    plain = sdk.convert(net, tmp_path / "p.tflite", {"quantize": {"mode": "int8", "bias_correction": False}},
+                        example_input=example, calib_data=calib).report
+    fixed = sdk.convert(net, tmp_path / "c.tflite", {"quantize": {"mode": "int8"}},  # on by default (auto)
                         example_input=example, calib_data=calib).report
     assert fixed.fidelity.mean_abs_error <= 0.35 * plain.fidelity.mean_abs_error
     snr = {r.layer: r.snr_db for r in fixed.layer_errors.rows if r.layer}
@@ -217,6 +217,11 @@ def test_bias_correction_cuts_int8_error_and_leaves_the_float_reference(tmp_path
     with pytest.raises(RecipeError, match="quantize.bias_correction corrects int8 weights; set quantize.mode int8 "
                                           r"or int16x8 \(got dynamic\)"):
         sdk.Recipe.from_dict({"quantize": {"mode": "dynamic", "bias_correction": True}})
+    assert not any("bias correction" in note for note in plain.notes)
+    keras = CliRunner().invoke(main, ["convert", "nothing.h5", "-o", str(tmp_path / "k.tflite"), "--recipe",
+                                      str(_recipe_file(tmp_path, "quantize: {mode: int8, bias_correction: true}"))])
+    assert keras.exit_code == 2 and "bias correction (quantize.bias_correction) is not available for Keras" in \
+        keras.stderr
 
 
 def test_percentile_activation_ranges_ignore_rare_calibration_outliers(tmp_path):
@@ -266,3 +271,9 @@ def test_inspect_compare_plot_and_refusals(calib, tmp_path):
     wrong = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "wrong.npy")])
     assert wrong.exit_code == 2 and wrong.stderr.startswith("error: ") and len(wrong.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p.png").exists()
+
+
+def _recipe_file(folder, text: str):
+    path = folder / "recipe.yaml"
+    path.write_text(text + "\n")
+    return path

@@ -22,7 +22,7 @@ import numpy as np
 from device_runtime.metadata import BUILD_INFO_NAME, METADATA_NAME
 from device_runtime.monitor import channel_rows
 
-from .data import Dataset, DataSource, load_data
+from .data import Dataset, DataSource, InputSpec, load_data, load_inputs, random_inputs
 from .errors import ConversionError, DataError, RecipeError
 from .fidelity import compare, run_tflite
 from .files import atomic_write, check_output_path
@@ -214,10 +214,18 @@ def apply_passes(model, teacher, recipe: Recipe, tune: Dataset | None, verbose: 
     return model, records
 
 
-def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: bool = False):
-    """(fine-tune, calibration, evaluation) sets; evaluation never overlaps the others."""
+def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: bool = False,
+             specs: Sequence[InputSpec] | None = None):
+    """(fine-tune, calibration, evaluation) sets; evaluation never overlaps the others.
+
+    ``specs`` (PyTorch/ONNX): every input's name, shape and dtype; data is then keyed by input name
+    and, without data, drawn valid per input (token ids below the vocabulary size, masks of ones).
+    """
     notes = []
-    load = functools.partial(load_data, input_shape=input_shape, channels_first=channels_first)
+    if specs is not None:
+        load = functools.partial(load_inputs, specs=specs, channels_first=channels_first)
+    else:
+        load = functools.partial(load_data, input_shape=input_shape, channels_first=channels_first)
     tune = load(finetune_data, what="fine-tuning") if finetune_data is not None else None
     calib = load(calib_data, what="calibration") if calib_data is not None else None
     evaluation = load(eval_data, what="evaluation") if eval_data is not None else None
@@ -233,10 +241,18 @@ def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: 
             else:
                 calib = train_part
         else:
-            shape = tuple(d or 1 for d in input_shape)
-            x = np.random.default_rng(0).random((RANDOM_EVAL_SAMPLES, *shape), dtype=np.float32)
-            evaluation = Dataset(x, None, "random uniform inputs")
-            notes.append("no data given: fidelity measured on random inputs in [0, 1)")
+            if specs is not None and any(s.integer for s in specs):
+                evaluation = Dataset(random_inputs(specs, RANDOM_EVAL_SAMPLES), None, "random valid inputs")
+                notes.append("no data given: fidelity measured on random inputs (floats in [0, 1), token ids "
+                             "below each embedding table's size, other integer inputs all ones)")
+            elif specs is not None and len(specs) > 1:
+                evaluation = Dataset(random_inputs(specs, RANDOM_EVAL_SAMPLES), None, "random uniform inputs")
+                notes.append("no data given: fidelity measured on random inputs in [0, 1)")
+            else:
+                shape = tuple(d or 1 for d in input_shape)
+                x = np.random.default_rng(0).random((RANDOM_EVAL_SAMPLES, *shape), dtype=np.float32)
+                evaluation = Dataset(x, None, "random uniform inputs")
+                notes.append("no data given: fidelity measured on random inputs in [0, 1)")
     if calib is None and tune is not None:
         calib = tune
     return tune, calib, evaluation, notes

@@ -228,9 +228,10 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         calib = Dataset(random_inputs(inputs, recipe.quantize.samples), None, "random valid inputs")
     calibration = [route.to_tflite_layout(n, x) for n, x in zip(names, calib.columns(names))] \
         if calib is not None else None
-    baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"))
+    baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"), traced=True)
     all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
-    tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress)
+    tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
+                                               traced=True)
     timings["tflite_convert"] = time.perf_counter() - mark
     notes += export_notes
 

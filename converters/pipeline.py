@@ -259,8 +259,10 @@ def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: 
 
 
 def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progress,
-                  float_layers: Sequence[str] = ()) -> tuple[bytes, list[str]]:
-    """Convert, choosing per-channel scales and TFLite's sparse format by what they measure."""
+                  float_layers: Sequence[str] = (), traced: bool = False) -> tuple[bytes, list[str]]:
+    """Convert, choosing per-channel scales and TFLite's sparse format by what they measure.
+
+    ``traced``: convert a traced function of the model (onnx2tf's models; see ``to_tflite``)."""
     notes = []
     per_channel = recipe.quantize.per_channel
     if per_channel == "auto":
@@ -268,8 +270,8 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
         if not per_channel and recipe.quantize.mode != "none":
             notes.append("per-tensor weight scales: every weight layer is clustered, and one scale "
                          "per tensor keeps its shared values shared (per_channel: auto)")
-    convert = functools.partial(to_tflite, model, recipe.quantize, calibration,
-                                per_channel=per_channel, progress=progress, float_layers=float_layers)
+    convert = functools.partial(to_tflite, model, recipe.quantize, calibration, per_channel=per_channel,
+                                progress=progress, float_layers=float_layers, traced=traced)
     if float_layers:
         notes.append(f"mixed precision: layer(s) {', '.join(float_layers)} kept in float32, the rest int8")
     dense = convert(sparse=False)

@@ -212,6 +212,19 @@ class Recipe:
                     if self.quantize.mode != "int8":
                         raise RecipeError(f"{section}[{key!r}].precision applies under quantize.mode int8 (mixed "
                                           f"precision); got mode {self.quantize.mode}")
+        if self.keeps_float_layers and self.sparse_export == "on":
+            raise RecipeError("sparse_export: on cannot be combined with precision: float (mixed precision): the "
+                              "converter's selective quantization does not support the sparse format; set "
+                              "sparse_export: auto or off")
+        if self.keeps_float_layers and self.quantize.qat:
+            raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
+                              "every layer it wraps; drop one of them")
+
+    @property
+    def keeps_float_layers(self) -> bool:
+        """Some per-layer override asks for precision float: mixed precision."""
+        return any(o is not None and o.precision == "float" for o in (*self.layers.values(),
+                                                                       *self.layer_types.values()))
 
     def check_overrides(self, layer_names: Sequence[str], layer_types: Sequence[str]) -> None:
         """Refuse a ``layers``/``layer_types`` key that matches no layer of the model: it would do nothing."""

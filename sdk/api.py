@@ -33,13 +33,13 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array; a model with several
     or integer inputs (token ids, masks) takes a .npz or dict with one array per input name (and y).
     ``input_dtypes`` (PyTorch with ``input_shapes``): e.g. ``["int64"]`` for token-id inputs.
-    ``metadata``: a ``converters.metadata.MetadataSpec`` for image classifiers (labels,
+    ``metadata``: a ``converters.targets.tflite.metadata.MetadataSpec`` for image classifiers (labels,
     normalisation, name, version); by default name, [0, 1] inputs and image-folder labels.
     Returns a ``ConversionResult`` with ``path``, ``report_path`` and ``report``.
     """
-    from converters.keras_import import is_keras_source
+    from converters.sources.keras import is_keras_source
     from converters.pipeline import convert_keras
-    from converters.torch_import import is_torch_source
+    from converters.sources.torch import is_torch_source
 
     if isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
@@ -79,10 +79,10 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
                           progress: Callable[[str, int, int], None] | None = None, verbose: bool = False):
     """Accuracy-budget mode: the smallest per-layer recipe whose measured drop on ``eval_data`` is within
     ``max_drop`` points (Keras sources).  ``recipe`` supplies the shared settings (quantization,
-    fine-tuning).  Returns a ``converters.budget.BudgetResult`` with ``result`` (the conversion),
+    fine-tuning).  Returns a ``converters.search.budget.BudgetResult`` with ``result`` (the conversion),
     ``recipe`` and ``recipe_path`` (reusable YAML), ``sensitivity`` and ``attempts``.
     """
-    from converters.budget import run_budget
+    from converters.search.budget import run_budget
 
     if isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
@@ -99,7 +99,7 @@ class Inspection:
 
     path: str
     sha256: str
-    stats: Any  # converters.tflite_analysis.ModelStats
+    stats: Any  # converters.verify.analysis.ModelStats
     signatures: list[dict]
     metadata: list[str]
     metadata_bytes: dict[str, int]  # per metadata buffer: what it adds to the file
@@ -113,8 +113,8 @@ class Inspection:
         return out
 
     def render(self) -> str:
-        from converters.report import render_ops, render_weights
-        from converters.tflite_analysis import ModelStats
+        from converters.verify.report import render_ops, render_weights
+        from converters.verify.analysis import ModelStats
 
         stats: ModelStats = self.stats
         lines = [f"{self.path}  sha256 {self.sha256[:16]}",
@@ -150,7 +150,7 @@ def inspect(path: str | os.PathLike) -> Inspection:
     """Sizes, ops, per-layer sparsity and unique values, signatures and metadata of a .tflite."""
     import hashlib
 
-    from converters.tflite_analysis import analyse
+    from converters.verify.analysis import analyse
     from device_runtime.metadata import read_build_info, read_info
 
     from device_runtime.errors import DeviceRuntimeError

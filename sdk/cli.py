@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import click
 
 from converters.errors import ConversionError, UserInputError
-from converters.mcu.boards import BOARDS
+from converters.targets.mcu.boards import BOARDS
 from converters.recipe import IO_TYPES, PRUNE_STRUCTURES, QUANTIZE_MODES, Recipe
 from device_runtime.errors import DeviceRuntimeError, InputError, ModelFormatError
 
@@ -247,7 +247,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
         if target == "mcu":
             from pathlib import Path
 
-            from converters.mcu.boards import board_named
+            from converters.targets.mcu.boards import board_named
 
             board_named(board)
             firmware = Path(output).with_name(Path(output).stem + "_mcu")
@@ -265,7 +265,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
         if labels or model_version != "1":
             from pathlib import Path
 
-            from converters.metadata import MetadataSpec, read_labels_file
+            from converters.targets.tflite.metadata import MetadataSpec, read_labels_file
 
             metadata = MetadataSpec(name=Path(source).stem, version=model_version,
                                     labels=read_labels_file(labels) if labels else ())
@@ -294,7 +294,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             layer_plot(result.report.to_dict(), plot_path)
         mcu = None
         if target == "mcu":
-            from converters.mcu import export_mcu
+            from converters.targets.mcu import export_mcu
 
             mcu = export_mcu(result.path, result.path.with_name(result.path.stem + "_mcu"), board=board,
                              force=force)
@@ -527,7 +527,7 @@ def metadata_add(model, output, task, labels, sample_rate, channels, mean, std, 
 
     def action():
         from converters.labels import read_labels
-        from converters.metadata import MetadataSpec, add_metadata
+        from converters.targets.tflite.metadata import MetadataSpec, add_metadata
 
         spec = MetadataSpec(task=task, name=name, description=description, version=model_version, author=author,
                             license=license_, mean=mean, std=std, color_space=color_space,
@@ -568,7 +568,7 @@ def export_mcu_command(model, out_dir, board, labels, allow_float, force, as_jso
     """Write TFLite Micro C/C++ files for MODEL with a measured tensor arena."""
 
     def action():
-        from converters.mcu import export_mcu
+        from converters.targets.mcu import export_mcu
 
         result = export_mcu(model, out_dir, board=board, allow_float=allow_float, labels=labels, force=force)
         click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
@@ -606,7 +606,7 @@ def export_android_command(model, project_dir, task, labels, mean, std, objectne
     """Put MODEL into the Android demo app with the model card the app reads."""
 
     def action():
-        from converters.android import export_android
+        from converters.targets.android import export_android
 
         result = export_android(model, project_dir, task=task, labels=labels, mean=mean or None, std=std or None,
                                 has_objectness=objectness, score_threshold=score_threshold,

@@ -8,7 +8,7 @@ import yaml
 from click.testing import CliRunner
 
 import sdk
-from converters.budget import LayerSensitivity, choose, estimated_bytes, size_options
+from converters.search.budget import LayerSensitivity, choose, estimated_bytes, size_options
 from device_runtime import Model
 from examples.digits_cnn import accuracy
 from sdk.cli import main

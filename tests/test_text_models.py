@@ -14,7 +14,7 @@ import torch
 import sdk
 from converters.data import InputSpec, random_inputs
 from converters.errors import DataError
-from converters.onnx_import import index_inputs
+from converters.sources.onnx import index_inputs
 from device_runtime import Model
 from tests.test_cli import assert_bad_input, run
 

@@ -28,7 +28,7 @@ from .verify.fidelity import Fidelity, compare
 from .files import check_output_path
 from .targets.tflite.metadata import MetadataSpec
 from .lowering.onnx2tf import onnx_to_keras
-from .sources.onnx import (TensorSpec, channel_last_inputs, fix_input_shapes, index_inputs, load_onnx, onnx_weights,
+from .sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_input_shapes, index_inputs, load_onnx, onnx_weights,
                           run_onnx, set_weights, simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
                        export_tflite, write_result)
@@ -211,8 +211,10 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     timings["compress"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    converted = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes)
-    float_keras = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes) \
+    # onnx2tf's accuracy correction looks for transpositions broken by NCHW -> NHWC: needed only with them
+    strict = bool(channel_last) or any(node.op_type in CONV_LIKE_OPS for node in onnx_model.graph.node)
+    converted = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes, strict)
+    float_keras = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes, strict) \
         if compressed_any else converted
     timings["onnx2tf"] = time.perf_counter() - mark
 
@@ -226,7 +228,9 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"), traced=True)
     all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
     tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
-                                               float_layers, traced=True)
+                                               float_layers, traced=True,
+                                               float_bytes=baseline_bytes if converted is float_keras else None)
+    same_model = tflite_bytes is baseline_bytes  # a float recipe that changed nothing: verified once
     timings["tflite_convert"] = time.perf_counter() - mark
     notes += export_notes
 
@@ -247,7 +251,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         references = run_onnx(reference_model, {s.name: x for s, x in zip(specs, inputs)})
     tflite_inputs = {s.name: route.to_tflite_layout(s.name, x) for s, x in zip(specs, inputs)}
     by_output = _fidelity(route, references, tflite_bytes, tflite_inputs, evaluation)
-    float_by_output = _fidelity(route, references, baseline_bytes, tflite_inputs, evaluation)
+    float_by_output = by_output if same_model else _fidelity(route, references, baseline_bytes, tflite_inputs,
+                                                             evaluation)
     timings["verify"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
 
@@ -357,8 +362,8 @@ def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool
     return student.eval(), records, [w.name for w in weights]
 
 
-def _onnx2tf(onnx_model, keep_first, log_path, keep_nchw: bool, route: _Route, notes: list[str]):
-    result = onnx_to_keras(onnx_model, keep_first, log_path)
+def _onnx2tf(onnx_model, keep_first, log_path, keep_nchw: bool, route: _Route, notes: list[str], strict: bool):
+    result = onnx_to_keras(onnx_model, keep_first, log_path, strict)
     if result.blocked_connections:
         notes.append(f"onnx2tf tried to open {result.blocked_connections} network connection(s); all were "
                      "refused")

@@ -255,10 +255,12 @@ def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: 
 
 def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progress,
                   float_layers: Sequence[str] | Mapping[str, np.ndarray] = (),
-                  traced: bool = False) -> tuple[bytes, list[str]]:
+                  traced: bool = False, float_bytes: bytes | None = None) -> tuple[bytes, list[str]]:
     """Convert, choosing per-channel scales and TFLite's sparse format by what they measure.
 
-    ``traced``: convert a traced function of the model (onnx2tf's models; see ``to_tflite``)."""
+    ``traced``: convert a traced function of the model (onnx2tf's models; see ``to_tflite``).
+    ``float_bytes``: the model already converted in float32, reused when the recipe quantizes nothing
+    (a 90 MB BERT takes ~30 s per conversion)."""
     notes = []
     per_channel = recipe.quantize.per_channel
     if per_channel == "auto":
@@ -270,7 +272,8 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
                                 progress=progress, float_layers=float_layers, traced=traced)
     if float_layers:
         notes.append(f"mixed precision: layer(s) {', '.join(float_layers)} kept in float32, the rest int8")
-    dense = convert(sparse=False)
+    reuse = float_bytes is not None and recipe.quantize.mode == "none" and not float_layers
+    dense = float_bytes if reuse else convert(sparse=False)
     if recipe.sparse_export == "off":
         return dense, notes
     if float_layers:  # the selective quantizer's output is wrong with EXPERIMENTAL_SPARSITY (measured: outputs swapped)

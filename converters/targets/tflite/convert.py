@@ -94,9 +94,10 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
 def _converter(model):
     """A converter for ``model`` traced as a function with the same signature (input and output names).
 
-    ``from_keras_model`` first saves a SavedModel, whose metadata is the Keras config as JSON. onnx2tf's
-    models hold every weight as a constant in that config, so for a 90 MB BERT the JSON encoding alone
-    took over 6 minutes (measured, 97% of the time); tracing skips it and writes the same ops and bytes.
+    ``from_keras_model`` first saves a SavedModel whose metadata is the Keras config as JSON. onnx2tf's
+    models hold every weight as a constant in that config, so for a 90 MB BERT its deep copies and JSON
+    encoding took over 6 minutes (measured: 97% of the time). The function, saved from a bare tf.Module
+    that holds it and the model's variables, gives the same signature, ops and bytes.
     """
     tf = _tf.tensorflow()
     specs = [tf.TensorSpec(i.shape, i.dtype, name=name) for i, name in zip(model.inputs, model.input_names)]
@@ -107,7 +108,9 @@ def _converter(model):
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         return dict(zip(model.output_names, outputs))
 
-    return tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    holder = tf.Module()  # not the Keras model: saving that is what takes minutes
+    holder.captured, holder.serve = list(model.variables), serve
+    return tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], holder)
 
 
 def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool,

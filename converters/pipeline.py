@@ -282,7 +282,7 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
     if recipe.sparse_export == "on":
         return convert(sparse=True), notes + ["exported with Optimize.EXPERIMENTAL_SPARSITY "
                                               "(sparse_export: on)"]
-    if analyse(dense).overall_sparsity < SPARSE_EXPORT_MIN_SPARSITY:
+    if analyse(dense, measure_gzip=False).overall_sparsity < SPARSE_EXPORT_MIN_SPARSITY:
         return dense, notes
     sparse = convert(sparse=True)
     sparse_gzip, dense_gzip = gzip_size(sparse), gzip_size(dense)

@@ -146,7 +146,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         from .sources.torch import export_onnx
 
         # Exported first: its graph tells each input's dtype and vocabulary, which the data must fit.
-        exported = export_onnx(torch_source, torch_source.module, work / "original.onnx")
+        exported = export_onnx(torch_source, torch_source.module, work / "model.onnx")
         timings["torch_onnx_export"] = time.perf_counter() - mark
         inputs = input_specs(fix_input_shapes(exported, input_shapes), exported)
         tune, calib, evaluation, data_notes = _data(inputs, finetune_data, calib_data, eval_data)
@@ -172,6 +172,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
             onnx_model = exported
         else:  # the float32 baseline is the original, not the student
             mark = time.perf_counter()
+            (work / "model.onnx").rename(work / "original.onnx")  # model.onnx is what gets converted
             onnx_model, original = export_onnx(torch_source, module, work / "model.onnx"), exported
             timings["torch_onnx_export"] += time.perf_counter() - mark
     specs = fix_input_shapes(onnx_model, input_shapes)

@@ -18,7 +18,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -48,6 +48,7 @@ class Dataset:
     y: np.ndarray | None
     source: str
     class_names: tuple[str, ...] = ()
+    images: bool = False  # loaded from an image folder as (pixel - mean) / std: the normalisation is known
 
     def __len__(self) -> int:
         return len(self.x) if isinstance(self.x, np.ndarray) else len(next(iter(self.x.values())))
@@ -64,7 +65,8 @@ class Dataset:
 
     def subset(self, index: np.ndarray, what: str) -> Dataset:
         x = self.x[index] if isinstance(self.x, np.ndarray) else {k: v[index] for k, v in self.x.items()}
-        return Dataset(x, None if self.y is None else self.y[index], f"{self.source} ({what})", self.class_names)
+        return dataclasses.replace(self, x=x, y=None if self.y is None else self.y[index],
+                                   source=f"{self.source} ({what})")
 
     def split(self, held_out_fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Disjoint (train, held-out) parts, so evaluation never sees training samples."""
@@ -79,11 +81,16 @@ class Dataset:
 DataSource = Union[str, os.PathLike, np.ndarray, tuple, Dataset]
 
 
+PIXELS_TO_UNIT = ((0.0,), (255.0,))  # how image folders load unless the model's normalisation says otherwise
+
+
 def load_data(source: DataSource, input_shape: Sequence[int | None], what: str,
-              channels_first: bool = False) -> Dataset:
+              channels_first: bool = False,
+              pixels: tuple[Sequence[float], Sequence[float]] = PIXELS_TO_UNIT) -> Dataset:
     """Load ``source`` and check it fits a model input of ``input_shape`` (batch excluded).
 
     ``channels_first``: the model takes (C, H, W) images (PyTorch), so image folders load as such.
+    ``pixels``: (mean, std) image folders are normalised with, ``(pixel - mean) / std`` on 0..255 pixels.
     """
     if isinstance(source, Dataset):
         dataset = source
@@ -94,18 +101,19 @@ def load_data(source: DataSource, input_shape: Sequence[int | None], what: str,
             raise DataError(f"{what} data as a tuple must be (x, y); got {len(source)} items")
         dataset = Dataset(np.asarray(source[0]), np.asarray(source[1]), "arrays")
     else:
-        dataset = _load_path(Path(source), input_shape, what, channels_first)
+        dataset = _load_path(Path(source), input_shape, what, channels_first, pixels)
     return _checked(dataset, input_shape, what)
 
 
-def _load_path(path: Path, input_shape: Sequence[int | None], what: str, channels_first: bool) -> Dataset:
+def _load_path(path: Path, input_shape: Sequence[int | None], what: str, channels_first: bool,
+               pixels: tuple[Sequence[float], Sequence[float]]) -> Dataset:
     if not path.exists():
         raise DataError(f"{what} data not found: {path}")
     if path.is_dir():
         if channels_first and len(input_shape) == 3:
-            images = _load_image_folder(path, (*input_shape[1:], input_shape[0]), what)
+            images = _load_image_folder(path, (*input_shape[1:], input_shape[0]), what, pixels)
             return dataclasses.replace(images, x=images.x.transpose(0, 3, 1, 2))
-        return _load_image_folder(path, input_shape, what)
+        return _load_image_folder(path, input_shape, what, pixels)
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
@@ -117,11 +125,12 @@ def _load_path(path: Path, input_shape: Sequence[int | None], what: str, channel
         if suffix == ".npy":
             return Dataset(np.load(path, allow_pickle=False), None, str(path))
     except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"cannot read {what} data {path}: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"cannot read {what} data {path}: {first_line(exc)}") from None
     raise DataError(f"{what} data must be a .npz (x, y), a .npy or an image folder; got {path.name}")
 
 
-def _load_image_folder(folder: Path, input_shape: Sequence[int | None], what: str) -> Dataset:
+def _load_image_folder(folder: Path, input_shape: Sequence[int | None], what: str,
+                       pixels: tuple[Sequence[float], Sequence[float]] = PIXELS_TO_UNIT) -> Dataset:
     if len(input_shape) != 3 or input_shape[-1] not in (1, 3):
         raise DataError(f"an image folder needs a model input of shape (H, W, 1 or 3); "
                         f"the model takes {tuple(input_shape)}")
@@ -141,15 +150,16 @@ def _load_image_folder(folder: Path, input_shape: Sequence[int | None], what: st
     from PIL import Image, UnidentifiedImageError
 
     images = np.empty((len(files), height, width, channels), np.float32)
+    mean, std = (np.asarray(v, np.float32) for v in pixels)  # one value, or one per channel (checked before)
     for i, (file, _) in enumerate(files):
         try:
             with Image.open(file) as img:
                 img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-                images[i] = np.asarray(img, np.float32).reshape(height, width, channels) / 255.0
+                images[i] = (np.asarray(img, np.float32).reshape(height, width, channels) - mean) / std
         except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read image {file}: {str(exc).splitlines()[0]}") from None
+            raise DataError(f"cannot read image {file}: {first_line(exc)}") from None
     labels = np.array([label for _, label in files], np.int64) if names else None
-    return Dataset(images, labels, str(folder), names)
+    return Dataset(images, labels, str(folder), names, images=True)
 
 
 def _layout_hint(got: tuple[int, ...], expected: tuple[int | None, ...]) -> str:
@@ -185,7 +195,7 @@ def _checked(dataset: Dataset, input_shape: Sequence[int | None], what: str) -> 
     y = _labels(dataset.y, len(x), what)
     if not np.isfinite(x).all():
         raise DataError(f"{what} data {dataset.source} contains NaN or infinity")
-    return Dataset(x.astype(np.float32, copy=False), y, dataset.source, dataset.class_names)
+    return dataclasses.replace(dataset, x=x.astype(np.float32, copy=False), y=y)
 
 
 def _labels(y, count: int, what: str) -> np.ndarray | None:
@@ -205,15 +215,15 @@ def _labels(y, count: int, what: str) -> np.ndarray | None:
     return y
 
 
-def load_inputs(source: DataSource | dict, specs: Sequence[InputSpec], what: str,
-                channels_first: bool = False) -> Dataset:
+def load_inputs(source: DataSource | dict, specs: Sequence[InputSpec], what: str, channels_first: bool = False,
+                pixels: tuple[Sequence[float], Sequence[float]] = PIXELS_TO_UNIT) -> Dataset:
     """Load ``source`` for a model with the inputs ``specs`` and check names, dtypes, shapes and id ranges.
 
     A single float input keeps every form ``load_data`` takes; otherwise the data is a .npz (or a dict,
     or (dict, labels)) with one array per input name, plus optional labels ``y``.
     """
     if len(specs) == 1 and not specs[0].integer:
-        return load_data(source, specs[0].shape, what, channels_first)
+        return load_data(source, specs[0].shape, what, channels_first, pixels)
     names = [s.name for s in specs]
     if isinstance(source, Dataset):
         arrays, y, name = (source.x if isinstance(source.x, dict) else {"x": source.x}), source.y, source.source

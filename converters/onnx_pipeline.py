@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
 from .techniques.arrays import compress_weights, float_precision_weights
 from .data import DataSource, Dataset, InputSpec, random_inputs
@@ -149,7 +150,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         exported = export_onnx(torch_source, torch_source.module, work / "model.onnx")
         timings["torch_onnx_export"] = time.perf_counter() - mark
         inputs = input_specs(fix_input_shapes(exported, input_shapes), exported)
-        tune, calib, evaluation, data_notes = _data(inputs, finetune_data, calib_data, eval_data)
+        known = normalisation.given(metadata, torch_source.input_shapes)
+        tune, calib, evaluation, data_notes = _data(inputs, finetune_data, calib_data, eval_data, known)
         module = torch_source.module
         if recipe.removes_channels:
             from .techniques.channels.torch import remove_channels
@@ -181,7 +183,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         _check_runs(reference_model, specs)
     if torch_source is None:
         inputs = input_specs(specs, onnx_model)
-        tune, calib, evaluation, data_notes = _data(inputs, None, calib_data, eval_data)
+        known = normalisation.given(metadata, [s.shape for s in specs])
+        tune, calib, evaluation, data_notes = _data(inputs, None, calib_data, eval_data, known)
     notes += data_notes
 
     _check_quantizable(onnx_model, recipe)
@@ -241,7 +244,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, stats_of, {
         "input_order": [s.name for s in specs], "output_order": route.output_names}), metadata,
                                   Path(description).stem if source_files else "model",
-                                  tune or calib or evaluation, notes)
+                                  tune or calib or evaluation, notes, (known, (tune, calib, evaluation)))
 
     mark = time.perf_counter()
     inputs = evaluation.columns(names)
@@ -330,11 +333,11 @@ def input_specs(specs: list[TensorSpec], onnx_model) -> list[InputSpec]:
                       s.name in indexed and indexed[s.name] is None) for s in specs]
 
 
-def _data(inputs: list[InputSpec], finetune_data, calib_data, eval_data):
-    """Datasets in the source layout ((C, H, W) images load channels-first), keyed by input name for
-    multi-input and integer models."""
+def _data(inputs: list[InputSpec], finetune_data, calib_data, eval_data, known=None):
+    """Datasets in the source layout ((C, H, W) images load channels-first, with the ``known``
+    normalisation), keyed by input name for multi-input and integer models."""
     return datasets(inputs[0].shape, finetune_data, calib_data, eval_data, channels_first=len(inputs[0].shape) == 3,
-                    specs=inputs)
+                    pixels=known, specs=inputs)
 
 
 def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool, notes: list[str]):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import RecipeError
+from .errors import RecipeError, first_line
 
 QUANTIZE_MODES = ("none", "dynamic", "float16", "int8", "int16x8")
 IO_TYPES = ("float32", "int8", "uint8")
@@ -352,7 +352,7 @@ class Recipe:
         try:
             data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
         except (ValueError, yaml.YAMLError) as exc:
-            raise RecipeError(f"cannot parse recipe {path}: {str(exc).splitlines()[0]}") from None
+            raise RecipeError(f"cannot parse recipe {path}: {first_line(exc)}") from None
         return cls.from_dict(data or {})
 
     def with_flags(self, *, prune: float | None = None, prune_structure: str | None = None,

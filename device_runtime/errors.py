@@ -14,6 +14,10 @@ class ModelFormatError(DeviceRuntimeError):
     """The bytes are not a well-formed TFLite model (missing, truncated, corrupt)."""
 
 
+class MissingMetadataError(ModelFormatError):
+    """The model lacks metadata a task needs to be answered right (e.g. classify() without a normalisation)."""
+
+
 class UnsupportedModelError(DeviceRuntimeError):
     """The model is well-formed but needs something this runtime lacks (custom op, delegate)."""
 
@@ -28,3 +32,11 @@ class InferenceError(DeviceRuntimeError):
 
 class NoInterpreterError(DeviceRuntimeError):
     """No TFLite interpreter package is installed."""
+
+
+class InvalidKeyError(DeviceRuntimeError):
+    """A key given to the runtime (decryption or public key) is missing or not in a form it accepts."""
+
+
+class ArgumentError(DeviceRuntimeError, ValueError):
+    """An argument of the runtime's API is outside its allowed values (also a ValueError, as before)."""

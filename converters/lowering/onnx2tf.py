@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from .. import _tf
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
 
 # onnx2tf's sample is 20 images of 128x128x3 in [0, 1]; it only feeds its own shape checks.
 SAMPLE_IMAGES_SHAPE = (20, 128, 128, 3)
@@ -94,7 +94,7 @@ def _explain(exc: BaseException, model, log_path: Path) -> str:
     log = ANSI_ESCAPE.sub("", log_path.read_text(errors="replace")) if log_path.is_file() else ""
     node_names = re.findall(r"onnx_op_name: (\S+)", log)
     ops = {n.name: n.op_type for n in model.graph.node}
-    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc, 200)
     where = ""
     if node_names:
         name = node_names[-1]

@@ -32,13 +32,13 @@ from ..files import atomic_write, check_output_path
 from ..techniques.cluster import kmeans_1d
 from ..techniques.prune import magnitude_prune
 from ..recipe import QuantizeSettings, Recipe
+from .subjects import KerasSubject, TorchSubject
 
 PRUNE_LEVELS = (0.5, 0.75, 0.9)
 CLUSTER_LEVELS = (32, 16, 8)
 CHANNEL_LEVELS = (0.25, 0.5, 0.75)
 ALLOWANCE_FACTORS = (4.0, 2.0, 1.0, 0.5)  # estimated-drop allowances, in budgets, tried in this order
 OPTIMIZE_TARGETS = ("size", "latency")
-WEIGHT_LAYERS = ("Conv1D", "Conv2D", "Dense", "DepthwiseConv2D")
 
 
 @dataclass
@@ -91,9 +91,9 @@ class BudgetResult:
         return "\n".join(lines)
 
 
-def _quality(model, data: Dataset, reference: np.ndarray) -> float:
+def _quality(subject, data: Dataset, reference: np.ndarray) -> float:
     """Accuracy in percent, or top-1 agreement with ``reference`` when the data has no labels."""
-    return _score(model.predict(data.x, verbose=0, batch_size=256).argmax(-1), data, reference)
+    return _score(subject.predict(data.x).argmax(-1), data, reference)
 
 
 def _score(predictions: np.ndarray, data: Dataset, reference: np.ndarray) -> float:
@@ -101,27 +101,27 @@ def _score(predictions: np.ndarray, data: Dataset, reference: np.ndarray) -> flo
     return float((predictions == target).mean() * 100)
 
 
-def _baseline(model, data: Dataset) -> tuple[np.ndarray, float]:
+def _baseline(subject, data: Dataset) -> tuple[np.ndarray, float]:
     """The source's own predictions (the reference without labels) and its quality, from one pass."""
-    reference = model.predict(data.x, verbose=0, batch_size=256).argmax(-1)
+    reference = subject.predict(data.x).argmax(-1)
     return reference, _score(reference, data, reference)
 
 
-def measure_sensitivity(model, data: Dataset, progress: Callable | None = None) -> list[LayerSensitivity]:
-    """The drop of every weight layer at every prune and cluster level, each applied alone."""
-    reference, base = _baseline(model, data)
-    layers = [layer for layer in model.layers if type(layer).__name__ in WEIGHT_LAYERS and layer.get_weights()]
+def measure_sensitivity(subject, data: Dataset, progress: Callable | None = None) -> list[LayerSensitivity]:
+    """The drop of every weight layer at every prune and cluster level, each applied alone.
+
+    ``subject``: a ``KerasSubject`` or ``TorchSubject`` (converters/search/subjects.py)."""
+    reference, base = _baseline(subject, data)
+    layers = subject.weight_layers()
     out = []
-    for i, layer in enumerate(layers):
-        weights = layer.get_weights()
-        kernel = weights[0]
-        sensitivity = LayerSensitivity(layer.name, type(layer).__name__, int(kernel.size))
+    for i, (name, layer_type, kernel) in enumerate(layers):
+        sensitivity = LayerSensitivity(name, layer_type, int(kernel.size))
         trials = [("prune", p, magnitude_prune(kernel, p)) for p in PRUNE_LEVELS]
         trials += [("cluster", c, kmeans_1d(kernel, c)) for c in CLUSTER_LEVELS]
         for kind, level, values in trials:
-            layer.set_weights([values.astype(kernel.dtype), *weights[1:]])
-            getattr(sensitivity, kind)[level] = base - _quality(model, data, reference)
-        layer.set_weights(weights)
+            subject.set_kernel(name, values)
+            getattr(sensitivity, kind)[level] = base - _quality(subject, data, reference)
+        subject.set_kernel(name, kernel)
         out.append(sensitivity)
         if progress:
             progress("sensitivity", i + 1, len(layers))
@@ -194,44 +194,25 @@ def recipe_for(choice: dict[str, Any], base: Recipe, optimize: str) -> Recipe:
     return Recipe.from_dict(data)
 
 
-def measure_channel_sensitivity(model, data: Dataset, progress: Callable | None = None) -> list[LayerSensitivity]:
+def measure_channel_sensitivity(subject, data: Dataset, progress: Callable | None = None
+                                ) -> list[LayerSensitivity]:
     """The drop and the MACs saved when only one layer loses each fraction of its channels (one-shot)."""
-    from ..techniques.channels.keras import remove_channels_keras
-
-    reference, base = _baseline(model, data)
-    base_macs = keras_macs(model)
-    layers = [layer for layer in model.layers if type(layer).__name__ in ("Conv1D", "Conv2D", "Dense")]
+    reference, base = _baseline(subject, data)
+    base_macs = subject.macs()
+    layers = subject.channel_layers()
     out = []
-    for i, layer in enumerate(layers):
-        sensitivity = LayerSensitivity(layer.name, type(layer).__name__, int(layer.count_params()))
+    for i, (name, layer_type, params) in enumerate(layers):
+        sensitivity = LayerSensitivity(name, layer_type, params)
         for fraction in CHANNEL_LEVELS:
-            recipe = Recipe.from_dict({"layers": {layer.name: {"channels": {"fraction": fraction}}}})
-            try:
-                thinner, record = remove_channels_keras(model, recipe)
-            except RecipeError:  # its channels reach the output, a concatenation, ...
-                break
-            if layer.name not in record.layers:
+            thinner = subject.without_channels(name, fraction)
+            if thinner is None:
                 break
             sensitivity.channels[fraction] = base - _quality(thinner, data, reference)
-            sensitivity.macs_saved[fraction] = base_macs - keras_macs(thinner)
+            sensitivity.macs_saved[fraction] = base_macs - thinner.macs()
         out.append(sensitivity)
         if progress:
             progress("sensitivity", i + 1, len(layers))
     return out
-
-
-def keras_macs(model) -> int:
-    """Multiply-accumulates of the Conv/Dense/depthwise layers for one sample."""
-    total = 0
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind == "Dense":
-            total += int(np.prod(layer.get_weights()[0].shape))
-        elif kind in ("Conv1D", "Conv2D", "DepthwiseConv2D"):
-            kernel = layer.get_weights()[0]
-            positions = int(np.prod(layer.output_shape[1:-1]))
-            total += positions * int(np.prod(kernel.shape))
-    return total
 
 
 def _median_latency_ms(path) -> float:
@@ -243,42 +224,45 @@ def _median_latency_ms(path) -> float:
 def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optimize: str = "size",
                finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
                eval_data: DataSource | None = None, recipe: Recipe | None = None, force: bool = False,
-               progress: Callable | None = None, verbose: bool = False, metadata=None) -> BudgetResult:
-    """The smallest recipe whose measured drop on ``eval_data`` is within ``max_drop`` points."""
-    from ..sources.keras import is_keras_source, load_keras_model
-    from ..pipeline import convert_keras, datasets
+               progress: Callable | None = None, verbose: bool = False, metadata=None,
+               source_options: dict[str, Any] | None = None) -> BudgetResult:
+    """The smallest recipe whose measured drop on ``eval_data`` is within ``max_drop`` points.
+
+    ``source`` is a Keras or PyTorch source; ``source_options`` carries a PyTorch source's
+    ``example_input``, ``input_shapes``, ``weights`` and ``keep_nchw`` (as ``sdk.convert`` takes them).
+    """
+    from ..pipeline import datasets
+    from ..sources import framework_of
 
     if optimize not in OPTIMIZE_TARGETS:
         raise RecipeError(f"--optimize must be one of {', '.join(OPTIMIZE_TARGETS)}; got {optimize!r}")
     if max_drop < 0:
         raise RecipeError(f"--max-drop must be >= 0 points; got {max_drop}")
-    if not is_keras_source(source):
-        from ..sources.torch import is_torch_source
-
-        is_onnx = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
-        if is_onnx or is_torch_source(source):  # anything else is refused as a source by load_keras_model
-            check_supported(Request(recipe or Recipe(), finetune=finetune_data is not None, budget=True),
-                            "onnx" if is_onnx else "pytorch")
+    base = recipe or Recipe()
+    framework = framework_of(source)
+    check_supported(Request(base, finetune=finetune_data is not None, budget=True), framework)
     if finetune_data is None or eval_data is None:
         raise DataError("accuracy-budget mode needs --finetune DATA (to fine-tune) and --eval DATA (held out, "
                         "to measure the drop)")
-    base = recipe or Recipe()
-    output = check_output_path(output, [source] if isinstance(source, (str, os.PathLike)) else [], force)
-    model = load_keras_model(source)
-    _, _, evaluation, _ = datasets(tuple(model.inputs[0].shape[1:]), None, None, eval_data)
+    source_paths = [p for p in (source, (source_options or {}).get("weights"))
+                    if isinstance(p, (str, os.PathLike)) and Path(p).exists()]
+    output = check_output_path(output, source_paths, force)
+    subject, convert_source = _subject(source, framework, source_options or {})
+    known = _known_normalisation(subject, metadata)  # image folders load as the conversions will load them
+    _, _, evaluation, _ = datasets(subject.input_shape, None, None, eval_data, channels_first=subject.channels_first,
+                                   pixels=known)
     if optimize == "size":
-        sensitivity = measure_sensitivity(model, evaluation, progress)
+        sensitivity = measure_sensitivity(subject, evaluation, progress)
         options = size_options(sensitivity)
     else:
-        sensitivity = measure_channel_sensitivity(model, evaluation, progress)
+        sensitivity = measure_channel_sensitivity(subject, evaluation, progress)
         options = latency_options(sensitivity)
         if not options:
             raise RecipeError("--optimize latency found no layer whose channels can be removed (see `channels` "
                               "in the README for what blocks a layer)")
     work = Path(tempfile.mkdtemp(prefix="sdk-budget-"))
-    convert = functools.partial(convert_keras, source, finetune_data=finetune_data,
-                                calib_data=calib_data or finetune_data, eval_data=eval_data, progress=progress,
-                                verbose=verbose, metadata=metadata)
+    convert = functools.partial(convert_source, finetune_data=finetune_data, calib_data=calib_data or finetune_data,
+                                eval_data=eval_data, progress=progress, verbose=verbose, metadata=metadata)
     attempts, passing, seen = [], None, []
     try:
         baseline_ms = None
@@ -324,3 +308,29 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
         {"max_drop": max_drop, "attempts": attempts, "layers": [dataclasses.asdict(s) for s in sensitivity]},
         indent=2).encode())
     return BudgetResult(final, chosen, recipe_path, sensitivity, attempts, max_drop)
+
+
+def _known_normalisation(subject: Any, metadata):
+    """The input normalisation the conversions will know before loading data (see pipeline.keras_normalisation)."""
+    from ..pipeline import keras_normalisation
+    from ..targets.tflite import normalisation
+
+    if isinstance(subject, KerasSubject):
+        return keras_normalisation(subject.model, metadata)[0]
+    return normalisation.given(metadata, [(1, *subject.input_shape)])
+
+
+def _subject(source: Any, framework: str, options: dict[str, Any]) -> tuple[Any, Callable]:
+    """The model to measure, and the conversion each candidate goes through: ``convert(output, recipe, ...)``."""
+    if framework == "pytorch":
+        from ..onnx_pipeline import convert_onnx_route
+        from ..sources.torch import load_torch_source
+
+        torch_source = load_torch_source(source, options.get("example_input"), options.get("input_shapes"),
+                                         options.get("weights"))
+        return TorchSubject(torch_source.module, torch_source.example_inputs), \
+            functools.partial(convert_onnx_route, source, **options)
+    from ..pipeline import convert_keras
+    from ..sources.keras import load_keras_model
+
+    return KerasSubject(load_keras_model(source)), functools.partial(convert_keras, source)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _tf
-from ..errors import SourceModelError
+from ..errors import SourceModelError, first_line
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -36,7 +36,7 @@ def load_keras_model(source: Any, custom_objects: dict | None = None):
     try:
         model = keras.models.load_model(path, custom_objects=custom_objects, compile=False)
     except Exception as exc:  # Keras raises many unrelated types for bad files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         custom = _unknown_class(reason)
         if custom:
             raise SourceModelError(f"{path} uses a custom layer {custom!r} that Keras cannot rebuild; "
@@ -90,7 +90,7 @@ def _clone(model, keras):
     try:
         clone = keras.models.clone_model(model)
     except ValueError as exc:
-        raise SourceModelError(f"cannot copy the in-memory model ({str(exc).splitlines()[0]}); "
+        raise SourceModelError(f"cannot copy the in-memory model ({first_line(exc)}); "
                                "subclassed models must be saved to a file first") from None
     clone.set_weights(model.get_weights())
     return clone

@@ -122,7 +122,7 @@ class Trainer:
         columns = [data.x] if isinstance(data.x, np.ndarray) else list(data.x.values())  # in input order
         self.inputs = [torch.from_numpy(np.ascontiguousarray(x)) for x in columns]
         with torch.no_grad():
-            teacher_out = torch.cat([_first_output(teacher(*self._batch(slice(i, i + 256))))
+            teacher_out = torch.cat([first_output(teacher(*self._batch(slice(i, i + 256))))
                                      for i in range(0, len(data), 256)])
         self.probabilities = is_probability_output(teacher_out.numpy())
         self.teacher_out = teacher_out
@@ -146,7 +146,7 @@ class Trainer:
             order = torch.randperm(len(self.data))
             for start in range(0, len(order), settings.batch_size):
                 index = order[start:start + settings.batch_size]
-                loss = self._loss(_first_output(self.student(*self._batch(index))), index)
+                loss = self._loss(first_output(self.student(*self._batch(index))), index)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -177,7 +177,19 @@ class Trainer:
         return alpha * F.cross_entropy(student_out, self.y[index]) + (1 - alpha) * kl
 
 
-def _first_output(outputs):
+def first_output(outputs):
     if isinstance(outputs, dict):
         return next(iter(outputs.values()))
     return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+
+
+def predict(module, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    """``module``'s first output on ``x`` in batches of 256, as numpy."""
+    import torch
+
+    columns = [x] if isinstance(x, np.ndarray) else list(x.values())
+    count = len(columns[0])
+    module.eval()
+    with torch.no_grad():
+        return np.concatenate([first_output(module(*(torch.from_numpy(np.ascontiguousarray(c[i:i + 256]))
+                                                     for c in columns))).numpy() for i in range(0, count, 256)])

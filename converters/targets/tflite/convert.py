@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ... import _tf
-from ...errors import ConversionError
+from ...errors import ConversionError, first_line
 from ...recipe import QuantizeSettings
 
 Progress = Callable[[str, int, int], None]
@@ -88,7 +88,7 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
     try:
         return bytes(converter.convert())
     except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError...
-        raise ConversionError(f"TFLite conversion ({settings.mode}) failed: {_first_line(exc)}") from None
+        raise ConversionError(f"TFLite conversion ({settings.mode}) failed: {first_line(exc)}") from None
 
 
 def _converter(model):
@@ -125,7 +125,7 @@ def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool,
     try:
         calibrated = converter.convert()
     except Exception as exc:
-        raise ConversionError(f"TFLite calibration for mixed precision failed: {_first_line(exc)}") from None
+        raise ConversionError(f"TFLite calibration for mixed precision failed: {first_line(exc)}") from None
     wanted = set(float_layers)
     nodes, found = _float_nodes(calibrated, float_layers)
     if wanted - found:
@@ -137,7 +137,7 @@ def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool,
                                                 input_data_type=io_type, output_data_type=io_type,
                                                 denylisted_nodes=nodes))
     except Exception as exc:
-        raise ConversionError(f"TFLite mixed-precision quantization failed: {_first_line(exc)}") from None
+        raise ConversionError(f"TFLite mixed-precision quantization failed: {first_line(exc)}") from None
 
 
 def _float_nodes(calibrated: bytes, float_layers: Sequence[str] | Mapping[str, np.ndarray]
@@ -184,11 +184,3 @@ def _io_dtype(settings: QuantizeSettings):
     """The TensorFlow dtype of a full-integer model's inputs and outputs."""
     tf = _tf.tensorflow()
     return {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[settings.io_type]
-
-
-def _first_line(exc: Exception) -> str:
-    for line in str(exc).splitlines():
-        line = line.strip()
-        if line and not line.startswith(("<unknown>", "Traceback")):
-            return line[:300]
-    return type(exc).__name__

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import RecipeError
+from ...errors import RecipeError, first_line
 from ..base import PassRecord
 from .grouping import ChannelGroup, channel_scores, keep_count, merge_groups
 from ...recipe import Recipe
@@ -105,7 +105,7 @@ def _trace(model, example_inputs: tuple):
         ShapeProp(graph_module).propagate(*example_inputs)
     except Exception as exc:  # data-dependent control flow and the like
         raise RecipeError(f"channel removal needs a model torch.fx can trace; tracing failed: "
-                          f"{str(exc).splitlines()[0][:200]}") from None
+                          f"{first_line(exc, 200)}") from None
     return graph_module
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ... import _tf
 from ...data import Dataset
-from ...errors import ConversionError
+from ...errors import ConversionError, first_line
 from ...training.keras import finetune
 from ..base import PassRecord
 from ...recipe import Recipe
@@ -38,7 +38,7 @@ def quantization_aware_training(model, teacher, data: Dataset, recipe: Recipe, r
         with mot.quantization.keras.quantize_scope():
             trained = mot.quantization.keras.quantize_apply(annotated, scheme)
     except (ValueError, RuntimeError, TypeError) as exc:
-        raise ConversionError(f"quantization-aware training cannot wrap this model: {str(exc).splitlines()[0]}"
+        raise ConversionError(f"quantization-aware training cannot wrap this model: {first_line(exc)}"
                               "; use post-training int8 (drop quantize.qat)") from None
     history = finetune(trained, teacher, data, recipe.finetune, [], verbose, step="qat")
     record = PassRecord("qat", fine_tuned=True)

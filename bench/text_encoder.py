@@ -92,7 +92,7 @@ def tokenized(folder: Path, texts: list[str], seq: int) -> dict[str, np.ndarray]
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     batch = tokenizer(texts, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
-    return {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": batch["attention_mask"].astype(np.int64)}
+    return {name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
 
 
 def measure(route: str, encoder, onnx_path: Path, data: dict[str, np.ndarray], reference: np.ndarray,
@@ -131,7 +131,8 @@ def render(rows: list[dict], seq: int, count: int) -> str:
              f"float >= {FLOAT_COSINE}, dynamic >= {DYNAMIC_COSINE}, each conversion <= {TIME_GOAL_S} s "
              "(2-core machine, other jobs running).", "",
              "| route | cosine mean | cosine min | max abs error | MB | total s | torch export s | compress s "
-             "(onnxsim) | onnx2tf s | TFLite converter s | verify s | goal met |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(onnxsim) | onnx2tf s | TFLite converter s | verify s | goal met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['route']} | failed after {r['wall_s']:.0f} s: {r['error']} |||||||||||")
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
             reference = encoder(torch.from_numpy(data["input_ids"]), torch.from_numpy(data["attention_mask"])).numpy()
         onnx_path = work / "encoder.onnx"
         started = time.perf_counter()
-        torch.onnx.export(encoder, (torch.from_numpy(data["input_ids"][:1]), torch.from_numpy(data["attention_mask"][:1])),
-                          str(onnx_path), input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+        example = (torch.from_numpy(data["input_ids"][:1]), torch.from_numpy(data["attention_mask"][:1]))
+        torch.onnx.export(encoder, example, str(onnx_path), input_names=["input_ids", "attention_mask"], output_names=["embedding"],
                           opset_version=17, dynamo=False)
         print(f"torch.onnx.export (unsimplified, opset 17): {time.perf_counter() - started:.1f} s")
         rows = []

@@ -30,8 +30,8 @@ from .verify.fidelity import Fidelity, compare
 from .files import check_output_path
 from .targets.tflite.metadata import MetadataSpec
 from .lowering.onnx2tf import onnx_to_keras
-from .sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_input_shapes, index_inputs, load_onnx, onnx_weights,
-                          run_onnx, set_weights, simplify)
+from .sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_input_shapes, index_inputs,
+                           load_onnx, onnx_weights, run_onnx, set_weights, simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
                        export_tflite, write_result)
 from .recipe import QuantizeSettings, Recipe

@@ -112,7 +112,8 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
             samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
-            model_version, mean, std, input_shapes, input_dtypes, weights, keep_nchw, keep_intermediates, max_drop, optimize, plot_path, force,
+            model_version, mean, std, input_shapes, input_dtypes, weights, keep_nchw, keep_intermediates, max_drop,
+            optimize, plot_path, force,
             as_json, debug):
     """Compress and convert SOURCE to a verified .tflite.
 

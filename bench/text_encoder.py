@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         onnx_path = work / "encoder.onnx"
         started = time.perf_counter()
         example = (torch.from_numpy(data["input_ids"][:1]), torch.from_numpy(data["attention_mask"][:1]))
-        torch.onnx.export(encoder, example, str(onnx_path), input_names=["input_ids", "attention_mask"], output_names=["embedding"],
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(encoder, example, str(onnx_path), input_names=["input_ids", "attention_mask"],
+                          output_names=["embedding"], opset_version=17, dynamo=False)
         print(f"torch.onnx.export (unsimplified, opset 17): {time.perf_counter() - started:.1f} s")
         rows = []
         for route in args.only or ROUTES:

@@ -59,7 +59,7 @@ def test_digits_half_width_student_without_labels_within_1_5_points(tmp_path):
     student_accuracy = float((next(iter(written.values())).argmax(1) == splits.y_test).mean() * 100)
     teacher_accuracy = accuracy(teacher, splits.x_test, splits.y_test)
     assert student_accuracy >= teacher_accuracy - 1.5, (student_accuracy, teacher_accuracy)
-    assert record["against_teacher"]["accuracy_teacher"] == pytest.approx(teacher_accuracy, abs=1e-6)
+    assert record["against_teacher"]["accuracy_teacher"] == pytest.approx(teacher_accuracy, abs=1e-3)
     assert record["loss"] == "KL x T^2" and record["best_epoch"] >= 1  # no labels in the training data
 
 

@@ -25,6 +25,7 @@ from device_runtime.monitor import channel_rows
 from .capabilities import Request, check_supported
 from .data import Dataset, DataSource, load_data
 from .errors import ConversionError, DataError, RecipeError, first_line
+from .labels import LabelsError
 from .verify.fidelity import compare, run_tflite
 from .files import atomic_write, check_output_path
 from .training.keras import finetune, steps_per_epoch
@@ -84,6 +85,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     known, notes = keras_normalisation(teacher, metadata)
     tune, calib, evaluation, data_notes = datasets(input_shape, finetune_data, calib_data, eval_data, pixels=known)
     notes += data_notes
+    check_folder_labels(tune or calib or evaluation, metadata, tuple(model.outputs[0].shape))
     if tune is not None and not (recipe.compresses_weights or recipe.quantize.qat or recipe.removes_channels
                                  or recipe.factorizes):
         notes.append("fine-tuning data given but the recipe changes no weights or layers and asks for no QAT; "
@@ -232,6 +234,17 @@ def apply_passes(model, teacher, recipe: Recipe, tune: Dataset | None, verbose: 
         by_name = {layer.name: layer for layer in model.layers}
         record.layers = {n: compression.measure(by_name[n], s) for n, s in targets.items()}
     return model, records
+
+
+def check_folder_labels(data: Dataset | None, metadata: MetadataSpec | None, output_shape: tuple) -> None:
+    """An image folder's sub-folders become the metadata's labels: refuse, before any work, a folder whose
+    class count is not the model's (it used to fail after the conversion, when the metadata was written)."""
+    if data is None or not data.class_names or (metadata is not None and metadata.labels):
+        return
+    if len(output_shape) == 2 and output_shape[-1] and output_shape[-1] != len(data.class_names):
+        raise LabelsError(f"the model scores {output_shape[-1]} classes but the image folder {data.source} has "
+                          f"{len(data.class_names)} class sub-folders, whose names would be its labels; give a "
+                          "folder with one sub-folder per class, or --labels FILE")
 
 
 def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: bool = False,

@@ -229,3 +229,25 @@ def test_plot_and_firmware_outputs_are_checked_before_converting(digits_model_pa
     assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--quantize", "int8", "--io-type",
                          "int8", "--calib", train, "--target", "mcu"), "exists and is not empty; pass --force", out)
     assert (firmware / "main.cc").read_text() == "// mine"
+
+
+def test_an_image_folder_with_the_wrong_class_count_is_refused_before_converting(digits_model_path, tmp_path):
+    """Its sub-folders become the metadata's labels; a 3-class folder for a 10-class model used to fail
+    after the conversion, when the metadata was written."""
+    import time
+
+    from PIL import Image
+
+    import sdk
+    from converters.labels import LabelsError
+
+    folder = tmp_path / "images"
+    for name in ("cat", "dog", "fox"):
+        (folder / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / name / f"{i}.png")
+    started = time.perf_counter()
+    with pytest.raises(LabelsError, match=r"the model scores 10 classes but the image folder .* has 3 class "
+                                          r"sub-folders, whose names would be its labels"):
+        sdk.convert(digits_model_path, tmp_path / "m.tflite", {"quantize": {"mode": "int8"}}, calib_data=folder)
+    assert not (tmp_path / "m.tflite").exists() and time.perf_counter() - started < 60

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 from converters.data import DataSource
 from converters.errors import SourceModelError, UserInputError
 from converters.recipe import Recipe
-from device_runtime.model import read_model_bytes
+from device_runtime.loading import read_model_bytes
 from device_runtime.tflite_format import read_model
 
 

@@ -19,7 +19,8 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
             progress: Callable[[str, int, int], None] | None = None, verbose: bool = False,
             custom_objects: dict | None = None, metadata=None, example_input: Any = None,
             input_shapes: Sequence[Sequence[int]] | None = None, weights: str | os.PathLike | None = None,
-            keep_nchw: bool = False, keep_intermediates: bool = False):
+            keep_nchw: bool = False, keep_intermediates: bool = False,
+            input_dtypes: Sequence[str] | None = None):
     """Compress ``source`` as ``recipe`` says and write ``output`` (.tflite) plus a report JSON.
 
     ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory tf_keras model; or a
@@ -28,7 +29,9 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     ``.onnx`` file.  PyTorch/ONNX inputs that feed convolutions become channels-last (NHWC) in
     the .tflite unless ``keep_nchw``; data is always given in the source's layout.
     ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
-    Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array.
+    Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array; a model with several
+    or integer inputs (token ids, masks) takes a .npz or dict with one array per input name (and y).
+    ``input_dtypes`` (PyTorch with ``input_shapes``): e.g. ``["int64"]`` for token-id inputs.
     ``metadata``: a ``converters.targets.tflite.metadata.MetadataSpec`` for image classifiers (labels, name, version,
     and ``mean``/``std``: the input normalisation on 0..255 pixels).  By default: the source's name,
     image-folder labels, and a normalisation only when known (image-folder data, or a Keras model's
@@ -46,9 +49,10 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
         return convert_onnx_route(source, output, recipe, example_input=example_input, input_shapes=input_shapes,
                                   weights=weights, keep_nchw=keep_nchw, keep_intermediates=keep_intermediates,
                                   finetune_data=finetune_data, calib_data=calib_data, eval_data=eval_data,
-                                  force=force, progress=progress, verbose=verbose, metadata=metadata)
+                                  force=force, progress=progress, verbose=verbose, metadata=metadata,
+                                  input_dtypes=input_dtypes)
     _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
-                                   "weights": weights, "keep_nchw": keep_nchw,
+                                   "input_dtypes": input_dtypes, "weights": weights, "keep_nchw": keep_nchw,
                                    "keep_intermediates": keep_intermediates})
     return convert_keras(source, output, recipe, finetune_data=finetune_data, calib_data=calib_data,
                          eval_data=eval_data, force=force, progress=progress, verbose=verbose,

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 from converters.data import DataSource
 from converters.errors import SourceModelError, UserInputError
 from converters.recipe import Recipe
-from device_runtime.model import read_model_bytes
+from device_runtime.loading import read_model_bytes
 from device_runtime.tflite_format import read_model
 
 
@@ -89,7 +89,7 @@ def distill(teacher: Any, output: str | os.PathLike, data: DataSource, *, studen
             keep_layers: int | None = None, width_ratio: float | None = None,
             recipe: Recipe | dict | str | os.PathLike | None = None, epochs: int = 30, patience: int = 5,
             temperature: float = 4.0, alpha: float = 0.5, learning_rate: float = 1e-3,
-            checkpoint: str | os.PathLike | None = None, eval_data: DataSource | None = None,
+            checkpoint: str | os.PathLike | None = None, outputs: str = "auto", eval_data: DataSource | None = None,
             calib_data: DataSource | None = None, example_input: Any = None,
             input_shapes: Sequence[Sequence[int]] | None = None, weights: str | os.PathLike | None = None,
             student_weights: str | os.PathLike | None = None, force: bool = False,
@@ -102,7 +102,8 @@ def distill(teacher: Any, output: str | os.PathLike, data: DataSource, *, studen
     DistilBERT) and/or ``width_ratio`` (fraction of channels kept). Training: soft targets at
     ``temperature`` (KL x T^2) plus cross-entropy weighted ``alpha`` when labels exist, a cosine term for
     embeddings; the best epoch on a held-out tenth is kept, with early stop after ``patience`` epochs and a
-    resumable ``checkpoint`` file.
+    resumable ``checkpoint`` file. ``outputs``: "auto" treats a rank-2 output as class scores; say
+    "embedding" for a sentence encoder's (N, D) embeddings, "scores" for logits of another shape.
     """
     from converters.distillation import distill_student
     from converters.recipe import FinetuneSettings
@@ -110,7 +111,7 @@ def distill(teacher: Any, output: str | os.PathLike, data: DataSource, *, studen
 
     settings = DistillSettings(FinetuneSettings(epochs=epochs, temperature=temperature, alpha=alpha,
                                                 learning_rate=learning_rate), patience=patience,
-                               checkpoint=checkpoint)
+                               checkpoint=checkpoint, outputs=outputs)
     return distill_student(teacher, output, data, student=student, keep_layers=keep_layers,
                            width_ratio=width_ratio, recipe=_recipe(recipe), settings=settings, eval_data=eval_data,
                            calib_data=calib_data, example_input=example_input, input_shapes=input_shapes,

@@ -71,7 +71,7 @@ class ModelStats:
 
 def read_single_io_model(path, purpose: str) -> tuple[bytes, TFLiteModel]:
     """A .tflite's bytes and parsed form, refusing models without exactly one input and one output."""
-    from device_runtime.model import read_model_bytes
+    from device_runtime.loading import read_model_bytes
 
     from ..errors import UserInputError
 

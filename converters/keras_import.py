@@ -1,4 +1,7 @@
-"""Load Keras sources (.keras, .h5, SavedModel directory, in-memory tf_keras model).
+"""Load Keras sources (.keras, .h5, SavedModel directory, in-memory tf_keras or Keras 3 model).
+
+Which Keras wrote a file is read from the file's own metadata; Keras 3 models are
+translated to tf_keras (``keras3_import``) because tfmot works on tf_keras only.
 
 The user's model is never modified: files are only read, and an in-memory
 model is cloned before any pass touches its weights.
@@ -28,16 +31,22 @@ def is_keras_source(source: Any) -> bool:
 
 def load_keras_model(source: Any, custom_objects: dict | None = None):
     """A tf_keras model the SDK may modify freely."""
-    keras = _tf.keras()
+    from . import keras3_import
+
     if not isinstance(source, (str, os.PathLike)):
-        return _clone(source, keras)
+        if keras3_import.is_keras3_model(source):
+            return keras3_import.to_tf_keras(source)
+        return _clone(source, _tf.keras())
     path = Path(source)
     _check_file(path)
+    if keras3_import.written_by_keras3(path):
+        return keras3_import.to_tf_keras(keras3_import.load_keras3_file(path, custom_objects))
+    keras = _tf.keras()
     try:
         model = keras.models.load_model(path, custom_objects=custom_objects, compile=False)
     except Exception as exc:  # Keras raises many unrelated types for bad files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        custom = _unknown_class(reason)
+        custom = unknown_class(reason)
         if custom:
             raise SourceModelError(f"{path} uses a custom layer {custom!r} that Keras cannot rebuild; "
                                    f"pass custom_objects={{{custom!r}: TheClass}} in the Python API") from None
@@ -49,7 +58,7 @@ def load_keras_model(source: Any, custom_objects: dict | None = None):
     return model
 
 
-def _unknown_class(reason: str) -> str | None:
+def unknown_class(reason: str) -> str | None:
     """The custom class name in Keras's several ways of saying it does not know one."""
     for pattern in (r"Unknown (?:layer|object)[^'\"]*['\"](\w+)", r"layer=(\w+) of type <class 'str'>",
                     r"Could not locate class '(\w+)'"):
@@ -85,8 +94,8 @@ def _check_file(path: Path) -> None:
 def _clone(model, keras):
     if not isinstance(model, keras.Model):
         raise SourceModelError(
-            f"in-memory model of type {type(model).__module__}.{type(model).__name__} is not a "
-            "tf_keras model; build it with tf_keras (tfmot needs Keras 2) or save it to .h5 first")
+            f"in-memory model of type {type(model).__module__}.{type(model).__name__} is not a Keras "
+            "model; give a tf_keras or Keras 3 model, or save it to .keras first")
     try:
         clone = keras.models.clone_model(model)
     except ValueError as exc:

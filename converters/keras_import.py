@@ -29,18 +29,18 @@ def is_keras_source(source: Any) -> bool:
     return type(source).__module__.startswith(("tf_keras", "keras"))
 
 
-def load_keras_model(source: Any, custom_objects: dict | None = None):
-    """A tf_keras model the SDK may modify freely."""
+def load_keras_model(source: Any, custom_objects: dict | None = None, notes: list[str] | None = None):
+    """A tf_keras model the SDK may modify freely (``notes`` gets a line when a Keras 3 model was translated)."""
     from . import keras3_import
 
     if not isinstance(source, (str, os.PathLike)):
         if keras3_import.is_keras3_model(source):
-            return keras3_import.to_tf_keras(source)
+            return keras3_import.to_tf_keras(source, notes)
         return _clone(source, _tf.keras())
     path = Path(source)
     _check_file(path)
     if keras3_import.written_by_keras3(path):
-        return keras3_import.to_tf_keras(keras3_import.load_keras3_file(path, custom_objects))
+        return keras3_import.to_tf_keras(keras3_import.load_keras3_file(path, custom_objects), notes)
     keras = _tf.keras()
     try:
         model = keras.models.load_model(path, custom_objects=custom_objects, compile=False)

@@ -71,13 +71,15 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     check_calibration(recipe, calib_data, finetune_data)
     output = check_output_path(output, [source_path] if source_path else [], force)
 
-    model = load_keras_model(source, custom_objects)
+    load_notes: list[str] = []
+    model = load_keras_model(source, custom_objects, load_notes)
     teacher = load_keras_model(model)  # an untouched copy: distillation teacher and reference
     if len(model.inputs) != 1 and any(d is not None for d in (finetune_data, calib_data, eval_data)):
         raise DataError(f"data for models with {len(model.inputs)} inputs is not supported yet; "
                         "convert without data")
     input_shape = tuple(model.inputs[0].shape[1:])
     tune, calib, evaluation, notes = datasets(input_shape, finetune_data, calib_data, eval_data)
+    notes = load_notes + notes
     if tune is not None and not (recipe.compresses_weights or recipe.quantize.qat or recipe.removes_channels
                                  or recipe.factorizes):
         notes.append("fine-tuning data given but the recipe changes no weights or layers and asks for no QAT; "

@@ -94,6 +94,12 @@ def import_keras3(in_memory: bool = False):
 def load_keras3_file(path: Path, custom_objects: dict | None):
     """The Keras 3 model in ``path``, loaded by Keras 3 (which knows its format)."""
     keras = import_keras3()
+    custom = unknown_custom_class(_file_config(path), keras, custom_objects or {})
+    if custom:
+        raise SourceModelError(
+            f"{path} uses a custom class {custom!r} that Keras 3 cannot rebuild; pass "
+            f"custom_objects={{{custom!r}: TheClass}} in the Python API, or import the module that "
+            "registers it with @keras.saving.register_keras_serializable") from None
     try:
         return keras.saving.load_model(path, custom_objects=custom_objects, compile=False)
     except Exception as exc:  # Keras raises many unrelated types for bad files
@@ -106,7 +112,45 @@ def load_keras3_file(path: Path, custom_objects: dict | None):
                 f"{path} uses a custom class {custom!r} that Keras 3 cannot rebuild; pass "
                 f"custom_objects={{{custom!r}: TheClass}} in the Python API, or import the module that "
                 "registers it with @keras.saving.register_keras_serializable") from None
+        if "safe_mode" in str(exc) or "arbitrary code execution" in reason:
+            raise SourceModelError(
+                f"{path} holds a Lambda layer (Python code), which Keras 3 loads only with safe_mode=False; if you "
+                "trust the file, load it with keras.saving.load_model(path, safe_mode=False) and pass the model "
+                "to sdk.convert") from None
         raise SourceModelError(f"cannot load Keras 3 model {path}: {reason[:200]} (is the file complete?)") from None
+
+
+def _file_config(path: Path) -> dict:
+    """The model config a Keras 3 file carries (config.json in a .keras zip, model_config in an .h5)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read("config.json"))
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw) if raw is not None else {}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise SourceModelError(f"cannot read the model config in {path}: {first_line(exc)} "
+                               "(is the file complete?)") from None
+
+
+def unknown_custom_class(config, keras, custom_objects: dict) -> str | None:
+    """The first class in a saved config that is neither built into Keras nor given nor registered."""
+    if isinstance(config, list):
+        return next(filter(None, (unknown_custom_class(v, keras, custom_objects) for v in config)), None)
+    if not isinstance(config, dict):
+        return None
+    cls, module, registered = config.get("class_name"), config.get("module"), config.get("registered_name")
+    if isinstance(cls, str) and "config" in config and not cls.startswith("__"):
+        builtin = (module == "keras" or str(module).startswith("keras.")) if module else \
+            (hasattr(keras.layers, cls) or cls in ("Functional", "Sequential", "Model"))
+        known = builtin or cls in custom_objects or (registered and registered in custom_objects) or \
+            keras.saving.get_registered_object(registered or cls) is not None
+        if not known:
+            return cls
+    return next(filter(None, (unknown_custom_class(v, keras, custom_objects) for v in config.values())), None)
 
 
 def to_tf_keras(model, notes: list[str] | None = None):
@@ -117,7 +161,7 @@ def to_tf_keras(model, notes: list[str] | None = None):
         raise SourceModelError(
             f"Keras 3 model of class {type(model).__name__} is subclassed and has no layer graph to copy; "
             "build it with keras.Model(inputs, outputs) or keras.Sequential, or export it to ONNX")
-    translated = _Translator(keras, _tf.keras()).build(entry, "model")
+    translated = _Translator(keras, _tf.keras()).build(entry, "model", model)
     _copy_weights(model, translated)
     error = verify_translation(model, translated)
     if notes is not None:
@@ -132,29 +176,31 @@ class _Translator:
     def __init__(self, keras, tfk):
         self.keras, self.tfk = keras, tfk
 
-    def build(self, entry: dict, where: str):
+    def build(self, entry: dict, where: str, live):
+        """``live`` is the Keras 3 layer or model the entry describes (custom layers are copied from it)."""
         name = entry.get("config", {}).get("name") or entry.get("name") or where
         if entry.get("class_name") == "Sequential":
-            return self._sequential(entry["config"], name)
+            return self._sequential(entry["config"], name, live)
         if entry.get("class_name") in ("Functional", "Model") and "layers" in entry.get("config", {}):
-            return self._functional(entry["config"], name)
-        return self._layer(entry)
+            return self._functional(entry["config"], name, live)
+        return self._layer(entry, live)
 
-    def _sequential(self, config: dict, name: str):
+    def _sequential(self, config: dict, name: str, live):
         model = self.tfk.Sequential(name=name)
+        live_layers = iter(live.layers)
         for entry in config["layers"]:
             if entry.get("class_name") == "InputLayer":
                 input_config = entry["config"]
                 model.add(self.tfk.layers.InputLayer(batch_input_shape=input_config.get("batch_shape"),
                                                      dtype=input_config.get("dtype"), name=input_config.get("name")))
             else:
-                model.add(self.build(entry, name))
+                model.add(self.build(entry, name, next(live_layers)))
         if not model.built and config.get("build_input_shape"):
             model.build(config["build_input_shape"])
         model.trainable = config.get("trainable", True)
         return model
 
-    def _functional(self, config: dict, name: str):
+    def _functional(self, config: dict, name: str, live):
         outputs: dict[tuple[str, int], Any] = {}
         layers, todo = {}, []
         for entry in config["layers"]:
@@ -165,7 +211,7 @@ class _Translator:
                                         name=input_config.get("name", layer_name))
                 outputs[(layer_name, 0)] = tensor
                 continue
-            layers[layer_name] = self.build(entry, name)
+            layers[layer_name] = self.build(entry, name, _live_layer(live, layer_name))
             todo += [(layer_name, node) for node in entry.get("inbound_nodes", [])]
         counts: dict[str, int] = defaultdict(int)
         while todo:
@@ -222,10 +268,15 @@ class _Translator:
             return [self._resolve(v, outputs) for v in value]
         return value
 
-    def _layer(self, entry: dict):
+    def _layer(self, entry: dict, live):
         cls, module = entry.get("class_name", "?"), entry.get("module") or ""
         config = entry.get("config", {})
         name = config.get("name", entry.get("name", "?"))
+        builtin = module == "keras.layers" or module.startswith(("keras.layers", "keras.src.layers"))
+        if live is not None and (cls == "Lambda" or not (builtin or module.startswith("keras.src.ops"))):
+            from .keras3_custom import host_custom_layer
+
+            return host_custom_layer(live)
         if module.startswith("keras.src.ops") and cls in OPS_AS_LAYERS:
             layer = getattr(self.tfk.layers, OPS_AS_LAYERS[cls])(name=name)
             layer._sdk_from_op = True
@@ -233,7 +284,7 @@ class _Translator:
         if module.startswith("keras.src.ops"):
             raise SourceModelError(f"Keras 3 model applies keras.ops {cls} ({name!r}) outside a layer, which tf_keras "
                                    "cannot rebuild; use the matching keras.layers layer instead")
-        if not (module == "keras.layers" or module.startswith(("keras.layers", "keras.src.layers"))):
+        if not builtin:
             raise SourceModelError(
                 f"layer {name!r} is a custom Keras 3 class {cls!r} (module {module or '?'}) with no tf_keras "
                 "equivalent; replace it with built-in keras.layers, or export the model to ONNX and convert that")
@@ -311,6 +362,14 @@ class _Translator:
             return None  # weights are copied; only re-initialization would use it
         raise SourceModelError(f"layer {name!r} sets {key} to Keras 3's {cls}, which tf_keras cannot express; "
                                f"rebuild the layer with a built-in {kind or 'value'}")
+
+
+def _live_layer(model, name: str):
+    """The Keras 3 layer called ``name`` in ``model`` (None for keras.ops operations, which are not layers)."""
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        return None
 
 
 class _History:

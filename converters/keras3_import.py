@@ -66,9 +66,8 @@ def written_by_keras3(path: Path) -> bool:
 
 
 def is_keras3_model(obj: Any) -> bool:
-    """Keras 3 classes live in ``keras.src...``; tf_keras ones in ``tf_keras...``."""
-    module = type(obj).__module__
-    return module == "keras" or module.startswith("keras.")
+    """Keras 3 classes live in ``keras.src...``, tf_keras ones in ``tf_keras...`` (a subclass: its bases do)."""
+    return any(c.__module__ == "keras" or c.__module__.startswith("keras.") for c in type(obj).__mro__)
 
 
 def import_keras3(in_memory: bool = False):

@@ -26,7 +26,7 @@ def is_keras_source(source: Any) -> bool:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         return path.suffix.lower() in KERAS_SUFFIXES or (path / "saved_model.pb").exists()
-    return type(source).__module__.startswith(("tf_keras", "keras"))
+    return any(c.__module__.startswith(("tf_keras", "keras")) for c in type(source).__mro__)
 
 
 def load_keras_model(source: Any, custom_objects: dict | None = None, notes: list[str] | None = None):

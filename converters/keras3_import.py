@@ -164,8 +164,8 @@ def to_tf_keras(model, notes: list[str] | None = None):
     _copy_weights(model, translated)
     error = verify_translation(model, translated)
     if notes is not None:
-        notes.append(f"Keras {keras.__version__} model translated to tf_keras (for tfmot) and checked against "
-                     f"Keras 3 on a random batch of {VERIFY_BATCH}: max abs error {error:.2g} of the output scale")
+        notes.append(f"Keras 3 model (read with Keras {keras.__version__}) translated to tf_keras for tfmot, checked "
+                     f"against Keras 3 on a random batch of {VERIFY_BATCH}: max abs error {error:.2g} of the output scale")
     return translated
 
 

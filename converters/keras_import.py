@@ -51,10 +51,10 @@ def load_keras_model(source: Any, custom_objects: dict | None = None, notes: lis
             raise SourceModelError(f"{path} uses a custom layer {custom!r} that Keras cannot rebuild; "
                                    f"pass custom_objects={{{custom!r}: TheClass}} in the Python API") from None
         raise SourceModelError(f"cannot load Keras model {path}: {reason[:200]} "
-                               "(is the file complete and saved by tf_keras / Keras 2?)") from None
+                               "(is the file complete?)") from None
     if not isinstance(model, keras.Model):
-        raise SourceModelError(f"{path} is a SavedModel but not a Keras model; save it with "
-                               "model.save() from tf_keras")
+        raise SourceModelError(f"{path} is a SavedModel but not a Keras model (Keras 3's model.export() writes "
+                               "those); give the model's .keras or .h5 file instead")
     return model
 
 

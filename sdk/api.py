@@ -23,7 +23,7 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
             keep_nchw: bool = False, keep_intermediates: bool = False):
     """Compress ``source`` as ``recipe`` says and write ``output`` (.tflite) plus a report JSON.
 
-    ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory tf_keras model; or a
+    ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory Keras 3 or tf_keras model; or a
     PyTorch ``nn.Module`` (with ``example_input``, a tensor or tuple, or ``input_shapes``), a
     TorchScript file, ``"package.module:factory"`` (with ``weights``, a state-dict file), or a
     ``.onnx`` file.  PyTorch/ONNX inputs that feed convolutions become channels-last (NHWC) in
@@ -60,7 +60,7 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
         kind = Path(source).suffix or "folder" if isinstance(source, (str, os.PathLike)) else \
             type(source).__name__
         raise SourceModelError(f"unknown source model kind {kind!r}: give a .keras or .h5 file, a SavedModel "
-                               "folder, a tf_keras model, a PyTorch module, TorchScript (.pt) file, "
+                               "folder, a Keras 3 or tf_keras model, a PyTorch module, TorchScript (.pt) file, "
                                "'package.module:factory', or an .onnx file")
     return convert_keras(source, output, recipe, finetune_data=finetune_data, calib_data=calib_data,
                          eval_data=eval_data, force=force, progress=progress, verbose=verbose,

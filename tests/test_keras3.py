@@ -137,7 +137,7 @@ def test_float_tflite_matches_keras3(models, name, suffix, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,suffix", [("mobilenet", ".h5"), ("rescaling", ".keras")])
+@pytest.mark.parametrize("name,suffix", [("residual_bn", ".keras"), ("rescaling", ".keras")])
 def test_int8_with_calibration(models, name, suffix, tmp_path):
     case = models[name]
     calibration = case["x"] if name == "rescaling" else batch(case["model"], 64, seed=2)

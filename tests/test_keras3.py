@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters import _tf, keras3_import
+from converters import _tf
 from converters.errors import ConversionError, SourceModelError
-from converters.keras_import import load_keras_model
-from converters.tflite_analysis import analyse
+from converters.sources import keras3 as keras3_source
+from converters.sources.keras import load_keras_model
+from converters.verify.analysis import analyse
 from device_runtime import Model
 from examples.digits_cnn import accuracy, build_digits_cnn
 from sdk import convert
@@ -102,15 +103,15 @@ def tflite_output(path, x) -> np.ndarray:
 
 def test_the_writer_is_read_from_the_file_metadata(models, digits_model_path, tmp_path):
     keras_file, h5_file = (models["sequential"]["path"].with_suffix(s) for s in (".keras", ".h5"))
-    assert keras3_import.file_keras_version(keras_file) == keras3().__version__
-    assert keras3_import.file_keras_version(h5_file) == keras3().__version__
+    assert keras3_source.file_keras_version(keras_file) == keras3().__version__
+    assert keras3_source.file_keras_version(h5_file) == keras3().__version__
     tf_keras_written = tmp_path / "legacy.keras"
     load_keras_model(digits_model_path).save(tf_keras_written)
     for legacy in (digits_model_path, tf_keras_written):
-        assert keras3_import.file_keras_version(legacy).startswith("2.")
-        assert not keras3_import.written_by_keras3(legacy)
-    assert keras3_import.is_keras3_model(models["sequential"]["model"])
-    assert not keras3_import.is_keras3_model(load_keras_model(digits_model_path))
+        assert keras3_source.file_keras_version(legacy).startswith("2.")
+        assert not keras3_source.written_by_keras3(legacy)
+    assert keras3_source.is_keras3_model(models["sequential"]["model"])
+    assert not keras3_source.is_keras3_model(load_keras_model(digits_model_path))
 
 
 @pytest.mark.parametrize("name", ["sequential", "residual_bn", "mobilenet", "rescaling"])
@@ -238,7 +239,7 @@ def test_what_tf_keras_cannot_express_is_refused_in_one_line():
 
 def test_a_translation_that_differs_from_keras3_is_refused(monkeypatch):
     """Keras 3's hard_sigmoid is relu6(x + 3) / 6, tf_keras's clip(0.2 x + 0.5): let it through on purpose."""
-    monkeypatch.setitem(keras3_import.ACTIVATIONS, "hard_sigmoid", "hard_sigmoid")
+    monkeypatch.setitem(keras3_source.ACTIVATIONS, "hard_sigmoid", "hard_sigmoid")
     keras = keras3()
     inputs = keras.Input((8,))
     model = keras.Model(inputs, keras.layers.Dense(3, activation="hard_sigmoid")(keras.layers.Dense(8)(inputs)))

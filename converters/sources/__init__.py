@@ -1,0 +1,1 @@
+"""sources: see converters/__init__.py for the layout."""

@@ -134,7 +134,8 @@ def test_float_tflite_matches_keras3(models, name, suffix, tmp_path):
     case = models[name]
     result = convert(case["path"].with_suffix(suffix), tmp_path / "f.tflite")
     assert relative_error(case["y"], tflite_output(result.path, case["x"])) <= RELATIVE
-    assert any(note.startswith("Keras 3 model (read with Keras 3.") and "translated to tf_keras" in note for note in result.report.notes)
+    assert any(note.startswith("Keras 3 model (read with Keras 3.") and "translated to tf_keras" in note
+               for note in result.report.notes)
 
 
 @pytest.mark.slow
@@ -286,8 +287,9 @@ print(json.dumps({{"error": float(abs(got - ref).max() / abs(ref).max()),
 @pytest.mark.slow
 def test_torch_backend_is_refused_with_the_way_out(models, tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "torch"}
-    done = subprocess.run([sys.executable, "-m", "sdk.cli", "convert", models["sequential"]["path"].with_suffix(".keras"),
-                           "-o", tmp_path / "t.tflite"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    source = models["sequential"]["path"].with_suffix(".keras")
+    done = subprocess.run([sys.executable, "-m", "sdk.cli", "convert", source, "-o", tmp_path / "t.tflite"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: Keras 3 runs on the torch backend here (KERAS_BACKEND or ~/.keras/keras.json), allowed: tensorflow; "

@@ -165,7 +165,8 @@ def to_tf_keras(model, notes: list[str] | None = None):
     error = verify_translation(model, translated)
     if notes is not None:
         notes.append(f"Keras 3 model (read with Keras {keras.__version__}) translated to tf_keras for tfmot, checked "
-                     f"against Keras 3 on a random batch of {VERIFY_BATCH}: max abs error {error:.2g} of the output scale")
+                     f"against Keras 3 on a random batch of {VERIFY_BATCH}: max abs error {error:.2g} of the output "
+                     "scale")
     return translated
 
 
@@ -441,8 +442,8 @@ def _copy_weights(source, target) -> None:
     theirs, ours = _leaves(source), _leaves(target)
     missing = sorted(set(theirs) ^ set(ours))
     if missing:
-        raise ConversionError(f"the tf_keras copy and the Keras 3 model differ in weighted layers ({', '.join(missing[:5])}); "
-                              "please report this model")
+        raise ConversionError(f"the tf_keras copy and the Keras 3 model differ in weighted layers "
+                              f"({', '.join(missing[:5])}); please report this model")
     for path, layer in theirs.items():
         weights, slots = layer.get_weights(), ours[path].get_weights()
         shapes = [w.shape for w in weights], [w.shape for w in slots]

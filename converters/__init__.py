@@ -6,7 +6,7 @@
                  channels/, low_rank.py, qat/ (a backend per framework)
     training/    fine-tuning by distillation, one trainer per framework
     lowering/    onnx2tf.py: ONNX -> tf_keras, offline and quiet
-    targets/     tflite/ (convert, metadata), mcu/, android.py
+    targets/     tflite/ (convert, metadata, normalisation), mcu/, android.py
     verify/      fidelity.py, analysis.py (facts read from a written .tflite), report.py
     search/      budget.py (accuracy-budget mode)
     pipeline.py, onnx_pipeline.py: the Keras route and the PyTorch/ONNX route, stage by stage

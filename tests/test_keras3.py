@@ -197,6 +197,10 @@ def test_custom_layers_registered_and_given(tmp_path):
     assert relative_error(model.predict(x, verbose=0), tflite_output(result.path, x)) <= RELATIVE
     lambda_model = keras.Sequential([keras.Input((6,)), keras.layers.Lambda(lambda t: keras.ops.relu(t) * 3.0)])
     assert np.allclose(load_keras_model(lambda_model).predict(x, verbose=0), np.maximum(x, 0) * 3, atol=1e-6)
+    lambda_model.save(tmp_path / "lambda.keras")
+    with pytest.raises(SourceModelError, match=r"lambda.keras holds a Lambda layer \(Python code\), which Keras 3 "
+                                               r"loads only with safe_mode=False; if you trust the file"):
+        load_keras_model(tmp_path / "lambda.keras")
 
 
 def test_keras_ops_between_tensors_become_merge_layers():

@@ -95,10 +95,7 @@ def load_keras3_file(path: Path, custom_objects: dict | None):
     keras = import_keras3()
     custom = unknown_custom_class(_file_config(path), keras, custom_objects or {})
     if custom:
-        raise SourceModelError(
-            f"{path} uses a custom class {custom!r} that Keras 3 cannot rebuild; pass "
-            f"custom_objects={{{custom!r}: TheClass}} in the Python API, or import the module that "
-            "registers it with @keras.saving.register_keras_serializable") from None
+        raise _unknown_class_error(path, custom)
     try:
         return keras.saving.load_model(path, custom_objects=custom_objects, compile=False)
     except Exception as exc:  # Keras raises many unrelated types for bad files
@@ -107,16 +104,19 @@ def load_keras3_file(path: Path, custom_objects: dict | None):
 
         custom = unknown_class(reason)
         if custom:
-            raise SourceModelError(
-                f"{path} uses a custom class {custom!r} that Keras 3 cannot rebuild; pass "
-                f"custom_objects={{{custom!r}: TheClass}} in the Python API, or import the module that "
-                "registers it with @keras.saving.register_keras_serializable") from None
+            raise _unknown_class_error(path, custom) from None
         if "safe_mode" in str(exc) or "arbitrary code execution" in reason:
             raise SourceModelError(
                 f"{path} holds a Lambda layer (Python code), which Keras 3 loads only with safe_mode=False; if you "
                 "trust the file, load it with keras.saving.load_model(path, safe_mode=False) and pass the model "
                 "to sdk.convert") from None
         raise SourceModelError(f"cannot load Keras 3 model {path}: {reason[:200]} (is the file complete?)") from None
+
+
+def _unknown_class_error(path: Path, name: str) -> SourceModelError:
+    return SourceModelError(f"{path} uses a custom class {name!r} that Keras 3 cannot rebuild; pass "
+                            f"custom_objects={{{name!r}: TheClass}} in the Python API, or import the module that "
+                            "registers it with @keras.saving.register_keras_serializable")
 
 
 def _file_config(path: Path) -> dict:

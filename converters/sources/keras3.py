@@ -142,6 +142,13 @@ def unknown_custom_class(config, keras, custom_objects: dict) -> str | None:
     if not isinstance(config, dict):
         return None
     cls, module, registered = config.get("class_name"), config.get("module"), config.get("registered_name")
+    if cls == "Lambda" or cls == "module":
+        return None  # Python code: Keras 3's safe mode speaks for it when loading
+    if cls == "function" and isinstance(config.get("config"), str):  # a function, e.g. a custom activation
+        name = config["config"]
+        known = name in custom_objects or hasattr(keras.activations, name) or \
+            keras.saving.get_registered_object(registered or name) is not None
+        return None if known else name
     if isinstance(cls, str) and "config" in config and not cls.startswith("__"):
         builtin = (module == "keras" or str(module).startswith("keras.")) if module else \
             (hasattr(keras.layers, cls) or cls in ("Functional", "Sequential", "Model"))
@@ -360,8 +367,9 @@ class _Translator:
                 return target(**{k: v for k, v in config.items() if k in accepted})
         if kind == "initializer":
             return None  # weights are copied; only re-initialization would use it
-        raise SourceModelError(f"layer {name!r} sets {key} to Keras 3's {cls}, which tf_keras cannot express; "
-                               f"rebuild the layer with a built-in {kind or 'value'}")
+        what = f"the function {config!r}" if cls == "function" and isinstance(config, str) else f"Keras 3's {cls}"
+        raise SourceModelError(f"layer {name!r} sets {key} to {what}, which tf_keras cannot express; rebuild the "
+                               f"layer with a built-in {kind or 'value'} (or apply it in a custom layer)")
 
 
 def _live_layer(model, name: str):

@@ -203,13 +203,14 @@ def main() -> None:
         ort = functools.partial(onnxruntime_row, model, calib, held_out, reference, work)
         plan = [  # most important first: every finished row is published at once
             lambda: sdk(f"SDK int8 + automatic mixed precision (min_agreement {args.target:g})",
-                        {"mode": "int8", "min_agreement": args.target}),
+                        {"mode": "int8", "min_agreement": args.target, "bias_correction": False}),
             lambda: plain_tflite_row(model, calib, held_out, reference, work),
             lambda: ort("MinMax"),
-            lambda: sdk("SDK int8", {"mode": "int8"}),
+            lambda: sdk("SDK int8", {"mode": "int8", "bias_correction": False}),
             lambda: ort("Percentile"),
             lambda: sdk("SDK int8 + bias correction", {"mode": "int8", "bias_correction": True}),
-            lambda: sdk("SDK int8 + percentile ranges (99.99)", {"mode": "int8", "activation_range": "percentile"}),
+            lambda: sdk("SDK int8 + percentile ranges (99.99)", {"mode": "int8", "activation_range": "percentile",
+                                                                     "bias_correction": False}),
             lambda: sdk("SDK dynamic", {"mode": "dynamic"}),
         ]
         for step in plan:

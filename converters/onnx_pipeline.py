@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,14 +24,14 @@ import numpy as np
 from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
 from .techniques.arrays import compress_weights, float_precision_weights
-from .data import DataSource, Dataset
+from .data import DataSource, Dataset, InputSpec, random_inputs
 from .errors import ConversionError, DataError, RecipeError, first_line
 from .verify.fidelity import Fidelity, compare
 from .files import check_output_path
 from .targets.tflite.metadata import MetadataSpec
 from .lowering.onnx2tf import onnx_to_keras
-from .sources.onnx import (TensorSpec, channel_last_inputs, fix_input_shapes, load_onnx, onnx_weights, run_onnx,
-                          set_weights, simplify)
+from .sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_input_shapes, index_inputs,
+                           load_onnx, onnx_weights, run_onnx, set_weights, simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
                        export_tflite, quantization_checks, write_result)
 from .verify.layers import fidelity_warnings, quantized_layer_report
@@ -80,8 +81,12 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
                        keep_intermediates: bool = False, finetune_data: DataSource | None = None,
                        calib_data: DataSource | None = None, eval_data: DataSource | None = None,
                        force: bool = False, progress: Progress | None = None, verbose: bool = False,
-                       metadata: MetadataSpec | None = None) -> ConversionResult:
-    """Convert a PyTorch module / TorchScript file / factory, or an ONNX file, to ``output`` (.tflite)."""
+                       metadata: MetadataSpec | None = None,
+                       input_dtypes: Sequence[str] | None = None) -> ConversionResult:
+    """Convert a PyTorch module / TorchScript file / factory, or an ONNX file, to ``output`` (.tflite).
+
+    ``input_dtypes`` (PyTorch with ``input_shapes``): each input's dtype, e.g. int64 for token ids.
+    """
     from .sources.torch import FACTORY_SPEC, is_torch_source
 
     recipe = recipe or Recipe()
@@ -98,13 +103,15 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
     log_named_in_error = False
     try:
         if is_onnx_file:
+            if input_dtypes:
+                raise DataError("--input-dtype applies to PyTorch sources; an ONNX file declares its inputs' dtypes")
             torch_source = None
             onnx_model = load_onnx(source)
             description = str(source)
         elif is_torch_source(source):
             from .sources.torch import load_torch_source
 
-            torch_source = load_torch_source(source, example_input, input_shapes, weights)
+            torch_source = load_torch_source(source, example_input, input_shapes, weights, input_dtypes)
             onnx_model, description = None, torch_source.description
             if isinstance(source, str) and FACTORY_SPEC.match(source) and weights is None:
                 notes.append(f"{source} was converted with the weights its factory returns, since no --weights "
@@ -138,9 +145,14 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     graph_records: list = []  # passes that rewrite layers: they run on the PyTorch module before export
     _check_overrides(recipe, torch_source, onnx_model)
     if torch_source is not None:
-        shapes = [s[1:] for s in torch_source.input_shapes]
+        from .sources.torch import export_onnx
+
+        # Exported first: its graph tells each input's dtype and vocabulary, which the data must fit.
+        exported = export_onnx(torch_source, torch_source.module, work / "model.onnx")
+        timings["torch_onnx_export"] = time.perf_counter() - mark
+        inputs = input_specs(fix_input_shapes(exported, input_shapes), exported)
         known = normalisation.given(metadata, torch_source.input_shapes)
-        tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data, known)
+        tune, calib, evaluation, data_notes = _data(inputs, finetune_data, calib_data, eval_data, known)
         module = torch_source.module
         if recipe.removes_channels:
             from .techniques.channels.torch import remove_channels
@@ -159,21 +171,21 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         elif tune is not None:
             notes.append("fine-tuning data given but the recipe neither prunes, clusters, removes channels "
                          "nor factorizes; not fine-tuned")
-        mark = time.perf_counter()
-        from .sources.torch import export_onnx
-
-        onnx_model = export_onnx(torch_source, module, work / "model.onnx")
-        if module is not torch_source.module:  # the float32 baseline is the original, not the student
-            original = export_onnx(torch_source, torch_source.module, work / "original.onnx")
-        timings["torch_onnx_export"] = time.perf_counter() - mark
+        if module is torch_source.module:
+            onnx_model = exported
+        else:  # the float32 baseline is the original, not the student
+            mark = time.perf_counter()
+            (work / "model.onnx").rename(work / "original.onnx")  # model.onnx is what gets converted
+            onnx_model, original = export_onnx(torch_source, module, work / "model.onnx"), exported
+            timings["torch_onnx_export"] += time.perf_counter() - mark
     specs = fix_input_shapes(onnx_model, input_shapes)
     reference_model = copy.deepcopy(onnx_model) if torch_source is None else None
     if reference_model is not None and input_shapes is not None:
         _check_runs(reference_model, specs)
     if torch_source is None:
-        shapes = [s.shape[1:] for s in specs]
+        inputs = input_specs(specs, onnx_model)
         known = normalisation.given(metadata, [s.shape for s in specs])
-        tune, calib, evaluation, data_notes = _data(shapes, None, calib_data, eval_data, known)
+        tune, calib, evaluation, data_notes = _data(inputs, None, calib_data, eval_data, known)
     notes += data_notes
 
     _check_quantizable(onnx_model, recipe)
@@ -205,33 +217,44 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     timings["compress"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    corrected = _bias_correction(onnx_model, recipe, calib, notes)
-    converted = _onnx2tf(corrected or onnx_model, keep_first, log_path, keep_nchw, route, notes)
-    plain = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes) if corrected else converted
-    float_keras = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes) \
+    # onnx2tf's accuracy correction looks for transpositions broken by NCHW -> NHWC: needed only with them
+    strict = bool(channel_last) or any(node.op_type in CONV_LIKE_OPS for node in onnx_model.graph.node)
+    corrected = _bias_correction(onnx_model, recipe, calib, specs, notes)
+    converted = _onnx2tf(corrected or onnx_model, keep_first, log_path, keep_nchw, route, notes, strict)
+    plain = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes, strict) if corrected else converted
+    float_keras = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes, strict) \
         if compressed_any else plain
     timings["onnx2tf"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    calibration = route.to_tflite_layout(specs[0].name, calib.x) if calib is not None else None
-    baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"))
+    names = [s.name for s in specs]
+    float_input = len(inputs) == 1 and not inputs[0].integer
+    if calib is None and recipe.quantize.needs_calibration and not float_input:  # random, but valid per input
+        calib = Dataset(random_inputs(inputs, recipe.quantize.samples), None, "random valid inputs")
+    calibration = [route.to_tflite_layout(n, x) for n, x in zip(names, calib.columns(names))] \
+        if calib is not None else None
+    baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"), traced=True)
     all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
     float_reference, search = quantization_checks(
         plain, recipe, baseline_bytes, compressed_any, calib, calibration, [tuple(converted.inputs[0].shape[1:])],
-        {name: values for name, values in final_weights.items() if name not in float_layers})
+        {name: values for name, values in final_weights.items() if name not in float_layers}, traced=True)
     tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
-                                               float_layers, search)
+                                               float_layers, traced=True,
+                                               float_bytes=baseline_bytes if converted is float_keras else None,
+                                               precision_search=search)
+    same_model = tflite_bytes is baseline_bytes  # a float recipe that changed nothing: verified once
     timings["tflite_convert"] = time.perf_counter() - mark
     notes += export_notes
 
     source_sha256 = _source_hash(source_files, torch_source)
-    tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, calibration, {
+    stats_of = calibration[0] if calibration and float_input else None  # the monitor watches one float input
+    tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, stats_of, {
         "input_order": [s.name for s in specs], "output_order": route.output_names}), metadata,
                                   Path(description).stem if source_files else "model",
                                   tune or calib or evaluation, notes, (known, (tune, calib, evaluation)))
 
     mark = time.perf_counter()
-    inputs = [evaluation.x] if len(specs) == 1 else _random_inputs(specs, len(evaluation))
+    inputs = evaluation.columns(names)
     if torch_source is not None:
         from .sources.torch import reference_outputs
 
@@ -240,7 +263,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         references = run_onnx(reference_model, {s.name: x for s, x in zip(specs, inputs)})
     tflite_inputs = {s.name: route.to_tflite_layout(s.name, x) for s, x in zip(specs, inputs)}
     by_output = _fidelity(route, references, tflite_bytes, tflite_inputs, evaluation)
-    float_by_output = _fidelity(route, references, baseline_bytes, tflite_inputs, evaluation)
+    float_by_output = by_output if same_model else _fidelity(route, references, baseline_bytes, tflite_inputs,
+                                                             evaluation)
     reference_weights = final_weights if float_reference is not baseline_bytes else \
         {w.name: w.values for w in onnx_weights(float_model)[0]}  # the reference file holds these weights
     layer_errors = quantized_layer_report(recipe.quantize.mode, tflite_bytes, float_reference,
@@ -250,7 +274,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     timings["total"] = time.perf_counter() - started
 
     first = route.output_names[0]
-    baseline_stats, compressed_stats = analyse(baseline_bytes), analyse(tflite_bytes)
+    with ThreadPoolExecutor(2) as pool:  # gzip and numpy release the GIL: both models at once
+        baseline_stats, compressed_stats = pool.map(analyse, (baseline_bytes, tflite_bytes))
     label_weights(baseline_stats, {w.name: w.values for w in onnx_weights(float_model)[0]})
     label_weights(compressed_stats, final_weights)
     report = Report(
@@ -265,19 +290,20 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     return write_result(output, tflite_bytes, report)
 
 
-def _bias_correction(onnx_model, recipe: Recipe, calib: Dataset | None, notes: list[str]):
+def _bias_correction(onnx_model, recipe: Recipe, calib: Dataset | None, specs: list, notes: list[str]):
     """The model with int8-corrected biases (``quantize.bias_correction``; auto: for int8/int16x8 with
-    calibration data), or None."""
+    calibration data for a single input), or None."""
     settings = recipe.quantize
     if settings.bias_correction is False or settings.mode not in ("int8", "int16x8") or \
-            (settings.bias_correction == "auto" and calib is None):
+            (settings.bias_correction == "auto" and (calib is None or len(specs) != 1)):
         return None
-    if calib is None:
-        notes.append("bias correction skipped: it measures mean layer inputs on calibration data, and none was given")
+    if calib is None or len(specs) != 1:
+        notes.append("bias correction skipped: it measures mean layer inputs on calibration data for one input, "
+                     "and " + ("none was given" if calib is None else f"the model has {len(specs)} inputs"))
         return None
     from .techniques.bias_correction import correct_biases
 
-    corrected, record = correct_biases(onnx_model, calib.x)
+    corrected, record = correct_biases(onnx_model, calib.columns([specs[0].name])[0])
     notes.append(record.summary())
     return corrected
 
@@ -331,15 +357,19 @@ def _check_quantizable(onnx_model, recipe: Recipe) -> None:
                                   "--quantize dynamic or float16 for this model")
 
 
-def _data(shapes, finetune_data, calib_data, eval_data, known=None):
-    """Datasets for the single input, in the source layout ((C, H, W) images load channels-first); image
-    folders load with the ``known`` normalisation."""
-    if len(shapes) != 1:
-        if any(d is not None for d in (finetune_data, calib_data, eval_data)):
-            raise DataError(f"data for models with {len(shapes)} inputs is not supported yet; convert "
-                            "without data (fidelity is then measured on random inputs)")
-    return datasets(shapes[0], finetune_data, calib_data, eval_data, channels_first=len(shapes[0]) == 3,
-                    pixels=known)
+def input_specs(specs: list[TensorSpec], onnx_model) -> list[InputSpec]:
+    """What data must fit: each input's per-sample shape and dtype, and for token ids the vocabulary size
+    (rows of the embedding table the graph indexes with them)."""
+    indexed = index_inputs(onnx_model)
+    return [InputSpec(s.name, tuple(s.shape[1:]), s.dtype, indexed.get(s.name),
+                      s.name in indexed and indexed[s.name] is None) for s in specs]
+
+
+def _data(inputs: list[InputSpec], finetune_data, calib_data, eval_data, known=None):
+    """Datasets in the source layout ((C, H, W) images load channels-first, with the ``known``
+    normalisation), keyed by input name for multi-input and integer models."""
+    return datasets(inputs[0].shape, finetune_data, calib_data, eval_data, channels_first=len(inputs[0].shape) == 3,
+                    pixels=known, specs=inputs)
 
 
 def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool, notes: list[str]):
@@ -370,8 +400,8 @@ def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool
     return student.eval(), records, [w.name for w in weights]
 
 
-def _onnx2tf(onnx_model, keep_first, log_path, keep_nchw: bool, route: _Route, notes: list[str]):
-    result = onnx_to_keras(onnx_model, keep_first, log_path)
+def _onnx2tf(onnx_model, keep_first, log_path, keep_nchw: bool, route: _Route, notes: list[str], strict: bool):
+    result = onnx_to_keras(onnx_model, keep_first, log_path, strict)
     if result.blocked_connections:
         notes.append(f"onnx2tf tried to open {result.blocked_connections} network connection(s); all were "
                      "refused")
@@ -404,19 +434,12 @@ def _outputs_channel_first(model, channel_last: dict[str, bool], names: list[str
     return keras.Model(model.inputs, outputs)
 
 
-def _random_inputs(specs: list[TensorSpec], count: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    return [rng.random((count, *s.shape[1:]), dtype=np.float32) for s in specs]
-
-
 def _fidelity(route: _Route, references: list[np.ndarray], tflite_bytes: bytes, inputs: dict[str, np.ndarray],
               evaluation: Dataset) -> dict[str, Fidelity]:
     from device_runtime import Model
 
     got = Model(tflite_bytes).run(inputs)
-    labels = evaluation.y if len(route.specs) == 1 else None
-    data_name = evaluation.source if len(route.specs) == 1 else "random uniform inputs"
-    return {name: compare(route.reference_in_tflite_layout(name, ref), got[name], labels, data_name)
+    return {name: compare(route.reference_in_tflite_layout(name, ref), got[name], evaluation.y, evaluation.source)
             for name, ref in zip(route.output_names, references)}
 
 

@@ -136,7 +136,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
         {layer.name: kernel_weights(layer)[0].numpy() for layer in model.layers
          if kernel_weights(layer) and layer.name not in float_layers})
     tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress, float_layers,
-                                               search)
+                                               precision_search=search)
     notes += export_notes
     source_sha256 = _source_hash(source_path, teacher)
     tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, calibration),

@@ -22,13 +22,15 @@ import numpy as np
 
 from .array_compression import compress_weights
 from .data import DataSource, Dataset
-from .errors import ConversionError, DataError, RecipeError, first_line
+from .errors import ConversionError, DataError, FidelityError, RecipeError, first_line
 from .fidelity import Fidelity, compare
 from .files import check_output_path
+from .flex_ops import FLEX_CONSEQUENCE, flex_nodes, refusal
 from .metadata import MetadataSpec
 from .onnx2tf_bridge import onnx_to_keras
-from .onnx_import import (TensorSpec, channel_last_inputs, fix_input_shapes, load_onnx, onnx_weights, run_onnx,
-                          set_weights, simplify)
+from .onnx_rewrites import rewrite_for_onnx2tf
+from .onnx_import import (TensorSpec, channel_last_inputs, fix_input_shapes, join_runs, load_onnx, onnx_weights,
+                          run_once, run_onnx, set_weights, simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
                        export_tflite, write_result)
 from .recipe import QuantizeSettings, Recipe
@@ -37,6 +39,9 @@ from .tflite_analysis import analyse, label_weights
 from .tflite_export import to_tflite
 
 
+# The float32 .tflite may differ from the source by round-off, not more: 1e-3 of the output scale (the
+# nine architectures of bench/fidelity.py measure <= 5e-7).
+FLOAT_TOLERANCE = 1e-3
 # TensorFlow 2.19's int8/int16x8 calibrator dies with SIGSEGV on onnx2tf's recurrent loops (measured).
 CALIBRATION_CRASHING_OPS = {"LSTM", "GRU", "RNN", "Loop", "Scan"}
 
@@ -51,12 +56,21 @@ class _Route:
     def __init__(self, specs: list[TensorSpec], channel_last: list[str], output_names: list[str]):
         self.specs, self.channel_last, self.output_names = specs, set(channel_last), output_names
         self.channel_last_outputs: dict[str, bool] = {}
+        self.output_shapes: dict[str, tuple[int, ...]] = {}  # one run's output shapes in the source
 
     def to_tflite_layout(self, name: str, x: np.ndarray) -> np.ndarray:
         return x.transpose(channel_last_perm(x.ndim)) if name in self.channel_last else x
 
-    def reference_in_tflite_layout(self, name: str, y: np.ndarray) -> np.ndarray:
-        return y.transpose(channel_last_perm(y.ndim)) if self.channel_last_outputs.get(name) else y
+    def runs_in_tflite_layout(self, spec: TensorSpec, x: np.ndarray) -> np.ndarray:
+        """Samples as the whole inputs one .tflite run takes, stacked on a new first axis."""
+        return np.stack([self.to_tflite_layout(spec.name, r) for r in spec.runs(x)])
+
+    def reference_in_tflite_layout(self, name: str, y: np.ndarray, run_rank: int) -> np.ndarray:
+        """``y`` as the .tflite gives it; ``run_rank`` is one run's output rank (``y`` may stack runs)."""
+        if not self.channel_last_outputs.get(name):
+            return y
+        perm = channel_last_perm(run_rank)
+        return y.transpose(perm if y.ndim == run_rank else (0, *(1 + p for p in perm)))
 
     def describe(self) -> list[dict[str, Any]]:
         rows = []
@@ -77,8 +91,11 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
                        keep_intermediates: bool = False, finetune_data: DataSource | None = None,
                        calib_data: DataSource | None = None, eval_data: DataSource | None = None,
                        force: bool = False, progress: Progress | None = None, verbose: bool = False,
-                       metadata: MetadataSpec | None = None) -> ConversionResult:
-    """Convert a PyTorch module / TorchScript file / factory, or an ONNX file, to ``output`` (.tflite)."""
+                       metadata: MetadataSpec | None = None, allow_flex: bool = False) -> ConversionResult:
+    """Convert a PyTorch module / TorchScript file / factory, or an ONNX file, to ``output`` (.tflite).
+
+    ``allow_flex``: keep ops with no TFLite builtin as Select TF ops (the .tflite then needs the Flex
+    delegate); without it they are refused before the TFLite converter runs."""
     from .torch_import import FACTORY_SPEC, is_torch_source
 
     recipe = recipe or Recipe()
@@ -111,7 +128,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
         timings["load"] = time.perf_counter() - started
         return _convert(torch_source, onnx_model, description, source_files, output, recipe, input_shapes,
                         keep_nchw, finetune_data, calib_data, eval_data, progress, verbose, metadata, work,
-                        log_path, notes, timings, started)
+                        log_path, notes, timings, started, allow_flex)
     except ConversionError as exc:
         log_named_in_error = str(log_path) in str(exc)
         raise
@@ -128,7 +145,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
 
 def _convert(torch_source, onnx_model, description, source_files, output, recipe, input_shapes, keep_nchw,
              finetune_data, calib_data, eval_data, progress, verbose, metadata, work: Path, log_path: Path, notes,
-             timings, started) -> ConversionResult:
+             timings, started, allow_flex: bool = False) -> ConversionResult:
     mark = time.perf_counter()
     fine_tuned_records = original = None
     graph_records: list = []  # passes that rewrite layers: they run on the PyTorch module before export
@@ -140,7 +157,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
                           "scheme); for PyTorch, drop one of them")
     _check_overrides(recipe, torch_source, onnx_model)
     if torch_source is not None:
-        shapes = [s[1:] for s in torch_source.input_shapes]
+        shapes = [TensorSpec("", tuple(s)).sample_shape for s in torch_source.input_shapes]
         tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data)
         module = torch_source.module
         if recipe.removes_channels:
@@ -167,12 +184,14 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         if module is not torch_source.module:  # the float32 baseline is the original, not the student
             original = export_onnx(torch_source, torch_source.module, work / "original.onnx")
         timings["torch_onnx_export"] = time.perf_counter() - mark
-    specs = fix_input_shapes(onnx_model, input_shapes)
+    shape_notes: list[str] = []
+    specs = fix_input_shapes(onnx_model, input_shapes, shape_notes)
+    notes += shape_notes
     reference_model = copy.deepcopy(onnx_model) if torch_source is None else None
-    if reference_model is not None and input_shapes is not None:
+    if reference_model is not None and (input_shapes is not None or shape_notes):
         _check_runs(reference_model, specs)
     if torch_source is None:
-        shapes = [s.shape[1:] for s in specs]
+        shapes = [s.sample_shape for s in specs]
         if finetune_data is not None:
             raise DataError("fine-tuning needs the PyTorch model; an ONNX file is compressed one-shot, so "
                             "drop --finetune (use --calib for int8) or convert the PyTorch source")
@@ -203,6 +222,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     channel_last = [] if keep_nchw else channel_last_inputs(onnx_model, specs)
     keep_first = [s.name for s in specs if 3 <= len(s.shape) <= 5 and s.name not in channel_last]
     route = _Route(specs, channel_last, [o.name for o in onnx_model.graph.output])
+    route.output_shapes = _output_shapes(float_model, specs)
     timings["compress"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -210,12 +230,18 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     float_keras = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes) \
         if compressed_any else converted
     timings["onnx2tf"] = time.perf_counter() - mark
+    flex = flex_nodes(float_keras, float_model)
+    if flex and not allow_flex:
+        raise refusal(flex)
+    if flex:
+        notes.append(f"Select TF ops kept (--allow-flex): {', '.join(flex)}; {FLEX_CONSEQUENCE}")
 
     mark = time.perf_counter()
-    calibration = route.to_tflite_layout(specs[0].name, calib.x) if calib is not None else None
-    baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"))
+    calibration = route.runs_in_tflite_layout(specs[0], calib.x) if calib is not None else None
+    baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"), allow_flex=allow_flex)
     all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
-    tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress)
+    tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
+                                               allow_flex=allow_flex)
     timings["tflite_convert"] = time.perf_counter() - mark
     notes += export_notes
 
@@ -227,15 +253,11 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
 
     mark = time.perf_counter()
     inputs = [evaluation.x] if len(specs) == 1 else _random_inputs(specs, len(evaluation))
-    if torch_source is not None:
-        from .torch_import import reference_outputs
-
-        references = reference_outputs(torch_source.module, inputs)
-    else:
-        references = run_onnx(reference_model, {s.name: x for s, x in zip(specs, inputs)})
-    tflite_inputs = {s.name: route.to_tflite_layout(s.name, x) for s, x in zip(specs, inputs)}
-    by_output = _fidelity(route, references, tflite_bytes, tflite_inputs, evaluation)
-    float_by_output = _fidelity(route, references, baseline_bytes, tflite_inputs, evaluation)
+    references = _references(torch_source, reference_model, specs, inputs)
+    backend = "tensorflow" if flex else "auto"  # only full TensorFlow's interpreter has the Flex delegate
+    by_output = _fidelity(route, references, tflite_bytes, inputs, evaluation, backend)
+    float_by_output = _fidelity(route, references, baseline_bytes, inputs, evaluation, backend)
+    _check_float_fidelity(float_by_output)
     timings["verify"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
 
@@ -255,13 +277,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
 
 def _check_runs(onnx_model, specs: list[TensorSpec]) -> None:
     """An --input-shape the ONNX graph cannot run is the user's input, found before onnx2tf fails on it."""
-    from onnx import helper
-
-    by_name = {i.name: i for i in onnx_model.graph.input}
-    feeds = {s.name: np.zeros(s.shape, helper.tensor_dtype_to_np_dtype(by_name[s.name].type.tensor_type.elem_type))
-             for s in specs}
     try:
-        run_onnx(onnx_model, feeds)
+        run_once(onnx_model, specs)
     except Exception as exc:  # onnxruntime's own error types, raised at load or at run
         shapes = ", ".join(f"{s.name} {s.shape}" for s in specs)
         raise DataError(f"the model cannot run on inputs of shape {shapes} ({first_line(exc, 160)}); check "
@@ -269,11 +286,17 @@ def _check_runs(onnx_model, specs: list[TensorSpec]) -> None:
                         "against the shapes the model was exported with") from None
 
 
+def _output_shapes(onnx_model, specs: list[TensorSpec]) -> dict[str, tuple[int, ...]]:
+    """One run's output shapes, measured by onnxruntime (static shape inference misses some)."""
+    return {o.name: y.shape for o, y in zip(onnx_model.graph.output, run_once(onnx_model, specs))}
+
+
 def _check_overrides(recipe: Recipe, torch_source, onnx_model) -> None:
     """Per-layer overrides must name PyTorch modules (or ONNX layers) and their classes or ONNX ops."""
     if not (recipe.layers or recipe.layer_types):
         return
-    types = {"Conv", "Gemm", "MatMul", "Linear", "Conv1d", "Conv2d", "Conv3d"}  # the aliases weights answer to
+    types = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
+             "ConvTranspose2d", "ConvTranspose3d"}  # the aliases weights answer to
     if torch_source is not None:
         modules = list(torch_source.module.named_modules())
         names = [name for name, _ in modules if name]
@@ -330,16 +353,34 @@ def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool
 
 
 def _onnx2tf(onnx_model, keep_first, log_path, keep_nchw: bool, route: _Route, notes: list[str]):
+    onnx_model, rewrites = rewrite_for_onnx2tf(onnx_model)
+    notes += [n for n in rewrites if n not in notes]
     result = onnx_to_keras(onnx_model, keep_first, log_path)
     if result.blocked_connections:
         notes.append(f"onnx2tf tried to open {result.blocked_connections} network connection(s); all were "
                      "refused")
     model = result.model
-    if keep_nchw:
-        model = _outputs_channel_first(model, result.channel_last_outputs, route.output_names)
+    layouts = _output_layouts(model, result.channel_last_outputs, route)
+    if keep_nchw or not route.channel_last:  # outputs are channel-last only in a channel-last (image) model
+        model = _outputs_channel_first(model, layouts, route.output_names)
     else:
-        route.channel_last_outputs = result.channel_last_outputs
+        route.channel_last_outputs = layouts
     return model
+
+
+def _output_layouts(model, flags: dict[str, bool], route: _Route) -> dict[str, bool]:
+    """Which Keras outputs onnx2tf made channel-last, by their shapes against the source's (onnx2tf's own
+    flags are wrong for some graphs, e.g. a rank-3 Relu); its flag decides only where both layouts have
+    the same shape."""
+    layouts = {}
+    for name, tensor in zip(route.output_names, model.outputs):
+        shape, source = tuple(tensor.shape), route.output_shapes.get(name)
+        if source is None or not 3 <= len(source) <= 5:
+            layouts[name] = bool(flags.get(name))
+            continue
+        last = tuple(source[i] for i in channel_last_perm(len(source)))
+        layouts[name] = shape == last and (shape != source or bool(flags.get(name)))
+    return layouts
 
 
 def _outputs_channel_first(model, channel_last: dict[str, bool], names: list[str]):
@@ -364,18 +405,62 @@ def _outputs_channel_first(model, channel_last: dict[str, bool], names: list[str
 
 
 def _random_inputs(specs: list[TensorSpec], count: int) -> list[np.ndarray]:
+    """Samples for each input in its dtype: uniform [0, 1) for floats, zeros (a valid index) otherwise."""
     rng = np.random.default_rng(0)
-    return [rng.random((count, *s.shape[1:]), dtype=np.float32) for s in specs]
+    return [rng.random((count, *s.sample_shape), dtype=np.float32).astype(s.dtype)
+            if np.issubdtype(np.dtype(s.dtype), np.floating) else np.zeros((count, *s.sample_shape), s.dtype)
+            for s in specs]
 
 
-def _fidelity(route: _Route, references: list[np.ndarray], tflite_bytes: bytes, inputs: dict[str, np.ndarray],
-              evaluation: Dataset) -> dict[str, Fidelity]:
+def _references(torch_source, reference_model, specs: list[TensorSpec], inputs: list[np.ndarray]
+                ) -> list[np.ndarray]:
+    """The source's outputs on ``inputs``, run at the shapes the graph was exported with."""
+    if torch_source is None:
+        return run_onnx(reference_model, {s.name: x for s, x in zip(specs, inputs)}, specs)
+    from .torch_import import _as_tuple, reference_outputs, run_module
+
+    if all(s.batch == 1 for s in specs):  # batch-1 exports take any batch in PyTorch: batched, fast
+        return reference_outputs(torch_source.module, inputs)
+    import torch
+
+    runs = [s.runs(x) for s, x in zip(specs, inputs)]
+    outputs = [[o.detach().numpy() for o in _as_tuple(run_module(
+        torch_source.module, tuple(torch.from_numpy(np.ascontiguousarray(r[i])) for r in runs)))]
+        for i in range(len(runs[0]))]
+    return join_runs(specs, outputs, len(inputs[0]))
+
+
+def _check_float_fidelity(by_output: dict[str, Fidelity]) -> None:
+    """The float32 .tflite must reproduce the source: another output shape, or errors beyond float32
+    round-off, mean the conversion is wrong, whatever the recipe."""
+    for name, fid in by_output.items():
+        if fid.mismatch:
+            raise FidelityError(f"the converted model does not reproduce the source: output {name!r} has "
+                                f"{fid.mismatch}; nothing written (convert with --keep-intermediates to inspect)")
+        tolerance = FLOAT_TOLERANCE * fid.output_scale + 1e-5
+        if not fid.max_abs_error <= tolerance:
+            raise FidelityError(f"the converted model does not reproduce the source: output {name!r} float32 "
+                                f"max abs error {fid.max_abs_error:.3g} > {tolerance:.3g} "
+                                f"({FLOAT_TOLERANCE:g} of the output scale {fid.output_scale:.3g}), cosine "
+                                f"{fid.cosine:.6f} on {fid.samples} samples ({fid.data}); nothing written "
+                                "(try --keep-nchw, or convert with --keep-intermediates to inspect)")
+
+
+def _fidelity(route: _Route, references: list[np.ndarray], tflite_bytes: bytes, inputs: list[np.ndarray],
+              evaluation: Dataset, backend: str = "auto") -> dict[str, Fidelity]:
+    """Each output of the .tflite, run at its fixed input shapes, against the source's."""
     from device_runtime import Model
 
-    got = Model(tflite_bytes).run(inputs)
+    model = Model(tflite_bytes, backend=backend)
+    runs = [[route.to_tflite_layout(s.name, r) for r in s.runs(x)] for s, x in zip(route.specs, inputs)]
+    per_run = [model.run({s.name: r[i] for s, r in zip(route.specs, runs)}) for i in range(len(runs[0]))]
+    outputs = join_runs(route.specs, [[run[name] for name in route.output_names] for run in per_run],
+                        len(inputs[0]))
+    got = dict(zip(route.output_names, outputs))
     labels = evaluation.y if len(route.specs) == 1 else None
     data_name = evaluation.source if len(route.specs) == 1 else "random uniform inputs"
-    return {name: compare(route.reference_in_tflite_layout(name, ref), got[name], labels, data_name)
+    return {name: compare(route.reference_in_tflite_layout(name, ref, per_run[0][name].ndim), got[name],
+                          labels if labels is not None and len(labels) == len(ref) else None, data_name)
             for name, ref in zip(route.output_names, references)}
 
 

@@ -20,14 +20,17 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
             progress: Callable[[str, int, int], None] | None = None, verbose: bool = False,
             custom_objects: dict | None = None, metadata=None, example_input: Any = None,
             input_shapes: Sequence[Sequence[int]] | None = None, weights: str | os.PathLike | None = None,
-            keep_nchw: bool = False, keep_intermediates: bool = False):
+            keep_nchw: bool = False, keep_intermediates: bool = False, allow_flex: bool = False):
     """Compress ``source`` as ``recipe`` says and write ``output`` (.tflite) plus a report JSON.
 
     ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory tf_keras model; or a
     PyTorch ``nn.Module`` (with ``example_input``, a tensor or tuple, or ``input_shapes``), a
     TorchScript file, ``"package.module:factory"`` (with ``weights``, a state-dict file), or a
     ``.onnx`` file.  PyTorch/ONNX inputs that feed convolutions become channels-last (NHWC) in
-    the .tflite unless ``keep_nchw``; data is always given in the source's layout.
+    the .tflite unless ``keep_nchw``; data is always given in the source's layout.  Any input rank and
+    batch is kept as exported; ``input_shapes`` fixes dynamic dimensions (otherwise 1).
+    ``allow_flex`` (PyTorch/ONNX): keep ops with no TFLite builtin as Select TF ops; the .tflite then
+    needs the Flex delegate (full TensorFlow's interpreter; not ai-edge-litert or tflite-runtime).
     ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
     Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array.
     ``metadata``: a ``converters.metadata.MetadataSpec`` for image classifiers (labels,
@@ -49,9 +52,11 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
         return convert_onnx_route(source, output, recipe, example_input=example_input, input_shapes=input_shapes,
                                   weights=weights, keep_nchw=keep_nchw, keep_intermediates=keep_intermediates,
                                   finetune_data=finetune_data, calib_data=calib_data, eval_data=eval_data,
-                                  force=force, progress=progress, verbose=verbose, metadata=metadata)
+                                  force=force, progress=progress, verbose=verbose, metadata=metadata,
+                                  allow_flex=allow_flex)
     torch_only = {"example_input": example_input is not None, "input_shapes": bool(input_shapes),
-                  "weights": weights is not None, "keep_nchw": keep_nchw, "keep_intermediates": keep_intermediates}
+                  "weights": weights is not None, "keep_nchw": keep_nchw, "keep_intermediates": keep_intermediates,
+                  "allow_flex": allow_flex}
     given = [name for name, used in torch_only.items() if used]
     if given and is_keras_source(source):
         raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "

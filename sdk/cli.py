@@ -206,6 +206,8 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--weights", type=click.Path(), help="PyTorch state dict for a package.module:factory source.")
 @click.option("--keep-nchw", is_flag=True, help="PyTorch/ONNX: keep channels-first inputs and outputs.")
 @click.option("--keep-intermediates", is_flag=True, help="PyTorch/ONNX: keep the temporary ONNX and logs.")
+@click.option("--allow-flex", is_flag=True, help="PyTorch/ONNX: keep ops with no TFLite builtin as Select TF ops "
+              "(the .tflite then needs the Flex delegate: full TensorFlow, not ai-edge-litert/tflite-runtime).")
 @click.option("--max-drop", type=float, help="Accuracy-budget mode: choose per-layer settings within this many "
               "points of the source (needs --finetune and --eval; Keras).")
 @click.option("--optimize", type=click.Choice(["size", "latency"]), default="size", show_default=True,
@@ -216,7 +218,7 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
             samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
-            model_version, input_shapes, weights, keep_nchw, keep_intermediates, max_drop, optimize, plot_path, force,
+            model_version, input_shapes, weights, keep_nchw, keep_intermediates, allow_flex, max_drop, optimize, plot_path, force,
             as_json, debug):
     """Compress and convert SOURCE to a verified .tflite.
 
@@ -261,7 +263,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             metadata = MetadataSpec(name=Path(source).stem, version=model_version,
                                     labels=read_labels_file(labels) if labels else ())
         torch_onnx = dict(input_shapes=_parse_shapes(input_shapes), weights=weights, keep_nchw=keep_nchw,
-                          keep_intermediates=keep_intermediates)
+                          keep_intermediates=keep_intermediates, allow_flex=allow_flex)
         budget = None
         if max_drop is not None:
             from sdk.api import convert_within_budget

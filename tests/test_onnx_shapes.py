@@ -1,0 +1,140 @@
+"""ONNX graphs of any shape (issue 21): batch > 1, rank-1 and rank-2 inputs, ConvTranspose, ops with no
+TFLite builtin, and shape mismatches reported as fidelity failures; graphs built here with onnx.helper."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import sdk
+from converters.errors import FidelityError
+from converters.fidelity import compare
+from converters.flex_ops import FlexOpsError
+from device_runtime import Model
+from tests.test_cli import run
+
+FLOAT_ATOL = 1e-5  # float32 .tflite vs onnxruntime on these small graphs
+
+
+def save(path, nodes, inputs, outputs, weights, opset=17):
+    """A checked ONNX file from nodes, (name, shape) inputs/outputs and {name: array} initializers."""
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+                              initializer=[numpy_helper.from_array(v, n) for n, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def weights(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def reference(path, x: np.ndarray) -> np.ndarray:
+    """onnxruntime on one whole input, as the graph takes it."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_batch4_graph_keeps_its_batch_and_compresses(tmp_path):
+    """A graph exported with batch 4 converts as batch 4 (NHWC) and prunes/clusters into the written file."""
+    path = save(tmp_path / "b4.onnx", [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+                                       helper.make_node("Relu", ["c"], ["y"])],
+                [("x", [4, 3, 8, 8])], [("y", [4, 16, 8, 8])], {"w": weights(16, 3, 3, 3), "b": weights(16)})
+    result = sdk.convert(path, tmp_path / "b4.tflite", {"prune": {"sparsity": 0.5}, "cluster": {"clusters": 8}})
+    report = result.report
+    assert [i["shape"] for i in report.compressed.inputs] == [[4, 8, 8, 3]]
+    assert report.float_fidelity.max_abs_error <= FLOAT_ATOL, report.float_fidelity
+    conv = next(w for w in report.compressed.weights if w.op == "CONV_2D" and w.size == 16 * 3 * 3 * 3)
+    assert conv.sparsity == pytest.approx(0.5, abs=0.01) and conv.unique_values <= 8 + 1, conv  # + the zero
+    x = np.random.default_rng(1).random((4, 3, 8, 8), dtype=np.float32)
+    float_path = sdk.convert(path, tmp_path / "f.tflite").path
+    got = Model(str(float_path)).run({"x": x.transpose(0, 2, 3, 1)})["y"]
+    np.testing.assert_allclose(got, reference(path, x).transpose(0, 2, 3, 1), atol=FLOAT_ATOL)
+
+
+def test_rank1_and_rank2_inputs_keep_their_shapes(tmp_path):
+    rank1 = save(tmp_path / "r1.onnx", [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "k"], ["y"])],
+                 [("x", [5])], [("y", [5])], {"k": weights(5)})
+    rank2 = save(tmp_path / "r2.onnx", [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)],
+                 [("x", [3, 4])], [("y", [3, 6])], {"w": weights(6, 4), "b": weights(6)})
+    x1 = np.random.default_rng(2).standard_normal(5).astype(np.float32)
+    x2 = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
+    for path, x in ((rank1, x1), (rank2, x2)):
+        result = sdk.convert(path, tmp_path / f"{path.stem}.tflite")
+        assert [i["shape"] for i in result.report.compressed.inputs] == [list(x.shape)]
+        assert result.report.float_fidelity.max_abs_error <= FLOAT_ATOL
+        got = Model(str(result.path)).run({"x": x})["y"]
+        np.testing.assert_allclose(got, reference(path, x), atol=FLOAT_ATOL)
+
+
+def test_conv_transpose_without_kernel_shape_converts_and_compresses(tmp_path):
+    """onnx2tf cannot convert a ConvTranspose that omits kernel_shape (valid ONNX); the SDK writes it in."""
+    path = save(tmp_path / "ct.onnx", [helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2])],
+                [("x", [1, 8, 5, 5])], [("y", [1, 16, 11, 11])], {"w": weights(8, 16, 3, 3)})
+    result = sdk.convert(path, tmp_path / "ct.tflite", {"prune": {"sparsity": 0.5}, "cluster": {"clusters": 8}})
+    report = result.report
+    assert report.float_fidelity.max_abs_error <= FLOAT_ATOL, report.float_fidelity
+    assert any("kernel_shape written into 1" in note for note in report.notes), report.notes
+    kernel = next(w for w in report.compressed.weights if w.op == "TRANSPOSE_CONV")
+    assert kernel.size == 8 * 16 * 3 * 3
+    assert kernel.sparsity == pytest.approx(0.5, abs=0.01) and kernel.unique_values <= 8 + 1, kernel
+    assert report.passes["prune"].layers and report.passes["cluster"].layers
+
+
+def cubic_resize(tmp_path, exclude_outside: int):
+    """Cubic Resize: TensorFlow's ResizeBicubic (no TFLite builtin) matches ONNX only for a = -0.5 with
+    exclude_outside."""
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="cubic", cubic_coeff_a=-0.5,
+                            exclude_outside=exclude_outside)
+    return save(tmp_path / f"cubic{exclude_outside}.onnx", [node], [("x", [1, 1, 4, 4])], [("y", [1, 1, 8, 8])],
+                {"scales": np.array([1, 1, 2, 2], np.float32)})
+
+
+def test_op_without_builtin_is_refused_in_one_line_and_allowed_with_allow_flex(tmp_path):
+    path = cubic_resize(tmp_path, exclude_outside=1)
+    result = run("convert", path, "-o", tmp_path / "m.tflite")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: no TFLite builtin for tf.ResizeBicubic (ONNX Resize node 'y'); pass "
+                               "--allow-flex"), lines[0]
+    assert not (tmp_path / "m.tflite").exists()
+    flex = sdk.convert(path, tmp_path / "flex.tflite", allow_flex=True)
+    assert flex.report.float_fidelity.max_abs_error <= 1e-4, flex.report.float_fidelity
+    assert any(n.startswith("Select TF ops kept (--allow-flex): tf.ResizeBicubic") and "Flex delegate" in n
+               for n in flex.report.notes), flex.report.notes
+    assert any("FlexResizeBicubic" in op for op in flex.report.compressed.ops.counts), flex.report.compressed.ops
+    with pytest.raises(FlexOpsError):  # the API refuses the same way
+        sdk.convert(path, tmp_path / "m.tflite")
+
+
+def test_numeric_mismatch_is_a_fidelity_failure_not_a_written_model(tmp_path):
+    """TF's bicubic kernel differs from ONNX's without exclude_outside: exit 1 with the numbers."""
+    path = cubic_resize(tmp_path, exclude_outside=0)
+    result = run("convert", path, "-o", tmp_path / "m.tflite", "--allow-flex")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: the converted model does not reproduce the source: output 'y' float32 max "
+                               "abs error "), lines[0]
+    assert not (tmp_path / "m.tflite").exists() and not (tmp_path / "m.report.json").exists()
+
+
+def test_shape_mismatch_is_reported_not_broadcast(tmp_path, monkeypatch):
+    fid = compare(np.zeros((64, 3072), np.float32), np.zeros((64, 3069), np.float32), None, "random")
+    assert fid.mismatch == "output shape (3069,) where the source gives (3072,)" and np.isnan(fid.max_abs_error)
+    # A converted output in another layout than the route believes: a FidelityError naming both shapes.
+    from converters import onnx_pipeline
+
+    monkeypatch.setattr(onnx_pipeline, "_output_layouts", lambda model, flags, route: {})
+    path = save(tmp_path / "c.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])],
+                [("x", [1, 2, 6, 6])], [("y", [1, 3, 4, 4])], {"w": weights(3, 2, 3, 3)})
+    with pytest.raises(FidelityError, match=r"^the converted model does not reproduce the source: output 'y' has "
+                                            r"output shape \(4, 4, 3\) where the source gives \(3, 4, 4\)"):
+        sdk.convert(path, tmp_path / "m.tflite")
+    assert not (tmp_path / "m.tflite").exists()

@@ -112,18 +112,27 @@ def run_sdk(model_path: Path, name: str, x: np.ndarray, expected: dict[str, np.n
     from converters.errors import SDKError
     from device_runtime import Model
 
+    from converters.flex_ops import FlexOpsError
+
     started = time.perf_counter()
+    flex = False
     try:
-        result = sdk.convert(model_path, work / "sdk.tflite", force=True)
+        try:
+            result = sdk.convert(model_path, work / "sdk.tflite", force=True)
+        except FlexOpsError:  # refused by default; the opt-in that raw onnx2tf's default corresponds to
+            flex = True
+            result = sdk.convert(model_path, work / "sdk.tflite", force=True, allow_flex=True)
     except SDKError as exc:
-        return {"ok": False, "error": str(exc).splitlines()[0][:300], "s": round(time.perf_counter() - started, 1)}
+        return {"ok": False, "error": str(exc).splitlines()[0][:300], "s": round(time.perf_counter() - started, 1),
+                "flex": flex}
     seconds = round(time.perf_counter() - started, 1)
     layout = result.report.io_layout
     transposed_in = any(r.get("input") == name and r["layout"].startswith("channels last") for r in layout)
     transposed = {r["output"]: r["layout"].startswith("channels last") for r in layout if "output" in r}
-    got = Model(str(result.path)).run({name: channel_last(x) if transposed_in else x})
+    model = Model(str(result.path), backend="tensorflow" if flex else "auto")
+    got = model.run({name: channel_last(x) if transposed_in else x})
     failure = compare(got, expected, transposed)
-    return {"ok": failure is None, "error": failure, "s": seconds}
+    return {"ok": failure is None, "error": failure, "s": seconds, "flex": flex}
 
 
 def run_onnx2tf(model_path: Path, x: np.ndarray, expected: dict[str, np.ndarray], work: Path) -> dict:
@@ -148,13 +157,16 @@ def run_onnx2tf(model_path: Path, x: np.ndarray, expected: dict[str, np.ndarray]
     files = sorted(out.glob("*_float32.tflite"))
     if not files:
         return {"ok": False, "error": "onnx2tf wrote no float32 .tflite", "s": seconds}
+    from device_runtime.tflite_format import read_model
+
+    flex = any(op.op_name.startswith("CUSTOM:Flex") for op in read_model(files[0].read_bytes()).main.operators)
     try:
-        model = Model(str(files[0]))
+        model = Model(str(files[0]), backend="tensorflow" if flex else "auto")
         spec = model.inputs[0]
         feed = x if tuple(spec.shape) == x.shape else channel_last(x)
         values = list(model.run({spec.name: feed}).values())
     except Exception as exc:  # the runtime's own errors (e.g. Flex ops it cannot run)
-        return {"ok": False, "error": f"run: {str(exc).splitlines()[0][:200]}", "s": seconds}
+        return {"ok": False, "error": f"run: {str(exc).splitlines()[0][:200]}", "s": seconds, "flex": flex}
     names = [s.name for s in model.outputs]
     got, transposed = {}, {}
     for index, (name, want) in enumerate(expected.items()):
@@ -165,7 +177,7 @@ def run_onnx2tf(model_path: Path, x: np.ndarray, expected: dict[str, np.ndarray]
         got[name] = values[match]
         transposed[name] = got[name].shape != want.shape and got[name].shape == channel_last(want).shape
     failure = compare(got, expected, transposed)
-    return {"ok": failure is None, "error": failure, "s": seconds}
+    return {"ok": failure is None, "error": failure, "s": seconds, "flex": flex}
 
 
 def run_case(folder: Path) -> dict:
@@ -185,10 +197,15 @@ def _op(model_path: Path) -> str:
     return onnx.load(str(model_path)).graph.node[0].op_type
 
 
-def _worker(tasks, results) -> None:
+def _worker(tasks, results, parent: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     while True:
-        folder = tasks.get()
+        try:
+            folder = tasks.get(timeout=5)
+        except queue.Empty:
+            if os.getppid() != parent:  # the bench was stopped: do not outlive it
+                return
+            continue
         if folder is None:
             return
         try:
@@ -204,7 +221,7 @@ def run_all(cases: list[Path], timeout: float) -> list[dict]:
     for number, folder in enumerate(cases, 1):
         if worker is None or not worker.is_alive():
             tasks, results = context.Queue(), context.Queue()
-            worker = context.Process(target=_worker, args=(tasks, results), daemon=True)
+            worker = context.Process(target=_worker, args=(tasks, results, os.getpid()), daemon=True)
             worker.start()
         tasks.put(str(folder))
         started = time.perf_counter()
@@ -234,23 +251,27 @@ def _verdict(row: dict, key: str) -> str:
 
 
 def render(rows: list[dict]) -> str:
-    def passes(key: str) -> int:
-        return sum(1 for r in rows if key in r and r[key]["ok"])
+    def passes(key: str, builtin_only: bool = False) -> int:
+        return sum(1 for r in rows if key in r and r[key]["ok"] and not (builtin_only and r[key].get("flex")))
 
     both_raw_only = [r["case"] for r in rows if "sdk" in r and r["onnx2tf"]["ok"] and not r["sdk"]["ok"]]
     lines = ["# ONNX backend node tests: the SDK and raw onnx2tf", "",
              f"{len(rows)} cases (single node of {', '.join(EDGE_OPS)}; float32 inputs and outputs; extra "
              f"inputs folded into initializers); pass = outputs allclose to the case's expected outputs at "
              f"rtol = atol = {RTOL:g}.", "",
-             f"**SDK: {passes('sdk')} / {len(rows)} pass; raw onnx2tf: {passes('onnx2tf')} / {len(rows)}; "
-             f"raw onnx2tf passes and the SDK fails: {len(both_raw_only)}**"
-             + (f" ({', '.join(both_raw_only)})" if both_raw_only else ""), "",
+             f"**SDK: {passes('sdk')} / {len(rows)} pass ({passes('sdk', True)} with builtin ops only, the rest "
+             f"with `allow_flex=True` after the default refused them); raw onnx2tf: {passes('onnx2tf')} / "
+             f"{len(rows)} ({passes('onnx2tf', True)} without Flex ops); raw onnx2tf passes and the SDK fails: "
+             f"{len(both_raw_only)}**" + (f" ({', '.join(both_raw_only)})" if both_raw_only else ""), "",
+             "Flex (Select TF ops) models run here on full TensorFlow's interpreter; ai-edge-litert and "
+             "tflite-runtime cannot run them.", "",
              "| case | op | input | SDK | onnx2tf | SDK error | onnx2tf error |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "sdk" not in r:
             lines.append(f"| {r['case']} | | | error | error | {r.get('error', '')} | |")
             continue
-        cell = lambda res: ("pass" if res["ok"] else "FAIL") + f" ({res['s']} s)"  # noqa: E731
+        cell = lambda res: ("pass" if res["ok"] else "FAIL") + (" (Flex)" if res.get("flex") else "") \
+            + f" {res['s']} s"  # noqa: E731
         clean = lambda text: (text or "").replace("|", "/")[:160]  # noqa: E731
         lines.append(f"| {r['case']} | {r['op']} | {tuple(r['input_shape'])} | {cell(r['sdk'])} | "
                      f"{cell(r['onnx2tf'])} | {clean(r['sdk']['error'])} | {clean(r['onnx2tf']['error'])} |")

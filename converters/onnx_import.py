@@ -249,9 +249,10 @@ def _session(model):
         raise ConversionError(f"onnxruntime cannot run the source model: {first_line(exc)}") from None
 
 
-def run_once(model, specs: list[TensorSpec]) -> list[np.ndarray]:
-    """The outputs of one run on zeros at the specs' shapes (onnxruntime's errors propagate)."""
-    return _session(model).run(None, {s.name: np.zeros(s.shape, s.dtype) for s in specs})
+def run_once(model, specs: list[TensorSpec], feeds: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """The outputs of one run on ``feeds`` (default zeros) at the specs' shapes (onnxruntime's errors
+    propagate)."""
+    return _session(model).run(None, feeds or {s.name: np.zeros(s.shape, s.dtype) for s in specs})
 
 
 def run_onnx(model, inputs: dict[str, np.ndarray], specs: list[TensorSpec] | None = None) -> list[np.ndarray]:

@@ -29,6 +29,8 @@ from .flex_ops import FLEX_CONSEQUENCE, flex_nodes, refusal
 from .metadata import MetadataSpec
 from .onnx2tf_bridge import onnx_to_keras
 from .onnx_rewrites import rewrite_for_onnx2tf
+from .onnx_layouts import (channel_last_perm, inputs_in_source_layout, matches_probe, output_layouts,
+                            outputs_channel_first)
 from .onnx_import import (TensorSpec, channel_last_inputs, fix_input_shapes, join_runs, load_onnx, onnx_weights,
                           run_once, run_onnx, set_weights, simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
@@ -46,10 +48,6 @@ FLOAT_TOLERANCE = 1e-3
 CALIBRATION_CRASHING_OPS = {"LSTM", "GRU", "RNN", "Loop", "Scan"}
 
 
-def channel_last_perm(rank: int) -> tuple[int, ...]:
-    return (0, *range(2, rank), 1)
-
-
 class _Route:
     """Everything one conversion learns about its inputs and outputs."""
 
@@ -57,6 +55,7 @@ class _Route:
         self.specs, self.channel_last, self.output_names = specs, set(channel_last), output_names
         self.channel_last_outputs: dict[str, bool] = {}
         self.output_shapes: dict[str, tuple[int, ...]] = {}  # one run's output shapes in the source
+        self.probe: tuple[dict, dict] = ({}, {})  # one run of the source: its inputs and outputs
 
     def to_tflite_layout(self, name: str, x: np.ndarray) -> np.ndarray:
         return x.transpose(channel_last_perm(x.ndim)) if name in self.channel_last else x
@@ -222,13 +221,14 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     channel_last = [] if keep_nchw else channel_last_inputs(onnx_model, specs)
     keep_first = [s.name for s in specs if 3 <= len(s.shape) <= 5 and s.name not in channel_last]
     route = _Route(specs, channel_last, [o.name for o in onnx_model.graph.output])
-    route.output_shapes = _output_shapes(float_model, specs)
+    route.probe = _probe(float_model, specs)
+    route.output_shapes = {name: y.shape for name, y in route.probe[1].items()}
     timings["compress"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    converted = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes)
-    float_keras = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes) \
-        if compressed_any else converted
+    float_keras, kept = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes)
+    converted = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes, kept)[0] \
+        if compressed_any else float_keras
     timings["onnx2tf"] = time.perf_counter() - mark
     flex = flex_nodes(float_keras, float_model)
     if flex and not allow_flex:
@@ -286,9 +286,13 @@ def _check_runs(onnx_model, specs: list[TensorSpec]) -> None:
                         "against the shapes the model was exported with") from None
 
 
-def _output_shapes(onnx_model, specs: list[TensorSpec]) -> dict[str, tuple[int, ...]]:
-    """One run's output shapes, measured by onnxruntime (static shape inference misses some)."""
-    return {o.name: y.shape for o, y in zip(onnx_model.graph.output, run_once(onnx_model, specs))}
+def _probe(onnx_model, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One run of the source on random inputs (source layout): its inputs and outputs, whose shapes
+    static shape inference may miss."""
+    rng = np.random.default_rng(7)
+    feeds = {s.name: rng.random(s.shape).astype(s.dtype) if np.issubdtype(np.dtype(s.dtype), np.floating)
+             else np.zeros(s.shape, s.dtype) for s in specs}
+    return feeds, {o.name: y for o, y in zip(onnx_model.graph.output, run_once(onnx_model, specs, feeds))}
 
 
 def _check_overrides(recipe: Recipe, torch_source, onnx_model) -> None:
@@ -352,56 +356,43 @@ def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool
     return student.eval(), records, [w.name for w in weights]
 
 
-def _onnx2tf(onnx_model, keep_first, log_path, keep_nchw: bool, route: _Route, notes: list[str]):
+def _onnx2tf(onnx_model, keep_first: list[str], log_path: Path, keep_nchw: bool, route: _Route,
+             notes: list[str], decided: list[str] | None = None):
+    """onnx2tf's Keras model in the route's layouts, and the inputs onnx2tf kept channel-first.
+
+    Non-image inputs of rank 3-5 are first kept channel-first; where onnx2tf then fails or its model
+    does not reproduce the source on the probe run (it transposes the graph's constants as if the input
+    were channel-last), onnx2tf's own layout is used, behind a transpose that keeps the source layout
+    at the .tflite's input.  ``decided`` (a previous call's answer) skips the choice.
+    """
     onnx_model, rewrites = rewrite_for_onnx2tf(onnx_model)
     notes += [n for n in rewrites if n not in notes]
-    result = onnx_to_keras(onnx_model, keep_first, log_path)
-    if result.blocked_connections:
-        notes.append(f"onnx2tf tried to open {result.blocked_connections} network connection(s); all were "
-                     "refused")
-    model = result.model
-    layouts = _output_layouts(model, result.channel_last_outputs, route)
-    if keep_nchw or not route.channel_last:  # outputs are channel-last only in a channel-last (image) model
-        model = _outputs_channel_first(model, layouts, route.output_names)
-    else:
-        route.channel_last_outputs = layouts
-    return model
-
-
-def _output_layouts(model, flags: dict[str, bool], route: _Route) -> dict[str, bool]:
-    """Which Keras outputs onnx2tf made channel-last, by their shapes against the source's (onnx2tf's own
-    flags are wrong for some graphs, e.g. a rank-3 Relu); its flag decides only where both layouts have
-    the same shape."""
-    layouts = {}
-    for name, tensor in zip(route.output_names, model.outputs):
-        shape, source = tuple(tensor.shape), route.output_shapes.get(name)
-        if source is None or not 3 <= len(source) <= 5:
-            layouts[name] = bool(flags.get(name))
+    attempts = [decided] if decided is not None else [keep_first, []] if keep_first else [[]]
+    first_error = None
+    for keep in attempts:
+        try:
+            result = onnx_to_keras(onnx_model, keep, log_path)
+        except ConversionError as exc:
+            first_error = first_error or exc
             continue
-        last = tuple(source[i] for i in channel_last_perm(len(source)))
-        layouts[name] = shape == last and (shape != source or bool(flags.get(name)))
-    return layouts
-
-
-def _outputs_channel_first(model, channel_last: dict[str, bool], names: list[str]):
-    """--keep-nchw: transpose onnx2tf's channel-last outputs back to the source layout."""
-    from . import _tf
-
-    keras = _tf.keras()
-    if not any(channel_last.get(n) for n in names):
-        return model
-    outputs = []
-    for name, tensor in zip(names, model.outputs):
-        for layer in model.layers:  # free the name for the layer that now produces the output
-            if layer.name == name:
-                layer._name = f"{name}_channels_last"
-        if channel_last.get(name) and 3 <= len(tensor.shape) <= 5:
-            rank = len(tensor.shape)
-            tensor = keras.layers.Permute((rank - 1, *range(1, rank - 1)), name=name)(tensor)
+        if result.blocked_connections:
+            notes.append(f"onnx2tf tried to open {result.blocked_connections} network connection(s); all were "
+                         "refused")
+        model = inputs_in_source_layout(result.model, route.specs, [n for n in keep_first if n not in keep])
+        layouts = output_layouts(model, result.channel_last_outputs, route)
+        if keep is not attempts[-1] and not matches_probe(model, layouts, route, FLOAT_TOLERANCE):
+            continue
+        if keep_nchw or not route.channel_last:  # outputs are channel-last only in a channel-last (image) model
+            model = outputs_channel_first(model, layouts, route.output_names)
         else:
-            tensor = keras.layers.Identity(name=name)(tensor)
-        outputs.append(tensor)
-    return keras.Model(model.inputs, outputs)
+            route.channel_last_outputs = layouts
+        if keep != keep_first:
+            note = (f"input(s) {', '.join(n for n in keep_first if n not in keep)} converted in onnx2tf's channel-"
+                    "last layout behind a transpose (kept channel-first, onnx2tf's model did not reproduce the "
+                    "source); the .tflite takes them as the source does")
+            notes += [note] if note not in notes else []
+        return model, keep
+    raise first_error
 
 
 def _random_inputs(specs: list[TensorSpec], count: int) -> list[np.ndarray]:
@@ -454,14 +445,22 @@ def _fidelity(route: _Route, references: list[np.ndarray], tflite_bytes: bytes, 
     model = Model(tflite_bytes, backend=backend)
     runs = [[route.to_tflite_layout(s.name, r) for r in s.runs(x)] for s, x in zip(route.specs, inputs)]
     per_run = [model.run({s.name: r[i] for s, r in zip(route.specs, runs)}) for i in range(len(runs[0]))]
-    outputs = join_runs(route.specs, [[run[name] for name in route.output_names] for run in per_run],
-                        len(inputs[0]))
-    got = dict(zip(route.output_names, outputs))
+    present = [name for name in route.output_names if name in per_run[0]]
+    outputs = join_runs(route.specs, [[run[name] for name in present] for run in per_run], len(inputs[0])) \
+        if present else []
+    got = dict(zip(present, outputs))
     labels = evaluation.y if len(route.specs) == 1 else None
     data_name = evaluation.source if len(route.specs) == 1 else "random uniform inputs"
-    return {name: compare(route.reference_in_tflite_layout(name, ref, per_run[0][name].ndim), got[name],
-                          labels if labels is not None and len(labels) == len(ref) else None, data_name)
-            for name, ref in zip(route.output_names, references)}
+    by_output = {}
+    for name, ref in zip(route.output_names, references):
+        if name not in got:  # onnx2tf dropped it (e.g. BatchNormalization's training-mode statistics)
+            nan = float("nan")
+            by_output[name] = Fidelity(len(ref), data_name, nan, nan, float(np.abs(ref).max(initial=0.0)), nan, None,
+                                       None, None, f"no such output in the .tflite (it has {sorted(per_run[0])})")
+            continue
+        by_output[name] = compare(route.reference_in_tflite_layout(name, ref, per_run[0][name].ndim), got[name],
+                                  labels if labels is not None and len(labels) == len(ref) else None, data_name)
+    return by_output
 
 
 def _source_hash(files: list[Path], torch_source) -> str:

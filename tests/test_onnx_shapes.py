@@ -88,40 +88,49 @@ def test_conv_transpose_without_kernel_shape_converts_and_compresses(tmp_path):
     assert report.passes["prune"].layers and report.passes["cluster"].layers
 
 
-def cubic_resize(tmp_path, exclude_outside: int):
-    """Cubic Resize: TensorFlow's ResizeBicubic (no TFLite builtin) matches ONNX only for a = -0.5 with
-    exclude_outside."""
-    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="cubic", cubic_coeff_a=-0.5,
-                            exclude_outside=exclude_outside)
-    return save(tmp_path / f"cubic{exclude_outside}.onnx", [node], [("x", [1, 1, 4, 4])], [("y", [1, 1, 8, 8])],
-                {"scales": np.array([1, 1, 2, 2], np.float32)})
-
-
 def test_op_without_builtin_is_refused_in_one_line_and_allowed_with_allow_flex(tmp_path):
-    path = cubic_resize(tmp_path, exclude_outside=1)
+    """A 3-D MaxPool becomes TensorFlow's MaxPool3D, which TFLite runs only as a Select TF (Flex) op."""
+    path = save(tmp_path / "pool3d.onnx", [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2, 2])],
+                [("x", [1, 2, 4, 4, 4])], [("y", [1, 2, 3, 3, 3])], {})
     result = run("convert", path, "-o", tmp_path / "m.tflite")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1, result.output
-    assert lines[0].startswith("error: no TFLite builtin for tf.ResizeBicubic (ONNX Resize node 'y'); pass "
+    assert lines[0].startswith("error: no TFLite builtin for tf.MaxPool3D (ONNX MaxPool node 'y'); pass "
                                "--allow-flex"), lines[0]
     assert not (tmp_path / "m.tflite").exists()
-    flex = sdk.convert(path, tmp_path / "flex.tflite", allow_flex=True)
-    assert flex.report.float_fidelity.max_abs_error <= 1e-4, flex.report.float_fidelity
-    assert any(n.startswith("Select TF ops kept (--allow-flex): tf.ResizeBicubic") and "Flex delegate" in n
-               for n in flex.report.notes), flex.report.notes
-    assert any("FlexResizeBicubic" in op for op in flex.report.compressed.ops.counts), flex.report.compressed.ops
     with pytest.raises(FlexOpsError):  # the API refuses the same way
         sdk.convert(path, tmp_path / "m.tflite")
+    flex = sdk.convert(path, tmp_path / "flex.tflite", allow_flex=True)
+    assert flex.report.float_fidelity.max_abs_error <= FLOAT_ATOL, flex.report.float_fidelity
+    assert any(n.startswith("Select TF ops kept (--allow-flex): tf.MaxPool3D") and "Flex delegate" in n
+               for n in flex.report.notes), flex.report.notes
+    assert any("FlexMaxPool3D" in op for op in flex.report.compressed.ops.counts), flex.report.compressed.ops
+
+
+def test_cubic_resize_converts_with_builtins_exactly(tmp_path):
+    """onnx2tf lowers cubic Resize to ResizeBicubic (no builtin, and another kernel than ONNX's): the SDK
+    writes it as two MatMuls with the node's own interpolation matrices."""
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="cubic")
+    path = save(tmp_path / "cubic.onnx", [node], [("x", [1, 2, 4, 4])], [("y", [1, 2, 8, 8])],
+                {"scales": np.array([1, 1, 2, 2], np.float32)})
+    result = sdk.convert(path, tmp_path / "cubic.tflite")
+    assert result.report.float_fidelity.max_abs_error <= FLOAT_ATOL, result.report.float_fidelity
+    ops = result.report.compressed.ops.counts
+    assert ops["FULLY_CONNECTED"] == 2 and not any("Flex" in op or "RESIZE" in op for op in ops), ops
+    x = np.random.default_rng(5).random((1, 2, 4, 4), dtype=np.float32)
+    got = Model(str(result.path)).run({"x": x.transpose(0, 2, 3, 1)})["y"]
+    np.testing.assert_allclose(got, reference(path, x).transpose(0, 2, 3, 1), atol=FLOAT_ATOL)
 
 
 def test_numeric_mismatch_is_a_fidelity_failure_not_a_written_model(tmp_path):
-    """TF's bicubic kernel differs from ONNX's without exclude_outside: exit 1 with the numbers."""
-    path = cubic_resize(tmp_path, exclude_outside=0)
-    result = run("convert", path, "-o", tmp_path / "m.tflite", "--allow-flex")
+    """ONNX's Clip with min > max gives max; TensorFlow's gives something else: exit 1 with the numbers."""
+    path = save(tmp_path / "clip.onnx", [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], [("x", [3, 4])],
+                [("y", [3, 4])], {"lo": np.array(2, np.float32), "hi": np.array(1, np.float32)})
+    result = run("convert", path, "-o", tmp_path / "m.tflite")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert lines[0].startswith("error: the converted model does not reproduce the source: output 'y' float32 max "
-                               "abs error "), lines[0]
+                               "abs error 1 > 0.00101 (0.001 of the output scale 1)"), lines[0]
     assert not (tmp_path / "m.tflite").exists() and not (tmp_path / "m.report.json").exists()
 
 
@@ -131,7 +140,7 @@ def test_shape_mismatch_is_reported_not_broadcast(tmp_path, monkeypatch):
     # A converted output in another layout than the route believes: a FidelityError naming both shapes.
     from converters import onnx_pipeline
 
-    monkeypatch.setattr(onnx_pipeline, "_output_layouts", lambda model, flags, route: {})
+    monkeypatch.setattr(onnx_pipeline, "output_layouts", lambda model, flags, route: {})
     path = save(tmp_path / "c.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])],
                 [("x", [1, 2, 6, 6])], [("y", [1, 3, 4, 4])], {"w": weights(3, 2, 3, 3)})
     with pytest.raises(FidelityError, match=r"^the converted model does not reproduce the source: output 'y' has "

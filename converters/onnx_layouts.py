@@ -94,12 +94,13 @@ def inputs_in_source_layout(model, specs: list, names: list[str]):
 
 
 def outputs_channel_first(model, channel_last: dict[str, bool], names: list[str]):
-    """Transpose onnx2tf's channel-last outputs back to the source layout (--keep-nchw, or a model with no
-    image input)."""
+    """Transpose the outputs ``channel_last`` names back to the source layout (--keep-nchw, or a model with
+    no image input), and name every output as the source does (onnx2tf names a Split's outputs after its
+    layer: output_3, output_3_1...)."""
     from . import _tf
 
     keras = _tf.keras()
-    if not any(channel_last.get(n) for n in names):
+    if not any(channel_last.get(n) for n in names) and list(model.output_names) == list(names):
         return model
     outputs = []
     for name, tensor in zip(names, model.outputs):

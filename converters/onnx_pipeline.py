@@ -385,6 +385,7 @@ def _onnx2tf(onnx_model, keep_first: list[str], log_path: Path, keep_nchw: bool,
         if keep_nchw or not route.channel_last:  # outputs are channel-last only in a channel-last (image) model
             model = outputs_channel_first(model, layouts, route.output_names)
         else:
+            model = outputs_channel_first(model, {}, route.output_names)  # only names them
             route.channel_last_outputs = layouts
         if keep != keep_first:
             note = (f"input(s) {', '.join(n for n in keep_first if n not in keep)} converted in onnx2tf's channel-"

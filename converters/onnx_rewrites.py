@@ -30,6 +30,10 @@ def rewrite_for_onnx2tf(model) -> tuple[object, list[str]]:
     if resized:
         notes.append(f"{len(resized)} Resize node(s) ({', '.join(resized)}) written as two MatMuls with their exact "
                      "interpolation matrices (TFLite has no resize that samples as they do)")
+    count = _explicit_splits(model)
+    if count:
+        notes.append(f"{count} Split node(s) given their split sizes instead of num_outputs (onnx2tf fails on "
+                     "uneven splits)")
     count = _trailing_empty_inputs(model)
     if count:
         notes.append(f"empty optional inputs dropped from {count} node(s) (onnx2tf fails on them)")
@@ -48,11 +52,17 @@ def rewrite_for_onnx2tf(model) -> tuple[object, list[str]]:
     return model, notes
 
 
-def _resize_tflite_cannot_match(attrs: dict) -> bool:
-    """Cubic Resize (TensorFlow's bicubic kernel has no builtin and samples differently) and antialiased
-    linear Resize (ScaleAndTranslate, not even a Flex op)."""
+def _resize_tflite_cannot_match(attrs: dict, shape_in: tuple, shape_out: tuple) -> bool:
+    """Resizes onnx2tf gets wrong or cannot convert to builtins (measured on the ONNX node tests): cubic
+    (TensorFlow's bicubic kernel has no builtin and samples differently), antialiased linear
+    (ScaleAndTranslate, not even a Flex op), linear with other sampling positions than TFLite's
+    (align_corners, half_pixel_symmetric, tf_crop_and_resize), and any downsampling linear or nearest
+    Resize.  Upsampling with TFLite's own sampling stays RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR."""
     mode = attrs.get("mode", b"nearest").decode()
-    return mode == "cubic" or (mode == "linear" and bool(attrs.get("antialias", 0)))
+    transform = attrs.get("coordinate_transformation_mode", b"half_pixel").decode()
+    shrinks = any(o < i for i, o in zip(shape_in[2:], shape_out[2:]))
+    return mode == "cubic" or shrinks or (mode == "linear" and (
+        bool(attrs.get("antialias", 0)) or transform not in ("half_pixel", "pytorch_half_pixel", "asymmetric")))
 
 
 def _layer_norms_as_primitives(model) -> int:
@@ -314,8 +324,9 @@ def _resize_as_matmuls(model, wanted) -> list[str]:
     for node in resizes:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         shape_in, shape_out = shapes.get(node.input[0]), shapes.get(node.output[0])
-        if not (wanted(attrs) and all(not n or n in initializers for n in node.input[1:]) and "axes" not in attrs
-                and shape_in and shape_out and len(shape_in) == 4 and shape_in[:2] == shape_out[:2]):
+        if not (shape_in and shape_out and len(shape_in) == 4 and shape_in[:2] == shape_out[:2]
+                and wanted(attrs, shape_in, shape_out) and "axes" not in attrs
+                and all(not n or n in initializers for n in node.input[1:])):
             continue
         matrices = _interpolation_matrices(node, initializers, shape_in, shape_out, opset)
         if matrices is None:
@@ -389,3 +400,37 @@ def _interpolation_matrices(node, initializers, shape_in, shape_out, opset: int)
     if want is None or not np.allclose(a_h @ check @ a_w.T, want, rtol=1e-4, atol=1e-5):
         return None
     return a_h, a_w
+
+
+def _explicit_splits(model) -> int:
+    """Split (opset 18) by num_outputs as the explicit sizes the spec gives: ceil(n / k) each, the last
+    one smaller."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    splits = [n for n in model.graph.node if n.op_type == "Split" and any(a.name == "num_outputs" for a in n.attribute)
+              and (len(n.input) < 2 or not n.input[1])]
+    if not splits:
+        return 0
+    shapes = _input_shapes(model)
+    count = 0
+    for node in splits:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        shape = shapes.get(node.input[0])
+        if shape is None:
+            continue
+        parts = attrs["num_outputs"]
+        length = shape[attrs.get("axis", 0) % len(shape)]
+        chunk = -(-length // parts)
+        sizes = [chunk] * (parts - 1) + [length - chunk * (parts - 1)]
+        if sizes[-1] <= 0:
+            continue
+        name = f"{node.name or node.output[0]}_split_sizes"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(sizes, np.int64), name))
+        del node.input[1:]
+        node.input.append(name)
+        kept = [a for a in node.attribute if a.name != "num_outputs"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        count += 1
+    return count

@@ -173,3 +173,26 @@ def test_graphs_onnx2tf_mis_converts_are_rewritten_or_converted_in_its_layout(tm
         x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
         got = Model(str(result.path)).run({"x": x})
         np.testing.assert_allclose(got["y"], reference(path, x), atol=1e-3)
+
+
+def test_dynamic_dimensions_become_one_with_a_note_and_runs_follow_the_batch(tmp_path):
+    """No conversion: the shape plumbing itself.  A dynamic dimension is 1 unless --input-shape; samples
+    fill runs of the input's batch (wrapping around), and outputs join back into one row per sample."""
+    from converters.onnx_import import TensorSpec, fix_input_shapes, join_runs
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", 8])])
+    notes: list[str] = []
+    specs = fix_input_shapes(helper.make_model(graph), None, notes)
+    assert specs == [TensorSpec("x", (1, 3, 1, 8), "float32")]
+    assert notes == ["input 'x' has dynamic shape (?,3,?,8); converted with 1,3,1,8 (each dynamic dimension 1): "
+                     "give --input-shape to choose"]
+    assert fix_input_shapes(helper.make_model(graph), [(4, 3, 5, 8)])[0].shape == (4, 3, 5, 8)
+    batch4, rank1 = TensorSpec("x", (4, 2)), TensorSpec("s", (3,))
+    x = np.arange(10 * 2, dtype=np.float32).reshape(10, 2)
+    runs = batch4.runs(x)
+    assert [r.shape for r in runs] == [(4, 2)] * 3 and np.array_equal(runs[2][2:], x[:2])  # wrapped around
+    joined = join_runs([batch4], [[r * 2, r.sum()] for r in runs], 10)
+    assert np.array_equal(joined[0], x * 2) and joined[1].shape == (3,)  # per-run scalars: one row per run
+    assert [r.shape for r in rank1.runs(np.zeros((5, 3)))] == [(3,)] * 5

@@ -18,7 +18,7 @@ import numpy as np
 
 from bench import arguments, publish
 from converters import _tf
-from converters.tflite_analysis import gzip_size
+from converters.verify.analysis import gzip_size
 from examples.digits_cnn import accuracy, load_digits_splits, train_digits_cnn
 
 

@@ -112,7 +112,7 @@ def run_sdk(model_path: Path, name: str, x: np.ndarray, expected: dict[str, np.n
     from converters.errors import SDKError
     from device_runtime import Model
 
-    from converters.flex_ops import FlexOpsError
+    from converters.targets.tflite.flex import FlexOpsError
 
     started = time.perf_counter()
     flex = False
@@ -138,7 +138,7 @@ def run_sdk(model_path: Path, name: str, x: np.ndarray, expected: dict[str, np.n
 def run_onnx2tf(model_path: Path, x: np.ndarray, expected: dict[str, np.ndarray], work: Path) -> dict:
     """Raw onnx2tf with its defaults, offline as the SDK runs it; outputs matched by name, then order."""
     from converters import _tf
-    from converters.onnx2tf_bridge import NetworkBlocked, _offline, _output_to
+    from converters.lowering.onnx2tf import NetworkBlocked, _offline, _output_to
     from device_runtime import Model
 
     _tf.tensorflow()

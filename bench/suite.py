@@ -143,7 +143,7 @@ def runtime_vs_raw(path: str, rounds: int = 7, runs: int = 100) -> float:
 def by_hand(work: Path) -> dict:
     """75% + 16 clusters + int8 on the digits CNN, written from the tfmot guides (bench.compression)."""
     from bench.compression import hand_written_tfmot
-    from converters.tflite_analysis import gzip_size
+    from converters.verify.analysis import gzip_size
     from device_runtime import Model
     from examples.digits_cnn import accuracy, load_digits_splits
 

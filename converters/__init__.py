@@ -1,4 +1,16 @@
-"""Importers, compression passes and exporters behind the SDK.
+"""Importers, compression techniques and writers behind the SDK, laid out as the data flows.
 
-Heavy frameworks (TensorFlow, tfmot) are imported on first use, not here.
+    sources/     keras.py, torch.py, onnx.py: load a source model and run it as the reference
+    techniques/  prune, cluster (Keras via tfmot), arrays.py (the same on ONNX initializers),
+                 channels/, low_rank.py, qat/ (a backend per framework)
+    training/    fine-tuning by distillation, one trainer per framework
+    lowering/    onnx2tf.py: ONNX -> tf_keras, offline and quiet; onnx_rewrites.py: valid ONNX onnx2tf
+                 mis-converts, rewritten before it; onnx_layouts.py: which inputs/outputs it transposed
+    targets/     tflite/ (convert, metadata, flex.py: ops with no builtin), mcu/, android.py
+    verify/      fidelity.py, analysis.py (facts read from a written .tflite), report.py
+    search/      budget.py (accuracy-budget mode)
+    pipeline.py, onnx_pipeline.py: the Keras route and the PyTorch/ONNX route, stage by stage
+
+Shared pieces stay at the top: recipe.py, data.py, errors.py, files.py, labels.py, _tf.py. Heavy
+frameworks (TensorFlow, tfmot, torch) are imported on first use, not here.
 """

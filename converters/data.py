@@ -16,7 +16,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -90,7 +90,7 @@ def _load_path(path: Path, input_shape: Sequence[int | None], what: str, channel
         if suffix == ".npy":
             return Dataset(np.load(path, allow_pickle=False), None, str(path))
     except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"cannot read {what} data {path}: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"cannot read {what} data {path}: {first_line(exc)}") from None
     raise DataError(f"{what} data must be a .npz (x, y), a .npy or an image folder; got {path.name}")
 
 
@@ -120,7 +120,7 @@ def _load_image_folder(folder: Path, input_shape: Sequence[int | None], what: st
                 img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
                 images[i] = np.asarray(img, np.float32).reshape(height, width, channels) / 255.0
         except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read image {file}: {str(exc).splitlines()[0]}") from None
+            raise DataError(f"cannot read image {file}: {first_line(exc)}") from None
     labels = np.array([label for _, label in files], np.int64) if names else None
     return Dataset(images, labels, str(folder), names)
 

@@ -39,6 +39,12 @@ class FidelityError(ConversionError):
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (or its type), for one-line errors."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+    """The first meaningful line of an exception's message (or its type), for one-line errors.
+
+    Blank lines and the TensorFlow converter's location and traceback preambles are skipped.
+    """
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line and not line.startswith(("<unknown>", "Traceback")):
+            return line[:limit]
+    return type(exc).__name__

@@ -20,25 +20,26 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .array_compression import compress_weights
+from .capabilities import Request, check_supported
+from .techniques.arrays import compress_weights, float_precision_weights
 from .data import DataSource, Dataset
 from .errors import ConversionError, DataError, FidelityError, RecipeError, first_line
-from .fidelity import Fidelity, compare
+from .verify.fidelity import Fidelity, compare
 from .files import check_output_path
-from .flex_ops import FLEX_CONSEQUENCE, flex_nodes, refusal
-from .metadata import MetadataSpec
-from .onnx2tf_bridge import onnx_to_keras
-from .onnx_rewrites import rewrite_for_onnx2tf
-from .onnx_layouts import (channel_last_perm, inputs_in_source_layout, matches_probe, output_layouts,
-                            outputs_channel_first)
-from .onnx_import import (TensorSpec, channel_last_inputs, fix_input_shapes, join_runs, load_onnx, onnx_weights,
-                          run_once, run_onnx, set_weights, simplify)
+from .targets.tflite.flex import FLEX_CONSEQUENCE, flex_nodes, refusal
+from .targets.tflite.metadata import MetadataSpec
+from .lowering.onnx2tf import onnx_to_keras
+from .lowering.onnx_rewrites import rewrite_for_onnx2tf
+from .lowering.onnx_layouts import (channel_last_perm, inputs_in_source_layout, matches_probe, output_layouts,
+                                    outputs_channel_first)
+from .sources.onnx import (TensorSpec, channel_last_inputs, fix_input_shapes, join_runs, load_onnx, onnx_weights,
+                           run_once, run_onnx, set_weights, simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
                        export_tflite, write_result)
 from .recipe import QuantizeSettings, Recipe
-from .report import Report
-from .tflite_analysis import analyse, label_weights
-from .tflite_export import to_tflite
+from .verify.report import Report
+from .verify.analysis import analyse, label_weights
+from .targets.tflite.convert import to_tflite
 
 
 # The float32 .tflite may differ from the source by round-off, not more: 1e-3 of the output scale (the
@@ -95,13 +96,14 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
 
     ``allow_flex``: keep ops with no TFLite builtin as Select TF ops (the .tflite then needs the Flex
     delegate); without it they are refused before the TFLite converter runs."""
-    from .torch_import import FACTORY_SPEC, is_torch_source
+    from .sources.torch import FACTORY_SPEC, is_torch_source
 
     recipe = recipe or Recipe()
     started = time.perf_counter()
     timings: dict[str, float] = {}
     is_onnx_file = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
     source_files = [Path(p) for p in (source, weights) if isinstance(p, (str, os.PathLike)) and Path(p).exists()]
+    check_supported(Request(recipe, finetune=finetune_data is not None), "onnx" if is_onnx_file else "pytorch")
     check_calibration(recipe, calib_data, finetune_data)
     output = check_output_path(output, source_files, force)
     work = Path(tempfile.mkdtemp(prefix="sdk-convert-"))
@@ -114,7 +116,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
             onnx_model = load_onnx(source)
             description = str(source)
         elif is_torch_source(source):
-            from .torch_import import load_torch_source
+            from .sources.torch import load_torch_source
 
             torch_source = load_torch_source(source, example_input, input_shapes, weights)
             onnx_model, description = None, torch_source.description
@@ -148,24 +150,18 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     mark = time.perf_counter()
     fine_tuned_records = original = None
     graph_records: list = []  # passes that rewrite layers: they run on the PyTorch module before export
-    if torch_source is None and (recipe.factorizes or recipe.removes_channels or recipe.quantize.qat):
-        raise RecipeError("low_rank, channels and quantize.qat change the model before export and need the "
-                          "PyTorch model; an ONNX file can be pruned, clustered and quantized")
-    if recipe.quantize.qat and recipe.clusters:
-        raise RecipeError("quantize.qat with clustering is available for Keras sources (tfmot's cluster-preserving "
-                          "scheme); for PyTorch, drop one of them")
     _check_overrides(recipe, torch_source, onnx_model)
     if torch_source is not None:
         shapes = [TensorSpec("", tuple(s)).sample_shape for s in torch_source.input_shapes]
         tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data)
         module = torch_source.module
         if recipe.removes_channels:
-            from .channel_removal import remove_channels
+            from .techniques.channels.torch import remove_channels
 
             module, record = remove_channels(module, recipe, torch_source.example_inputs)
             graph_records.append(record)
         if recipe.factorizes:
-            from .low_rank import factorize_linear_layers
+            from .techniques.low_rank import factorize_linear_layers
 
             module, record = factorize_linear_layers(module, recipe)
             graph_records.append(record)
@@ -177,7 +173,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
             notes.append("fine-tuning data given but the recipe neither prunes, clusters, removes channels "
                          "nor factorizes; not fine-tuned")
         mark = time.perf_counter()
-        from .torch_import import export_onnx
+        from .sources.torch import export_onnx
 
         onnx_model = export_onnx(torch_source, module, work / "model.onnx")
         if module is not torch_source.module:  # the float32 baseline is the original, not the student
@@ -191,9 +187,6 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         _check_runs(reference_model, specs)
     if torch_source is None:
         shapes = [s.sample_shape for s in specs]
-        if finetune_data is not None:
-            raise DataError("fine-tuning needs the PyTorch model; an ONNX file is compressed one-shot, so "
-                            "drop --finetune (use --calib for int8) or convert the PyTorch source")
         tune, calib, evaluation, data_notes = _data(shapes, None, calib_data, eval_data)
     notes += data_notes
 
@@ -216,7 +209,9 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     for record in graph_records:
         record.fine_tuned = fine_tuned_records is not None
     records = {**{record.name: record for record in graph_records}, **records}
-    final_weights = {w.name: w.values for w in onnx_weights(onnx_model)[0]}
+    final_arrays = onnx_weights(onnx_model)[0]
+    final_weights = {w.name: w.values for w in final_arrays}
+    float_layers = float_precision_weights(final_arrays, recipe)  # mixed precision: found by their final values
     compressed_any = original is not None or any(r.layers for r in records.values())
     channel_last = [] if keep_nchw else channel_last_inputs(onnx_model, specs)
     keep_first = [s.name for s in specs if 3 <= len(s.shape) <= 5 and s.name not in channel_last]
@@ -241,7 +236,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"), allow_flex=allow_flex)
     all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
     tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
-                                               allow_flex=allow_flex)
+                                               float_layers, allow_flex=allow_flex)
     timings["tflite_convert"] = time.perf_counter() - mark
     notes += export_notes
 
@@ -302,13 +297,21 @@ def _check_overrides(recipe: Recipe, torch_source, onnx_model) -> None:
     types = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
              "ConvTranspose2d", "ConvTranspose3d"}  # the aliases weights answer to
     if torch_source is not None:
+        from .sources.torch import torch_weights
+
         modules = list(torch_source.module.named_modules())
         names = [name for name, _ in modules if name]
         types |= {type(module).__name__ for _, module in modules}
+        weights = torch_weights(torch_source.module)[0]
     else:
-        names = [w.name for w in onnx_weights(onnx_model)[0]]
+        weights = onnx_weights(onnx_model)[0]
+        names = [w.name for w in weights]
         types |= {node.op_type for node in onnx_model.graph.node}
     recipe.check_overrides(names, sorted(types))
+    if recipe.keeps_float_layers and not float_precision_weights(weights, recipe):
+        raise RecipeError("precision: float keeps layers with weights (Conv, Linear/Gemm, MatMul) in float, and the "
+                          "override names none of them; layers with weights: "
+                          f"{', '.join(w.name for w in weights[:12])}{' ...' if len(weights) > 12 else ''}")
 
 
 def _check_quantizable(onnx_model, recipe: Recipe) -> None:
@@ -331,8 +334,8 @@ def _data(shapes, finetune_data, calib_data, eval_data):
 
 
 def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool, notes: list[str]):
-    from .torch_finetune import finetune_torch
-    from .torch_import import fold_batchnorm, torch_weights
+    from .training.torch import finetune_torch
+    from .sources.torch import fold_batchnorm, torch_weights
 
     import torch
 
@@ -350,9 +353,11 @@ def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool
     records = finetune_torch(student, torch_source.module, weights, owners, recipe, tune, verbose,
                              train_unchanged=not qat)
     if qat:
-        from .torch_qat import quantization_aware_finetune
+        from .techniques.qat.torch import quantization_aware_finetune
 
-        records["qat"] = quantization_aware_finetune(student, torch_source.module, tune, recipe.finetune, verbose)
+        clustered = {name: owners[name] for name in records["cluster"].layers}
+        records["qat"] = quantization_aware_finetune(student, torch_source.module, tune, recipe.finetune, verbose,
+                                                     clustered)
     return student.eval(), records, [w.name for w in weights]
 
 
@@ -409,7 +414,7 @@ def _references(torch_source, reference_model, specs: list[TensorSpec], inputs: 
     """The source's outputs on ``inputs``, run at the shapes the graph was exported with."""
     if torch_source is None:
         return run_onnx(reference_model, {s.name: x for s, x in zip(specs, inputs)}, specs)
-    from .torch_import import _as_tuple, reference_outputs, run_module
+    from .sources.torch import _as_tuple, reference_outputs, run_module
 
     if all(s.batch == 1 for s in specs):  # batch-1 exports take any batch in PyTorch: batched, fast
         return reference_outputs(torch_source.module, inputs)

@@ -15,26 +15,27 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from device_runtime.metadata import BUILD_INFO_NAME, METADATA_NAME
 from device_runtime.monitor import channel_rows
 
+from .capabilities import Request, check_supported
 from .data import Dataset, DataSource, load_data
-from .errors import ConversionError, DataError, RecipeError
-from .fidelity import compare, run_tflite
+from .errors import ConversionError, DataError, RecipeError, first_line
+from .verify.fidelity import compare, run_tflite
 from .files import atomic_write, check_output_path
-from .finetune import finetune, steps_per_epoch
-from .keras_import import load_keras_model
-from .metadata import MetadataSpec, populate, standard_metadata
-from .passes import PASSES, PassRecord
-from .passes.base import kernel_weights
+from .training.keras import finetune, steps_per_epoch
+from .sources.keras import load_keras_model
+from .targets.tflite.metadata import MetadataSpec, populate, standard_metadata
+from .techniques import PASSES, PassRecord
+from .techniques.base import kernel_weights
 from .recipe import QuantizeSettings, Recipe
-from .report import Report
-from .tflite_analysis import analyse, gzip_size
-from .tflite_export import to_tflite
+from .verify.report import Report
+from .verify.analysis import analyse, gzip_size
+from .targets.tflite.convert import to_tflite
 
 HELD_OUT_FRACTION = 0.2
 RANDOM_EVAL_SAMPLES = 64
@@ -68,6 +69,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     started = time.perf_counter()
     timings: dict[str, float] = {}
     source_path = source if isinstance(source, (str, os.PathLike)) else None
+    check_supported(Request(recipe, finetune=finetune_data is not None), "keras")
     check_calibration(recipe, calib_data, finetune_data)
     output = check_output_path(output, [source_path] if source_path else [], force)
 
@@ -86,13 +88,6 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     recipe.check_overrides(layer_names, [type(layer).__name__ for layer in model.layers])
     float_layers = [layer.name for layer in model.layers  # mixed precision: checked before any work
                     if (plan := recipe.plan_for(layer.name, type(layer).__name__)) and plan.precision == "float"]
-    if float_layers and recipe.sparse_export == "on":
-        raise RecipeError("sparse_export: on cannot be combined with precision: float (mixed precision): the "
-                          "converter's selective quantization does not support the sparse format; set "
-                          "sparse_export: auto or off")
-    if float_layers and recipe.quantize.qat:
-        raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
-                          "every layer it wraps; drop one of them")
     timings["load"] = time.perf_counter() - started
 
     mark = time.perf_counter()
@@ -102,11 +97,11 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     mark = time.perf_counter()
     graph_records = {}  # passes that rewrite layers run first; pruning and clustering work on what is left
     if recipe.removes_channels:
-        from .channel_removal_keras import remove_channels_keras
+        from .techniques.channels.keras import remove_channels_keras
 
         model, graph_records["channels"] = remove_channels_keras(model, recipe)
     if recipe.factorizes:
-        from .low_rank import factorize_keras_dense_layers
+        from .techniques.low_rank import factorize_keras_dense_layers
 
         model, graph_records["low_rank"] = factorize_keras_dense_layers(model, recipe)
     if graph_records and tune is not None:
@@ -119,7 +114,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     weight_layers = {layer.name for layer in model.layers if kernel_weights(layer)}
     all_clustered = bool(weight_layers) and weight_layers <= set(records["cluster"].layers)
     if recipe.quantize.qat:
-        from .qat import quantization_aware_training
+        from .techniques.qat.keras import quantization_aware_training
 
         mark = time.perf_counter()
         model, records["qat"] = quantization_aware_training(model, teacher, tune, recipe, records, verbose)
@@ -203,7 +198,7 @@ def apply_passes(model, teacher, recipe: Recipe, tune: Dataset | None, verbose: 
             try:
                 finetune(wrapped, teacher, tune, recipe.finetune, compression.callbacks(), verbose, step=name)
             except ValueError as exc:
-                raise ConversionError(f"fine-tuning for {name} failed: {str(exc).splitlines()[0]}") from None
+                raise ConversionError(f"fine-tuning for {name} failed: {first_line(exc)}") from None
             model = compression.strip(wrapped)
         else:
             by_name = {layer.name: layer for layer in model.layers}
@@ -243,7 +238,8 @@ def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: 
 
 
 def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progress,
-                  float_layers: Sequence[str] = (), allow_flex: bool = False) -> tuple[bytes, list[str]]:
+                  float_layers: Sequence[str] | Mapping[str, np.ndarray] = (), allow_flex: bool = False
+                  ) -> tuple[bytes, list[str]]:
     """Convert, choosing per-channel scales and TFLite's sparse format by what they measure."""
     notes = []
     per_channel = recipe.quantize.per_channel

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import RecipeError
+from .errors import RecipeError, first_line
 
 QUANTIZE_MODES = ("none", "dynamic", "float16", "int8", "int16x8")
 IO_TYPES = ("float32", "int8", "uint8")
@@ -212,6 +212,19 @@ class Recipe:
                     if self.quantize.mode != "int8":
                         raise RecipeError(f"{section}[{key!r}].precision applies under quantize.mode int8 (mixed "
                                           f"precision); got mode {self.quantize.mode}")
+        if self.keeps_float_layers and self.sparse_export == "on":
+            raise RecipeError("sparse_export: on cannot be combined with precision: float (mixed precision): the "
+                              "converter's selective quantization does not support the sparse format; set "
+                              "sparse_export: auto or off")
+        if self.keeps_float_layers and self.quantize.qat:
+            raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
+                              "every layer it wraps; drop one of them")
+
+    @property
+    def keeps_float_layers(self) -> bool:
+        """Some per-layer override asks for precision float: mixed precision."""
+        return any(o is not None and o.precision == "float" for o in (*self.layers.values(),
+                                                                       *self.layer_types.values()))
 
     def check_overrides(self, layer_names: Sequence[str], layer_types: Sequence[str]) -> None:
         """Refuse a ``layers``/``layer_types`` key that matches no layer of the model: it would do nothing."""
@@ -339,7 +352,7 @@ class Recipe:
         try:
             data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
         except (ValueError, yaml.YAMLError) as exc:
-            raise RecipeError(f"cannot parse recipe {path}: {str(exc).splitlines()[0]}") from None
+            raise RecipeError(f"cannot parse recipe {path}: {first_line(exc)}") from None
         return cls.from_dict(data or {})
 
     def with_flags(self, *, prune: float | None = None, prune_structure: str | None = None,

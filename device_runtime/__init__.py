@@ -3,10 +3,11 @@
 Public surface: ``Model`` and the errors in ``device_runtime.errors``.
 """
 
-from .errors import (DeviceRuntimeError, InferenceError, InputError, ModelFormatError, NoInterpreterError,
-                     UnsupportedModelError)
+from .errors import (ArgumentError, DeviceRuntimeError, InferenceError, InputError, InvalidKeyError,
+                     ModelFormatError, NoInterpreterError, UnsupportedModelError)
 from .integrity import DecryptionError, SignatureError
 from .model import Model, TensorSpec
 
-__all__ = ["Model", "TensorSpec", "SignatureError", "DecryptionError", "DeviceRuntimeError", "InferenceError", "InputError", "ModelFormatError",
-           "NoInterpreterError", "UnsupportedModelError"]
+__all__ = ["Model", "TensorSpec", "SignatureError", "DecryptionError", "ArgumentError", "DeviceRuntimeError",
+           "InferenceError", "InputError", "InvalidKeyError", "ModelFormatError", "NoInterpreterError",
+           "UnsupportedModelError"]

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import NoInterpreterError
+from .errors import ArgumentError, NoInterpreterError
 
 BACKENDS = ("ai-edge-litert", "tflite-runtime", "tensorflow")
 _MODULES = {
@@ -38,7 +38,7 @@ class Backend:
 def get_backend(name: str = "auto") -> Backend:
     """Import the named interpreter package, or the first installed one for ``"auto"``."""
     if name != "auto" and name not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {name!r}")
+        raise ArgumentError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {name!r}")
     for candidate in BACKENDS if name == "auto" else (name,):
         try:
             module = importlib.import_module(_MODULES[candidate])

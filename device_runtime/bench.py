@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import DeviceRuntimeError
+from .errors import ArgumentError, DeviceRuntimeError
+from .integrity import key_for_command
 from .model import Model
 from .preprocess import load_image
 
@@ -43,22 +44,24 @@ TASKS = ("run", "classify", "detect")
 
 def benchmark(source, threads: Sequence[int] = (1,), warmup: int = 10, runs: int = 100,
               backend: str = "auto", use_xnnpack: bool = True, task: str = "run", image=None,
-              color_order: str = "RGB") -> dict:
+              color_order: str = "RGB", decryption_key: bytes | str | None = None) -> dict:
     """Time ``runs`` calls per thread count, after ``warmup`` calls.
 
     ``task`` "run" calls ``Model.run`` on random inputs of the model's own shapes; "classify" and
     "detect" call the image task on ``image`` (a path, a PIL image or an HxWxC uint8 frame in
-    ``color_order``), by default a random frame of ``Model.camera_size()``.
+    ``color_order``), by default a random frame of ``Model.camera_size()``.  ``decryption_key`` opens a
+    model written by ``sdk encrypt`` (as ``Model`` takes it).
     """
     if warmup < 0 or runs < 1:
-        raise ValueError(f"warmup must be >= 0 and runs >= 1; got {warmup}, {runs}")
+        raise ArgumentError(f"warmup must be >= 0 and runs >= 1; got {warmup}, {runs}")
     if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+        raise ArgumentError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     if not threads:
-        raise ValueError("threads needs at least one thread count, such as (1, 2); got none")
+        raise ArgumentError("threads needs at least one thread count, such as (1, 2); got none")
     results = []
     for n in threads:
-        model = Model(source, num_threads=n, backend=backend, use_xnnpack=use_xnnpack)
+        model = Model(source, num_threads=n, backend=backend, use_xnnpack=use_xnnpack,
+                      decryption_key=decryption_key)
         call, frame = _call(model, task, image, color_order)
         for _ in range(warmup):
             call()
@@ -143,11 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="time model.run (default), or an app's classify/detect call on a frame")
     parser.add_argument("--image", help="the image for --task (default: a random frame of the camera size)")
     parser.add_argument("--color-order", choices=("RGB", "BGR"), default="RGB")
+    parser.add_argument("--decryption-key", metavar="FILE",
+                        help="the AES key file (`sdk keygen --aes`) of a model written by `sdk encrypt`")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
+        key = key_for_command(args.model, args.decryption_key)
         report = benchmark(args.model, args.threads, args.warmup, args.runs, args.backend, task=args.task,
-                           image=args.image, color_order=args.color_order)
+                           image=args.image, color_order=args.color_order, decryption_key=key)
     except (DeviceRuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

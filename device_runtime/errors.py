@@ -28,3 +28,11 @@ class InferenceError(DeviceRuntimeError):
 
 class NoInterpreterError(DeviceRuntimeError):
     """No TFLite interpreter package is installed."""
+
+
+class InvalidKeyError(DeviceRuntimeError):
+    """A key given to the runtime (decryption or public key) is missing or not in a form it accepts."""
+
+
+class ArgumentError(DeviceRuntimeError, ValueError):
+    """An argument of the runtime's API is outside its allowed values (also a ValueError, as before)."""

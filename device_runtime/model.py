@@ -23,7 +23,7 @@ import numpy as np
 
 from . import integrity, metadata, postprocess, tflite_format
 from .backend import get_backend
-from .errors import InferenceError, InputError, ModelFormatError, UnsupportedModelError
+from .errors import ArgumentError, InferenceError, InputError, ModelFormatError, UnsupportedModelError
 from .monitor import Monitor
 from .preprocess import ImagePreprocessor, ImageSpec, Letterbox, check_engine, load_image
 
@@ -90,19 +90,20 @@ class Model:
     ``image_engine`` resamples images: "auto" (OpenCV when installed, several
     times faster), "opencv", or "numpy" (the exact reference).
     Inputs and outputs are named by the model's signature when it has one.
-    ``decryption_key`` (32 bytes) opens a model written by ``sdk encrypt``, in
-    memory only; ``public_key`` refuses the model unless its signature (the
-    ``.sig`` beside the file, or ``signature=``) verifies, before any byte
-    reaches the interpreter.
+    ``decryption_key`` opens a model written by ``sdk encrypt``, in memory only:
+    the key file's content (``open("app.key", "rb").read()``) or the raw 32
+    bytes; ``public_key`` refuses the model unless its signature (the ``.sig``
+    beside the file, or ``signature=``) verifies, before any byte reaches the
+    interpreter.
     """
 
     def __init__(self, source: str | os.PathLike | bytes, *, num_threads: int | None = None,
                  use_xnnpack: bool = True, delegates: Sequence[str] = (), backend: str = "auto",
                  image: ImageSpec | None = None, labels: Sequence[str] | str | os.PathLike | None = None,
                  image_engine: str = "auto", public_key=None, signature: dict | bytes | None = None,
-                 decryption_key: bytes | None = None):
+                 decryption_key: bytes | str | None = None):
         if num_threads is not None and num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None; got {num_threads}")
+            raise ArgumentError(f"num_threads must be >= 1 or None; got {num_threads}")
         check_engine(image_engine, "image_engine")  # resolved on the first image: OpenCV loads only then
         self._options = {"num_threads": num_threads, "use_xnnpack": use_xnnpack, "delegates": delegates,
                          "backend": backend, "image": image, "labels": labels, "image_engine": image_engine,
@@ -112,8 +113,10 @@ class Model:
         if decryption_key is not None:
             data = integrity.decrypt(data, decryption_key)
         elif integrity.is_encrypted(data):
-            raise ModelFormatError("the model is encrypted; pass decryption_key= (the app's 32-byte key)")
+            raise ModelFormatError("the model is encrypted by `sdk encrypt`; pass decryption_key= (the content "
+                                   "of the key file from `sdk keygen --aes`, or the raw 32 bytes)")
         if public_key is not None:
+            public_key = integrity.load_public_key(public_key)  # a bad key is named before a missing .sig
             if signature is None and not isinstance(source, (str, os.PathLike)):
                 raise integrity.SignatureError("a model given as bytes needs signature= to be verified")
             integrity.verify(data, integrity.read_signature(signature if signature is not None else source),
@@ -387,7 +390,7 @@ class Model:
         smallest ``aspect`` frame covering the input.
         """
         if len(aspect) != 2 or min(aspect) <= 0:
-            raise ValueError(f"aspect must be two positive numbers (width, height); got {aspect}")
+            raise ArgumentError(f"aspect must be two positive numbers (width, height); got {aspect}")
         spec = self._image_spec(resize)
         mode = resize or spec.resize
         if mode == "stretch":

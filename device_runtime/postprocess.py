@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ArgumentError, InputError
 from .preprocess import Letterbox
 
 
@@ -61,7 +61,7 @@ def dequantize(stored: np.ndarray, quantization: tuple[float, int]) -> np.ndarra
     """Stored int values -> float32: (q - zero_point) * scale, in float32 as TFLite's kernels do."""
     scale, zero_point = quantization
     if not scale > 0:
-        raise ValueError(f"a quantization scale must be positive; got {scale}")
+        raise ArgumentError(f"a quantization scale must be positive; got {scale}")
     return (stored.astype(np.float32) - zero_point) * np.float32(scale)
 
 
@@ -70,7 +70,7 @@ def stored_threshold(threshold: float, quantization: tuple[float, int]) -> int:
     values with it picks exactly the values a float comparison after dequantizing would."""
     scale, zero_point = quantization
     if not math.isfinite(threshold):
-        raise ValueError(f"a score threshold must be a finite number; got {threshold}")
+        raise ArgumentError(f"a score threshold must be a finite number; got {threshold}")
     level = math.ceil(threshold / scale + zero_point)  # within a step of the answer: float32 rounds
     if abs(level - zero_point) >= 2 ** 24:  # past float32's whole numbers, and past any 16-bit value
         return level
@@ -198,7 +198,7 @@ def decode_yolo(output: np.ndarray, letterbox: Letterbox, *, score_threshold: fl
         normalized = bool(boxes.size) and float(np.abs(boxes).max()) <= 1.5
     if normalized:
         if input_size is None:
-            raise ValueError("normalized YOLO boxes need input_size=(height, width)")
+            raise ArgumentError("normalized YOLO boxes need input_size=(height, width)")
         boxes *= np.array(input_size[::-1] * 2, np.float64)
     keep = batched_nms(boxes, scores, class_ids, iou_threshold, max_detections)
     return _detections(letterbox.to_original(boxes[keep]), scores[keep], class_ids[keep], labels)

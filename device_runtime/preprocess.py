@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ArgumentError, InputError
 
 RESIZE_MODES = ("stretch", "letterbox", "crop")
 LAYOUTS = ("NHWC", "NCHW")
@@ -42,13 +42,13 @@ class ImageSpec:
     def __post_init__(self):
         for name, value, allowed in (("resize", self.resize, RESIZE_MODES), ("layout", self.layout, LAYOUTS)):
             if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+                raise ArgumentError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3; got {self.channels}")
+            raise ArgumentError(f"channels must be 1 or 3; got {self.channels}")
         if len(self.mean) not in (1, self.channels) or len(self.std) not in (1, self.channels):
-            raise ValueError(f"mean/std need 1 or {self.channels} values; got {self.mean} / {self.std}")
+            raise ArgumentError(f"mean/std need 1 or {self.channels} values; got {self.mean} / {self.std}")
         if any(s == 0 for s in self.std):
-            raise ValueError("std values must be non-zero")
+            raise ArgumentError("std values must be non-zero")
 
     @classmethod
     def from_input_shape(cls, shape: tuple[int, ...], **kwargs) -> ImageSpec:
@@ -94,7 +94,7 @@ class Letterbox:
 def load_image(source, color_order: str = "RGB") -> np.ndarray:
     """An HxWx3 uint8 RGB array from a path, a PIL image, or an HxWxC uint8 array (RGB or BGR)."""
     if color_order not in COLOR_ORDERS:
-        raise ValueError(f"color_order must be RGB or BGR; got {color_order!r}")
+        raise ArgumentError(f"color_order must be RGB or BGR; got {color_order!r}")
     if isinstance(source, (str, os.PathLike)):
         try:
             from PIL import Image, UnidentifiedImageError
@@ -202,7 +202,7 @@ def _opencv():
 def check_engine(engine: str, what: str = "engine") -> None:
     """Refuse an unknown engine name, without importing OpenCV (``what`` names the argument)."""
     if engine not in ENGINES:
-        raise ValueError(f"{what} must be one of {', '.join(ENGINES)}; got {engine!r}")
+        raise ArgumentError(f"{what} must be one of {', '.join(ENGINES)}; got {engine!r}")
 
 
 def resolve_engine(engine: str) -> str:
@@ -482,7 +482,7 @@ def frame_audio(waveform: np.ndarray, frame_length: int, hop_length: int | None 
         raise InputError("audio contains NaN or infinity")
     hop = hop_length or frame_length
     if frame_length < 1 or hop < 1:
-        raise ValueError(f"frame_length and hop_length must be >= 1; got {frame_length}, {hop}")
+        raise ArgumentError(f"frame_length and hop_length must be >= 1; got {frame_length}, {hop}")
     count = max(1, int(np.ceil(max(len(wave) - frame_length, 0) / hop)) + 1)
     padded = np.zeros((count - 1) * hop + frame_length, np.float32)
     padded[:len(wave)] = wave[:len(padded)]

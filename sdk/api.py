@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from converters.data import DataSource
@@ -33,20 +32,18 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     needs the Flex delegate (full TensorFlow's interpreter; not ai-edge-litert or tflite-runtime).
     ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
     Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array.
-    ``metadata``: a ``converters.metadata.MetadataSpec`` for image classifiers (labels,
+    ``metadata``: a ``converters.targets.tflite.metadata.MetadataSpec`` for image classifiers (labels,
     normalisation, name, version); by default name, [0, 1] inputs and image-folder labels.
     Returns a ``ConversionResult`` with ``path``, ``report_path`` and ``report``.
     """
-    from converters.keras_import import is_keras_source
     from converters.pipeline import convert_keras
-    from converters.torch_import import is_torch_source
+    from converters.sources import framework_of
 
     if isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
     elif isinstance(recipe, (str, os.PathLike)):
         recipe = Recipe.load(recipe)
-    is_onnx = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
-    if is_onnx or is_torch_source(source):
+    if framework_of(source) in ("onnx", "pytorch"):
         from converters.onnx_pipeline import convert_onnx_route
 
         return convert_onnx_route(source, output, recipe, example_input=example_input, input_shapes=input_shapes,
@@ -54,19 +51,9 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
                                   finetune_data=finetune_data, calib_data=calib_data, eval_data=eval_data,
                                   force=force, progress=progress, verbose=verbose, metadata=metadata,
                                   allow_flex=allow_flex)
-    torch_only = {"example_input": example_input is not None, "input_shapes": bool(input_shapes),
-                  "weights": weights is not None, "keep_nchw": keep_nchw, "keep_intermediates": keep_intermediates,
-                  "allow_flex": allow_flex}
-    given = [name for name, used in torch_only.items() if used]
-    if given and is_keras_source(source):
-        raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "
-                             "has its own input shapes and layout")
-    if not is_keras_source(source):
-        kind = Path(source).suffix or "folder" if isinstance(source, (str, os.PathLike)) else \
-            type(source).__name__
-        raise SourceModelError(f"unknown source model kind {kind!r}: give a .keras or .h5 file, a SavedModel "
-                               "folder, a tf_keras model, a PyTorch module, TorchScript (.pt) file, "
-                               "'package.module:factory', or an .onnx file")
+    _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
+                                   "weights": weights, "keep_nchw": keep_nchw,
+                                   "keep_intermediates": keep_intermediates, "allow_flex": allow_flex})
     return convert_keras(source, output, recipe, finetune_data=finetune_data, calib_data=calib_data,
                          eval_data=eval_data, force=force, progress=progress, verbose=verbose,
                          custom_objects=custom_objects, metadata=metadata)
@@ -76,21 +63,40 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
                           recipe: Recipe | dict | str | os.PathLike | None = None,
                           finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
                           eval_data: DataSource | None = None, force: bool = False, metadata=None,
-                          progress: Callable[[str, int, int], None] | None = None, verbose: bool = False):
+                          progress: Callable[[str, int, int], None] | None = None, verbose: bool = False,
+                          example_input: Any = None, input_shapes: Sequence[Sequence[int]] | None = None,
+                          weights: str | os.PathLike | None = None, keep_nchw: bool = False,
+                          keep_intermediates: bool = False):
     """Accuracy-budget mode: the smallest per-layer recipe whose measured drop on ``eval_data`` is within
-    ``max_drop`` points (Keras sources).  ``recipe`` supplies the shared settings (quantization,
-    fine-tuning).  Returns a ``converters.budget.BudgetResult`` with ``result`` (the conversion),
+    ``max_drop`` points (Keras and PyTorch sources; PyTorch takes ``example_input``/``input_shapes``,
+    ``weights`` and ``keep_nchw`` as in ``convert``).  ``recipe`` supplies the shared settings (quantization,
+    fine-tuning).  Returns a ``converters.search.budget.BudgetResult`` with ``result`` (the conversion),
     ``recipe`` and ``recipe_path`` (reusable YAML), ``sensitivity`` and ``attempts``.
     """
-    from converters.budget import run_budget
+    from converters.search.budget import run_budget
 
     if isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
     elif isinstance(recipe, (str, os.PathLike)):
         recipe = Recipe.load(recipe)
+    torch_options = _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
+                                                   "weights": weights, "keep_nchw": keep_nchw,
+                                                   "keep_intermediates": keep_intermediates})
     return run_budget(source, output, max_drop=max_drop, optimize=optimize, finetune_data=finetune_data,
                       calib_data=calib_data, eval_data=eval_data, recipe=recipe, force=force, progress=progress,
-                      verbose=verbose, metadata=metadata)
+                      verbose=verbose, metadata=metadata, source_options=torch_options)
+
+
+def _refuse_torch_options(source: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The PyTorch/ONNX-only options that were given; refused for a Keras source, which has its own shapes."""
+    from converters.sources import framework_of
+
+    given = {name: value for name, value in options.items() if value is not None and value is not False
+             and not (name == "input_shapes" and not value)}
+    if given and framework_of(source) == "keras":
+        raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "
+                             "has its own input shapes and layout")
+    return given
 
 
 @dataclass
@@ -99,7 +105,7 @@ class Inspection:
 
     path: str
     sha256: str
-    stats: Any  # converters.tflite_analysis.ModelStats
+    stats: Any  # converters.verify.analysis.ModelStats
     signatures: list[dict]
     metadata: list[str]
     metadata_bytes: dict[str, int]  # per metadata buffer: what it adds to the file
@@ -113,8 +119,8 @@ class Inspection:
         return out
 
     def render(self) -> str:
-        from converters.report import render_ops, render_weights
-        from converters.tflite_analysis import ModelStats
+        from converters.verify.report import render_ops, render_weights
+        from converters.verify.analysis import ModelStats
 
         stats: ModelStats = self.stats
         lines = [f"{self.path}  sha256 {self.sha256[:16]}",
@@ -150,13 +156,17 @@ def inspect(path: str | os.PathLike) -> Inspection:
     """Sizes, ops, per-layer sparsity and unique values, signatures and metadata of a .tflite."""
     import hashlib
 
-    from converters.tflite_analysis import analyse
+    from converters.verify.analysis import analyse
     from device_runtime.metadata import read_build_info, read_info
 
     from device_runtime.errors import DeviceRuntimeError
+    from device_runtime.integrity import is_encrypted
 
     try:
         data = read_model_bytes(path)
+        if is_encrypted(data):
+            raise SourceModelError(f"{path} is encrypted by `sdk encrypt`, so its structure is hidden; inspect "
+                                   "the plain .tflite it was made from")
         model = read_model(data)
     except DeviceRuntimeError as exc:  # the runtime's own types: sdk callers catch sdk.SDKError
         raise SourceModelError(str(exc)) from None

@@ -18,9 +18,9 @@ from typing import Callable, Iterator
 import click
 
 from converters.errors import ConversionError, UserInputError
-from converters.mcu.boards import BOARDS
+from converters.targets.mcu.boards import BOARDS
 from converters.recipe import IO_TYPES, PRUNE_STRUCTURES, QUANTIZE_MODES, Recipe
-from device_runtime.errors import DeviceRuntimeError, InputError, ModelFormatError
+from device_runtime.errors import ArgumentError, DeviceRuntimeError, InputError, ModelFormatError
 
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -31,7 +31,7 @@ def _run(action: Callable[[], None], debug: bool) -> None:
     try:
         with _native_logs(None if verbose else (log_file or os.devnull)):
             action()
-    except (UserInputError, ModelFormatError, InputError, click.BadParameter) as exc:
+    except (UserInputError, ModelFormatError, InputError, ArgumentError, click.BadParameter) as exc:
         _fail(exc, EXIT_BAD_INPUT, debug)
     except (ConversionError, DeviceRuntimeError) as exc:
         _fail(exc, EXIT_FAILURE, debug)
@@ -123,7 +123,9 @@ def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "", suffix: 
         import traceback
 
         traceback.print_exception(exc)
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    from converters.errors import first_line
+
+    message = first_line(exc, limit=2000)
     click.echo(f"error: {prefix}{message}{suffix}", err=True)
     sys.exit(code)
 
@@ -240,7 +242,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
         if target == "mcu":
             from pathlib import Path
 
-            from converters.mcu.boards import board_named
+            from converters.targets.mcu.boards import board_named
 
             board_named(board)
             firmware = Path(output).with_name(Path(output).stem + "_mcu")
@@ -258,7 +260,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
         if labels or model_version != "1":
             from pathlib import Path
 
-            from converters.metadata import MetadataSpec, read_labels_file
+            from converters.targets.tflite.metadata import MetadataSpec, read_labels_file
 
             metadata = MetadataSpec(name=Path(source).stem, version=model_version,
                                     labels=read_labels_file(labels) if labels else ())
@@ -272,7 +274,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
                                            finetune_data=finetune_path, calib_data=calib, eval_data=eval_path,
                                            force=force, metadata=metadata,
                                            progress=_stderr_progress if _chatty(as_json) else None,
-                                           verbose=_chatty(as_json))
+                                           verbose=_chatty(as_json), **torch_onnx)
             result = budget.result
         else:
             result = convert_model(source, output, recipe, finetune_data=finetune_path, calib_data=calib,
@@ -286,7 +288,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             layer_plot(result.report.to_dict(), plot_path)
         mcu = None
         if target == "mcu":
-            from converters.mcu import export_mcu
+            from converters.targets.mcu import export_mcu
 
             mcu = export_mcu(result.path, result.path.with_name(result.path.stem + "_mcu"), board=board,
                              force=force)
@@ -391,16 +393,21 @@ def inspect(model, as_json, debug):
 @click.option("--image", type=click.Path(), help="The image for --task (default: a random frame of the size a "
                                                  "camera is asked for).")
 @click.option("--color-order", type=click.Choice(["RGB", "BGR"]), default="RGB", show_default=True)
+@click.option("--decryption-key", "key_path", type=click.Path(),
+              help="The AES key file (`sdk keygen --aes`) of a model written by `sdk encrypt`.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def bench(model, threads, warmup, runs, task, image, color_order, as_json, debug):
+def bench(model, threads, warmup, runs, task, image, color_order, key_path, as_json, debug):
     """Measure latency (p50/p90/p99), throughput and peak memory of a .tflite MODEL, and the share of
     each call spent around the invoke."""
 
     def action():
         from device_runtime.bench import benchmark, render
+        from sdk.integrity import decryption_key
 
-        report = benchmark(model, threads, warmup, runs, task=task, image=image, color_order=color_order)
+        key = decryption_key(model, key_path)
+        report = benchmark(model, threads, warmup, runs, task=task, image=image, color_order=color_order,
+                           decryption_key=key)
         click.echo(json.dumps(report, indent=2) if as_json else render(report))
 
     _run(action, debug)
@@ -431,14 +438,15 @@ def keygen(prefix, aes, force, debug):
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("--key", "private_key", required=True, type=click.Path(), help="Private key from `sdk keygen`.")
+@click.option("--force", is_flag=True, help="Overwrite an existing MODEL.sig.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def sign(model, private_key, debug):
+def sign(model, private_key, force, debug):
     """Sign MODEL (Ed25519 over its exact bytes) into MODEL.sig; the model file is not changed."""
 
     def action():
         from sdk import integrity
 
-        click.echo(f"wrote {integrity.sign(model, private_key)}")
+        click.echo(f"wrote {integrity.sign(model, private_key, force)}")
 
     _run(action, debug)
 
@@ -464,7 +472,7 @@ def verify(model, public_key, debug):
 @click.argument("model", type=click.Path())
 @click.option("--key", "key_path", required=True, type=click.Path(), help="AES key from `sdk keygen --aes`.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="The encrypted file to write.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output (never the model or the key).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def encrypt(model, key_path, output, force, debug):
     """Encrypt MODEL with AES-256-GCM; apps open it with Model(path, decryption_key=...)."""
@@ -519,7 +527,7 @@ def metadata_add(model, output, task, labels, sample_rate, channels, mean, std, 
 
     def action():
         from converters.labels import read_labels
-        from converters.metadata import MetadataSpec, add_metadata
+        from converters.targets.tflite.metadata import MetadataSpec, add_metadata
 
         spec = MetadataSpec(task=task, name=name, description=description, version=model_version, author=author,
                             license=license_, mean=mean, std=std, color_space=color_space,
@@ -560,7 +568,7 @@ def export_mcu_command(model, out_dir, board, labels, allow_float, force, as_jso
     """Write TFLite Micro C/C++ files for MODEL with a measured tensor arena."""
 
     def action():
-        from converters.mcu import export_mcu
+        from converters.targets.mcu import export_mcu
 
         result = export_mcu(model, out_dir, board=board, allow_float=allow_float, labels=labels, force=force)
         click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
@@ -598,7 +606,7 @@ def export_android_command(model, project_dir, task, labels, mean, std, objectne
     """Put MODEL into the Android demo app with the model card the app reads."""
 
     def action():
-        from converters.android import export_android
+        from converters.targets.android import export_android
 
         result = export_android(model, project_dir, task=task, labels=labels, mean=mean or None, std=std or None,
                                 has_objectness=objectness, score_threshold=score_threshold,

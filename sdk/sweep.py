@@ -82,7 +82,7 @@ def _read_grid(path: str | os.PathLike) -> Any:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
-        raise UserInputError(f"cannot parse sweep grid {path}: {str(exc).splitlines()[0]}") from None
+        raise UserInputError(f"cannot parse sweep grid {path}: {first_line(exc)}") from None
 
 
 def _expand(grid: dict) -> list[tuple[str, dict]]:

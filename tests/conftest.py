@@ -28,7 +28,7 @@ def digits_model_path(digits, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_model(digits_model_path):
-    from converters.keras_import import load_keras_model
+    from converters.sources.keras import load_keras_model
 
     return load_keras_model(digits_model_path)
 

@@ -27,7 +27,7 @@ def fuzz_models() -> list[bytes]:
     """The seeds to mutate: one small CNN (conv, pool, reshape, dense, softmax), int8 I/O and float."""
     from converters import _tf
     from converters.recipe import QuantizeSettings
-    from converters.tflite_export import to_tflite
+    from converters.targets.tflite.convert import to_tflite
 
     keras = _tf.keras()
     keras.utils.set_random_seed(0)

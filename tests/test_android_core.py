@@ -18,11 +18,11 @@ import pytest
 from click.testing import CliRunner
 
 from converters import _tf
-from converters.android import CARD_FILE, export_android
+from converters.targets.android import CARD_FILE, export_android
 from converters.errors import OutputPathError, UserInputError
-from converters.metadata import MetadataSpec, add_metadata
+from converters.targets.tflite.metadata import MetadataSpec, add_metadata
 from converters.recipe import QuantizeSettings
-from converters.tflite_export import to_tflite
+from converters.targets.tflite.convert import to_tflite
 from device_runtime import Model
 from device_runtime import postprocess as post
 from device_runtime.preprocess import ImagePreprocessor, ImageSpec, Letterbox, yuv420_to_rgb

@@ -57,7 +57,7 @@ def test_importing_and_running_the_runtime_loads_no_tensorflow(tmp_path):
 def _tiny_model_bytes() -> bytes:
     from converters import _tf
     from converters.recipe import QuantizeSettings
-    from converters.tflite_export import to_tflite
+    from converters.targets.tflite.convert import to_tflite
 
     keras = _tf.keras()
     model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(2)])

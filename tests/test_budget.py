@@ -8,7 +8,7 @@ import yaml
 from click.testing import CliRunner
 
 import sdk
-from converters.budget import LayerSensitivity, choose, estimated_bytes, size_options
+from converters.search.budget import LayerSensitivity, choose, estimated_bytes, size_options
 from device_runtime import Model
 from examples.digits_cnn import accuracy
 from sdk.cli import main
@@ -74,3 +74,33 @@ def test_latency_mode_removes_channels_within_budget(digits, digits_npz, digits_
     sensitivity = {s.name: s for s in budget.sensitivity}
     assert set(sensitivity["conv2"].channels) == {0.25, 0.5, 0.75} and not sensitivity["classifier"].channels
     assert "remove 50%" in budget.render()
+
+
+def test_pytorch_budget_mode_size_and_latency(tmp_path):
+    """Budget mode was Keras-only. A PyTorch digits CNN (Conv-BN-ReLU): the size mode's file is within the
+    budget, measured independently from the written file, and smaller than plain int8; the latency mode
+    removes channels from PyTorch modules by name."""
+    import numpy as np
+    import torch
+
+    from examples.digits_torch import accuracy as torch_accuracy, nchw_splits, train_digits_net
+
+    splits = nchw_splits()
+    net = train_digits_net(splits, epochs=10)
+    data = {"finetune_data": (splits.x_train, splits.y_train), "eval_data": (splits.x_test, splits.y_test),
+            "example_input": torch.zeros(1, 1, 8, 8), "recipe": {"finetune": {"epochs": 4}}}
+    size = sdk.convert_within_budget(net, tmp_path / "size.tflite", max_drop=1.0, **data)
+    written = Model(size.result.path).run(splits.x_test.transpose(0, 2, 3, 1))  # the file takes NHWC
+    written_accuracy = float((next(iter(written.values())).argmax(1) == splits.y_test).mean() * 100)
+    assert torch_accuracy(net, splits.x_test, splits.y_test) - written_accuracy <= 1.0
+    assert {s.name for s in size.sensitivity} == {"conv1", "conv2", "fc1", "fc2"}
+    assert size.sensitivity[2].params == 64 * 4 * 4 * 128
+    plain = sdk.convert(net, tmp_path / "int8.tflite", {"quantize": {"mode": "int8"}},
+                        calib_data=splits.x_train, example_input=data["example_input"]).report
+    assert size.result.report.compressed.gzip_size < plain.compressed.gzip_size
+    assert set(sdk.Recipe.load(size.recipe_path).layers) <= {"conv1", "conv2", "fc1", "fc2"}
+
+    latency = sdk.convert_within_budget(net, tmp_path / "fast.tflite", max_drop=2.0, optimize="latency", **data)
+    removed = latency.result.report.passes["channels"].layers
+    assert removed and set(removed) <= {"conv1", "conv2", "fc1"}
+    assert latency.attempts[-1]["within"] and np.isfinite(latency.attempts[-1]["speedup_vs_int8"])

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import sdk
-from converters.channel_removal import count_macs_and_params, remove_channels
+from converters.techniques.channels.torch import count_macs_and_params, remove_channels
 from converters.errors import RecipeError
 from converters.recipe import Recipe
 from examples.torch_zoo import InvertedResidual, build
@@ -100,8 +100,8 @@ def test_half_the_channels_stay_within_two_points_on_digits(tmp_path):
 
 def test_keras_slicing_through_flatten_is_exact(digits_model):
     """conv3's channels reach fc1 through Flatten, 16 positions per channel: silent channels leave no trace."""
-    from converters.channel_removal_keras import remove_channels_keras
-    from converters.keras_import import load_keras_model
+    from converters.techniques.channels.keras import remove_channels_keras
+    from converters.sources.keras import load_keras_model
 
     model = load_keras_model(digits_model)
     weights = model.get_layer("conv3").get_weights()
@@ -139,3 +139,46 @@ def test_channel_removal_is_refused_where_it_cannot_run(tmp_path):
     with pytest.raises(RecipeError, match="found no channels it can remove"):
         remove_channels(nn.Sequential(nn.Linear(4, 3)), HALF, (torch.rand(1, 4),))
     assert not list(tmp_path.glob("*.tflite"))
+
+
+def _ranked_keras_net(batch_norm: bool):
+    """conv1's four filters rank differently by L2 (0, 3), L1 (1, 0) and BatchNorm |gamma| (2, 3)."""
+    from converters import _tf
+
+    keras = _tf.keras()
+    layers = [keras.layers.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, name="conv1")]
+    layers += [keras.layers.BatchNormalization(name="bn1")] if batch_norm else []
+    layers += [keras.layers.ReLU(), keras.layers.Conv2D(2, 3, name="conv2"), keras.layers.GlobalAveragePooling2D(),
+               keras.layers.Dense(3, name="out")]
+    model = keras.Sequential(layers)
+    kernel = np.zeros((3, 3, 1, 4), np.float32)
+    kernel[0, 0, 0, 0], kernel[..., 1], kernel[..., 2], kernel[1, 1, 0, 3] = 3.0, 0.5, 0.1, 2.0
+    model.get_layer("conv1").set_weights([kernel, np.zeros(4, np.float32)])
+    if batch_norm:
+        bn = model.get_layer("bn1")
+        bn.set_weights([np.array([0.1, 0.2, 5.0, 4.0], np.float32), *bn.get_weights()[1:]])
+    return model, kernel
+
+
+@pytest.mark.parametrize("ranking, kept", [("l2", [0, 3]), ("l1", [0, 1]), ("bn_scale", [2, 3])])
+def test_keras_channel_removal_honours_the_ranking(ranking, kept):
+    """Keras ranked by L2 and recorded "l2" whatever the recipe asked."""
+    from converters.techniques.channels.keras import remove_channels_keras
+
+    model, kernel = _ranked_keras_net(batch_norm=True)
+    recipe = Recipe.from_dict({"channels": {"fraction": 0.5, "ranking": ranking},
+                               "layers": {"conv2": {"channels": None}}})
+    thinner, record = remove_channels_keras(model, recipe)
+    assert record.layers["conv1"]["ranking"] == ranking and record.layers["conv1"]["kept"] == 2
+    np.testing.assert_array_equal(thinner.get_layer("conv1").get_weights()[0], kernel[..., kept])
+
+
+def test_bn_scale_ranking_without_a_batch_norm_is_refused():
+    from converters.techniques.channels.keras import remove_channels_keras
+
+    model, _ = _ranked_keras_net(batch_norm=False)
+    recipe = Recipe.from_dict({"channels": {"fraction": 0.5, "ranking": "bn_scale"},
+                               "layers": {"conv2": {"channels": None}}})
+    with pytest.raises(RecipeError, match="ranking bn_scale ranks by the \\|gamma\\| of the BatchNorm after a layer, "
+                                          "and conv1 has none; use ranking l1 or l2"):
+        remove_channels_keras(model, recipe)

@@ -159,7 +159,7 @@ def test_labels_files_follow_one_set_of_rules_in_every_command(digits_model_path
     after it, and a file without names gave a model without labels."""
     from converters import _tf
     from converters.recipe import QuantizeSettings
-    from converters.tflite_export import to_tflite
+    from converters.targets.tflite.convert import to_tflite
 
     keras = _tf.keras()
     keras.utils.set_random_seed(0)

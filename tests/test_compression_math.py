@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from converters.passes.cluster import kmeans_1d
-from converters.passes.prune import m_by_n_prune, magnitude_prune, sparsity_of
+from converters.techniques.cluster import kmeans_1d
+from converters.techniques.prune import m_by_n_prune, magnitude_prune, sparsity_of
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.75, 0.9])

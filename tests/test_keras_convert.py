@@ -14,7 +14,7 @@ import pytest
 
 from converters import _tf
 from converters.recipe import Recipe
-from converters.tflite_analysis import analyse
+from converters.verify.analysis import analyse
 from device_runtime import Model
 from examples.digits_cnn import accuracy
 from sdk import convert

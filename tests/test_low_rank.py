@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import sdk
 from converters.errors import DataError, RecipeError
-from converters.low_rank import choose_rank
+from converters.techniques.low_rank import choose_rank
 from converters.recipe import LowRankSettings, Recipe
 
 
@@ -77,7 +77,7 @@ def test_fine_tuning_recovers_the_digits_net(tmp_path):
 
 def test_keras_dense_factorizes_exactly_at_its_true_rank():
     from converters import _tf
-    from converters.low_rank import factorize_keras_dense_layers
+    from converters.techniques.low_rank import factorize_keras_dense_layers
 
     keras = _tf.keras()
     keras.utils.set_random_seed(2)
@@ -128,7 +128,7 @@ def test_low_rank_is_refused_where_it_cannot_run(tmp_path):
 def test_a_rank_8_pointwise_convolution_factorizes_exactly():
     """A 1x1 conv whose weight has rank 8 is rebuilt exactly by its rank-8 pair, stride kept;
     the 3x3 conv after it is not a candidate."""
-    from converters.low_rank import factorize_linear_layers
+    from converters.techniques.low_rank import factorize_linear_layers
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(64, 256, 1, stride=2), nn.ReLU(), nn.Conv2d(256, 4, 3)).eval()

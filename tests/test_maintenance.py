@@ -10,7 +10,7 @@ import pytest
 
 from converters import _tf
 from converters.recipe import QuantizeSettings
-from converters.tflite_export import to_tflite
+from converters.targets.tflite.convert import to_tflite
 from device_runtime import DeviceRuntimeError, Model
 from device_runtime.metadata import read_build_info
 from device_runtime.tflite_format import read_model

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from converters import _tf
-from converters.mcu import BOARDS, McuExport, export_mcu
-from converters.mcu.export import TargetError, run_tflm
+from converters.targets.mcu import BOARDS, McuExport, export_mcu
+from converters.targets.mcu.export import TargetError, run_tflm
 from converters.recipe import QuantizeSettings
-from converters.tflite_export import to_tflite
+from converters.targets.tflite.convert import to_tflite
 from device_runtime import Model
 from device_runtime.postprocess import top_k
 from device_runtime.tflite_format import read_model
@@ -269,7 +269,7 @@ def no_tflm(monkeypatch):
     """Fail the test if TFLite Micro is asked to run: a check came after the work."""
     def refuse(*_):
         raise AssertionError("run_tflm was called before the inputs were checked")
-    monkeypatch.setattr("converters.mcu.export.run_tflm", refuse)
+    monkeypatch.setattr("converters.targets.mcu.export.run_tflm", refuse)
 
 
 def test_labels_that_do_not_fit_are_refused_before_any_work(digits_int8, tmp_path, no_tflm):
@@ -368,7 +368,7 @@ def test_board_fit_verdict():
     ("FULLY_CONNECTED", "AddFullyConnected"), ("RELU6", "AddRelu6"), ("EXPAND_DIMS", "AddExpandDims"),
     ("BATCH_TO_SPACE_ND", "AddBatchToSpaceNd"), ("UNIDIRECTIONAL_SEQUENCE_LSTM", "AddUnidirectionalSequenceLSTM")])
 def test_resolver_method_names_match_tflite_micro(op, method):
-    from converters.mcu.codegen import resolver_method
+    from converters.targets.mcu.codegen import resolver_method
 
     assert resolver_method(op) == method
 

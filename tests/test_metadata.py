@@ -13,9 +13,9 @@ from PIL import Image
 
 from converters import _tf
 from converters.errors import OutputPathError, UserInputError
-from converters.metadata import MetadataSpec, add_metadata
+from converters.targets.tflite.metadata import MetadataSpec, add_metadata
 from converters.recipe import QuantizeSettings
-from converters.tflite_export import to_tflite
+from converters.targets.tflite.convert import to_tflite
 from device_runtime import Model
 from device_runtime.metadata import associated_files, read_info
 from device_runtime.preprocess import ImageSpec
@@ -164,7 +164,7 @@ def test_colour_space_follows_the_input_unless_given(classifier, grayscale, tmp_
 def test_runtime_refuses_metadata_that_does_not_fit_with_a_typed_error(classifier, tmp_path):
     """A file written elsewhere (or by an older SDK) with two means for three channels: classify raised a
     plain ValueError from ImageSpec, and `sdk bench --task classify` an internal error."""
-    from converters.metadata import metadata_buffer, populate
+    from converters.targets.tflite.metadata import metadata_buffer, populate
     from device_runtime.errors import ModelFormatError
     from device_runtime.metadata import METADATA_NAME
 

@@ -112,6 +112,7 @@ def test_a_real_process_prints_one_line_not_tensorflow_noise(digits_model_path, 
     assert log.exists()
     for command in (("inspect",), ("bench", "--runs", "1", "--warmup", "0"), ("export", "mcu", "-o", tmp_path / "fw"),
                     ("verify", "--key", tmp_path / "k.pub.pem"), ("sign", "--key", tmp_path / "k.pem"),
+                    ("encrypt", "--key", tmp_path / "a.key", "-o", tmp_path / "m.enc"),
                     ("metadata", "add", "-o", tmp_path / "x.tflite")):
         result = _sdk(*command[:2] if command[0] in ("export", "metadata") else command[:1], tmp_path / "none.tflite",
                       *(command[2:] if command[0] in ("export", "metadata") else command[1:]), cwd=ROOT)

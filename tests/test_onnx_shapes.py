@@ -10,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import sdk
 from converters.errors import FidelityError
-from converters.fidelity import compare
-from converters.flex_ops import FlexOpsError
+from converters.verify.fidelity import compare
+from converters.targets.tflite.flex import FlexOpsError
 from device_runtime import Model
 from tests.test_cli import run
 
@@ -178,7 +178,7 @@ def test_graphs_onnx2tf_mis_converts_are_rewritten_or_converted_in_its_layout(tm
 def test_dynamic_dimensions_become_one_with_a_note_and_runs_follow_the_batch(tmp_path):
     """No conversion: the shape plumbing itself.  A dynamic dimension is 1 unless --input-shape; samples
     fill runs of the input's batch (wrapping around), and outputs join back into one row per sample."""
-    from converters.onnx_import import TensorSpec, fix_input_shapes, join_runs
+    from converters.sources.onnx import TensorSpec, fix_input_shapes, join_runs
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", 8])],

@@ -75,10 +75,6 @@ def test_qat_needs_data_int8_and_keras(digits_model_path, tmp_path):
                     calib_data=np.zeros((8, 8, 8, 1), np.float32))
     with pytest.raises(RecipeError, match="quantize.qat trains for int8; set quantize.mode int8 \\(got dynamic\\)"):
         sdk.Recipe.from_dict({"quantize": {"mode": "dynamic", "qat": True}})
-    with pytest.raises(RecipeError, match="quantize.qat with clustering is available for Keras sources"):
-        sdk.convert(torch.nn.Linear(4, 2), tmp_path / "b.tflite", {"cluster": {"clusters": 4},
-                                                                  "quantize": {"mode": "int8", "qat": True}},
-                    example_input=torch.zeros(1, 4), finetune_data=np.zeros((8, 4), np.float32))
     with pytest.raises(DataError, match="quantize.qat .* needs --finetune DATA"):
         sdk.convert(torch.nn.Linear(4, 2), tmp_path / "c.tflite", {"quantize": {"mode": "int8", "qat": True}},
                     example_input=torch.zeros(1, 4), calib_data=np.zeros((8, 4), np.float32))
@@ -121,3 +117,38 @@ def test_pytorch_qat_recovers_at_least_half_and_keeps_pruned_zeros(tmp_path):
                                                         "finetune": {"epochs": 3}},
                          finetune_data=(splits.x_train, splits.y_train), **data).report
     assert pruned.compressed.overall_sparsity >= 0.49  # QAT kept the zeros, measured in the int8 file
+
+
+def test_pytorch_cluster_preserving_qat_keeps_shared_values_and_zeros(tmp_path):
+    """QAT after pruning and clustering was refused for PyTorch. Now the clustered layers train only their
+    shared values under fake quantization: in the written int8 file each output channel of each clustered
+    weight holds at most `clusters` values (zero among them), and the pruned zeros are still there."""
+    from device_runtime.tflite_format import read_model
+    from examples.digits_torch import nchw_splits
+
+    splits = nchw_splits()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    optimizer = torch.optim.Adam(net.parameters(), 3e-3)
+    x, y = torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train)
+    for _ in range(20):
+        for index in torch.randperm(len(x)).split(32):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[index]), y[index]).backward()
+            optimizer.step()
+    result = sdk.convert(net.eval(), tmp_path / "pcqat.tflite",
+                         {"prune": {"sparsity": 0.5}, "cluster": {"clusters": 8},
+                          "quantize": {"mode": "int8", "qat": True}, "finetune": {"epochs": 4}},
+                         example_input=torch.zeros(1, 1, 8, 8), finetune_data=(splits.x_train, splits.y_train),
+                         eval_data=(splits.x_test, splits.y_test))
+    report = result.report
+    assert report.passes["qat"].summary["scheme"].startswith("cluster-preserving")
+    assert report.passes["qat"].summary["values_per_channel_max"] <= 8
+    model = read_model(result.path.read_bytes())
+    kernels = [model.constant(model.main.tensors[op.inputs[1]]) for op in model.main.operators
+               if op.op_name == "FULLY_CONNECTED"]
+    assert [k.dtype.name for k in kernels] == ["int8", "int8"]
+    for kernel in kernels:
+        assert max(len(np.unique(row)) for row in kernel) <= 8
+        assert (kernel == 0).mean() >= 0.49
+    assert report.fidelity.accuracy_tflite >= report.fidelity.accuracy_source - 3.0

@@ -12,7 +12,7 @@ import pytest
 
 from converters import _tf
 from converters.recipe import QuantizeSettings
-from converters.tflite_export import to_tflite
+from converters.targets.tflite.convert import to_tflite
 from device_runtime import InputError, Model, ModelFormatError, UnsupportedModelError
 
 ROOT = Path(__file__).resolve().parents[1]

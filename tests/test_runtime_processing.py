@@ -220,3 +220,16 @@ def test_ssd_outputs_found_by_shape_and_values_in_any_order():
     assert got[0] is boxes and got[1] is classes and got[2] is scores and got[3] is count
     named = ssd_outputs([scores, classes, count, boxes], ["score", "category", "number of detections", "location"])
     assert named[1] is classes and named[2] is scores
+
+
+def test_bad_runtime_arguments_are_typed_errors():
+    """They were bare ValueErrors, which the CLI reports as "internal error"; ArgumentError is still a
+    ValueError, so code that caught that keeps working."""
+    from device_runtime.errors import ArgumentError, DeviceRuntimeError
+    from device_runtime.preprocess import ImageSpec
+
+    with pytest.raises(ArgumentError, match="channels must be 1 or 3; got 2") as caught:
+        ImageSpec(8, 8, channels=2)
+    assert isinstance(caught.value, DeviceRuntimeError) and isinstance(caught.value, ValueError)
+    with pytest.raises(ArgumentError, match="mean/std need 1 or 3 values"):
+        ImageSpec(8, 8, channels=3, mean=(1.0, 2.0))

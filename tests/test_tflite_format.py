@@ -7,7 +7,7 @@ import pytest
 
 from converters import _tf
 from converters.recipe import QuantizeSettings
-from converters.tflite_export import to_tflite
+from converters.targets.tflite.convert import to_tflite
 from device_runtime.errors import ModelFormatError
 from device_runtime.tflite_format import read_model
 

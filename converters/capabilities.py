@@ -1,0 +1,94 @@
+"""Which technique each source framework supports: one table, read by every refusal and by the README.
+
+A cell is either supported (None) or a ``Refusal`` that says why and what to do instead. ``check_supported``
+runs before any work, so a recipe never asks for something that would silently do nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import RecipeError
+from .recipe import Recipe
+
+FRAMEWORKS = {"keras": "Keras", "pytorch": "PyTorch", "onnx": "ONNX"}
+
+
+class UnsupportedTechniqueError(RecipeError):
+    """The recipe asks for a technique that this source framework does not support."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one conversion asks for, beyond the recipe itself."""
+
+    recipe: Recipe
+    finetune: bool = False
+    budget: bool = False
+
+
+@dataclass(frozen=True)
+class Refusal:
+    why: str  # short: the README's cell
+    fix: str  # what to do instead
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    recipe_key: str
+    asked: Callable[[Request], bool]
+    cells: dict[str, Refusal | None]
+
+
+_GRAPH = Refusal("it rewrites layers before export, and rewrites need the PyTorch model",
+                 "an ONNX file can be pruned, clustered and quantized; convert the PyTorch source for the rest")
+_TRAINS = Refusal("trains the model, which needs the PyTorch model",
+                  "drop it, or convert the PyTorch source (package.module:factory with --weights, or an nn.Module)")
+_ALL = {"keras": None, "pytorch": None, "onnx": None}
+
+TECHNIQUES: tuple[Technique, ...] = (
+    Technique("pruning (unstructured, 2:4, channel)", "prune", lambda r: r.recipe.compresses_weights, _ALL),
+    Technique("k-means clustering", "cluster", lambda r: r.recipe.clusters, _ALL),
+    Technique("post-training quantization", "quantize.mode", lambda r: r.recipe.quantize.mode != "none", _ALL),
+    Technique("mixed precision", "layers: {NAME: {precision: float}}", lambda r: r.recipe.keeps_float_layers, _ALL),
+    Technique("channel removal", "channels", lambda r: r.recipe.removes_channels,
+              {"keras": None, "pytorch": None, "onnx": _GRAPH}),
+    Technique("low-rank factorization", "low_rank", lambda r: r.recipe.factorizes,
+              {"keras": None, "pytorch": None, "onnx": _GRAPH}),
+    Technique("accuracy-budget mode", "--max-drop", lambda r: r.budget,
+              {"keras": None, "pytorch": None,
+               "onnx": Refusal("it fine-tunes every candidate, which needs the PyTorch model",
+                               "convert the PyTorch source, or run `sdk sweep` with per-layer recipes")}),
+    Technique("fine-tuning by distillation", "--finetune DATA", lambda r: r.finetune,
+              {"keras": None, "pytorch": None,
+               "onnx": Refusal("fine-tuning needs the PyTorch model; an ONNX file is compressed one-shot",
+                               "drop --finetune (use --calib for int8) or convert the PyTorch source")}),
+    Technique("quantization-aware training", "quantize.qat", lambda r: r.recipe.quantize.qat,
+              {"keras": None, "pytorch": None, "onnx": _TRAINS}),
+    Technique("QAT with clustering", "quantize.qat + cluster", lambda r: r.recipe.quantize.qat and r.recipe.clusters,
+              {"keras": None, "pytorch": None, "onnx": _TRAINS}),
+)
+
+
+def check_supported(request: Request, framework: str) -> None:
+    """Refuse, naming the technique and the framework, the first thing ``request`` asks that ``framework``
+    does not support."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}; got {framework!r}")
+    for technique in TECHNIQUES:
+        refusal = technique.cells[framework]
+        if refusal is not None and technique.asked(request):
+            raise UnsupportedTechniqueError(f"{technique.name} ({technique.recipe_key}) is not available for "
+                                            f"{FRAMEWORKS[framework]} sources: {refusal.why}; {refusal.fix}")
+
+
+def markdown_table() -> str:
+    """The README's capability table, made from the same cells as the refusals."""
+    rows = ["| technique | recipe | " + " | ".join(FRAMEWORKS.values()) + " |",
+            "|---|---|" + "---|" * len(FRAMEWORKS)]
+    for technique in TECHNIQUES:
+        cells = ["yes" if technique.cells[f] is None else f"no: {technique.cells[f].why}" for f in FRAMEWORKS]
+        rows.append(f"| {technique.name} | `{technique.recipe_key}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

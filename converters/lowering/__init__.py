@@ -1,0 +1,1 @@
+"""lowering: see converters/__init__.py for the layout."""

@@ -1,0 +1,1 @@
+"""search: see converters/__init__.py for the layout."""

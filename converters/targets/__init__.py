@@ -1,0 +1,1 @@
+"""targets: see converters/__init__.py for the layout."""

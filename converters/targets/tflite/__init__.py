@@ -1,0 +1,1 @@
+"""tflite: see converters/__init__.py for the layout."""

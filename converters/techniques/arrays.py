@@ -1,0 +1,96 @@
+"""The recipe's prune and cluster passes on plain weight arrays (ONNX initializers, PyTorch tensors).
+
+onnx2tf turns weights into constants that tfmot cannot see, so PyTorch and
+ONNX models are compressed before conversion, on the arrays themselves, with
+the same numpy kernels the Keras passes use for one-shot compression.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import PassRecord
+from .cluster import cluster_measure, kmeans_1d
+from .prune import M_BY_N, prune_array, prune_measure
+from ..recipe import ClusterSettings, LayerPlan, PruneSettings, Recipe
+
+
+@dataclass
+class WeightArray:
+    """One compressible weight: its layer's name and type aliases, and where its channels are."""
+
+    name: str
+    layer_types: tuple[str, ...]  # e.g. ("Conv2d", "Conv"): the recipe's layer_types may use either
+    values: np.ndarray
+    in_axis: int = 1  # input channels: 2:4 groups run along this axis
+    out_axis: int = 0  # output channels: channel pruning zeroes slices of this axis
+
+
+def plan_targets(weights: list[WeightArray], recipe: Recipe
+                 ) -> tuple[dict[str, PruneSettings], dict[str, ClusterSettings], dict[str, PassRecord]]:
+    """Which arrays each pass compresses, and the pass records with what is skipped and why."""
+    records = {"prune": PassRecord("prune"), "cluster": PassRecord("cluster")}
+    prune: dict[str, PruneSettings] = {}
+    cluster: dict[str, ClusterSettings] = {}
+    for weight in weights:
+        plan = layer_plan(weight, recipe)
+        if plan is None:
+            continue
+        settings = plan.prune
+        if settings is not None and (settings.sparsity > 0 or settings.structure == "2:4"):
+            reason = _unprunable(weight, settings)
+            if reason:
+                records["prune"].skipped[weight.name] = reason
+            else:
+                prune[weight.name] = settings
+        if plan.cluster is not None:
+            cluster[weight.name] = plan.cluster
+    return prune, cluster, records
+
+
+def layer_plan(weight: WeightArray, recipe: Recipe) -> LayerPlan | None:
+    """The recipe's plan for ``weight``'s layer, by its name and whichever type alias the recipe names."""
+    layer_type = next((t for t in weight.layer_types if t in recipe.layer_types), weight.layer_types[0])
+    return recipe.plan_for(weight.name, layer_type)
+
+
+def float_precision_weights(weights: list[WeightArray], recipe: Recipe) -> dict[str, np.ndarray]:
+    """{layer: final weight values} of the layers the recipe keeps in float (``precision: float``)."""
+    return {w.name: w.values for w in weights if (plan := layer_plan(w, recipe)) and plan.precision == "float"}
+
+
+def _unprunable(weight: WeightArray, settings: PruneSettings) -> str | None:
+    if settings.structure == "2:4" and weight.values.shape[weight.in_axis] % M_BY_N[1]:
+        return (f"2:4 pruning needs input channels divisible by 4; {weight.name} has "
+                f"{weight.values.shape[weight.in_axis]} (shape {tuple(weight.values.shape)})")
+    return None
+
+
+def prune_weights(weights: list[WeightArray], targets: dict[str, PruneSettings],
+                  record: PassRecord) -> None:
+    """One-shot pruning in place, measured into ``record``."""
+    for weight in weights:
+        settings = targets.get(weight.name)
+        if settings is not None:
+            weight.values = prune_array(weight.values, settings, weight.in_axis, weight.out_axis)
+            record.layers[weight.name] = prune_measure([weight.values], settings)
+
+
+def cluster_weights(weights: list[WeightArray], targets: dict[str, ClusterSettings],
+                    pruned: set[str], record: PassRecord) -> None:
+    """One-shot k-means in place; pruned arrays keep their zeros, which count as one of the clusters."""
+    for weight in weights:
+        settings = targets.get(weight.name)
+        if settings is not None:
+            weight.values = kmeans_1d(weight.values, settings.clusters, preserve_zeros=weight.name in pruned)
+            record.layers[weight.name] = cluster_measure([weight.values], settings)
+
+
+def compress_weights(weights: list[WeightArray], recipe: Recipe) -> dict[str, PassRecord]:
+    """Prune, then cluster, every array the recipe selects (one-shot, in place)."""
+    prune, cluster, records = plan_targets(weights, recipe)
+    prune_weights(weights, prune, records["prune"])
+    cluster_weights(weights, cluster, set(prune), records["cluster"])
+    return records

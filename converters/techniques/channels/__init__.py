@@ -1,0 +1,1 @@
+"""channels: see converters/__init__.py for the layout."""

@@ -1,0 +1,1 @@
+"""qat: see converters/__init__.py for the layout."""

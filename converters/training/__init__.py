@@ -1,0 +1,1 @@
+"""training: see converters/__init__.py for the layout."""

@@ -1,0 +1,179 @@
+"""Prune and cluster a PyTorch model while fine-tuning it, by distillation from the original.
+
+The same two passes as for Keras, in PyTorch: pruning ramps sparsity up on a
+polynomial schedule (as tfmot's ``PolynomialDecay``), re-choosing the mask from
+the current magnitudes, then holds it fixed; clustering starts from one-shot
+k-means and trains the shared values (centroids) with the assignments fixed,
+so zeros stay zeros.  The loss is the one ``converters.training.keras`` documents:
+labels (when given) plus KL to the teacher at temperature T.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ..techniques.arrays import WeightArray, cluster_weights, plan_targets
+from ..data import Dataset
+from .keras import is_probability_output, steps_per_epoch
+from ..techniques.base import PassRecord
+from ..techniques.cluster import cluster_measure
+from ..techniques.prune import RAMP_FRACTION, prune_array, prune_measure
+from ..recipe import FinetuneSettings, PruneSettings, Recipe
+
+UPDATES_PER_RAMP = 10
+
+
+def finetune_torch(student, teacher, weights: list[WeightArray], owners: dict[str, Any], recipe: Recipe,
+                   data: Dataset, verbose: bool, train_unchanged: bool = True) -> dict[str, PassRecord]:
+    """Compress ``student`` (its Conv/Linear weights, listed in ``weights``) in place, with fine-tuning.
+
+    With nothing to prune or cluster (the graph was rewritten instead), ``train_unchanged``
+    still fine-tunes it by distillation.
+    """
+    import torch
+
+    settings = recipe.finetune
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    prune, cluster, records = plan_targets(weights, recipe)
+    trainer = Trainer(student, teacher, data, settings, verbose)
+    masks: dict[str, torch.Tensor] = {}
+    if not prune and not cluster and train_unchanged:  # the graph changed (low-rank, channels): distil
+        trainer.train(lambda step, total: None, "distillation after the graph rewrite")
+    if prune:
+        trainer.train(lambda step, total: _update_masks(owners, prune, masks, step, total), "prune")
+        for name, settings_ in prune.items():
+            records["prune"].layers[name] = prune_measure([_weight(owners[name])], settings_)
+        records["prune"].fine_tuned = True
+    if cluster:
+        for weight in weights:
+            weight.values = _weight(owners[weight.name])
+        cluster_weights(weights, cluster, set(prune), PassRecord("cluster"))
+        for weight in weights:
+            if weight.name in cluster:
+                share_values(owners[weight.name], weight.values)
+        trainer.train(lambda step, total: _apply_masks(owners, masks), "cluster")
+        for name, settings_ in cluster.items():
+            torch.nn.utils.parametrize.remove_parametrizations(owners[name], "weight", leave_parametrized=True)
+            records["cluster"].layers[name] = cluster_measure([_weight(owners[name])], settings_)
+        records["cluster"].fine_tuned = True
+    return records
+
+
+def _weight(module) -> np.ndarray:
+    return module.weight.detach().numpy().copy()
+
+
+def _update_masks(owners, prune: dict[str, PruneSettings], masks, step: int, total: int) -> None:
+    """Every few steps until RAMP_FRACTION of training, re-choose masks at the scheduled sparsity."""
+    import torch
+
+    end = max(1, int(total * RAMP_FRACTION))
+    every = max(1, end // UPDATES_PER_RAMP)
+    if step <= end and (step % every == 0 or step == end):
+        progress = min(1.0, step / end)
+        for name, settings in prune.items():
+            scheduled = settings if settings.structure == "2:4" else dataclasses.replace(
+                settings, sparsity=settings.sparsity * (1.0 - (1.0 - progress) ** 3))
+            module = owners[name]
+            pruned = prune_array(_weight(module), scheduled, in_axis=1, out_axis=0)
+            masks[name] = torch.from_numpy((pruned != 0).astype(np.float32))
+    _apply_masks(owners, masks)
+
+
+def _apply_masks(owners, masks) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, mask in masks.items():
+            if not torch.nn.utils.parametrize.is_parametrized(owners[name], "weight"):
+                owners[name].weight.mul_(mask)
+
+
+def share_values(module, clustered: np.ndarray) -> None:
+    """Make ``module.weight`` = centroids[assignment], training only the centroids; zeros stay fixed."""
+    import torch
+
+    values, codes = np.unique(clustered, return_inverse=True)
+
+    class SharedValues(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.centroids = torch.nn.Parameter(torch.from_numpy(values.astype(np.float32)))
+            self.register_buffer("codes", torch.from_numpy(codes.reshape(clustered.shape).astype(np.int64)))
+            self.register_buffer("keep", torch.from_numpy((clustered != 0).astype(np.float32)))
+
+        def forward(self, original):
+            return self.centroids[self.codes] * self.keep
+
+    torch.nn.utils.parametrize.register_parametrization(module, "weight", SharedValues(), unsafe=True)
+
+
+class Trainer:
+    """Adam over the student's parameters, towards the teacher's outputs and the labels."""
+
+    def __init__(self, student, teacher, data: Dataset, settings: FinetuneSettings, verbose: bool):
+        import torch
+
+        self.student, self.data, self.settings, self.verbose = student, data, settings, verbose
+        self.x = torch.from_numpy(np.ascontiguousarray(data.x))
+        with torch.no_grad():
+            teacher_out = torch.cat([first_output(teacher(self.x[i:i + 256]))
+                                     for i in range(0, len(self.x), 256)])
+        self.probabilities = is_probability_output(teacher_out.numpy())
+        self.teacher_out = teacher_out
+        self.y = torch.from_numpy(data.y) if data.labelled else None
+        self.classifier = teacher_out.ndim == 2 and teacher_out.shape[1] > 1
+
+    def train(self, after_step, step_name: str = "fine-tune") -> None:
+        """Train every epoch, calling ``after_step(step, total)``; with verbose, one stderr line per epoch."""
+        import sys
+
+        import torch
+
+        settings = self.settings
+        self.student.train()
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=settings.learning_rate)
+        total = settings.epochs * steps_per_epoch(self.data, settings)
+        step = 0
+        after_step(0, total)
+        for epoch in range(settings.epochs):
+            order = torch.randperm(len(self.x))
+            for start in range(0, len(order), settings.batch_size):
+                index = order[start:start + settings.batch_size]
+                loss = self._loss(first_output(self.student(self.x[index])), index)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+                after_step(step, total)
+            if self.verbose:
+                print(f"fine-tune ({step_name}) epoch {epoch + 1}/{settings.epochs}: loss {loss.item():.4f}",
+                      file=sys.stderr, flush=True)
+        self.student.eval()
+
+    def _loss(self, student_out, index):
+        import torch.nn.functional as F
+
+        teacher_out = self.teacher_out[index]
+        if not self.classifier:
+            return F.mse_loss(student_out, teacher_out)
+        if self.probabilities:
+            student_out, teacher_out = student_out.clamp_min(1e-7).log(), teacher_out.clamp_min(1e-7).log()
+        t = self.settings.temperature
+        kl = F.kl_div(F.log_softmax(student_out / t, dim=1), F.log_softmax(teacher_out / t, dim=1),
+                      reduction="batchmean", log_target=True) * t * t
+        if self.y is None:
+            return kl
+        alpha = self.settings.alpha
+        return alpha * F.cross_entropy(student_out, self.y[index]) + (1 - alpha) * kl
+
+
+def first_output(outputs):
+    if isinstance(outputs, dict):
+        return next(iter(outputs.values()))
+    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs

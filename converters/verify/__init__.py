@@ -1,0 +1,1 @@
+"""verify: see converters/__init__.py for the layout."""

@@ -26,6 +26,7 @@ class Request:
     recipe: Recipe
     finetune: bool = False
     budget: bool = False
+    distill: bool = False  # into a smaller student (`sdk distill`)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ TECHNIQUES: tuple[Technique, ...] = (
               {"keras": None, "pytorch": None,
                "onnx": Refusal("it fine-tunes every candidate, which needs the PyTorch model",
                                "convert the PyTorch source, or run `sdk sweep` with per-layer recipes")}),
+    Technique("distillation into a smaller student", "sdk distill", lambda r: r.distill,
+              {"keras": Refusal("students are derived from PyTorch modules so far",
+                                "for a Keras model, distil into its own compressed copy with --finetune DATA"),
+               "pytorch": None,
+               "onnx": Refusal("training a student needs the PyTorch teacher", "give the PyTorch source")}),
     Technique("fine-tuning by distillation", "--finetune DATA", lambda r: r.finetune,
               {"keras": None, "pytorch": None,
                "onnx": Refusal("fine-tuning needs the PyTorch model; an ONNX file is compressed one-shot",

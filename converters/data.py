@@ -27,6 +27,7 @@ class Dataset:
     y: np.ndarray | None
     source: str
     class_names: tuple[str, ...] = ()
+    images: bool = False  # loaded from an image folder as (pixel - mean) / std: the normalisation is known
 
     def __len__(self) -> int:
         return len(self.x)
@@ -36,8 +37,8 @@ class Dataset:
         return self.y is not None
 
     def subset(self, index: np.ndarray, what: str) -> Dataset:
-        return Dataset(self.x[index], None if self.y is None else self.y[index],
-                       f"{self.source} ({what})", self.class_names)
+        return dataclasses.replace(self, x=self.x[index], y=None if self.y is None else self.y[index],
+                                   source=f"{self.source} ({what})")
 
     def split(self, held_out_fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Disjoint (train, held-out) parts, so evaluation never sees training samples."""
@@ -52,11 +53,16 @@ class Dataset:
 DataSource = Union[str, os.PathLike, np.ndarray, tuple, Dataset]
 
 
+PIXELS_TO_UNIT = ((0.0,), (255.0,))  # how image folders load unless the model's normalisation says otherwise
+
+
 def load_data(source: DataSource, input_shape: Sequence[int | None], what: str,
-              channels_first: bool = False) -> Dataset:
+              channels_first: bool = False,
+              pixels: tuple[Sequence[float], Sequence[float]] = PIXELS_TO_UNIT) -> Dataset:
     """Load ``source`` and check it fits a model input of ``input_shape`` (batch excluded).
 
     ``channels_first``: the model takes (C, H, W) images (PyTorch), so image folders load as such.
+    ``pixels``: (mean, std) image folders are normalised with, ``(pixel - mean) / std`` on 0..255 pixels.
     """
     if isinstance(source, Dataset):
         dataset = source
@@ -67,18 +73,19 @@ def load_data(source: DataSource, input_shape: Sequence[int | None], what: str,
             raise DataError(f"{what} data as a tuple must be (x, y); got {len(source)} items")
         dataset = Dataset(np.asarray(source[0]), np.asarray(source[1]), "arrays")
     else:
-        dataset = _load_path(Path(source), input_shape, what, channels_first)
+        dataset = _load_path(Path(source), input_shape, what, channels_first, pixels)
     return _checked(dataset, input_shape, what)
 
 
-def _load_path(path: Path, input_shape: Sequence[int | None], what: str, channels_first: bool) -> Dataset:
+def _load_path(path: Path, input_shape: Sequence[int | None], what: str, channels_first: bool,
+               pixels: tuple[Sequence[float], Sequence[float]]) -> Dataset:
     if not path.exists():
         raise DataError(f"{what} data not found: {path}")
     if path.is_dir():
         if channels_first and len(input_shape) == 3:
-            images = _load_image_folder(path, (*input_shape[1:], input_shape[0]), what)
+            images = _load_image_folder(path, (*input_shape[1:], input_shape[0]), what, pixels)
             return dataclasses.replace(images, x=images.x.transpose(0, 3, 1, 2))
-        return _load_image_folder(path, input_shape, what)
+        return _load_image_folder(path, input_shape, what, pixels)
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
@@ -94,7 +101,8 @@ def _load_path(path: Path, input_shape: Sequence[int | None], what: str, channel
     raise DataError(f"{what} data must be a .npz (x, y), a .npy or an image folder; got {path.name}")
 
 
-def _load_image_folder(folder: Path, input_shape: Sequence[int | None], what: str) -> Dataset:
+def _load_image_folder(folder: Path, input_shape: Sequence[int | None], what: str,
+                       pixels: tuple[Sequence[float], Sequence[float]] = PIXELS_TO_UNIT) -> Dataset:
     if len(input_shape) != 3 or input_shape[-1] not in (1, 3):
         raise DataError(f"an image folder needs a model input of shape (H, W, 1 or 3); "
                         f"the model takes {tuple(input_shape)}")
@@ -114,15 +122,16 @@ def _load_image_folder(folder: Path, input_shape: Sequence[int | None], what: st
     from PIL import Image, UnidentifiedImageError
 
     images = np.empty((len(files), height, width, channels), np.float32)
+    mean, std = (np.asarray(v, np.float32) for v in pixels)  # one value, or one per channel (checked before)
     for i, (file, _) in enumerate(files):
         try:
             with Image.open(file) as img:
                 img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-                images[i] = np.asarray(img, np.float32).reshape(height, width, channels) / 255.0
+                images[i] = (np.asarray(img, np.float32).reshape(height, width, channels) - mean) / std
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"cannot read image {file}: {first_line(exc)}") from None
     labels = np.array([label for _, label in files], np.int64) if names else None
-    return Dataset(images, labels, str(folder), names)
+    return Dataset(images, labels, str(folder), names, images=True)
 
 
 def _layout_hint(got: tuple[int, ...], expected: tuple[int | None, ...]) -> str:
@@ -169,4 +178,4 @@ def _checked(dataset: Dataset, input_shape: Sequence[int | None], what: str) -> 
             y = y.astype(np.int64)
     if not np.isfinite(x).all():
         raise DataError(f"{what} data {dataset.source} contains NaN or infinity")
-    return Dataset(x.astype(np.float32, copy=False), y, dataset.source, dataset.class_names)
+    return dataclasses.replace(dataset, x=x.astype(np.float32, copy=False), y=y)

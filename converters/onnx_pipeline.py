@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
 from .techniques.arrays import compress_weights, float_precision_weights
 from .data import DataSource, Dataset
@@ -153,7 +154,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     _check_overrides(recipe, torch_source, onnx_model)
     if torch_source is not None:
         shapes = [TensorSpec("", tuple(s)).sample_shape for s in torch_source.input_shapes]
-        tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data)
+        known = normalisation.given(metadata, torch_source.input_shapes)
+        tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data, known)
         module = torch_source.module
         if recipe.removes_channels:
             from .techniques.channels.torch import remove_channels
@@ -187,7 +189,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         _check_runs(reference_model, specs)
     if torch_source is None:
         shapes = [s.sample_shape for s in specs]
-        tune, calib, evaluation, data_notes = _data(shapes, None, calib_data, eval_data)
+        known = normalisation.given(metadata, [s.shape for s in specs])
+        tune, calib, evaluation, data_notes = _data(shapes, None, calib_data, eval_data, known)
     notes += data_notes
 
     _check_quantizable(onnx_model, recipe)
@@ -244,7 +247,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, calibration, {
         "input_order": [s.name for s in specs], "output_order": route.output_names}), metadata,
                                   Path(description).stem if source_files else "model",
-                                  tune or calib or evaluation, notes)
+                                  tune or calib or evaluation, notes, (known, (tune, calib, evaluation)))
 
     mark = time.perf_counter()
     inputs = [evaluation.x] if len(specs) == 1 else _random_inputs(specs, len(evaluation))
@@ -324,13 +327,15 @@ def _check_quantizable(onnx_model, recipe: Recipe) -> None:
                                   "--quantize dynamic or float16 for this model")
 
 
-def _data(shapes, finetune_data, calib_data, eval_data):
-    """Datasets for the single input, in the source layout ((C, H, W) images load channels-first)."""
+def _data(shapes, finetune_data, calib_data, eval_data, known=None):
+    """Datasets for the single input, in the source layout ((C, H, W) images load channels-first); image
+    folders load with the ``known`` normalisation."""
     if len(shapes) != 1:
         if any(d is not None for d in (finetune_data, calib_data, eval_data)):
             raise DataError(f"data for models with {len(shapes)} inputs is not supported yet; convert "
                             "without data (fidelity is then measured on random inputs)")
-    return datasets(shapes[0], finetune_data, calib_data, eval_data, channels_first=len(shapes[0]) == 3)
+    return datasets(shapes[0], finetune_data, calib_data, eval_data, channels_first=len(shapes[0]) == 3,
+                    pixels=known)
 
 
 def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool, notes: list[str]):

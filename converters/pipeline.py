@@ -25,11 +25,13 @@ from device_runtime.monitor import channel_rows
 from .capabilities import Request, check_supported
 from .data import Dataset, DataSource, load_data
 from .errors import ConversionError, DataError, RecipeError, first_line
+from .labels import LabelsError
 from .verify.fidelity import compare, run_tflite
 from .files import atomic_write, check_output_path
 from .training.keras import finetune, steps_per_epoch
 from .sources.keras import load_keras_model
 from .targets.tflite.metadata import MetadataSpec, populate, standard_metadata
+from .targets.tflite.normalisation import Normalisation
 from .techniques import PASSES, PassRecord
 from .techniques.base import kernel_weights
 from .recipe import QuantizeSettings, Recipe
@@ -63,7 +65,8 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     """Compress and convert a Keras model to ``output`` (.tflite) with a report beside it.
 
     Image classifiers also get standard TFLite metadata (``metadata`` overrides
-    the defaults: name from the source, [0, 1] inputs, labels from an image folder).
+    the defaults: name from the source, labels from an image folder); the input normalisation only
+    when known (``metadata.mean/std``, the model's Rescaling/Normalization layers, an image folder).
     """
     recipe = recipe or Recipe()
     started = time.perf_counter()
@@ -79,7 +82,10 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
         raise DataError(f"data for models with {len(model.inputs)} inputs is not supported yet; "
                         "convert without data")
     input_shape = tuple(model.inputs[0].shape[1:])
-    tune, calib, evaluation, notes = datasets(input_shape, finetune_data, calib_data, eval_data)
+    known, notes = keras_normalisation(teacher, metadata)
+    tune, calib, evaluation, data_notes = datasets(input_shape, finetune_data, calib_data, eval_data, pixels=known)
+    notes += data_notes
+    check_folder_labels(tune or calib or evaluation, metadata, tuple(model.outputs[0].shape))
     if tune is not None and not (recipe.compresses_weights or recipe.quantize.qat or recipe.removes_channels
                                  or recipe.factorizes):
         notes.append("fine-tuning data given but the recipe changes no weights or layers and asks for no QAT; "
@@ -127,7 +133,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     source_sha256 = _source_hash(source_path, teacher)
     tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, calibration),
                                   metadata, Path(source_path).stem if source_path else "model",
-                                  tune or calib or evaluation, notes)
+                                  tune or calib or evaluation, notes, (known, (tune, calib, evaluation)))
     timings["export"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -168,12 +174,33 @@ def write_result(output: Path, tflite_bytes: bytes, report: Report) -> Conversio
     return ConversionResult(output, report_path, report)
 
 
+def keras_normalisation(model, metadata: MetadataSpec | None) -> tuple[Normalisation | None, list[str]]:
+    """The input normalisation known before the data is loaded (``metadata``'s, checked against the input, or
+    the model's own Rescaling/Normalization layers'), and notes for the report."""
+    from .targets.tflite import normalisation
+
+    given = normalisation.given(metadata, [tuple(i.shape) for i in model.inputs])
+    return normalisation.choose(given, *normalisation.keras_normalisation(model))
+
+
 def embed_metadata(tflite_bytes: bytes, provenance: bytes, spec: MetadataSpec | None, name: str,
-                   data: Dataset | None, notes: list[str]) -> bytes:
-    """Build provenance for every model, and standard TFLite metadata for image classifiers."""
+                   data: Dataset | None, notes: list[str],
+                   normalisation: tuple[Normalisation | None, Sequence[Dataset | None]] = (None, ())) -> bytes:
+    """Build provenance for every model, and standard TFLite metadata for image classifiers.
+
+    ``normalisation``: (what is known before the data, the (fine-tune, calibration, evaluation) sets); an
+    image folder among the sets makes it known, array data are checked against it.
+    """
+    from .targets.tflite import normalisation as norms
+
+    known, sets = normalisation
+    norm = norms.with_data(known, sets)
     buffers = {BUILD_INFO_NAME: provenance}
     files = None
-    standard, note = _standard_metadata(tflite_bytes, spec, name, data)
+    standard, note = _standard_metadata(tflite_bytes, spec, name, data, norm)
+    if standard is not None and norm is not None:
+        notes += [n for n in (norms.range_note(norm, d, what) for d, what in
+                              zip(sets, ("fine-tuning", "calibration", "evaluation"))) if n][:1]
     if standard is not None:
         buffers[METADATA_NAME], files = standard
     if note:
@@ -209,10 +236,29 @@ def apply_passes(model, teacher, recipe: Recipe, tune: Dataset | None, verbose: 
     return model, records
 
 
-def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: bool = False):
-    """(fine-tune, calibration, evaluation) sets; evaluation never overlaps the others."""
+def check_folder_labels(data: Dataset | None, metadata: MetadataSpec | None, output_shape: tuple) -> None:
+    """An image folder's sub-folders become the metadata's labels: refuse, before any work, a folder whose
+    class count is not the model's (it used to fail after the conversion, when the metadata was written)."""
+    if data is None or not data.class_names or (metadata is not None and metadata.labels):
+        return
+    if len(output_shape) == 2 and output_shape[-1] and output_shape[-1] != len(data.class_names):
+        raise LabelsError(f"the model scores {output_shape[-1]} classes but the image folder {data.source} has "
+                          f"{len(data.class_names)} class sub-folders, whose names would be its labels; give a "
+                          "folder with one sub-folder per class, or --labels FILE")
+
+
+def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: bool = False,
+             pixels: Normalisation | None = None):
+    """(fine-tune, calibration, evaluation) sets; evaluation never overlaps the others.
+
+    ``pixels``: the model's known input normalisation, which image folders load with (default: [0, 1]).
+    """
+    from .targets.tflite.normalisation import FOLDER
+
     notes = []
-    load = functools.partial(load_data, input_shape=input_shape, channels_first=channels_first)
+    pixels = pixels or FOLDER
+    load = functools.partial(load_data, input_shape=input_shape, channels_first=channels_first,
+                             pixels=(pixels.mean, pixels.std))
     tune = load(finetune_data, what="fine-tuning") if finetune_data is not None else None
     calib = load(calib_data, what="calibration") if calib_data is not None else None
     evaluation = load(eval_data, what="evaluation") if eval_data is not None else None
@@ -230,8 +276,14 @@ def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: 
         else:
             shape = tuple(d or 1 for d in input_shape)
             x = np.random.default_rng(0).random((RANDOM_EVAL_SAMPLES, *shape), dtype=np.float32)
+            span = "[0, 1)"
+            if pixels is not FOLDER and len(shape) == 3:  # random images as the model takes them: 0..255 normalised
+                mean, std = (np.asarray(v, np.float32).reshape((-1, 1, 1) if channels_first else (-1,))
+                             for v in (pixels.mean, pixels.std))
+                x = ((x * 255.0 - mean) / std).astype(np.float32)
+                span = f"[{x.min():.3g}, {x.max():.3g}] (random pixels, normalised as {pixels.describe()})"
             evaluation = Dataset(x, None, "random uniform inputs")
-            notes.append("no data given: fidelity measured on random inputs in [0, 1)")
+            notes.append(f"no data given: fidelity measured on random inputs in {span}")
     if calib is None and tune is not None:
         calib = tune
     return tune, calib, evaluation, notes
@@ -272,9 +324,12 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
     return dense, notes + [f"sparse format (EXPERIMENTAL_SPARSITY) tried and dropped: {sizes}"]
 
 
-def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, name: str, data: Dataset | None):
+def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, name: str, data: Dataset | None,
+                       norm: Normalisation | None):
     """(TFLITE_METADATA buffer, files) for an image classifier, or None, and a note for the report."""
     from device_runtime.tflite_format import read_model
+
+    from .targets.tflite.normalisation import unknown_note
 
     model = read_model(tflite_bytes)
     sg = model.main
@@ -282,19 +337,21 @@ def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, name: str
     if len(sg.inputs) != 1 or len(sg.outputs) != 1 or len(shape) != 4 or shape[-1] not in (1, 3):
         return None, None
     scores = sg.tensors[sg.outputs[0]].shape
-    if spec is None and not (len(scores) >= 2 and all(d == 1 for d in scores[1:-1])):
+    if not (len(scores) >= 2 and all(d == 1 for d in scores[1:-1])):  # also with --labels/--mean: no guess
         return None, (f"standard TFLite metadata not written: the output {tuple(scores)} is not one score per "
                       "class, so the model is no image classifier; describe it with sdk metadata add --task")
     if spec is None:
         spec = MetadataSpec(name=name, labels=data.class_names if data is not None else ())
     # One channel can only be grayscale, three only RGB: the input shape decides.
-    spec = dataclasses.replace(spec, color_space="GRAYSCALE" if shape[-1] == 1 else "RGB")
+    spec = dataclasses.replace(spec, color_space="GRAYSCALE" if shape[-1] == 1 else "RGB",
+                               mean=norm.mean if norm else None, std=norm.std if norm else None)
     try:
         written = standard_metadata(model, spec)
     except ConversionError as exc:  # the schema module is missing: convert anyway, and say so
         return None, f"standard TFLite metadata not written: {exc}"
-    return written, (f"standard TFLite metadata written: image classifier, (pixel - {list(spec.mean)}) "
-                     f"/ {list(spec.std)}, {len(spec.labels)} labels, version {spec.version}")
+    described = f"input {norm.describe()} (from {norm.source})" if norm else "no input normalisation"
+    return written, (f"standard TFLite metadata written: image classifier, {described}, {len(spec.labels)} labels, "
+                     f"version {spec.version}" + ("" if norm else f"; {unknown_note()}"))
 
 
 def build_info(source_sha256: str, recipe: Recipe, calib: Dataset | None, calibration: np.ndarray | None,

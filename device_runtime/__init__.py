@@ -4,10 +4,10 @@ Public surface: ``Model`` and the errors in ``device_runtime.errors``.
 """
 
 from .errors import (ArgumentError, DeviceRuntimeError, InferenceError, InputError, InvalidKeyError,
-                     ModelFormatError, NoInterpreterError, UnsupportedModelError)
+                     MissingMetadataError, ModelFormatError, NoInterpreterError, UnsupportedModelError)
 from .integrity import DecryptionError, SignatureError
 from .model import Model, TensorSpec
 
 __all__ = ["Model", "TensorSpec", "SignatureError", "DecryptionError", "ArgumentError", "DeviceRuntimeError",
-           "InferenceError", "InputError", "InvalidKeyError", "ModelFormatError", "NoInterpreterError",
-           "UnsupportedModelError"]
+           "InferenceError", "InputError", "InvalidKeyError", "MissingMetadataError", "ModelFormatError",
+           "NoInterpreterError", "UnsupportedModelError"]

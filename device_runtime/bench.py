@@ -22,7 +22,7 @@ import numpy as np
 from .errors import ArgumentError, DeviceRuntimeError
 from .integrity import key_for_command
 from .model import Model
-from .preprocess import load_image
+from .preprocess import ImageSpec, load_image
 
 
 def _peak_rss_mb() -> float:
@@ -58,10 +58,15 @@ def benchmark(source, threads: Sequence[int] = (1,), warmup: int = 10, runs: int
         raise ArgumentError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     if not threads:
         raise ArgumentError("threads needs at least one thread count, such as (1, 2); got none")
-    results = []
+    results, untold = [], []
     for n in threads:
         model = Model(source, num_threads=n, backend=backend, use_xnnpack=use_xnnpack,
                       decryption_key=decryption_key)
+        if task == "classify" and not model.knows_normalisation:  # the time does not depend on the values
+            model = Model(source, num_threads=n, backend=backend, use_xnnpack=use_xnnpack,
+                          decryption_key=decryption_key, image=ImageSpec.from_input_shape(model.inputs[0].shape))
+            untold = ["the model's metadata has no input normalisation: timed with (pixel - 0) / 255, which costs "
+                      "the same; Model.classify refuses the model until it is set (sdk metadata add --mean --std)"]
         call, frame = _call(model, task, image, color_order)
         for _ in range(warmup):
             call()
@@ -80,7 +85,7 @@ def benchmark(source, threads: Sequence[int] = (1,), warmup: int = 10, runs: int
                         "overhead_p50_ms": stats["overhead_ms"]["p50"], "overhead_share": stats["overhead_share"]})
     return {"model": str(source) if not isinstance(source, bytes) else "<bytes>",
             "backend": model.backend.name, "xnnpack": use_xnnpack, "warmup": warmup, "runs": runs,
-            "task": task, "frame": frame, "results": results, "notes": _notes(model, use_xnnpack)}
+            "task": task, "frame": frame, "results": results, "notes": _notes(model, use_xnnpack) + untold}
 
 
 def _call(model: Model, task: str, image, color_order: str) -> tuple[Callable[[], object], str | None]:

@@ -14,6 +14,10 @@ class ModelFormatError(DeviceRuntimeError):
     """The bytes are not a well-formed TFLite model (missing, truncated, corrupt)."""
 
 
+class MissingMetadataError(ModelFormatError):
+    """The model lacks metadata a task needs to be answered right (e.g. classify() without a normalisation)."""
+
+
 class UnsupportedModelError(DeviceRuntimeError):
     """The model is well-formed but needs something this runtime lacks (custom op, delegate)."""
 

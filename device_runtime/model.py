@@ -23,7 +23,8 @@ import numpy as np
 
 from . import integrity, metadata, postprocess, tflite_format
 from .backend import get_backend
-from .errors import ArgumentError, InferenceError, InputError, ModelFormatError, UnsupportedModelError
+from .errors import (ArgumentError, InferenceError, InputError, MissingMetadataError, ModelFormatError,
+                     UnsupportedModelError)
 from .monitor import Monitor
 from .preprocess import ImagePreprocessor, ImageSpec, Letterbox, check_engine, load_image
 
@@ -399,8 +400,23 @@ class Model:
         scale = bound(spec.width / aspect[0], spec.height / aspect[1])
         return bound(spec.width, round(aspect[0] * scale)), bound(spec.height, round(aspect[1] * scale))
 
+    @property
+    def knows_normalisation(self) -> bool:
+        """Whether images can be normalised as the model expects: ``image=`` given, or in its metadata."""
+        return self.image is not None or (self.info is not None and self.info.mean is not None)
+
     def classify(self, image, top_k: int = 5, color_order: str = "RGB") -> list[postprocess.Classification]:
-        """Top-k classes for an image, with labels when the model has them."""
+        """Top-k classes for an image, with labels when the model has them.
+
+        Refuses a model whose input normalisation is unknown (no metadata, no ``image=``): a guess
+        would give wrong classes without a word.
+        """
+        if len(self.inputs) == 1 and not self.knows_normalisation:  # (several inputs: refused as such below)
+            raise MissingMetadataError(
+                "the model has no input normalisation in its metadata, so classify() cannot know how to scale "
+                "pixels; set it with `sdk metadata add MODEL -o OUT --mean M --std S` (0..255 pixels: --mean 0 "
+                "--std 255 for [0, 1] inputs, --mean 127.5 --std 127.5 for [-1, 1]), or pass "
+                "image=ImageSpec(height, width, mean=..., std=...)")
         spec = self.outputs[0]
         found = self._answer_image(image, None, color_order, lambda outputs, _: postprocess.top_k(
             outputs[spec.name], top_k, self.labels, quantization=spec.quantization))

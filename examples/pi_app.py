@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceRuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.task == "classify" and not model.knows_normalisation:  # once, not once per frame
+        print("error: the model has no input normalisation in its metadata; set it with `sdk metadata add MODEL "
+              "-o OUT --mean M --std S` (0..255 pixels, e.g. --mean 0 --std 255 for [0, 1] inputs)", file=sys.stderr)
+        return 2
     if args.images is not None and not args.images.is_dir():
         print(f"error: --images needs a folder of images; {args.images} is not one", file=sys.stderr)
         return 2

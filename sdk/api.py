@@ -32,17 +32,17 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     needs the Flex delegate (full TensorFlow's interpreter; not ai-edge-litert or tflite-runtime).
     ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
     Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array.
-    ``metadata``: a ``converters.targets.tflite.metadata.MetadataSpec`` for image classifiers (labels,
-    normalisation, name, version); by default name, [0, 1] inputs and image-folder labels.
+    ``metadata``: a ``converters.targets.tflite.metadata.MetadataSpec`` for image classifiers (labels, name, version,
+    and ``mean``/``std``: the input normalisation on 0..255 pixels).  By default: the source's name,
+    image-folder labels, and a normalisation only when known (image-folder data, or a Keras model's
+    leading Rescaling/Normalization layers); otherwise none, and the report says how to set it.
     Returns a ``ConversionResult`` with ``path``, ``report_path`` and ``report``.
     """
     from converters.pipeline import convert_keras
     from converters.sources import framework_of
 
-    if isinstance(recipe, dict):
-        recipe = Recipe.from_dict(recipe)
-    elif isinstance(recipe, (str, os.PathLike)):
-        recipe = Recipe.load(recipe)
+    _check_metadata(metadata)
+    recipe = _recipe(recipe)
     if framework_of(source) in ("onnx", "pytorch"):
         from converters.onnx_pipeline import convert_onnx_route
 
@@ -75,16 +75,56 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
     """
     from converters.search.budget import run_budget
 
-    if isinstance(recipe, dict):
-        recipe = Recipe.from_dict(recipe)
-    elif isinstance(recipe, (str, os.PathLike)):
-        recipe = Recipe.load(recipe)
+    _check_metadata(metadata)
+    recipe = _recipe(recipe)
     torch_options = _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
                                                    "weights": weights, "keep_nchw": keep_nchw,
                                                    "keep_intermediates": keep_intermediates})
     return run_budget(source, output, max_drop=max_drop, optimize=optimize, finetune_data=finetune_data,
                       calib_data=calib_data, eval_data=eval_data, recipe=recipe, force=force, progress=progress,
                       verbose=verbose, metadata=metadata, source_options=torch_options)
+
+
+def distill(teacher: Any, output: str | os.PathLike, data: DataSource, *, student: Any = None,
+            keep_layers: int | None = None, width_ratio: float | None = None,
+            recipe: Recipe | dict | str | os.PathLike | None = None, epochs: int = 30, patience: int = 5,
+            temperature: float = 4.0, alpha: float = 0.5, learning_rate: float = 1e-3,
+            checkpoint: str | os.PathLike | None = None, eval_data: DataSource | None = None,
+            calib_data: DataSource | None = None, example_input: Any = None,
+            input_shapes: Sequence[Sequence[int]] | None = None, weights: str | os.PathLike | None = None,
+            student_weights: str | os.PathLike | None = None, force: bool = False,
+            progress: Callable[[str, int, int], None] | None = None, verbose: bool = False):
+    """Distil a PyTorch ``teacher`` into a smaller student trained on ``data`` (labels optional), then convert
+    the student as ``recipe`` says; the report's ``passes["distill"]`` compares teacher and student.
+
+    The student: ``student`` (an nn.Module or 'package.module:factory' with ``student_weights``), or derived
+    from the teacher with ``keep_layers`` (blocks kept from its deepest stack, one every n/keep, as
+    DistilBERT) and/or ``width_ratio`` (fraction of channels kept). Training: soft targets at
+    ``temperature`` (KL x T^2) plus cross-entropy weighted ``alpha`` when labels exist, a cosine term for
+    embeddings; the best epoch on a held-out tenth is kept, with early stop after ``patience`` epochs and a
+    resumable ``checkpoint`` file.
+    """
+    from converters.distillation import distill_student
+    from converters.recipe import FinetuneSettings
+    from converters.training.students import DistillSettings
+
+    settings = DistillSettings(FinetuneSettings(epochs=epochs, temperature=temperature, alpha=alpha,
+                                                learning_rate=learning_rate), patience=patience,
+                               checkpoint=checkpoint)
+    return distill_student(teacher, output, data, student=student, keep_layers=keep_layers,
+                           width_ratio=width_ratio, recipe=_recipe(recipe), settings=settings, eval_data=eval_data,
+                           calib_data=calib_data, example_input=example_input, input_shapes=input_shapes,
+                           weights=weights, student_weights=student_weights, force=force, progress=progress,
+                           verbose=verbose)
+
+
+def _recipe(recipe: Recipe | dict | str | os.PathLike | None) -> Recipe | None:
+    """A Recipe from what the API takes: a Recipe, a dict in recipe form, a .yaml/.json path, or None."""
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    if isinstance(recipe, (str, os.PathLike)):
+        return Recipe.load(recipe)
+    return recipe
 
 
 def _refuse_torch_options(source: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +137,17 @@ def _refuse_torch_options(source: Any, options: dict[str, Any]) -> dict[str, Any
         raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "
                              "has its own input shapes and layout")
     return given
+
+
+def _check_metadata(metadata) -> None:
+    """``metadata`` is a MetadataSpec whose own values hold together, checked before any work."""
+    from converters.targets.tflite.metadata import MetadataSpec
+
+    if metadata is None:
+        return
+    if not isinstance(metadata, MetadataSpec):
+        raise UserInputError(f"metadata must be a converters.targets.tflite.metadata.MetadataSpec; got {type(metadata).__name__}")
+    metadata.validate()
 
 
 @dataclass
@@ -139,6 +190,9 @@ class Inspection:
             if i["mean"] is not None:
                 lines.append(f"input {i['input_name']}: {i['color_space']} image, (pixel - {list(i['mean'])}) "
                              f"/ {list(i['std'])}")
+            elif i["color_space"] is not None:
+                lines.append(f"input {i['input_name']}: {i['color_space']} image, normalisation unknown "
+                             "(Model.classify refuses it; set it with sdk metadata add --mean M --std S)")
             if i["labels"]:
                 shown = ", ".join(i["labels"][:5]) + (", ..." if len(i["labels"]) > 5 else "")
                 lines.append(f"output {i['output_name']}: {len(i['labels'])} labels ({shown}) from {i['label_file']}")

@@ -7,138 +7,18 @@ data), 130 interrupted.  Errors print one line on stderr, never a traceback
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import os
 import sys
-import warnings
-from typing import Callable, Iterator
 
 import click
 
-from converters.errors import ConversionError, UserInputError
-from converters.targets.mcu.boards import BOARDS
+from converters.errors import UserInputError
 from converters.recipe import IO_TYPES, PRUNE_STRUCTURES, QUANTIZE_MODES, Recipe
-from device_runtime.errors import ArgumentError, DeviceRuntimeError, InputError, ModelFormatError
 
-EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
-
-
-def _run(action: Callable[[], None], debug: bool) -> None:
-    """Run ``action`` and map every failure to a one-line message and an exit code."""
-    quiet, verbose, log_file = click.get_current_context().meta.get(OUTPUT_KEY, (False, False, None))
-    try:
-        with _native_logs(None if verbose else (log_file or os.devnull)):
-            action()
-    except (UserInputError, ModelFormatError, InputError, ArgumentError, click.BadParameter) as exc:
-        _fail(exc, EXIT_BAD_INPUT, debug)
-    except (ConversionError, DeviceRuntimeError) as exc:
-        _fail(exc, EXIT_FAILURE, debug)
-    except KeyboardInterrupt:
-        click.echo("interrupted; no output was written", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except Exception as exc:  # the last line of defence: still one line, never a wall
-        _fail(exc, EXIT_FAILURE, debug, prefix=f"internal error ({type(exc).__name__}): ",
-              suffix=" (rerun with --debug for the traceback and please report it)")
-
-
-OUTPUT_KEY = "sdk.output"
-
-
-@contextlib.contextmanager
-def _native_logs(path: str | None) -> Iterator[None]:
-    """Send what TensorFlow, absl, XNNPACK and CUDA write to file descriptor 2 (and Python warnings) to ``path``.
-
-    TensorFlow's C++ logging starts before absl is initialised, so no environment variable silences it; the
-    descriptor itself is redirected, and this process's own messages go to the original stderr.  Only a real
-    process is redirected: under a test runner, sys.stderr is not descriptor 2 and nothing changes.
-    """
-    try:
-        real = path is not None and sys.stderr.fileno() == 2
-    except (AttributeError, OSError, ValueError):
-        real = False
-    if not real:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    except OSError as exc:
-        os.close(saved)
-        raise UserInputError(f"cannot write log file {path}: {exc.strerror or exc}") from None
-    os.dup2(target, 2)
-    os.close(target)
-    original = sys.stderr
-    sys.stderr = open(saved, "w", buffering=1, encoding=original.encoding or "utf-8", errors="replace",
-                      closefd=False)
-    log = open(2, "w", buffering=1, closefd=False)
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: log.write(
-                warnings.formatwarning(message, category, filename, lineno, line))
-            yield
-    finally:
-        log.close()
-        sys.stderr.flush()
-        sys.stderr.close()
-        sys.stderr = original
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _with_output_options(command: click.Command) -> None:
-    """Give ``command`` (and a group's commands) --quiet, --verbose and --log-file, read by ``_run``."""
-    if isinstance(command, click.Group):
-        for sub in command.commands.values():
-            _with_output_options(sub)
-        return
-    command.params += [
-        click.Option(["-q", "--quiet"], is_flag=True, help="Print only the result (and errors): no progress."),
-        click.Option(["-v", "--verbose"], is_flag=True,
-                     help="Also show TensorFlow's, onnx2tf's and the interpreter's own logs on stderr."),
-        click.Option(["--log-file"], type=click.Path(dir_okay=False),
-                     help="Append those logs (and Python warnings) to this file instead of dropping them.")]
-    callback = command.callback
-
-    @functools.wraps(callback)
-    def with_output(*args, quiet, verbose, log_file, **kwargs):
-        if quiet and verbose:
-            raise click.UsageError("--quiet and --verbose contradict each other; give one of them")
-        click.get_current_context().meta[OUTPUT_KEY] = (quiet, verbose, log_file)
-        return callback(*args, **kwargs)
-
-    command.callback = with_output
-
-
-def _chatty(as_json: bool = False) -> bool:
-    """Whether progress is shown: not with --quiet, and not under --json (stdout is for the JSON)."""
-    quiet = click.get_current_context().meta.get(OUTPUT_KEY, (False, False, None))[0]
-    return not (quiet or as_json)
-
-
-def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "", suffix: str = "") -> None:
-    if debug:
-        import traceback
-
-        traceback.print_exception(exc)
-    from converters.errors import first_line
-
-    message = first_line(exc, limit=2000)
-    click.echo(f"error: {prefix}{message}{suffix}", err=True)
-    sys.exit(code)
-
-
-def _stderr_progress(stage: str, done: int, total: int) -> None:
-    """A one-line progress bar on stderr for calibration; drawn only on a terminal."""
-    if not sys.stderr.isatty() or (done % max(total // 50, 1) and done != total):
-        return
-    width = 30
-    filled = int(width * done / max(total, 1))
-    click.echo(f"\r{stage:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
-               err=True, nl=done >= total)
-
+from ._cli_base import EXIT_INTERRUPTED, chatty, run, stderr_progress, with_output_options
+from .cli_distill import distill
+from .cli_export import export
+from .cli_integrity import encrypt, keygen, sign, verify
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="edge-deploy-sdk", prog_name="sdk")
@@ -203,6 +83,11 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--board", help="With --target mcu: check the model fits this board (see `sdk export mcu --help`).")
 @click.option("--labels", type=click.Path(), help="Class names for the model's metadata, one per line.")
 @click.option("--model-version", default="1", show_default=True, help="Version written into the metadata.")
+@click.option("--mean", type=float, multiple=True,
+              help="The input normalisation (pixel - mean) / std on 0..255 pixels, for the metadata: once, or once "
+                   "per channel; with --std (default: known from image-folder data or the model's Rescaling/"
+                   "Normalization layers, else none written).")
+@click.option("--std", type=float, multiple=True, help="See --mean; e.g. --mean 0 --std 255 for [0, 1] inputs.")
 @click.option("--input-shape", "input_shapes", multiple=True,
               help="PyTorch/ONNX: an input's shape, e.g. 1,3,224,224; once per input, in order.")
 @click.option("--weights", type=click.Path(), help="PyTorch state dict for a package.module:factory source.")
@@ -220,7 +105,7 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
             samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
-            model_version, input_shapes, weights, keep_nchw, keep_intermediates, allow_flex, max_drop, optimize, plot_path, force,
+            model_version, mean, std, input_shapes, weights, keep_nchw, keep_intermediates, allow_flex, max_drop, optimize, plot_path, force,
             as_json, debug):
     """Compress and convert SOURCE to a verified .tflite.
 
@@ -257,13 +142,14 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             raise UserInputError("--target mcu needs a full-integer model: add --quantize int8 --io-type int8 "
                                  "and --calib DATA")
         metadata = None
-        if labels or model_version != "1":
+        if labels or model_version != "1" or mean or std:
             from pathlib import Path
 
             from converters.targets.tflite.metadata import MetadataSpec, read_labels_file
 
-            metadata = MetadataSpec(name=Path(source).stem, version=model_version,
-                                    labels=read_labels_file(labels) if labels else ())
+            metadata = MetadataSpec(name=Path(source).stem, version=model_version, mean=mean or None,
+                                    std=std or None, labels=read_labels_file(labels) if labels else ())
+            metadata.validate()
         torch_onnx = dict(input_shapes=_parse_shapes(input_shapes), weights=weights, keep_nchw=keep_nchw,
                           keep_intermediates=keep_intermediates, allow_flex=allow_flex)
         budget = None
@@ -273,14 +159,14 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             budget = convert_within_budget(source, output, max_drop=max_drop, optimize=optimize, recipe=recipe,
                                            finetune_data=finetune_path, calib_data=calib, eval_data=eval_path,
                                            force=force, metadata=metadata,
-                                           progress=_stderr_progress if _chatty(as_json) else None,
-                                           verbose=_chatty(as_json), **torch_onnx)
+                                           progress=stderr_progress if chatty(as_json) else None,
+                                           verbose=chatty(as_json), **torch_onnx)
             result = budget.result
         else:
             result = convert_model(source, output, recipe, finetune_data=finetune_path, calib_data=calib,
                                    eval_data=eval_path, force=force, metadata=metadata,
-                                   progress=_stderr_progress if _chatty(as_json) else None,
-                                   verbose=_chatty(as_json),
+                                   progress=stderr_progress if chatty(as_json) else None,
+                                   verbose=chatty(as_json),
                                    **torch_onnx)
         if plot_path:
             from sdk.plots import layer_plot
@@ -306,7 +192,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             if mcu:
                 click.echo(mcu.render())
 
-    _run(action, debug)
+    run(action, debug)
 
 
 @main.command(epilog="""
@@ -354,7 +240,7 @@ def sweep(source, grid_path, data_path, eval_path, out_dir, max_drop, address, w
             result = run_sweep(source, load_grid(grid_path), out_dir, data=data_path, eval_data=eval_path,
                                finetune=not no_finetune, address=address, workers=workers, max_drop=max_drop,
                                latency_threads=(1, 2) if latency_runs else (), latency_runs=max(latency_runs, 1),
-                               options=options, progress=_stderr_progress if _chatty(as_json) else None)
+                               options=options, progress=stderr_progress if chatty(as_json) else None)
         except KeyboardInterrupt:
             click.echo(f"interrupted; finished recipes are kept in {out_dir}/runs and a re-run continues from "
                        "them", err=True)
@@ -363,7 +249,7 @@ def sweep(source, grid_path, data_path, eval_path, out_dir, max_drop, address, w
         if not as_json:
             click.echo(f"wrote {', '.join(result.files)}")
 
-    _run(action, debug)
+    run(action, debug)
 
 @main.command()
 @click.argument("model", type=click.Path())
@@ -378,7 +264,7 @@ def inspect(model, as_json, debug):
         result = inspect_model(model)
         click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
 
-    _run(action, debug)
+    run(action, debug)
 
 
 @main.command()
@@ -410,79 +296,7 @@ def bench(model, threads, warmup, runs, task, image, color_order, key_path, as_j
                            decryption_key=key)
         click.echo(json.dumps(report, indent=2) if as_json else render(report))
 
-    _run(action, debug)
-
-
-@main.command()
-@click.option("-o", "--output", "prefix", required=True, type=click.Path(),
-              help="Ed25519: PREFIX.pem and PREFIX.pub.pem; with --aes: the key file.")
-@click.option("--aes", is_flag=True, help="Make an AES-256 key (64 hex characters) for `sdk encrypt`.")
-@click.option("--force", is_flag=True, help="Overwrite existing key files.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def keygen(prefix, aes, force, debug):
-    """Make a signing key pair (Ed25519), or an AES-256 key with --aes."""
-
-    def action():
-        from sdk import integrity
-
-        if aes:
-            click.echo(f"wrote {integrity.aes_keygen(prefix, force)} (keep it secret; the app needs its bytes)")
-            return
-        pair = integrity.keygen(prefix, force)
-        click.echo(f"wrote {pair.private_path} (private, keep it secret) and {pair.public_path} "
-                   f"(ship it with the app); fingerprint {pair.fingerprint}")
-
-    _run(action, debug)
-
-
-@main.command()
-@click.argument("model", type=click.Path())
-@click.option("--key", "private_key", required=True, type=click.Path(), help="Private key from `sdk keygen`.")
-@click.option("--force", is_flag=True, help="Overwrite an existing MODEL.sig.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def sign(model, private_key, force, debug):
-    """Sign MODEL (Ed25519 over its exact bytes) into MODEL.sig; the model file is not changed."""
-
-    def action():
-        from sdk import integrity
-
-        click.echo(f"wrote {integrity.sign(model, private_key, force)}")
-
-    _run(action, debug)
-
-
-@main.command()
-@click.argument("model", type=click.Path())
-@click.option("--key", "public_key", required=True, type=click.Path(), help="Public key (.pub.pem).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def verify(model, public_key, debug):
-    """Check MODEL.sig against MODEL and a public key. Exit 0 if it verifies, 1 if not."""
-
-    def action():
-        from sdk import integrity
-
-        document = integrity.verify(model, public_key)
-        click.echo(f"OK: {model} is signed by key {document['public_key_sha256'][:16]} "
-                   f"(sha256 {document['model_sha256'][:16]})")
-
-    _run(action, debug)
-
-
-@main.command()
-@click.argument("model", type=click.Path())
-@click.option("--key", "key_path", required=True, type=click.Path(), help="AES key from `sdk keygen --aes`.")
-@click.option("-o", "--output", required=True, type=click.Path(), help="The encrypted file to write.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output (never the model or the key).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def encrypt(model, key_path, output, force, debug):
-    """Encrypt MODEL with AES-256-GCM; apps open it with Model(path, decryption_key=...)."""
-
-    def action():
-        from sdk import integrity
-
-        click.echo(f"wrote {integrity.encrypt(model, key_path, output, force)}")
-
-    _run(action, debug)
+    run(action, debug)
 
 
 @main.group()
@@ -508,10 +322,11 @@ Library, MediaPipe Tasks and device_runtime.Model; the input is not changed.
 @click.option("--labels", type=click.Path(), help="Class names, one per line (class id order).")
 @click.option("--sample-rate", type=int, default=16000, show_default=True, help="Audio input sample rate.")
 @click.option("--channels", type=int, default=1, show_default=True, help="Audio input channels.")
-@click.option("--mean", type=float, multiple=True, default=(0.0,), show_default=True,
-              help="Normalisation mean on 0..255 pixels; once, or once per channel.")
-@click.option("--std", type=float, multiple=True, default=(255.0,), show_default=True,
-              help="Normalisation std on 0..255 pixels; once, or once per channel.")
+@click.option("--mean", type=float, multiple=True,
+              help="Normalisation mean on 0..255 pixels; once, or once per channel (default: the model's own, else "
+                   "none is written).")
+@click.option("--std", type=float, multiple=True,
+              help="Normalisation std on 0..255 pixels; once, or once per channel (e.g. 255 for [0, 1] inputs).")
 @click.option("--color-space", type=click.Choice(["RGB", "GRAYSCALE"]),
               help="The image input's colour space; default: from its channels (1 GRAYSCALE, 3 RGB).")
 @click.option("--name", default="", help="Model name.")
@@ -530,93 +345,24 @@ def metadata_add(model, output, task, labels, sample_rate, channels, mean, std, 
         from converters.targets.tflite.metadata import MetadataSpec, add_metadata
 
         spec = MetadataSpec(task=task, name=name, description=description, version=model_version, author=author,
-                            license=license_, mean=mean, std=std, color_space=color_space,
+                            license=license_, mean=mean or None, std=std or None, color_space=color_space,
                             labels=read_labels(labels), sample_rate=sample_rate, channels=channels)
-        add_metadata(model, output, spec, force)
+        written = add_metadata(model, output, spec, force)
         click.echo(f"wrote {output} with metadata" + (f" and {len(spec.labels)} labels" if spec.labels else ""))
+        if task != "audio_classifier":
+            from device_runtime.metadata import read_info
+            from device_runtime.tflite_format import read_model
 
-    _run(action, debug)
+            info = read_info(read_model(written))
+            click.echo(f"input normalisation: (pixel - {list(info.mean)}) / {list(info.std)}" if info.mean is not None
+                       else "input normalisation: none (unknown; pass --mean/--std, or Model.classify refuses it)")
 
-
-@main.group()
-def export():
-    """Export a .tflite for a device target (mcu, android)."""
-
-
-BOARD_HELP = "Check the model fits this board: " + ", ".join(BOARDS) + "."
-
-
-@export.command("mcu", epilog="""
-\b
-Examples:
-  sdk export mcu digits_int8.tflite -o firmware/model/ --board cortex-m4-256k
-  sdk export mcu kws.tflite -o out/ --labels labels.txt
-\b
-Writes model_data.cc/.h, model_ops.h, model_io.h/.c, model_settings.h and
-example_main.cc for a TFLite Micro project. Exit codes: 0 ok, 1 failure,
-2 bad input (float model, ops TFLite Micro lacks, unknown board).
-""")
-@click.argument("model", type=click.Path())
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Folder for the files.")
-@click.option("--board", help=BOARD_HELP)
-@click.option("--labels", type=click.Path(), help="Class names, one per line, for the label table.")
-@click.option("--allow-float", is_flag=True, help="Export even if some ops or I/O are float.")
-@click.option("--force", is_flag=True, help="Overwrite files in a non-empty folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def export_mcu_command(model, out_dir, board, labels, allow_float, force, as_json, debug):
-    """Write TFLite Micro C/C++ files for MODEL with a measured tensor arena."""
-
-    def action():
-        from converters.targets.mcu import export_mcu
-
-        result = export_mcu(model, out_dir, board=board, allow_float=allow_float, labels=labels, force=force)
-        click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
-
-    _run(action, debug)
+    run(action, debug)
 
 
-@export.command("android", epilog="""
-\b
-Examples:
-  sdk export android digits_int8.tflite -o android_demo/
-  sdk export android ssd_meta.tflite -o android_demo/ --force
-  sdk export android yolo.tflite -o android_demo/ --task object_detector --labels coco.txt
-\b
-Copies the model into android_demo/app/src/main/assets/ with labels.txt and
-model_card.json, which the app reads: no code change for another classifier
-or detector. Exit codes: 0 ok, 1 failure, 2 bad input (no labels, a task
-or outputs the app cannot run, existing files without --force).
-""")
-@click.argument("model", type=click.Path())
-@click.option("-o", "--output", "project_dir", required=True, type=click.Path(), help="The android_demo folder.")
-@click.option("--task", type=click.Choice(["image_classifier", "object_detector"]),
-              help="Override the task in the model's metadata (needed for YOLO-style detectors).")
-@click.option("--labels", type=click.Path(), help="Class names, one per line, if the model has none embedded.")
-@click.option("--mean", type=float, multiple=True, help="Input normalisation mean on 0..255 pixels (over metadata).")
-@click.option("--std", type=float, multiple=True, help="Input normalisation std on 0..255 pixels (over metadata).")
-@click.option("--objectness", is_flag=True, help="YOLO rows carry an objectness score after the box.")
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.25, show_default=True)
-@click.option("--iou-threshold", type=click.FloatRange(0, 1), default=0.45, show_default=True)
-@click.option("--force", is_flag=True, help="Replace the model already in the app's assets.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary and model card as JSON.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def export_android_command(model, project_dir, task, labels, mean, std, objectness, score_threshold,
-                           iou_threshold, force, as_json, debug):
-    """Put MODEL into the Android demo app with the model card the app reads."""
-
-    def action():
-        from converters.targets.android import export_android
-
-        result = export_android(model, project_dir, task=task, labels=labels, mean=mean or None, std=std or None,
-                                has_objectness=objectness, score_threshold=score_threshold,
-                                iou_threshold=iou_threshold, force=force)
-        click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
-
-    _run(action, debug)
-
-
-_with_output_options(main)
+for command in (distill, keygen, sign, verify, encrypt, export):
+    main.add_command(command)
+with_output_options(main)
 
 if __name__ == "__main__":
     main()

@@ -196,7 +196,8 @@ def exported(digits, digits_model_path, digits_npz, tmp_path_factory):
     digits_tflite = folder / "digits_int8.tflite"
     runner = CliRunner()
     done = runner.invoke(main, ["convert", str(digits_model_path), "-o", str(digits_tflite), "--quantize", "int8",
-                                "--io-type", "int8", "--calib", str(train), "--labels", str(labels)])
+                                "--io-type", "int8", "--calib", str(train), "--labels", str(labels),
+                                "--mean", "0", "--std", "255"])  # the digits arrays are [0, 1]: say so
     assert done.exit_code == 0, done.output
     ssd_plain, _ = _detector_and_audio(folder)
     ssd = folder / "ssd_meta.tflite"
@@ -287,6 +288,20 @@ def test_export_refuses_what_the_app_cannot_run(exported, tmp_path):
     with pytest.raises(UserInputError, match="scores 10 classes but there are 2 labels"):
         export_android(digits, _project(tmp_path / "c"), labels=["a", "b"])
     assert not list((tmp_path / "b").rglob("*.json")) and not list((tmp_path / "c").rglob("*.tflite"))
+    from converters import _tf
+    from converters.recipe import QuantizeSettings
+    from converters.targets.tflite.convert import to_tflite
+
+    keras = _tf.keras()  # a classifier whose metadata gives no normalisation: the app must not guess one
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes(to_tflite(keras.Sequential([keras.layers.Input((8, 8, 3)), keras.layers.Flatten(),
+                                                 keras.layers.Dense(3)]), QuantizeSettings()))
+    with pytest.raises(UserInputError, match="gives no input normalisation, so the app would have to guess it; "
+                                             "pass --mean M --std S"):
+        export_android(bare, _project(tmp_path / "e"), task="image_classifier", labels=["a", "b", "c"])
+    assert not list((tmp_path / "e").rglob("*.tflite"))
+    export_android(bare, _project(tmp_path / "e"), task="image_classifier", labels=["a", "b", "c"],
+                   mean=(0.0,), std=(255.0,))
     truncated = tmp_path / "truncated.tflite"
     truncated.write_bytes(before[: len(before) // 3])
     done = CliRunner().invoke(main, ["export", "android", str(truncated), "-o", str(_project(tmp_path / "d"))])

@@ -13,6 +13,7 @@ from converters.recipe import QuantizeSettings
 from converters.targets.tflite.convert import to_tflite
 from device_runtime import DeviceRuntimeError, Model
 from device_runtime.metadata import read_build_info
+from device_runtime.preprocess import ImageSpec
 from device_runtime.tflite_format import read_model
 from sdk import convert
 from sdk import integrity as tools
@@ -103,7 +104,7 @@ def test_swap_refuses_a_model_with_other_inputs(tmp_path):
 
 
 def test_confidence_histogram_counts_every_classification():
-    model = Model(_versions(1)[0])
+    model = Model(_versions(1)[0], image=ImageSpec(8, 8, 1))  # no metadata: the normalisation is given
     frames = np.random.default_rng(1).integers(0, 256, (7, 8, 8), dtype=np.uint8)
     for frame in frames:
         model.classify(frame)

@@ -309,11 +309,12 @@ def test_convert_writes_standard_metadata(digits, digits_npz, digits_model_path,
     out = tmp_path / "d.tflite"
     done = CliRunner().invoke(main, ["convert", str(digits_model_path), "-o", str(out), "--quantize", "int8",
                                      "--calib", str(train), "--eval", str(test), "--labels",
-                                     str(tmp_path / "digits.txt"), "--model-version", "2"])
+                                     str(tmp_path / "digits.txt"), "--model-version", "2", "--mean", "0", "--std",
+                                     "255"])
     assert done.exit_code == 0, done.output
     model = Model(out)
     assert (model.info.name, model.info.version, model.info.color_space) == ("digits_cnn", "2", "GRAYSCALE")
-    assert (model.info.mean, model.info.std) == ((0.0,), (255.0,))  # the [0, 1] inputs the data has
+    assert (model.info.mean, model.info.std) == ((0.0,), (255.0,))  # the [0, 1] inputs, as --mean/--std say
     frame = (digits.x_test[0, ..., 0] * 255).round().astype(np.uint8)
     assert model.classify(frame, top_k=1)[0].label == f"digit {digits.y_test[0]}"
     assert "standard TFLite metadata written" in done.stdout
@@ -340,7 +341,8 @@ def test_schema_module_reads_back_what_we_wrote(classifier, tmp_path):
 
     _, with_meta, _ = classifier
     detector, audio = _detector_and_audio(tmp_path)
-    add_metadata(detector, tmp_path / "d.tflite", MetadataSpec(task="object_detector", labels=["person"]))
+    add_metadata(detector, tmp_path / "d.tflite", MetadataSpec(task="object_detector", labels=["person"],
+                                                               mean=(127.5,), std=(127.5,)))
     add_metadata(audio, tmp_path / "a.tflite", MetadataSpec(task="audio_classifier", sample_rate=22050))
     for path in (with_meta, tmp_path / "d.tflite", tmp_path / "a.tflite"):
         raw = read_model(path.read_bytes()).metadata_bytes("TFLITE_METADATA")

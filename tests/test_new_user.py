@@ -85,7 +85,8 @@ def test_help_keeps_the_factory_example_and_lists_exit_130():
     text = run("convert", "--help").output
     assert "--input-shape 1,3,32,32 \\\n" in text, text
     assert "130 interrupted" in text
-    for command in (("convert",), ("inspect",), ("bench",), ("export", "mcu"), ("metadata", "add"), ("sign",)):
+    for command in (("convert",), ("inspect",), ("bench",), ("export", "mcu"), ("metadata", "add"), ("sign",),
+                    ("distill",)):
         shown = run(*command, "--help").output
         assert "--quiet" in shown and "--verbose" in shown and "--log-file" in shown, command
 
@@ -113,7 +114,8 @@ def test_a_real_process_prints_one_line_not_tensorflow_noise(digits_model_path, 
     for command in (("inspect",), ("bench", "--runs", "1", "--warmup", "0"), ("export", "mcu", "-o", tmp_path / "fw"),
                     ("verify", "--key", tmp_path / "k.pub.pem"), ("sign", "--key", tmp_path / "k.pem"),
                     ("encrypt", "--key", tmp_path / "a.key", "-o", tmp_path / "m.enc"),
-                    ("metadata", "add", "-o", tmp_path / "x.tflite")):
+                    ("metadata", "add", "-o", tmp_path / "x.tflite"),
+                    ("distill", "-o", tmp_path / "s.tflite", "--data", tmp_path / "d.npy", "--keep-layers", "2")):
         result = _sdk(*command[:2] if command[0] in ("export", "metadata") else command[:1], tmp_path / "none.tflite",
                       *(command[2:] if command[0] in ("export", "metadata") else command[1:]), cwd=ROOT)
         lines = result.stderr.strip().splitlines()
@@ -227,3 +229,25 @@ def test_plot_and_firmware_outputs_are_checked_before_converting(digits_model_pa
     assert_bad_input(run("convert", digits_model_path, "-o", out / "m.tflite", "--quantize", "int8", "--io-type",
                          "int8", "--calib", train, "--target", "mcu"), "exists and is not empty; pass --force", out)
     assert (firmware / "main.cc").read_text() == "// mine"
+
+
+def test_an_image_folder_with_the_wrong_class_count_is_refused_before_converting(digits_model_path, tmp_path):
+    """Its sub-folders become the metadata's labels; a 3-class folder for a 10-class model used to fail
+    after the conversion, when the metadata was written."""
+    import time
+
+    from PIL import Image
+
+    import sdk
+    from converters.labels import LabelsError
+
+    folder = tmp_path / "images"
+    for name in ("cat", "dog", "fox"):
+        (folder / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / name / f"{i}.png")
+    started = time.perf_counter()
+    with pytest.raises(LabelsError, match=r"the model scores 10 classes but the image folder .* has 3 class "
+                                          r"sub-folders, whose names would be its labels"):
+        sdk.convert(digits_model_path, tmp_path / "m.tflite", {"quantize": {"mode": "int8"}}, calib_data=folder)
+    assert not (tmp_path / "m.tflite").exists() and time.perf_counter() - started < 60

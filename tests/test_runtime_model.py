@@ -14,6 +14,7 @@ from converters import _tf
 from converters.recipe import QuantizeSettings
 from converters.targets.tflite.convert import to_tflite
 from device_runtime import InputError, Model, ModelFormatError, UnsupportedModelError
+from device_runtime.preprocess import ImageSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 COLD_START_LIMIT_S = 0.5
@@ -21,7 +22,14 @@ COLD_START_LIMIT_S = 0.5
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A float and an int8-I/O image classifier (16x16x3 -> 5 classes), and a fixed-batch one."""
+    """A float and an int8-I/O image classifier (16x16x3 -> 5 classes), and a fixed-batch one.
+
+    The classifiers carry the metadata `sdk convert` writes for their [0, 1] inputs, (pixel - 0) / 255: without
+    a normalisation, classify() refuses a model."""
+    from converters.targets.tflite.metadata import MetadataSpec, populate, standard_metadata
+    from device_runtime.metadata import METADATA_NAME
+    from device_runtime.tflite_format import read_model
+
     keras = _tf.keras()
     keras.utils.set_random_seed(0)
     net = keras.Sequential([keras.layers.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
@@ -32,7 +40,9 @@ def models(tmp_path_factory):
     for name, settings in (("float", QuantizeSettings()),
                            ("int8", QuantizeSettings(mode="int8", io_type="int8"))):
         paths[name] = folder / f"{name}.tflite"
-        paths[name].write_bytes(to_tflite(net, settings, calib))
+        plain = to_tflite(net, settings, calib)
+        buffer, _ = standard_metadata(read_model(plain), MetadataSpec(mean=(0.0,), std=(255.0,)))
+        paths[name].write_bytes(populate(plain, {METADATA_NAME: buffer}))
     tf = _tf.tensorflow()
     fixed = tf.function(lambda x: net(x)).get_concrete_function(tf.TensorSpec((1, 16, 16, 3), tf.float32))
     paths["fixed"] = folder / "fixed.tflite"
@@ -435,8 +445,6 @@ def test_image_tasks_fill_the_interpreter_in_place_and_leave_it_runnable(models)
 
 
 def test_image_tasks_refuse_an_image_spec_of_another_size(models):
-    from device_runtime.preprocess import ImageSpec
-
     paths, _ = models
     model = Model(paths["float"], image=ImageSpec(20, 20))  # the model takes 16x16
     with pytest.raises(InputError, match=r"must have shape \(N, 16, 16, 3\); got \(1, 20, 20, 3\)"):
@@ -451,7 +459,7 @@ def test_channels_first_input_is_filled_in_place_too(tmp_path):
     net = keras.Model(image, keras.layers.Dense(6)(keras.layers.GlobalAveragePooling2D()(hidden)))
     path = tmp_path / "nchw.tflite"
     path.write_bytes(to_tflite(net, QuantizeSettings()))
-    model = Model(path, image_engine="numpy")
+    model = Model(path, image_engine="numpy", image=ImageSpec(12, 12, 3, "NCHW"))  # no metadata: say it
     frame = np.random.default_rng(13).integers(0, 256, (20, 16, 3), dtype=np.uint8)
     tensor, _ = model.preprocess(frame)
     assert tensor.shape == (1, 3, 12, 12)

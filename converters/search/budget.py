@@ -248,7 +248,9 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
                     if isinstance(p, (str, os.PathLike)) and Path(p).exists()]
     output = check_output_path(output, source_paths, force)
     subject, convert_source = _subject(source, framework, source_options or {})
-    _, _, evaluation, _ = datasets(subject.input_shape, None, None, eval_data, channels_first=subject.channels_first)
+    known = _known_normalisation(subject, metadata)  # image folders load as the conversions will load them
+    _, _, evaluation, _ = datasets(subject.input_shape, None, None, eval_data, channels_first=subject.channels_first,
+                                   pixels=known)
     if optimize == "size":
         sensitivity = measure_sensitivity(subject, evaluation, progress)
         options = size_options(sensitivity)
@@ -306,6 +308,16 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
         {"max_drop": max_drop, "attempts": attempts, "layers": [dataclasses.asdict(s) for s in sensitivity]},
         indent=2).encode())
     return BudgetResult(final, chosen, recipe_path, sensitivity, attempts, max_drop)
+
+
+def _known_normalisation(subject: Any, metadata):
+    """The input normalisation the conversions will know before loading data (see pipeline.keras_normalisation)."""
+    from ..pipeline import keras_normalisation
+    from ..targets.tflite import normalisation
+
+    if isinstance(subject, KerasSubject):
+        return keras_normalisation(subject.model, metadata)[0]
+    return normalisation.given(metadata, [(1, *subject.input_shape)])
 
 
 def _subject(source: Any, framework: str, options: dict[str, Any]) -> tuple[Any, Callable]:

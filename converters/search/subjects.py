@@ -93,13 +93,9 @@ class TorchSubject:
             self._owners[name].weight.copy_(torch.from_numpy(np.asarray(kernel, np.float32)))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        import torch
+        from ..training.torch import predict
 
-        from ..training.torch import first_output
-
-        with torch.no_grad():
-            return np.concatenate([first_output(self.module(torch.from_numpy(np.ascontiguousarray(x[i:i + 256]))))
-                                   .numpy() for i in range(0, len(x), 256)])
+        return predict(self.module, x)
 
     def channel_layers(self) -> list[tuple[str, str, int]]:
         return [(w.name, w.layer_types[0], int(sum(p.numel() for p in self._owners[w.name].parameters())))

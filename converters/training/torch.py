@@ -119,10 +119,11 @@ class Trainer:
         import torch
 
         self.student, self.data, self.settings, self.verbose = student, data, settings, verbose
-        self.x = torch.from_numpy(np.ascontiguousarray(data.x))
+        columns = [data.x] if isinstance(data.x, np.ndarray) else list(data.x.values())  # in input order
+        self.inputs = [torch.from_numpy(np.ascontiguousarray(x)) for x in columns]
         with torch.no_grad():
-            teacher_out = torch.cat([first_output(teacher(self.x[i:i + 256]))
-                                     for i in range(0, len(self.x), 256)])
+            teacher_out = torch.cat([first_output(teacher(*self._batch(slice(i, i + 256))))
+                                     for i in range(0, len(data), 256)])
         self.probabilities = is_probability_output(teacher_out.numpy())
         self.teacher_out = teacher_out
         self.y = torch.from_numpy(data.y) if data.labelled else None
@@ -142,10 +143,10 @@ class Trainer:
         step = 0
         after_step(0, total)
         for epoch in range(settings.epochs):
-            order = torch.randperm(len(self.x))
+            order = torch.randperm(len(self.data))
             for start in range(0, len(order), settings.batch_size):
                 index = order[start:start + settings.batch_size]
-                loss = self._loss(first_output(self.student(self.x[index])), index)
+                loss = self._loss(first_output(self.student(*self._batch(index))), index)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -155,6 +156,9 @@ class Trainer:
                 print(f"fine-tune ({step_name}) epoch {epoch + 1}/{settings.epochs}: loss {loss.item():.4f}",
                       file=sys.stderr, flush=True)
         self.student.eval()
+
+    def _batch(self, index) -> list:
+        return [x[index] for x in self.inputs]
 
     def _loss(self, student_out, index):
         import torch.nn.functional as F
@@ -177,3 +181,15 @@ def first_output(outputs):
     if isinstance(outputs, dict):
         return next(iter(outputs.values()))
     return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+
+
+def predict(module, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    """``module``'s first output on ``x`` in batches of 256, as numpy."""
+    import torch
+
+    columns = [x] if isinstance(x, np.ndarray) else list(x.values())
+    count = len(columns[0])
+    module.eval()
+    with torch.no_grad():
+        return np.concatenate([first_output(module(*(torch.from_numpy(np.ascontiguousarray(c[i:i + 256]))
+                                                     for c in columns))).numpy() for i in range(0, count, 256)])

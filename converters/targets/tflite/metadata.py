@@ -19,13 +19,14 @@ import flatbuffers
 import numpy as np
 
 from device_runtime.metadata import (METADATA_IDENTIFIER, METADATA_NAME, TENSOR_AXIS_LABELS, TENSOR_VALUE_LABELS,
-                                     associated_files)
+                                     associated_files, read_info)
 from device_runtime.model import read_model_bytes
 from device_runtime.tflite_format import TFLiteModel, read_model
 
 from ...errors import ConversionError, UserInputError
 from ...files import atomic_write
 from ...labels import read_labels
+from .normalisation import image_channels
 
 read_labels_file = read_labels  # the name `sdk convert` imports: one reader for every command
 
@@ -47,8 +48,8 @@ class MetadataSpec:
     version: str = "1"
     author: str = ""
     license: str = ""
-    mean: Sequence[float] = (0.0,)
-    std: Sequence[float] = (255.0,)
+    mean: Sequence[float] | None = None  # (pixel - mean) / std on 0..255 pixels; None: unknown, none written
+    std: Sequence[float] | None = None
     color_space: str | None = None  # RGB | GRAYSCALE; None: from the input's channels (1 or 3)
     labels: Sequence[str] = field(default_factory=tuple)
     box_index: Sequence[int] = (1, 0, 3, 2)  # positions of left, top, right, bottom: ymin, xmin, ymax, xmax
@@ -60,8 +61,12 @@ class MetadataSpec:
             raise UserInputError(f"task must be one of {', '.join(TASKS)}; got {self.task!r}")
         if self.color_space not in (None, "RGB", "GRAYSCALE"):
             raise UserInputError(f"color_space must be RGB or GRAYSCALE; got {self.color_space!r}")
-        if any(s == 0 for s in self.std):
-            raise UserInputError("normalisation std values must be non-zero")
+        if (self.mean is None) != (self.std is None) or (self.mean is not None and not (self.mean and self.std)):
+            raise UserInputError(f"mean and std go together (the normalisation is (pixel - mean) / std); got mean "
+                                 f"{self.mean} and std {self.std}. Fix: give both, or neither")
+        if any(s == 0 for s in self.std or ()):
+            raise UserInputError(f"normalisation std values must be non-zero; got {list(self.std)}. Fix: a "
+                                 "positive std, e.g. 255 for inputs in [0, 1]")
         if sorted(self.box_index) != [0, 1, 2, 3]:
             raise UserInputError(f"box_index must order 0, 1, 2, 3; got {list(self.box_index)}")
         if self.sample_rate < 1 or self.channels < 1:
@@ -98,6 +103,9 @@ def _labels_file(schema, kind: int):
 def _image_input(schema, spec: MetadataSpec, name: str):
     image = schema.ImagePropertiesT()
     image.colorSpace = getattr(schema.ColorSpaceType, spec.color_space or "RGB")
+    if spec.mean is None:  # unknown: no guess (apps must be told, see converters/normalisation.py)
+        return _tensor(schema, name, "Input image; its normalisation is not recorded.",
+                       schema.ContentProperties.ImageProperties, image)
     tensor = _tensor(schema, name, "Input image, normalised as (pixel - mean) / std.",
                      schema.ContentProperties.ImageProperties, image)
     norm = schema.NormalizationOptionsT()
@@ -278,11 +286,10 @@ def _fit_input(spec: MetadataSpec, shape: tuple[int, ...]) -> MetadataSpec:
                                  f"model's input {shape} is an image's. Fix: --task image_classifier (or "
                                  "object_detector) for an image model")
         return spec
-    channels = shape[3] if len(shape) == 4 and shape[3] in (1, 3) else \
-        shape[1] if len(shape) == 4 and shape[1] in (1, 3) else None
+    channels = image_channels(shape)
     if channels is None:
         return spec
-    if len(spec.mean) not in (1, channels) or len(spec.std) not in (1, channels):
+    if spec.mean is not None and (len(spec.mean) not in (1, channels) or len(spec.std) not in (1, channels)):
         raise UserInputError(f"--mean/--std give {len(spec.mean)}/{len(spec.std)} values but the model's input "
                              f"{shape} has {channels} channel{'s' if channels > 1 else ''}. Fix: one --mean and "
                              f"one --std{f', or {channels} of each (one per channel)' if channels > 1 else ''}")
@@ -296,13 +303,21 @@ def _fit_input(spec: MetadataSpec, shape: tuple[int, ...]) -> MetadataSpec:
 
 def add_metadata(model_path: str | os.PathLike, output: str | os.PathLike, spec: MetadataSpec,
                  force: bool = False) -> bytes:
-    """Write a copy of the model with standard metadata; the input file is never changed."""
+    """Write a copy of the model with standard metadata; the input file is never changed.
+
+    Without ``spec.mean/std`` the model's existing normalisation is kept, or none is written (unknown).
+    """
     from ...files import check_output_path
 
     spec.validate()
     out = check_output_path(output, [model_path], force)
     data = read_model_bytes(model_path)
-    buffer, files = standard_metadata(read_model(data), spec)
+    parsed = read_model(data)
+    if spec.mean is None and spec.std is None and spec.task != "audio_classifier":
+        existing = read_info(parsed)  # a rewrite (new labels, version) keeps the normalisation already known
+        if existing is not None and existing.mean is not None:
+            spec = replace(spec, mean=existing.mean, std=existing.std)
+    buffer, files = standard_metadata(parsed, spec)
     result = populate(data, {METADATA_NAME: buffer}, files)
     atomic_write(out, result)
     return result

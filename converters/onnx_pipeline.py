@@ -286,11 +286,16 @@ def _check_runs(onnx_model, specs: list[TensorSpec]) -> None:
 
 def _probe(onnx_model, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One run of the source on random inputs (source layout): its inputs and outputs, whose shapes
-    static shape inference may miss."""
+    static shape inference may miss.  Empty when onnxruntime cannot run the graph (a custom op): onnx2tf's
+    own check then names the op, and layouts follow onnx2tf's flags."""
     rng = np.random.default_rng(7)
     feeds = {s.name: rng.random(s.shape).astype(s.dtype) if np.issubdtype(np.dtype(s.dtype), np.floating)
              else np.zeros(s.shape, s.dtype) for s in specs}
-    return feeds, {o.name: y for o, y in zip(onnx_model.graph.output, run_once(onnx_model, specs, feeds))}
+    try:
+        outputs = run_once(onnx_model, specs, feeds)
+    except Exception:  # noqa: BLE001 - onnxruntime's own error types, raised at load or at run
+        return {}, {}
+    return feeds, {o.name: y for o, y in zip(onnx_model.graph.output, outputs)}
 
 
 def _check_overrides(recipe: Recipe, torch_source, onnx_model) -> None:

@@ -2,8 +2,10 @@
 
 Accepted: a ``.npz`` with ``x`` (and optionally ``y``), a ``.npy`` of inputs,
 an image folder (one sub-folder per class gives labels; images directly in the
-folder give unlabelled data), or in-memory arrays.  Shapes are checked against
-the model input before any work starts.
+folder give unlabelled data), or in-memory arrays.  A model with several inputs,
+or integer inputs (token ids, attention masks), takes a ``.npz`` (or a dict) with
+one array per input, keyed by the input's name.  Names, dtypes, shapes and token
+id ranges are checked against the model inputs before any work starts.
 """
 
 from __future__ import annotations
@@ -22,22 +24,48 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """One model input as data must fit it: name, per-sample shape (batch excluded), dtype, and for token
+    ids the size of the embedding table they index (ids must be below it)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype = np.dtype(np.float32)
+    id_limit: int | None = None
+    needs_data: bool = False  # an integer input whose valid values the model does not show (an index)
+
+    @property
+    def integer(self) -> bool:
+        return np.issubdtype(self.dtype, np.integer) or self.dtype == np.bool_
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.dtype}, {'x'.join(str(d or 'N') for d in self.shape)} per sample)"
+
+
+@dataclass(frozen=True)
 class Dataset:
-    x: np.ndarray
+    x: np.ndarray | dict[str, np.ndarray]  # one array, or one per input name (multi-input/integer models)
     y: np.ndarray | None
     source: str
     class_names: tuple[str, ...] = ()
     images: bool = False  # loaded from an image folder as (pixel - mean) / std: the normalisation is known
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.x) if isinstance(self.x, np.ndarray) else len(next(iter(self.x.values())))
 
     @property
     def labelled(self) -> bool:
         return self.y is not None
 
+    def columns(self, names: Sequence[str]) -> list[np.ndarray]:
+        """The inputs in the order of ``names`` (a single-array dataset serves a single input)."""
+        if isinstance(self.x, np.ndarray):
+            return [self.x]
+        return [self.x[name] for name in names]
+
     def subset(self, index: np.ndarray, what: str) -> Dataset:
-        return dataclasses.replace(self, x=self.x[index], y=None if self.y is None else self.y[index],
+        x = self.x[index] if isinstance(self.x, np.ndarray) else {k: v[index] for k, v in self.x.items()}
+        return dataclasses.replace(self, x=x, y=None if self.y is None else self.y[index],
                                    source=f"{self.source} ({what})")
 
     def split(self, held_out_fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
@@ -164,18 +192,140 @@ def _checked(dataset: Dataset, input_shape: Sequence[int | None], what: str) -> 
         hint = _layout_hint(got, expected)
         raise DataError(f"{what} data samples have shape {got} but the model input is "
                         f"{tuple('N' if e is None else e for e in expected)}{hint}")
-    y = dataset.y
-    if y is not None:
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] > 1:
-            y = y.argmax(axis=1)  # one-hot labels
-        y = y.reshape(-1)
-        if len(y) != len(x):
-            raise DataError(f"{what} data has {len(x)} inputs but {len(y)} labels")
-        if not np.issubdtype(y.dtype, np.integer):
-            if not np.all(np.mod(y, 1) == 0):
-                raise DataError(f"{what} labels must be integer class ids; got dtype {y.dtype}")
-            y = y.astype(np.int64)
+    y = _labels(dataset.y, len(x), what)
     if not np.isfinite(x).all():
         raise DataError(f"{what} data {dataset.source} contains NaN or infinity")
     return dataclasses.replace(dataset, x=x.astype(np.float32, copy=False), y=y)
+
+
+def _labels(y, count: int, what: str) -> np.ndarray | None:
+    """Integer class ids, one per sample (one-hot rows become ids)."""
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = y.argmax(axis=1)  # one-hot labels
+    y = y.reshape(-1)
+    if len(y) != count:
+        raise DataError(f"{what} data has {count} inputs but {len(y)} labels")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.mod(y, 1) == 0):
+            raise DataError(f"{what} labels must be integer class ids; got dtype {y.dtype}")
+        y = y.astype(np.int64)
+    return y
+
+
+def load_inputs(source: DataSource | dict, specs: Sequence[InputSpec], what: str, channels_first: bool = False,
+                pixels: tuple[Sequence[float], Sequence[float]] = PIXELS_TO_UNIT) -> Dataset:
+    """Load ``source`` for a model with the inputs ``specs`` and check names, dtypes, shapes and id ranges.
+
+    A single float input keeps every form ``load_data`` takes; otherwise the data is a .npz (or a dict,
+    or (dict, labels)) with one array per input name, plus optional labels ``y``.
+    """
+    if len(specs) == 1 and not specs[0].integer:
+        return load_data(source, specs[0].shape, what, channels_first, pixels)
+    names = [s.name for s in specs]
+    if isinstance(source, Dataset):
+        arrays, y, name = (source.x if isinstance(source.x, dict) else {"x": source.x}), source.y, source.source
+    elif isinstance(source, dict):
+        arrays, y, name = dict(source), source.get("y"), "(dict)"
+    elif isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], dict):
+        arrays, y, name = dict(source[0]), source[1], "(dict)"
+    elif isinstance(source, (np.ndarray, tuple)):
+        arrays, y, name = _single_array(source, specs, what), None, "array"
+    else:
+        path = Path(source)
+        if not path.is_file() or path.suffix.lower() not in (".npz", ".npy"):
+            if not path.exists():
+                raise DataError(f"{what} data not found: {path}")
+            raise DataError(f"{what} data for a model with inputs {', '.join(s.describe() for s in specs)} must "
+                            f"be a .npz with one array per input name; got {path.name}")
+        arrays, y, name = _read_arrays(path, what), None, str(path)
+        y = arrays.get("y")
+    if len(specs) == 1 and specs[0].name not in arrays and "x" in arrays:
+        arrays[specs[0].name] = arrays["x"]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        given = sorted(k for k in arrays if k != "y")
+        raise DataError(f"{what} data {name} has no array for input(s) {', '.join(missing)} (it has "
+                        f"{', '.join(given) or 'none'}); the model takes {', '.join(s.describe() for s in specs)}: "
+                        f"save one array per input name, e.g. np.savez(path, {'=..., '.join(names)}=...)")
+    checked = {spec.name: _checked_input(np.asarray(arrays[spec.name]), spec, what, name) for spec in specs}
+    counts = {n: len(a) for n, a in checked.items()}
+    if len(set(counts.values())) > 1:
+        raise DataError(f"{what} data {name} has different sample counts per input: "
+                        f"{', '.join(f'{n} {c}' for n, c in counts.items())}; give every input the same samples")
+    return Dataset(checked, _labels(y, len(checked[names[0]]), what), name)
+
+
+def _single_array(source, specs: Sequence[InputSpec], what: str) -> dict[str, np.ndarray]:
+    if len(specs) != 1:
+        raise DataError(f"{what} data for a model with inputs {', '.join(s.describe() for s in specs)} must be "
+                        "a dict (or .npz) with one array per input name, not a single array")
+    if isinstance(source, tuple):
+        raise DataError(f"{what} data for a model with integer input {specs[0].describe()} must be an array, "
+                        "a dict or a .npz; labels go in the .npz as y")
+    return {specs[0].name: source}
+
+
+def _read_arrays(path: Path, what: str) -> dict[str, np.ndarray]:
+    try:
+        if path.suffix.lower() == ".npy":
+            return {"x": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"cannot read {what} data {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _checked_input(x: np.ndarray, spec: InputSpec, what: str, source: str) -> np.ndarray:
+    """One input's array, checked against its spec and cast to its dtype."""
+    label = f"{what} data {spec.name!r} ({source})"
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{label} must be numeric; got dtype {x.dtype}")
+    if len(x) == 0:
+        raise DataError(f"{label} is empty")
+    if spec.integer and not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
+        raise DataError(f"{label} is {x.dtype} but the model input is {spec.dtype} (token ids or a mask): "
+                        f"save integer arrays, e.g. x.astype(np.{spec.dtype})")
+    expected, got = tuple(spec.shape), tuple(x.shape[1:])
+    if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
+        shown = tuple("N" if e is None else e for e in expected)
+        if spec.integer and len(got) == len(expected) and got[:-1] == expected[:-1] and expected[-1]:
+            fix = (f"truncate to {expected[-1]} tokens (tokenizer max_length={expected[-1]})" if got[-1] > expected[-1]
+                   else f"pad to {expected[-1]} tokens (tokenizer padding='max_length')")
+            longer = "longer" if got[-1] > expected[-1] else "shorter"
+            raise DataError(f"{label} holds sequences of {got[-1]} tokens, {longer} than the model's "
+                            f"{expected[-1]}: {fix}, or convert with --input-shape for that length")
+        raise DataError(f"{label} samples have shape {got} but the model input is {shown}"
+                        f"{_layout_hint(got, expected)}")
+    if not spec.integer:
+        if not np.isfinite(x).all():
+            raise DataError(f"{label} contains NaN or infinity")
+        return x.astype(spec.dtype, copy=False)
+    if spec.id_limit is not None and x.size and (x.min() < 0 or x.max() >= spec.id_limit):
+        raise DataError(f"{label} holds token ids from {x.min()} to {x.max()} but the model's embedding table has "
+                        f"{spec.id_limit} rows (ids 0..{spec.id_limit - 1}): tokenize with the model's own "
+                        "vocabulary")
+    return x.astype(spec.dtype, copy=False)
+
+
+def random_inputs(specs: Sequence[InputSpec], count: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Valid inputs without data: floats uniform in [0, 1), token ids uniform below their embedding table's
+    size, other integer inputs (attention masks) all ones."""
+    unknown = [s for s in specs if s.needs_data]
+    if unknown:
+        raise DataError(f"input {unknown[0].describe()} indexes a tensor the model computes, so no valid values can "
+                        f"be drawn for it: give --eval DATA (and --calib for int8), a .npz with arrays "
+                        f"{', '.join(s.name for s in specs)}")
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in specs:
+        shape = (count, *(d or 1 for d in spec.shape))
+        if not spec.integer:
+            arrays[spec.name] = rng.random(shape, dtype=np.float32).astype(spec.dtype, copy=False)
+        elif spec.id_limit is not None:
+            arrays[spec.name] = rng.integers(0, spec.id_limit, shape).astype(spec.dtype)
+        else:
+            arrays[spec.name] = np.ones(shape, spec.dtype)
+    return arrays

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +24,7 @@ import numpy as np
 from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
 from .techniques.arrays import compress_weights, float_precision_weights
-from .data import DataSource, Dataset
+from .data import DataSource, Dataset, InputSpec, random_inputs
 from .errors import ConversionError, DataError, FidelityError, RecipeError, first_line
 from .verify.fidelity import Fidelity, compare
 from .files import check_output_path
@@ -33,8 +34,8 @@ from .lowering.onnx2tf import onnx_to_keras
 from .lowering.onnx_rewrites import rewrite_for_onnx2tf
 from .lowering.onnx_layouts import (channel_last_perm, inputs_in_source_layout, matches_probe, output_layouts,
                                     outputs_channel_first)
-from .sources.onnx import (TensorSpec, channel_last_inputs, fix_input_shapes, join_runs, load_onnx, onnx_weights,
-                           run_once, run_onnx, set_weights, simplify)
+from .sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_input_shapes, index_inputs,
+                           join_runs, load_onnx, onnx_weights, run_once, run_onnx, set_weights, simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
                        export_tflite, write_result)
 from .recipe import QuantizeSettings, Recipe
@@ -92,11 +93,14 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
                        keep_intermediates: bool = False, finetune_data: DataSource | None = None,
                        calib_data: DataSource | None = None, eval_data: DataSource | None = None,
                        force: bool = False, progress: Progress | None = None, verbose: bool = False,
-                       metadata: MetadataSpec | None = None, allow_flex: bool = False) -> ConversionResult:
+                       metadata: MetadataSpec | None = None,
+                       input_dtypes: Sequence[str] | None = None, allow_flex: bool = False) -> ConversionResult:
     """Convert a PyTorch module / TorchScript file / factory, or an ONNX file, to ``output`` (.tflite).
 
+    ``input_dtypes`` (PyTorch with ``input_shapes``): each input's dtype, e.g. int64 for token ids.
     ``allow_flex``: keep ops with no TFLite builtin as Select TF ops (the .tflite then needs the Flex
-    delegate); without it they are refused before the TFLite converter runs."""
+    delegate); without it they are refused before the TFLite converter runs.
+    """
     from .sources.torch import FACTORY_SPEC, is_torch_source
 
     recipe = recipe or Recipe()
@@ -113,13 +117,15 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
     log_named_in_error = False
     try:
         if is_onnx_file:
+            if input_dtypes:
+                raise DataError("--input-dtype applies to PyTorch sources; an ONNX file declares its inputs' dtypes")
             torch_source = None
             onnx_model = load_onnx(source)
             description = str(source)
         elif is_torch_source(source):
             from .sources.torch import load_torch_source
 
-            torch_source = load_torch_source(source, example_input, input_shapes, weights)
+            torch_source = load_torch_source(source, example_input, input_shapes, weights, input_dtypes)
             onnx_model, description = None, torch_source.description
             if isinstance(source, str) and FACTORY_SPEC.match(source) and weights is None:
                 notes.append(f"{source} was converted with the weights its factory returns, since no --weights "
@@ -153,9 +159,14 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     graph_records: list = []  # passes that rewrite layers: they run on the PyTorch module before export
     _check_overrides(recipe, torch_source, onnx_model)
     if torch_source is not None:
-        shapes = [TensorSpec("", tuple(s)).sample_shape for s in torch_source.input_shapes]
+        from .sources.torch import export_onnx
+
+        # Exported first: its graph tells each input's dtype and vocabulary, which the data must fit.
+        exported = export_onnx(torch_source, torch_source.module, work / "model.onnx")
+        timings["torch_onnx_export"] = time.perf_counter() - mark
+        inputs = input_specs(fix_input_shapes(exported, input_shapes), exported)
         known = normalisation.given(metadata, torch_source.input_shapes)
-        tune, calib, evaluation, data_notes = _data(shapes, finetune_data, calib_data, eval_data, known)
+        tune, calib, evaluation, data_notes = _data(inputs, finetune_data, calib_data, eval_data, known)
         module = torch_source.module
         if recipe.removes_channels:
             from .techniques.channels.torch import remove_channels
@@ -174,13 +185,13 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         elif tune is not None:
             notes.append("fine-tuning data given but the recipe neither prunes, clusters, removes channels "
                          "nor factorizes; not fine-tuned")
-        mark = time.perf_counter()
-        from .sources.torch import export_onnx
-
-        onnx_model = export_onnx(torch_source, module, work / "model.onnx")
-        if module is not torch_source.module:  # the float32 baseline is the original, not the student
-            original = export_onnx(torch_source, torch_source.module, work / "original.onnx")
-        timings["torch_onnx_export"] = time.perf_counter() - mark
+        if module is torch_source.module:
+            onnx_model = exported
+        else:  # the float32 baseline is the original, not the student
+            mark = time.perf_counter()
+            (work / "model.onnx").rename(work / "original.onnx")  # model.onnx is what gets converted
+            onnx_model, original = export_onnx(torch_source, module, work / "model.onnx"), exported
+            timings["torch_onnx_export"] += time.perf_counter() - mark
     shape_notes: list[str] = []
     specs = fix_input_shapes(onnx_model, input_shapes, shape_notes)
     notes += shape_notes
@@ -188,9 +199,9 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     if reference_model is not None and (input_shapes is not None or shape_notes):
         _check_runs(reference_model, specs)
     if torch_source is None:
-        shapes = [s.sample_shape for s in specs]
+        inputs = input_specs(specs, onnx_model)
         known = normalisation.given(metadata, [s.shape for s in specs])
-        tune, calib, evaluation, data_notes = _data(shapes, None, calib_data, eval_data, known)
+        tune, calib, evaluation, data_notes = _data(inputs, None, calib_data, eval_data, known)
     notes += data_notes
 
     _check_quantizable(onnx_model, recipe)
@@ -224,8 +235,10 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     timings["compress"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    float_keras, kept = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes)
-    converted = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes, kept)[0] \
+    # onnx2tf's accuracy correction looks for transpositions broken by NCHW -> NHWC: needed only with them
+    strict = bool(channel_last) or any(node.op_type in CONV_LIKE_OPS for node in onnx_model.graph.node)
+    float_keras, kept = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes, strict)
+    converted = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes, strict, kept)[0] \
         if compressed_any else float_keras
     timings["onnx2tf"] = time.perf_counter() - mark
     flex = flex_nodes(float_keras, float_model)
@@ -235,32 +248,43 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         notes.append(f"Select TF ops kept (--allow-flex): {', '.join(flex)}; {FLEX_CONSEQUENCE}")
 
     mark = time.perf_counter()
-    calibration = route.runs_in_tflite_layout(specs[0], calib.x) if calib is not None else None
-    baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"), allow_flex=allow_flex)
+    names = [s.name for s in specs]
+    float_input = len(inputs) == 1 and not inputs[0].integer
+    if calib is None and recipe.quantize.needs_calibration and not float_input:  # random, but valid per input
+        calib = Dataset(random_inputs(inputs, recipe.quantize.samples), None, "random valid inputs")
+    calibration = [route.runs_in_tflite_layout(s, x) for s, x in zip(specs, calib.columns(names))] \
+        if calib is not None else None
+    baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"), traced=True, allow_flex=allow_flex)
     all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
     tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
-                                               float_layers, allow_flex=allow_flex)
+                                               float_layers, traced=True,
+                                               float_bytes=baseline_bytes if converted is float_keras else None,
+                                               allow_flex=allow_flex)
+    same_model = tflite_bytes is baseline_bytes  # a float recipe that changed nothing: verified once
     timings["tflite_convert"] = time.perf_counter() - mark
     notes += export_notes
 
     source_sha256 = _source_hash(source_files, torch_source)
-    tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, calibration, {
+    stats_of = calibration[0] if calibration and float_input else None  # the monitor watches one float input
+    tflite_bytes = embed_metadata(tflite_bytes, build_info(source_sha256, recipe, calib, stats_of, {
         "input_order": [s.name for s in specs], "output_order": route.output_names}), metadata,
                                   Path(description).stem if source_files else "model",
                                   tune or calib or evaluation, notes, (known, (tune, calib, evaluation)))
 
     mark = time.perf_counter()
-    inputs = [evaluation.x] if len(specs) == 1 else _random_inputs(specs, len(evaluation))
+    inputs = evaluation.columns(names)
     references = _references(torch_source, reference_model, specs, inputs)
     backend = "tensorflow" if flex else "auto"  # only full TensorFlow's interpreter has the Flex delegate
     by_output = _fidelity(route, references, tflite_bytes, inputs, evaluation, backend)
-    float_by_output = _fidelity(route, references, baseline_bytes, inputs, evaluation, backend)
+    float_by_output = by_output if same_model else _fidelity(route, references, baseline_bytes, inputs,
+                                                             evaluation, backend)
     _check_float_fidelity(float_by_output)
     timings["verify"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
 
     first = route.output_names[0]
-    baseline_stats, compressed_stats = analyse(baseline_bytes), analyse(tflite_bytes)
+    with ThreadPoolExecutor(2) as pool:  # gzip and numpy release the GIL: both models at once
+        baseline_stats, compressed_stats = pool.map(analyse, (baseline_bytes, tflite_bytes))
     label_weights(baseline_stats, {w.name: w.values for w in onnx_weights(float_model)[0]})
     label_weights(compressed_stats, final_weights)
     report = Report(
@@ -282,20 +306,6 @@ def _check_runs(onnx_model, specs: list[TensorSpec]) -> None:
         raise DataError(f"the model cannot run on inputs of shape {shapes} ({first_line(exc, 160)}); check "
                         "--input-shape "
                         "against the shapes the model was exported with") from None
-
-
-def _probe(onnx_model, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """One run of the source on random inputs (source layout): its inputs and outputs, whose shapes
-    static shape inference may miss.  Empty when onnxruntime cannot run the graph (a custom op): onnx2tf's
-    own check then names the op, and layouts follow onnx2tf's flags."""
-    rng = np.random.default_rng(7)
-    feeds = {s.name: rng.random(s.shape).astype(s.dtype) if np.issubdtype(np.dtype(s.dtype), np.floating)
-             else np.zeros(s.shape, s.dtype) for s in specs}
-    try:
-        outputs = run_once(onnx_model, specs, feeds)
-    except Exception:  # noqa: BLE001 - onnxruntime's own error types, raised at load or at run
-        return {}, {}
-    return feeds, {o.name: y for o, y in zip(onnx_model.graph.output, outputs)}
 
 
 def _check_overrides(recipe: Recipe, torch_source, onnx_model) -> None:
@@ -332,15 +342,19 @@ def _check_quantizable(onnx_model, recipe: Recipe) -> None:
                                   "--quantize dynamic or float16 for this model")
 
 
-def _data(shapes, finetune_data, calib_data, eval_data, known=None):
-    """Datasets for the single input, in the source layout ((C, H, W) images load channels-first); image
-    folders load with the ``known`` normalisation."""
-    if len(shapes) != 1:
-        if any(d is not None for d in (finetune_data, calib_data, eval_data)):
-            raise DataError(f"data for models with {len(shapes)} inputs is not supported yet; convert "
-                            "without data (fidelity is then measured on random inputs)")
-    return datasets(shapes[0], finetune_data, calib_data, eval_data, channels_first=len(shapes[0]) == 3,
-                    pixels=known)
+def input_specs(specs: list[TensorSpec], onnx_model) -> list[InputSpec]:
+    """What data must fit: each input's per-sample shape and dtype, and for token ids the vocabulary size
+    (rows of the embedding table the graph indexes with them)."""
+    indexed = index_inputs(onnx_model)
+    return [InputSpec(s.name, tuple(s.sample_shape), s.dtype, indexed.get(s.name),
+                      s.name in indexed and indexed[s.name] is None) for s in specs]
+
+
+def _data(inputs: list[InputSpec], finetune_data, calib_data, eval_data, known=None):
+    """Datasets in the source layout ((C, H, W) images load channels-first, with the ``known``
+    normalisation), keyed by input name for multi-input and integer models."""
+    return datasets(inputs[0].shape, finetune_data, calib_data, eval_data, channels_first=len(inputs[0].shape) == 3,
+                    pixels=known, specs=inputs)
 
 
 def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool, notes: list[str]):
@@ -372,7 +386,7 @@ def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool
 
 
 def _onnx2tf(onnx_model, keep_first: list[str], log_path: Path, keep_nchw: bool, route: _Route,
-             notes: list[str], decided: list[str] | None = None):
+             notes: list[str], strict: bool, decided: list[str] | None = None):
     """onnx2tf's Keras model in the route's layouts, and the inputs onnx2tf kept channel-first.
 
     Non-image inputs of rank 3-5 are first kept channel-first; where onnx2tf then fails or its model
@@ -386,7 +400,7 @@ def _onnx2tf(onnx_model, keep_first: list[str], log_path: Path, keep_nchw: bool,
     first_error = None
     for keep in attempts:
         try:
-            result = onnx_to_keras(onnx_model, keep, log_path)
+            result = onnx_to_keras(onnx_model, keep, log_path, strict)
         except ConversionError as exc:
             first_error = first_error or exc
             continue
@@ -411,12 +425,22 @@ def _onnx2tf(onnx_model, keep_first: list[str], log_path: Path, keep_nchw: bool,
     raise first_error
 
 
-def _random_inputs(specs: list[TensorSpec], count: int) -> list[np.ndarray]:
-    """Samples for each input in its dtype: uniform [0, 1) for floats, zeros (a valid index) otherwise."""
-    rng = np.random.default_rng(0)
-    return [rng.random((count, *s.sample_shape), dtype=np.float32).astype(s.dtype)
-            if np.issubdtype(np.dtype(s.dtype), np.floating) else np.zeros((count, *s.sample_shape), s.dtype)
-            for s in specs]
+
+
+def _probe(onnx_model, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One run of the source on random inputs (source layout): its inputs and outputs, whose shapes
+    static shape inference may miss.  Empty when onnxruntime cannot run the graph (a custom op): onnx2tf's
+    own check then names the op, and layouts follow onnx2tf's flags."""
+    rng = np.random.default_rng(7)
+    feeds = {s.name: rng.random(s.shape).astype(s.dtype) if np.issubdtype(np.dtype(s.dtype), np.floating)
+             else np.zeros(s.shape, s.dtype) for s in specs}
+    try:
+        outputs = run_once(onnx_model, specs, feeds)
+    except Exception:  # noqa: BLE001 - onnxruntime's own error types, raised at load or at run
+        return {}, {}
+    return feeds, {o.name: y for o, y in zip(onnx_model.graph.output, outputs)}
+
+
 
 
 def _references(torch_source, reference_model, specs: list[TensorSpec], inputs: list[np.ndarray]
@@ -437,6 +461,8 @@ def _references(torch_source, reference_model, specs: list[TensorSpec], inputs: 
     return join_runs(specs, outputs, len(inputs[0]))
 
 
+
+
 def _check_float_fidelity(by_output: dict[str, Fidelity]) -> None:
     """The float32 .tflite must reproduce the source: another output shape, or errors beyond float32
     round-off, mean the conversion is wrong, whatever the recipe."""
@@ -453,6 +479,8 @@ def _check_float_fidelity(by_output: dict[str, Fidelity]) -> None:
                                 "(try --keep-nchw, or convert with --keep-intermediates to inspect)")
 
 
+
+
 def _fidelity(route: _Route, references: list[np.ndarray], tflite_bytes: bytes, inputs: list[np.ndarray],
               evaluation: Dataset, backend: str = "auto") -> dict[str, Fidelity]:
     """Each output of the .tflite, run at its fixed input shapes, against the source's."""
@@ -465,8 +493,7 @@ def _fidelity(route: _Route, references: list[np.ndarray], tflite_bytes: bytes, 
     outputs = join_runs(route.specs, [[run[name] for name in present] for run in per_run], len(inputs[0])) \
         if present else []
     got = dict(zip(present, outputs))
-    labels = evaluation.y if len(route.specs) == 1 else None
-    data_name = evaluation.source if len(route.specs) == 1 else "random uniform inputs"
+    labels, data_name = evaluation.y, evaluation.source
     by_output = {}
     for name, ref in zip(route.output_names, references):
         if name not in got:  # onnx2tf dropped it (e.g. BatchNormalization's training-mode statistics)
@@ -477,6 +504,8 @@ def _fidelity(route: _Route, references: list[np.ndarray], tflite_bytes: bytes, 
         by_output[name] = compare(route.reference_in_tflite_layout(name, ref, per_run[0][name].ndim), got[name],
                                   labels if labels is not None and len(labels) == len(ref) else None, data_name)
     return by_output
+
+
 
 
 def _source_hash(files: list[Path], torch_source) -> str:

@@ -23,7 +23,7 @@ from device_runtime.metadata import BUILD_INFO_NAME, METADATA_NAME
 from device_runtime.monitor import channel_rows
 
 from .capabilities import Request, check_supported
-from .data import Dataset, DataSource, load_data
+from .data import Dataset, DataSource, InputSpec, load_data, load_inputs, random_inputs
 from .errors import ConversionError, DataError, RecipeError, first_line
 from .labels import LabelsError
 from .verify.fidelity import compare, run_tflite
@@ -248,17 +248,23 @@ def check_folder_labels(data: Dataset | None, metadata: MetadataSpec | None, out
 
 
 def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: bool = False,
-             pixels: Normalisation | None = None):
+             pixels: Normalisation | None = None, specs: Sequence[InputSpec] | None = None):
     """(fine-tune, calibration, evaluation) sets; evaluation never overlaps the others.
 
     ``pixels``: the model's known input normalisation, which image folders load with (default: [0, 1]).
+    ``specs`` (PyTorch/ONNX): every input's name, shape and dtype; data is then keyed by input name
+    and, without data, drawn valid per input (token ids below the vocabulary size, masks of ones).
     """
     from .targets.tflite.normalisation import FOLDER
 
     notes = []
     pixels = pixels or FOLDER
-    load = functools.partial(load_data, input_shape=input_shape, channels_first=channels_first,
-                             pixels=(pixels.mean, pixels.std))
+    if specs is not None:
+        load = functools.partial(load_inputs, specs=specs, channels_first=channels_first,
+                                 pixels=(pixels.mean, pixels.std))
+    else:
+        load = functools.partial(load_data, input_shape=input_shape, channels_first=channels_first,
+                                 pixels=(pixels.mean, pixels.std))
     tune = load(finetune_data, what="fine-tuning") if finetune_data is not None else None
     calib = load(calib_data, what="calibration") if calib_data is not None else None
     evaluation = load(eval_data, what="evaluation") if eval_data is not None else None
@@ -274,25 +280,38 @@ def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: 
             else:
                 calib = train_part
         else:
-            shape = tuple(d or 1 for d in input_shape)
-            x = np.random.default_rng(0).random((RANDOM_EVAL_SAMPLES, *shape), dtype=np.float32)
-            span = "[0, 1)"
-            if pixels is not FOLDER and len(shape) == 3:  # random images as the model takes them: 0..255 normalised
-                mean, std = (np.asarray(v, np.float32).reshape((-1, 1, 1) if channels_first else (-1,))
-                             for v in (pixels.mean, pixels.std))
-                x = ((x * 255.0 - mean) / std).astype(np.float32)
-                span = f"[{x.min():.3g}, {x.max():.3g}] (random pixels, normalised as {pixels.describe()})"
-            evaluation = Dataset(x, None, "random uniform inputs")
-            notes.append(f"no data given: fidelity measured on random inputs in {span}")
+            if specs is not None and any(s.integer for s in specs):
+                evaluation = Dataset(random_inputs(specs, RANDOM_EVAL_SAMPLES), None, "random valid inputs")
+                notes.append("no data given: fidelity measured on random inputs (floats in [0, 1), token ids "
+                             "below each embedding table's size, other integer inputs all ones)")
+            elif specs is not None and len(specs) > 1:
+                evaluation = Dataset(random_inputs(specs, RANDOM_EVAL_SAMPLES), None, "random uniform inputs")
+                notes.append("no data given: fidelity measured on random inputs in [0, 1)")
+            else:
+                shape = tuple(d or 1 for d in input_shape)
+                x = np.random.default_rng(0).random((RANDOM_EVAL_SAMPLES, *shape), dtype=np.float32)
+                span = "[0, 1)"
+                if pixels is not FOLDER and len(shape) == 3:  # random images as the model takes them: 0..255 normalised
+                    mean, std = (np.asarray(v, np.float32).reshape((-1, 1, 1) if channels_first else (-1,))
+                                 for v in (pixels.mean, pixels.std))
+                    x = ((x * 255.0 - mean) / std).astype(np.float32)
+                    span = f"[{x.min():.3g}, {x.max():.3g}] (random pixels, normalised as {pixels.describe()})"
+                evaluation = Dataset(x, None, "random uniform inputs")
+                notes.append(f"no data given: fidelity measured on random inputs in {span}")
     if calib is None and tune is not None:
         calib = tune
     return tune, calib, evaluation, notes
 
 
 def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progress,
-                  float_layers: Sequence[str] | Mapping[str, np.ndarray] = (), allow_flex: bool = False
+                  float_layers: Sequence[str] | Mapping[str, np.ndarray] = (),
+                  traced: bool = False, float_bytes: bytes | None = None, allow_flex: bool = False
                   ) -> tuple[bytes, list[str]]:
-    """Convert, choosing per-channel scales and TFLite's sparse format by what they measure."""
+    """Convert, choosing per-channel scales and TFLite's sparse format by what they measure.
+
+    ``traced``: convert a traced function of the model (onnx2tf's models; see ``to_tflite``).
+    ``float_bytes``: the model already converted in float32, reused when the recipe quantizes nothing
+    (a 90 MB BERT takes ~30 s per conversion)."""
     notes = []
     per_channel = recipe.quantize.per_channel
     if per_channel == "auto":
@@ -300,12 +319,13 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
         if not per_channel and recipe.quantize.mode != "none":
             notes.append("per-tensor weight scales: every weight layer is clustered, and one scale "
                          "per tensor keeps its shared values shared (per_channel: auto)")
-    convert = functools.partial(to_tflite, model, recipe.quantize, calibration,
-                                per_channel=per_channel, progress=progress, float_layers=float_layers,
+    convert = functools.partial(to_tflite, model, recipe.quantize, calibration, per_channel=per_channel,
+                                progress=progress, float_layers=float_layers, traced=traced,
                                 allow_flex=allow_flex)
     if float_layers:
         notes.append(f"mixed precision: layer(s) {', '.join(float_layers)} kept in float32, the rest int8")
-    dense = convert(sparse=False)
+    reuse = float_bytes is not None and recipe.quantize.mode == "none" and not float_layers
+    dense = float_bytes if reuse else convert(sparse=False)
     if recipe.sparse_export == "off":
         return dense, notes
     if float_layers:  # the selective quantizer's output is wrong with EXPERIMENTAL_SPARSITY (measured: outputs swapped)
@@ -314,7 +334,7 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
     if recipe.sparse_export == "on":
         return convert(sparse=True), notes + ["exported with Optimize.EXPERIMENTAL_SPARSITY "
                                               "(sparse_export: on)"]
-    if analyse(dense).overall_sparsity < SPARSE_EXPORT_MIN_SPARSITY:
+    if analyse(dense, measure_gzip=False).overall_sparsity < SPARSE_EXPORT_MIN_SPARSITY:
         return dense, notes
     sparse = convert(sparse=True)
     sparse_gzip, dense_gzip = gzip_size(sparse), gzip_size(dense)

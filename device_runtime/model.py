@@ -1,30 +1,29 @@
 """``Model``: a checked TFLite model that callers feed and read in float.
 
-The model bytes are validated by ``tflite_format.read_model`` before the
-interpreter sees them.  Quantized inputs and outputs are converted with each
-tensor's scale and zero point, so app code never handles int8 by hand.
+The model bytes are opened by ``loading`` (decrypted, signature verified) and
+validated by ``tflite_format.read_model`` before the interpreter (``interpreter``)
+sees them.  Quantized inputs and outputs are converted with each tensor's scale
+and zero point, so app code never handles int8 by hand.  The image tasks'
+methods are here, their work in ``tasks``; statistics are kept by ``monitor``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import dataclasses
 import hashlib
 import os
 import threading
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import integrity, metadata, postprocess, tflite_format
+from . import metadata, postprocess, tasks, tflite_format
 from .backend import get_backend
-from .errors import (ArgumentError, InferenceError, InputError, MissingMetadataError, ModelFormatError,
-                     UnsupportedModelError)
+from .errors import ArgumentError, InputError
+from .interpreter import interpreter_errors, make_interpreter, timed_invoke
+from .loading import open_model
 from .monitor import Monitor
 from .preprocess import ImagePreprocessor, ImageSpec, Letterbox, check_engine, load_image
 
@@ -64,21 +63,6 @@ class TensorSpec:
         return self.dequantize(stored) if self.quantized else stored
 
 
-def read_model_bytes(source: str | os.PathLike | bytes | bytearray | memoryview) -> bytes:
-    """The bytes of a model given as a path or as bytes, with a clear error for a missing file."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
-    path = Path(source)
-    if not path.exists():
-        raise ModelFormatError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelFormatError(f"model path is a directory, expected a .tflite file: {path}")
-    data = path.read_bytes()
-    if not data:
-        raise ModelFormatError(f"model file is empty: {path}")
-    return data
-
-
 class Model:
     """A TFLite model ready to run: ``model(x)`` or ``model.run({"name": x})``.
 
@@ -110,24 +94,13 @@ class Model:
                          "backend": backend, "image": image, "labels": labels, "image_engine": image_engine,
                          "public_key": public_key, "decryption_key": decryption_key}
         self.source = source if isinstance(source, (str, os.PathLike)) else "<bytes>"
-        data = read_model_bytes(source)
-        if decryption_key is not None:
-            data = integrity.decrypt(data, decryption_key)
-        elif integrity.is_encrypted(data):
-            raise ModelFormatError("the model is encrypted by `sdk encrypt`; pass decryption_key= (the content "
-                                   "of the key file from `sdk keygen --aes`, or the raw 32 bytes)")
-        if public_key is not None:
-            public_key = integrity.load_public_key(public_key)  # a bad key is named before a missing .sig
-            if signature is None and not isinstance(source, (str, os.PathLike)):
-                raise integrity.SignatureError("a model given as bytes needs signature= to be verified")
-            integrity.verify(data, integrity.read_signature(signature if signature is not None else source),
-                             public_key)
-        self._data = data
-        self.sha256 = hashlib.sha256(data).hexdigest()
+        self._data = open_model(source, public_key=public_key, signature=signature, decryption_key=decryption_key)
+        self.sha256 = hashlib.sha256(self._data).hexdigest()
         self.spec = tflite_format.read_model(self._data)
         self.backend = get_backend(backend)
         self._lock = threading.Lock()
-        self._interpreter = self._make_interpreter(num_threads, use_xnnpack, delegates)
+        self._interpreter = make_interpreter(self.backend, self._data, self.spec, num_threads, use_xnnpack,
+                                             delegates)
         names = {}
         if self.spec.signatures:
             signature = self.spec.signatures[0]
@@ -139,39 +112,13 @@ class Model:
         if self.build:  # the TFLite converter sorts signature tensors; the source's order was recorded
             self.inputs = _in_order(self.inputs, self.build.get("input_order"))
             self.outputs = _in_order(self.outputs, self.build.get("output_order"))
-        self._monitor = self._new_monitor()
+        self._monitor = Monitor.for_build(self.build)
         self.image = image
-        self.labels = _read_labels(labels) or (list(self.info.labels) if self.info and self.info.labels else None)
+        self.labels = tasks.read_labels(labels) or (list(self.info.labels) if self.info and self.info.labels else None)
         self._preprocessors: dict[str, ImagePreprocessor] = {}
         self._allocated_shapes = {spec.index: spec.shape for spec in self.inputs}
 
     # -- construction -------------------------------------------------------------
-    def _make_interpreter(self, num_threads, use_xnnpack, delegates):
-        custom = [op for op in self.spec.ops_used() if op.startswith("CUSTOM:")]
-        kwargs = {"model_content": self._data, "num_threads": num_threads}
-        if not use_xnnpack:
-            kwargs["experimental_op_resolver_type"] = self.backend.no_default_delegates
-        if delegates:
-            for path in delegates:
-                _check_delegate_library(path)
-            try:
-                kwargs["experimental_delegates"] = [self.backend.load_delegate(p) for p in delegates]
-            except (ValueError, OSError) as exc:
-                raise UnsupportedModelError(f"cannot load delegate {list(delegates)}: {exc}") from None
-        try:
-            interpreter = self.backend.interpreter_class(**kwargs)
-            interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if custom:
-                raise UnsupportedModelError(
-                    f"the model needs custom ops {', '.join(c[7:] for c in custom)} that the "
-                    f"{self.backend.name} interpreter does not have; re-convert with builtin ops "
-                    f"or load a delegate that provides them") from None
-            raise UnsupportedModelError(f"the {self.backend.name} interpreter refused the model: "
-                                        f"{reason}") from None
-        return interpreter
-
     @staticmethod
     def _tensor_specs(details: list[dict], names: dict[int, str]) -> list[TensorSpec]:
         specs = []
@@ -264,11 +211,11 @@ class Model:
     def _invoke(self, prepared: list[np.ndarray], raw: bool) -> tuple[dict[str, np.ndarray], float]:
         """The outputs of one invoke, and the seconds the invoke itself took."""
         interpreter = self._interpreter
-        with _interpreter_errors():
+        with interpreter_errors():
             self._allocate([x.shape for x in prepared])
             for spec, x in zip(self.inputs, prepared):
                 interpreter.set_tensor(spec.index, x)
-            invoke_seconds = _timed_invoke(interpreter)
+            invoke_seconds = timed_invoke(interpreter)
             outputs = [(spec, interpreter.get_tensor(spec.index)) for spec in self.outputs]
         return {spec.name: value if raw else spec.to_float(value) for spec, value in outputs}, invoke_seconds
 
@@ -286,18 +233,18 @@ class Model:
         frame = load_image(image, color_order)
         with self._lock:  # a swapped model may want another size or quantization
             spec, interpreter = self.inputs[0], self._interpreter
-            preprocessor = self._preprocessor(resize)
+            preprocessor = tasks.preprocessor(self, resize)
             _check_shape(spec, preprocessor.shape)
             buffer = None
             try:
-                with _interpreter_errors():
+                with interpreter_errors():
                     self._allocate([preprocessor.shape])
                 buffer = interpreter.tensor(spec.index)()
                 letterbox = preprocessor(frame, out=buffer)[1]
                 self._monitor.record_input(buffer, spec.quantization)
                 buffer = None
-                with _interpreter_errors():
-                    invoke_seconds = _timed_invoke(interpreter)
+                with interpreter_errors():
+                    invoke_seconds = timed_invoke(interpreter)
                 answer = read({s.name: interpreter.tensor(s.index)() for s in self.outputs}, letterbox)
             except BaseException as exc:
                 # A view left alive in this frame or in the traceback's would stop every later invoke.
@@ -337,47 +284,16 @@ class Model:
     def reset_stats(self) -> None:
         """Start the statistics afresh: after a warm-up, say, whose first slow calls would skew them."""
         with self._lock:
-            self._monitor = self._new_monitor()
+            self._monitor = Monitor.for_build(self.build)
 
-    def _new_monitor(self) -> Monitor:
-        """Drift is measured against the calibration statistics `sdk convert` stored in the build info."""
-        return Monitor(self.build.get("input_stats") if self.build else None)
-
-    # -- tasks --------------------------------------------------------------------------
+    # -- tasks (the work is in tasks.py) ----------------------------------------------------
     def preprocess(self, image, *, resize: str | None = None, color_order: str = "RGB"
                    ) -> tuple[np.ndarray, Letterbox]:
         """The input tensor for an image (path, PIL image or HxWxC uint8 frame) and its mapping.
 
         The tensor is in the model's input dtype (int8 for an int8 model), ready for ``run``.
         """
-        return self._preprocessor(resize)(load_image(image, color_order))
-
-    def _preprocessor(self, resize: str | None) -> ImagePreprocessor:
-        """The preprocessor for ``resize`` (None: the spec's own), made on first use."""
-        key = resize or ""
-        preprocessor = self._preprocessors.get(key)
-        if preprocessor is None:
-            first = self.inputs[0]
-            preprocessor = self._preprocessors[key] = ImagePreprocessor(
-                self._image_spec(resize), first.scale, first.zero_point, first.dtype,
-                engine=self._options["image_engine"])
-        return preprocessor
-
-    def _image_spec(self, resize: str | None) -> ImageSpec:
-        """``image=`` when given, else the input's shape with the metadata's normalisation."""
-        if self.image is not None:
-            return self.image
-        spec = ImageSpec.from_input_shape(self.inputs[0].shape, resize=resize or "stretch")
-        if self.info is None or self.info.mean is None:
-            return spec
-        mean, std = tuple(self.info.mean), tuple(self.info.std or ())
-        if len(mean) not in (1, spec.channels) or len(std) not in (1, spec.channels) or 0 in std:
-            raise ModelFormatError(
-                f"the model's metadata normalises its input {self.inputs[0].shape} ({spec.channels} channel"
-                f"{'s' if spec.channels > 1 else ''}) with mean {list(mean)} and std {list(std)}, which do not fit "
-                f"it; rewrite the metadata with one non-zero value each, or one per channel (sdk metadata add "
-                f"MODEL -o OUT --mean M --std S), or pass image=ImageSpec(...)")
-        return dataclasses.replace(spec, mean=mean, std=std)
+        return tasks.preprocessor(self, resize)(load_image(image, color_order))
 
     def camera_size(self, resize: str | None = None, aspect: tuple[int, int] = (4, 3)) -> tuple[int, int]:
         """(width, height) to ask a camera for, so that its frames need no resampling here.
@@ -390,15 +306,7 @@ class Model:
         of an ``aspect`` frame (320x240 for a 320x320 detector), crop the
         smallest ``aspect`` frame covering the input.
         """
-        if len(aspect) != 2 or min(aspect) <= 0:
-            raise ArgumentError(f"aspect must be two positive numbers (width, height); got {aspect}")
-        spec = self._image_spec(resize)
-        mode = resize or spec.resize
-        if mode == "stretch":
-            return spec.width, spec.height
-        bound = min if mode == "letterbox" else max  # fit inside the input, or cover it
-        scale = bound(spec.width / aspect[0], spec.height / aspect[1])
-        return bound(spec.width, round(aspect[0] * scale)), bound(spec.height, round(aspect[1] * scale))
+        return tasks.camera_size(self, resize, aspect)
 
     @property
     def knows_normalisation(self) -> bool:
@@ -411,81 +319,22 @@ class Model:
         Refuses a model whose input normalisation is unknown (no metadata, no ``image=``): a guess
         would give wrong classes without a word.
         """
-        if len(self.inputs) == 1 and not self.knows_normalisation:  # (several inputs: refused as such below)
-            raise MissingMetadataError(
-                "the model has no input normalisation in its metadata, so classify() cannot know how to scale "
-                "pixels; set it with `sdk metadata add MODEL -o OUT --mean M --std S` (0..255 pixels: --mean 0 "
-                "--std 255 for [0, 1] inputs, --mean 127.5 --std 127.5 for [-1, 1]), or pass "
-                "image=ImageSpec(height, width, mean=..., std=...)")
-        spec = self.outputs[0]
-        found = self._answer_image(image, None, color_order, lambda outputs, _: postprocess.top_k(
-            outputs[spec.name], top_k, self.labels, quantization=spec.quantization))
-        if found:
-            self._monitor.record_confidence(found[0].score)
-        return found
+        return tasks.classify(self, image, top_k, color_order)
 
     def detect(self, image, *, score_threshold: float = 0.25, iou_threshold: float = 0.45,
                max_detections: int = 100, color_order: str = "RGB", has_objectness: bool = False
                ) -> list[postprocess.Detection]:
         """Objects with boxes in original-image pixels: SSD-style (4 outputs) or raw YOLO (1 output)."""
-        if len(self.outputs) not in (1, 4):
-            raise InputError(f"detect() understands 1 (YOLO) or 4 (SSD) outputs; the model has "
-                             f"{len(self.outputs)}")
-        spec = self._preprocessor("letterbox").spec
-        size = (spec.height, spec.width)
-        if len(self.outputs) == 4:
-            order = self.info.box_index if self.info and self.info.box_index else (1, 0, 3, 2)
-            roles = self.info.output_names if self.info and self.info.task == "object_detector" else None
-
-            def read(outputs, letterbox):
-                values = [s.to_float(outputs[s.name]) for s in self.outputs]
-                return postprocess.decode_ssd(*postprocess.ssd_outputs(values, roles), letterbox, size,
-                                              score_threshold=score_threshold, labels=self.labels,
-                                              box_index=order)
-        else:
-            output = self.outputs[0]
-
-            def read(outputs, letterbox):  # decoded as stored: only the candidates are dequantized
-                return postprocess.decode_yolo(outputs[output.name], letterbox, score_threshold=score_threshold,
-                                               iou_threshold=iou_threshold, max_detections=max_detections,
-                                               has_objectness=has_objectness, input_size=size,
-                                               labels=self.labels, quantization=output.quantization)
-        return self._answer_image(image, "letterbox", color_order, read)
+        return tasks.detect(self, image, score_threshold=score_threshold, iou_threshold=iou_threshold,
+                            max_detections=max_detections, color_order=color_order, has_objectness=has_objectness)
 
     def segment(self, image, color_order: str = "RGB") -> np.ndarray:
         """Per-pixel class ids at the original image size."""
-        spec = self.outputs[0]
-
-        def read(outputs, letterbox):  # class ids: the argmax is the same on stored values
-            scores = outputs[spec.name]
-            return postprocess.segmentation_mask(scores, letterbox, channels_first=scores.shape[1] < scores.shape[-1])
-        return self._answer_image(image, "letterbox", color_order, read)
+        return tasks.segment(self, image, color_order)
 
     def embed(self, x) -> np.ndarray:
         """An L2-normalised embedding of an image (array/path/PIL) or of a ready input tensor."""
-        if isinstance(x, np.ndarray) and x.ndim == len(self.inputs[0].shape):
-            tensor = x
-        else:
-            tensor, _ = self.preprocess(x)
-        return postprocess.l2_normalize(next(iter(self.run(tensor).values())))
-
-
-def _read_labels(labels) -> list[str] | None:
-    if labels is None or isinstance(labels, (list, tuple)):
-        return None if labels is None else list(labels)
-    try:  # the SDK's converters read labels files by the same rules (device_runtime never imports them)
-        lines = [line.strip() for line in Path(labels).read_text(encoding="utf-8-sig").splitlines()]
-    except UnicodeDecodeError as exc:
-        raise InputError(f"labels file {labels} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
-                         f"{exc.start}); save it as UTF-8, one class name per line") from None
-    except OSError as exc:
-        raise InputError(f"cannot read labels file {labels}: {exc.strerror or exc}") from None
-    while lines and not lines[-1]:
-        lines.pop()
-    if "" in lines:
-        raise InputError(f"labels file {labels} line {lines.index('') + 1} is empty, which would shift the names "
-                         "after it onto the wrong classes; name that class or delete the line")
-    return lines
+        return tasks.embed(self, x)
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
@@ -496,41 +345,6 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
     for axis, (want, got) in enumerate(zip(spec.shape_signature, shape)):
         if axis and want != -1 and want != got:
             raise InputError(f"input '{spec.name}' must have shape {_shape_text(spec.shape_signature)}; got {shape}")
-
-
-@contextlib.contextmanager
-def _interpreter_errors() -> Iterator[None]:
-    """The interpreter's RuntimeError/ValueError as an InferenceError with its first 300 characters."""
-    try:
-        yield
-    except (RuntimeError, ValueError) as exc:
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise InferenceError(f"the interpreter failed to run the model: {reason}") from None
-
-
-DELEGATE_ENTRY_POINTS = ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate")
-
-
-def _check_delegate_library(path) -> None:
-    """Refuse a delegate the interpreter's load_delegate would choke on: a missing file, one that is not a
-    shared library, or one without the external-delegate entry points.  load_delegate raises for those
-    too, but leaves a half-built object whose finaliser then prints a traceback."""
-    try:
-        library = ctypes.CDLL(os.fspath(path))
-    except OSError as exc:
-        raise UnsupportedModelError(f"cannot load delegate {path}: {exc}") from None
-    missing = [name for name in DELEGATE_ENTRY_POINTS if not hasattr(library, name)]
-    if missing:
-        raise UnsupportedModelError(f"{path} is not a TFLite delegate library: it has no {' or '.join(missing)} "
-                                    "(the external delegate interface)")
-
-
-def _timed_invoke(interpreter) -> float:
-    """Invoke, and return the seconds it took: the monitor tells the interpreter's time from the
-    pre- and post-processing around it."""
-    started = time.perf_counter()
-    interpreter.invoke()
-    return time.perf_counter() - started
 
 
 def _shape_text(signature: tuple[int, ...]) -> str:

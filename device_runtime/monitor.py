@@ -46,6 +46,11 @@ class Monitor:
         self._inputs_seen = 0
         self.calls = 0
 
+    @classmethod
+    def for_build(cls, build: dict | None) -> Monitor:
+        """Drift is measured against the calibration statistics `sdk convert` stored in the build info."""
+        return cls(build.get("input_stats") if build else None)
+
     def record_call(self, seconds: float, invoke_seconds: float) -> None:
         """One call's whole time and the part of it the interpreter's invoke took."""
         with self._lock:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 from converters.data import DataSource
 from converters.errors import SourceModelError, UserInputError
 from converters.recipe import Recipe
-from device_runtime.model import read_model_bytes
+from device_runtime.loading import read_model_bytes
 from device_runtime.tflite_format import read_model
 
 
@@ -19,7 +19,8 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
             progress: Callable[[str, int, int], None] | None = None, verbose: bool = False,
             custom_objects: dict | None = None, metadata=None, example_input: Any = None,
             input_shapes: Sequence[Sequence[int]] | None = None, weights: str | os.PathLike | None = None,
-            keep_nchw: bool = False, keep_intermediates: bool = False, allow_flex: bool = False):
+            keep_nchw: bool = False, keep_intermediates: bool = False,
+            input_dtypes: Sequence[str] | None = None, allow_flex: bool = False):
     """Compress ``source`` as ``recipe`` says and write ``output`` (.tflite) plus a report JSON.
 
     ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory tf_keras model; or a
@@ -31,7 +32,9 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     ``allow_flex`` (PyTorch/ONNX): keep ops with no TFLite builtin as Select TF ops; the .tflite then
     needs the Flex delegate (full TensorFlow's interpreter; not ai-edge-litert or tflite-runtime).
     ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
-    Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array.
+    Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array; a model with several
+    or integer inputs (token ids, masks) takes a .npz or dict with one array per input name (and y).
+    ``input_dtypes`` (PyTorch with ``input_shapes``): e.g. ``["int64"]`` for token-id inputs.
     ``metadata``: a ``converters.targets.tflite.metadata.MetadataSpec`` for image classifiers (labels, name, version,
     and ``mean``/``std``: the input normalisation on 0..255 pixels).  By default: the source's name,
     image-folder labels, and a normalisation only when known (image-folder data, or a Keras model's
@@ -50,9 +53,9 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
                                   weights=weights, keep_nchw=keep_nchw, keep_intermediates=keep_intermediates,
                                   finetune_data=finetune_data, calib_data=calib_data, eval_data=eval_data,
                                   force=force, progress=progress, verbose=verbose, metadata=metadata,
-                                  allow_flex=allow_flex)
+                                  input_dtypes=input_dtypes, allow_flex=allow_flex)
     _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
-                                   "weights": weights, "keep_nchw": keep_nchw,
+                                   "input_dtypes": input_dtypes, "weights": weights, "keep_nchw": keep_nchw,
                                    "keep_intermediates": keep_intermediates, "allow_flex": allow_flex})
     return convert_keras(source, output, recipe, finetune_data=finetune_data, calib_data=calib_data,
                          eval_data=eval_data, force=force, progress=progress, verbose=verbose,
@@ -89,7 +92,7 @@ def distill(teacher: Any, output: str | os.PathLike, data: DataSource, *, studen
             keep_layers: int | None = None, width_ratio: float | None = None,
             recipe: Recipe | dict | str | os.PathLike | None = None, epochs: int = 30, patience: int = 5,
             temperature: float = 4.0, alpha: float = 0.5, learning_rate: float = 1e-3,
-            checkpoint: str | os.PathLike | None = None, eval_data: DataSource | None = None,
+            checkpoint: str | os.PathLike | None = None, outputs: str = "auto", eval_data: DataSource | None = None,
             calib_data: DataSource | None = None, example_input: Any = None,
             input_shapes: Sequence[Sequence[int]] | None = None, weights: str | os.PathLike | None = None,
             student_weights: str | os.PathLike | None = None, force: bool = False,
@@ -102,7 +105,8 @@ def distill(teacher: Any, output: str | os.PathLike, data: DataSource, *, studen
     DistilBERT) and/or ``width_ratio`` (fraction of channels kept). Training: soft targets at
     ``temperature`` (KL x T^2) plus cross-entropy weighted ``alpha`` when labels exist, a cosine term for
     embeddings; the best epoch on a held-out tenth is kept, with early stop after ``patience`` epochs and a
-    resumable ``checkpoint`` file.
+    resumable ``checkpoint`` file. ``outputs``: "auto" treats a rank-2 output as class scores; say
+    "embedding" for a sentence encoder's (N, D) embeddings, "scores" for logits of another shape.
     """
     from converters.distillation import distill_student
     from converters.recipe import FinetuneSettings
@@ -110,7 +114,7 @@ def distill(teacher: Any, output: str | os.PathLike, data: DataSource, *, studen
 
     settings = DistillSettings(FinetuneSettings(epochs=epochs, temperature=temperature, alpha=alpha,
                                                 learning_rate=learning_rate), patience=patience,
-                               checkpoint=checkpoint)
+                               checkpoint=checkpoint, outputs=outputs)
     return distill_student(teacher, output, data, student=student, keep_layers=keep_layers,
                            width_ratio=width_ratio, recipe=_recipe(recipe), settings=settings, eval_data=eval_data,
                            calib_data=calib_data, example_input=example_input, input_shapes=input_shapes,

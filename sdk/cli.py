@@ -38,9 +38,15 @@ Examples:
   sdk convert traced.pt -o m.tflite --input-shape 1,3,224,224
   sdk convert mypkg.models:build_net --weights net.pth --input-shape 1,3,32,32 \\
       -o small.tflite --prune 0.75 --cluster 16 --quantize int8 --finetune train.npz
+  sdk convert encoder.onnx -o enc.tflite --quantize dynamic --eval tokens.npz
+  sdk convert mypkg.text:build_encoder --input-shape 1,128 --input-shape 1,128 \\
+      --input-dtype int64 -o enc.tflite
 \b
 Data: .npz with x (and y for labels), .npy of inputs, or an image folder
 (one sub-folder per class), in the source model's layout (NCHW for PyTorch).
+Models with several or integer inputs (token ids, attention masks) take a
+.npz with one array per input name (input_ids=..., attention_mask=..., y=...);
+names, dtypes, shapes and token ids (below the vocabulary size) are checked.
 Without labels, fine-tuning distils from the original model. PyTorch/ONNX
 image inputs become NHWC in the .tflite unless --keep-nchw.
 Exit codes: 0 ok, 1 conversion failed, 2 bad input, 130 interrupted (Ctrl-C).
@@ -71,7 +77,8 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--cluster", type=int, help="Number of shared weight values per layer (k-means), >= 2.")
 @click.option("--quantize", type=click.Choice(QUANTIZE_MODES), help="Post-training quantization mode.")
 @click.option("--io-type", type=click.Choice(IO_TYPES), help="Input/output type for --quantize int8.")
-@click.option("--calib", type=click.Path(), help="Calibration data for int8/int16x8.")
+@click.option("--calib", type=click.Path(), help="Calibration data for int8/int16x8 (.npz keyed by input name "
+              "for multi-input models).")
 @click.option("--samples", type=int, help="Calibration samples to use (default 200).")
 @click.option("--allow-random-calibration", is_flag=True, default=None,
               help="Calibrate on random inputs when no data is given (inaccurate; explicit on purpose).")
@@ -90,6 +97,8 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--std", type=float, multiple=True, help="See --mean; e.g. --mean 0 --std 255 for [0, 1] inputs.")
 @click.option("--input-shape", "input_shapes", multiple=True,
               help="PyTorch/ONNX: an input's shape, e.g. 1,3,224,224; once per input, in order.")
+@click.option("--input-dtype", "input_dtypes", multiple=True, type=click.Choice(["float32", "int64", "int32", "bool"]),
+              help="PyTorch: an input's dtype (int64 for token ids); once per --input-shape, or once for all.")
 @click.option("--weights", type=click.Path(), help="PyTorch state dict for a package.module:factory source.")
 @click.option("--keep-nchw", is_flag=True, help="PyTorch/ONNX: keep channels-first inputs and outputs.")
 @click.option("--keep-intermediates", is_flag=True, help="PyTorch/ONNX: keep the temporary ONNX and logs.")
@@ -105,7 +114,8 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
             samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
-            model_version, mean, std, input_shapes, weights, keep_nchw, keep_intermediates, allow_flex, max_drop, optimize, plot_path, force,
+            model_version, mean, std, input_shapes, input_dtypes, weights, keep_nchw, keep_intermediates, allow_flex, max_drop,
+            optimize, plot_path, force,
             as_json, debug):
     """Compress and convert SOURCE to a verified .tflite.
 
@@ -150,7 +160,8 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             metadata = MetadataSpec(name=Path(source).stem, version=model_version, mean=mean or None,
                                     std=std or None, labels=read_labels_file(labels) if labels else ())
             metadata.validate()
-        torch_onnx = dict(input_shapes=_parse_shapes(input_shapes), weights=weights, keep_nchw=keep_nchw,
+        torch_onnx = dict(input_shapes=_parse_shapes(input_shapes), input_dtypes=list(input_dtypes) or None,
+                          weights=weights, keep_nchw=keep_nchw,
                           keep_intermediates=keep_intermediates, allow_flex=allow_flex)
         budget = None
         if max_drop is not None:

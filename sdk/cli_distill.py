@@ -40,6 +40,8 @@ with labels, cross-entropy too. The best epoch on a held-out tenth is kept.
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Weight of the label loss when --data has labels.")
 @click.option("--checkpoint", type=click.Path(), help="Save every epoch here; an existing file resumes training.")
+@click.option("--outputs", type=click.Choice(["auto", "scores", "embedding"]), default="auto", show_default=True,
+              help="What the teacher outputs: auto takes a rank-2 output as class scores; embedding for encoders.")
 @click.option("--recipe", "recipe_path", type=click.Path(), help="How to compress the student (.yaml/.json).")
 @click.option("--quantize", type=click.Choice(QUANTIZE_MODES),
               help="Post-training quantization of the student (overrides the recipe's).")
@@ -50,8 +52,8 @@ with labels, cross-entropy too. The best epoch on a held-out tenth is kept.
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def distill(teacher, output, data_path, eval_path, student, student_weights, keep_layers, width_ratio, epochs,
-            patience, temperature, alpha, checkpoint, recipe_path, quantize, calib, input_shapes, weights, force,
-            as_json, debug):
+            patience, temperature, alpha, checkpoint, outputs, recipe_path, quantize, calib, input_shapes, weights,
+            force, as_json, debug):
     """Distil TEACHER (PyTorch) into a smaller student and write it as a verified .tflite."""
 
     def action():
@@ -66,7 +68,7 @@ def distill(teacher, output, data_path, eval_path, student, student_weights, kee
             recipe = recipe.with_flags(quantize=quantize)
         result = distill_api(teacher, output, data_path, student=student, student_weights=student_weights,
                              keep_layers=keep_layers, width_ratio=width_ratio, recipe=recipe, epochs=epochs,
-                             patience=patience, temperature=temperature, alpha=alpha, checkpoint=checkpoint,
+                             patience=patience, temperature=temperature, alpha=alpha, checkpoint=checkpoint, outputs=outputs,
                              eval_data=eval_path, calib_data=calib, input_shapes=_parse_shapes(input_shapes),
                              weights=weights, force=force,
                              progress=stderr_progress if chatty(as_json) else None, verbose=chatty(as_json))

@@ -17,7 +17,7 @@ from converters.errors import OutputPathError, UserInputError
 from converters.files import atomic_write, check_output_path
 from device_runtime import integrity
 from device_runtime.errors import InvalidKeyError, ModelFormatError
-from device_runtime.model import read_model_bytes
+from device_runtime.loading import read_model_bytes
 from device_runtime.tflite_format import read_model
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_ALLOWED = {"numpy", "ai_edge_litert", "tflite_runtime", "PIL",
                    "cryptography"}  # + stdlib; cryptography only when a key is given; TF only as fallback
-OPTIONAL_ACCELERATORS = {"cv2": "preprocess.py"}  # used when installed, imported on first use only
+OPTIONAL_ACCELERATORS = {"cv2": "preprocess/engines.py"}  # used when installed, imported on first use only
 FORBIDDEN_EVERYWHERE_IN_RUNTIME = {"sdk", "converters", "tf_keras", "torch", "onnx2tf",
                                    "tensorflow_model_optimization"}
 
@@ -32,8 +32,9 @@ def test_device_runtime_imports_only_light_modules():
         assert not names & FORBIDDEN_EVERYWHERE_IN_RUNTIME, (path.name, names & FORBIDDEN_EVERYWHERE_IN_RUNTIME)
         heavy = names - stdlib - RUNTIME_ALLOWED - {"tensorflow"} - set(OPTIONAL_ACCELERATORS)
         assert not heavy, (path.name, heavy)
+        where = path.relative_to(ROOT / "device_runtime").as_posix()
         for module, home in OPTIONAL_ACCELERATORS.items():
-            assert module not in names or path.name == home, f"{path.name} imports {module}; only {home} may"
+            assert module not in names or where == home, f"{where} imports {module}; only {home} may"
         if "tensorflow" in names:
             assert path.name == "backend.py", f"{path.name} imports tensorflow; only backend.py may, as fallback"
 

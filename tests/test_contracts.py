@@ -36,6 +36,8 @@ MEASURED_ELSEWHERE = {
     ("accuracy-budget mode", "keras"):
         "test_budget::test_digits_within_one_point_and_smaller_than_the_best_fixed_recipe",
     ("accuracy-budget mode", "pytorch"): "test_budget::test_pytorch_budget_mode_size_and_latency",
+    ("distillation into a smaller student", "pytorch"):
+        "test_distill::test_digits_half_width_student_without_labels_within_1_5_points",
 }
 
 # The one-shot cells measured here: recipe, and a check on the written file's weight tensors.

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from device_runtime import InputError, Model
-from device_runtime import preprocess as pre_module
 from device_runtime.postprocess import batched_nms, nms, top_k
-from device_runtime.preprocess import ImagePreprocessor, ImageSpec, load_image, resolve_engine
+from device_runtime.preprocess import ImagePreprocessor, ImageSpec, engines, load_image, resolve_engine
 
 # (name, spec, input scale, zero point, dtype): float, int8 (both quantized fast paths), a general LUT.
 SPECS = [
@@ -107,7 +106,7 @@ def test_engine_choice_and_its_errors(monkeypatch):
         resolve_engine("simd")
     with pytest.raises(ValueError, match="image_engine must be one of auto, numpy, opencv; got 'gpu'"):
         Model(b"unused", image_engine="gpu")
-    monkeypatch.setattr(pre_module, "_opencv", lambda: None)  # a device without OpenCV
+    monkeypatch.setattr(engines, "_opencv", lambda: None)  # a device without OpenCV
     assert resolve_engine("auto") == "numpy"
     with pytest.raises(InputError, match="engine 'opencv' needs OpenCV: pip install opencv-python-headless"):
         resolve_engine("opencv")

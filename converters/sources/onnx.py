@@ -23,6 +23,13 @@ LAYOUT_PRESERVING_OPS = {"Add", "Sub", "Mul", "Div", "Relu", "Clip", "Cast", "Id
                          "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish", "Neg", "Abs"}
 
 
+# Ops that pass an integer input's values on unchanged, through which token ids reach their embedding table.
+VALUE_PRESERVING_OPS = {"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Transpose",
+                        "Slice", "Concat", "Tile"}
+# Ops that take an integer tensor as indices (input 1; OneHot: input 0).
+INDEX_OPS = {"Gather": 1, "GatherElements": 1, "GatherND": 1, "ScatterND": 1, "ScatterElements": 1, "OneHot": 0}
+
+
 @dataclass
 class TensorSpec:
     """One graph input as the .tflite will take it: its name, fixed shape (source layout) and dtype.
@@ -34,7 +41,7 @@ class TensorSpec:
 
     name: str
     shape: tuple[int, ...]  # in the source layout, batch included
-    dtype: str = "float32"
+    dtype: np.dtype = np.dtype(np.float32)
 
     @property
     def batch(self) -> int | None:
@@ -109,8 +116,6 @@ def fix_input_shapes(model, shapes: Sequence[Sequence[int]] | None, notes: list[
                      ) -> list[TensorSpec]:
     """Give every input a static shape: ``shapes`` overrides, a dynamic dimension becomes 1 (said in
     ``notes``).  Any rank and any batch is kept as it is."""
-    from onnx import helper
-
     inputs = graph_inputs(model)
     if shapes is not None and len(shapes) != len(inputs):
         raise DataError(f"--input-shape given {len(shapes)} time(s) but the model has {len(inputs)} "
@@ -136,9 +141,55 @@ def fix_input_shapes(model, shapes: Sequence[Sequence[int]] | None, notes: list[
         del dims[:]
         for d in shape:
             dims.add().dim_value = d
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
-        specs.append(TensorSpec(graph_input.name, shape, dtype))
+        specs.append(TensorSpec(graph_input.name, shape, input_dtype(graph_input)))
     return specs
+
+
+def input_dtype(graph_input) -> np.dtype:
+    from onnx import helper
+
+    return np.dtype(helper.tensor_dtype_to_np_dtype(graph_input.type.tensor_type.elem_type))
+
+
+def index_inputs(model) -> dict[str, int | None]:
+    """Integer inputs used as indices: {name: rows of the smallest constant table they index (an embedding's
+    vocabulary), or None when they index a tensor the model computes}.  Inputs not listed (attention masks)
+    index nothing."""
+    constants = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            constants.update({out: tuple(a.t.dims) for out in node.output for a in node.attribute if a.name == "value"})
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in set(node.input):
+            consumers.setdefault(name, []).append(node)
+    found: dict[str, int | None] = {}
+    for graph_input in graph_inputs(model):
+        if not np.issubdtype(input_dtype(graph_input), np.integer):
+            continue
+        limits, unknown, frontier, seen = [], False, [graph_input.name], {graph_input.name}
+        while frontier:
+            tensor = frontier.pop()
+            for node in consumers.get(tensor, []):
+                slots = [i for i, name in enumerate(node.input) if name == tensor]
+                onward = node.op_type in VALUE_PRESERVING_OPS and (node.op_type == "Concat" or 0 in slots)
+                if INDEX_OPS.get(node.op_type) in slots:
+                    table = constants.get(node.input[0]) if node.op_type == "Gather" else None
+                    if table:
+                        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                        limits.append(table[axis % len(table)])
+                    else:
+                        unknown = True
+                    onward = False
+                if node.op_type == "Gather" and 0 in slots:  # selecting from the ids keeps their values
+                    onward = True
+                for out in node.output if onward else ():
+                    if out not in seen:
+                        seen.add(out)
+                        frontier.append(out)
+        if limits or unknown:
+            found[graph_input.name] = min(limits) if limits else None
+    return found
 
 
 def simplify(model) -> tuple[object, str | None]:
@@ -259,7 +310,7 @@ def run_onnx(model, inputs: dict[str, np.ndarray], specs: list[TensorSpec] | Non
     """Reference outputs from onnxruntime on samples stacked on axis 0, run as the graph's fixed
     shapes take them (``specs``; by default every input has batch 1), joined as ``join_runs`` does."""
     session = _session(model)
-    specs = specs or [TensorSpec(name, (1, *x.shape[1:]), x.dtype.name) for name, x in inputs.items()]
+    specs = specs or [TensorSpec(name, (1, *x.shape[1:]), x.dtype) for name, x in inputs.items()]
     runs = [spec.runs(inputs[spec.name]) for spec in specs]
     results = [session.run(None, {s.name: r[i] for s, r in zip(specs, runs)}) for i in range(len(runs[0]))]
     return join_runs(specs, results, len(next(iter(inputs.values()))))

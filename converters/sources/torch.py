@@ -27,6 +27,9 @@ from ..errors import ConversionError, DataError, SourceModelError, first_line
 FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 ONNX_OPSET = 17
 REFERENCE_BATCH = 64
+INPUT_DTYPES = ("float32", "int64", "int32", "bool")
+# What torch says when float inputs reach an nn.Embedding (or another index op).
+INDEX_DTYPE_ERRORS = ("indices", "Long, Int", "scalar type Long", "must be Long", "expected scalar type Long")
 
 
 @dataclass
@@ -59,8 +62,10 @@ def _is_module(obj: Any) -> bool:
 
 
 def load_torch_source(source: Any, example_input: Any = None, input_shapes: Sequence[Sequence[int]] | None = None,
-                      weights: str | os.PathLike | None = None) -> TorchSource:
-    """A module (path, factory spec or object) with example inputs made from ``example_input`` or shapes."""
+                      weights: str | os.PathLike | None = None,
+                      input_dtypes: Sequence[str] | None = None) -> TorchSource:
+    """A module (path, factory spec or object) with example inputs made from ``example_input`` or shapes
+    (and ``input_dtypes``: one per input, or one for all; integer inputs such as token ids are all ones)."""
     import torch
 
     path = None
@@ -77,7 +82,7 @@ def load_torch_source(source: Any, example_input: Any = None, input_shapes: Sequ
         raise SourceModelError(f"unknown PyTorch source {type(source).__name__}: give an nn.Module, a "
                                "TorchScript file or 'package.module:factory'")
     module = module.eval()
-    inputs = _example_inputs(example_input, input_shapes)
+    inputs = _example_inputs(example_input, input_shapes, input_dtypes)
     outputs = run_module(module, inputs)
     return TorchSource(module, inputs, _input_names(module, len(inputs)), _output_names(outputs),
                        description, path)
@@ -197,9 +202,11 @@ def _load_torchscript(path: Path) -> Any:
             f"--weights {path.name} for a state dict") from None
 
 
-def _example_inputs(example_input: Any, input_shapes) -> tuple:
+def _example_inputs(example_input: Any, input_shapes, input_dtypes: Sequence[str] | None = None) -> tuple:
     import torch
 
+    if example_input is not None and input_dtypes:
+        raise DataError("input dtypes come from example_input's tensors; give input_dtypes only with input shapes")
     if example_input is not None:
         inputs = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
         converted = []
@@ -213,8 +220,26 @@ def _example_inputs(example_input: Any, input_shapes) -> tuple:
     if not input_shapes:
         raise DataError("a PyTorch model needs its input shape: give --input-shape 1,3,224,224 "
                         "(once per input), or example_input= in Python")
+    dtypes = _dtypes(input_dtypes, len(input_shapes))
     generator = torch.Generator().manual_seed(0)
-    return tuple(torch.rand(tuple(shape), generator=generator) for shape in input_shapes)
+    return tuple(torch.rand(tuple(shape), generator=generator) if dtype is None
+                 else torch.ones(tuple(shape), dtype=dtype) for shape, dtype in zip(input_shapes, dtypes))
+
+
+def _dtypes(names: Sequence[str] | None, count: int) -> list:
+    """torch dtypes for ``names`` (None: float32); one name applies to every input."""
+    import torch
+
+    if not names:
+        return [None] * count
+    if len(names) not in (1, count):
+        raise DataError(f"--input-dtype given {len(names)} times for {count} inputs: give it once per "
+                        "--input-shape, or once for all inputs")
+    names = list(names) * count if len(names) == 1 else list(names)
+    if any(n not in INPUT_DTYPES for n in names):
+        bad = next(n for n in names if n not in INPUT_DTYPES)
+        raise DataError(f"--input-dtype must be one of {', '.join(INPUT_DTYPES)}; got {bad!r}")
+    return [None if n == "float32" else getattr(torch, n) for n in names]
 
 
 def run_module(module, inputs: tuple) -> Any:
@@ -225,6 +250,10 @@ def run_module(module, inputs: tuple) -> Any:
             return module(*inputs)
         except Exception as exc:  # shape mismatches and the user's own errors
             shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+            if any(x.is_floating_point() for x in inputs) and any(e in str(exc) for e in INDEX_DTYPE_ERRORS):
+                raise DataError(f"the model cannot run on float32 inputs ({first_line(exc, 120)}): its inputs are "
+                                "token ids or other indices; give --input-dtype int64 (once per input, or once for "
+                                "all), or example_input= with integer tensors") from None
             raise DataError(f"the model cannot run on inputs of shape {shapes}: {first_line(exc)}; "
                             "check --input-shape") from None
 

@@ -26,6 +26,7 @@ from ..recipe import FinetuneSettings, Recipe
 from .torch import Trainer, first_output
 
 HELD_OUT_FRACTION = 0.1
+OUTPUT_KINDS = ("auto", "scores", "embedding")  # a sentence embedding (N, 384) has the shape of class scores
 
 
 class StudentError(UserInputError):
@@ -40,9 +41,12 @@ class DistillSettings:
     patience: int = 5  # epochs without a better held-out loss before stopping
     cosine_weight: float = 1.0  # weight of (1 - cosine) for outputs that are not class scores
     checkpoint: str | os.PathLike | None = None
+    outputs: str = "auto"  # auto (rank-2 outputs are class scores) | scores | embedding
 
     def validate(self) -> None:
         self.finetune.validate()
+        if self.outputs not in OUTPUT_KINDS:
+            raise StudentError(f"outputs must be one of {', '.join(OUTPUT_KINDS)}; got {self.outputs!r}")
         if not isinstance(self.patience, int) or self.patience < 1:
             raise StudentError(f"patience must be an integer >= 1; got {self.patience!r}")
         if not self.cosine_weight >= 0:
@@ -152,9 +156,11 @@ def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: 
         torch.manual_seed(settings.finetune.seed)
     train, held_out = data.split(HELD_OUT_FRACTION)
     trainer = _StudentTrainer(student, teacher, train, settings.finetune, verbose=False)
-    trainer.cosine_weight = settings.cosine_weight
     judge = _StudentTrainer(student, teacher, held_out, settings.finetune, verbose=False)
-    judge.cosine_weight = settings.cosine_weight
+    for one in (trainer, judge):
+        one.cosine_weight = settings.cosine_weight
+        if settings.outputs != "auto":
+            one.classifier = settings.outputs == "scores"
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
     state = {"epoch": 0, "best": float("inf"), "best_epoch": 0, "since_best": 0, "history": []}
     if checkpoint is not None and checkpoint.is_file():

@@ -18,9 +18,9 @@ from typing import Sequence
 import flatbuffers
 import numpy as np
 
+from device_runtime.loading import read_model_bytes
 from device_runtime.metadata import (METADATA_IDENTIFIER, METADATA_NAME, TENSOR_AXIS_LABELS, TENSOR_VALUE_LABELS,
                                      associated_files, read_info)
-from device_runtime.model import read_model_bytes
 from device_runtime.tflite_format import TFLiteModel, read_model
 
 from ...errors import ConversionError, UserInputError

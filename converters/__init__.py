@@ -1,6 +1,7 @@
 """Importers, compression techniques and writers behind the SDK, laid out as the data flows.
 
-    sources/     keras.py, torch.py, onnx.py: load a source model and run it as the reference
+    sources/     keras.py, torch.py, onnx.py: load a source model and run it as the reference;
+                 keras3.py translates Keras 3 models to tf_keras (keras3_custom.py: custom layers)
     techniques/  prune, cluster (Keras via tfmot), arrays.py (the same on ONNX initializers),
                  channels/, low_rank.py, qat/ (a backend per framework)
     training/    fine-tuning by distillation, one trainer per framework

@@ -1,7 +1,10 @@
 """Lazy TensorFlow loading with legacy Keras (tf_keras), which tfmot requires.
 
 TensorFlow is imported on first use, never at package import, so that
-``sdk --help`` and error paths stay fast.
+``sdk --help`` and error paths stay fast.  The SDK names tf_keras explicitly
+everywhere (``keras()``) and Keras 3 only to read Keras 3 models (``keras3()``),
+so it works whether ``tf.keras`` is tf_keras or Keras 3 in the user's process:
+the user never sets TF_USE_LEGACY_KERAS.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ def keras() -> ModuleType:
     import tf_keras
 
     return tf_keras
+
+
+def keras3() -> ModuleType:
+    """Keras 3 (``import keras``), beside tf_keras in the same process, to read Keras 3 models."""
+    tensorflow()
+    import keras
+
+    return keras
 
 
 def tfmot() -> ModuleType:

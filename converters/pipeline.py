@@ -76,7 +76,8 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     check_calibration(recipe, calib_data, finetune_data)
     output = check_output_path(output, [source_path] if source_path else [], force)
 
-    model = load_keras_model(source, custom_objects)
+    load_notes: list[str] = []
+    model = load_keras_model(source, custom_objects, load_notes)
     teacher = load_keras_model(model)  # an untouched copy: distillation teacher and reference
     if len(model.inputs) != 1 and any(d is not None for d in (finetune_data, calib_data, eval_data)):
         raise DataError(f"data for models with {len(model.inputs)} inputs is not supported yet; "
@@ -84,7 +85,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     input_shape = tuple(model.inputs[0].shape[1:])
     known, notes = keras_normalisation(teacher, metadata)
     tune, calib, evaluation, data_notes = datasets(input_shape, finetune_data, calib_data, eval_data, pixels=known)
-    notes += data_notes
+    notes = load_notes + notes + data_notes
     check_folder_labels(tune or calib or evaluation, metadata, tuple(model.outputs[0].shape))
     if tune is not None and not (recipe.compresses_weights or recipe.quantize.qat or recipe.removes_channels
                                  or recipe.factorizes):

@@ -23,7 +23,7 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
             input_dtypes: Sequence[str] | None = None, allow_flex: bool = False):
     """Compress ``source`` as ``recipe`` says and write ``output`` (.tflite) plus a report JSON.
 
-    ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory tf_keras model; or a
+    ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory Keras 3 or tf_keras model; or a
     PyTorch ``nn.Module`` (with ``example_input``, a tensor or tuple, or ``input_shapes``), a
     TorchScript file, ``"package.module:factory"`` (with ``weights``, a state-dict file), or a
     ``.onnx`` file.  PyTorch/ONNX inputs that feed convolutions become channels-last (NHWC) in

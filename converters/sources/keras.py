@@ -1,4 +1,7 @@
-"""Load Keras sources (.keras, .h5, SavedModel directory, in-memory tf_keras model).
+"""Load Keras sources (.keras, .h5, SavedModel directory, in-memory tf_keras or Keras 3 model).
+
+Which Keras wrote a file is read from the file's own metadata; Keras 3 models are
+translated to tf_keras (``keras3.py``) because tfmot works on tf_keras only.
 
 The user's model is never modified: files are only read, and an in-memory
 model is cloned before any pass touches its weights.
@@ -23,33 +26,39 @@ def is_keras_source(source: Any) -> bool:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         return path.suffix.lower() in KERAS_SUFFIXES or (path / "saved_model.pb").exists()
-    return type(source).__module__.startswith(("tf_keras", "keras"))
+    return any(c.__module__.startswith(("tf_keras", "keras")) for c in type(source).__mro__)
 
 
-def load_keras_model(source: Any, custom_objects: dict | None = None):
-    """A tf_keras model the SDK may modify freely."""
-    keras = _tf.keras()
+def load_keras_model(source: Any, custom_objects: dict | None = None, notes: list[str] | None = None):
+    """A tf_keras model the SDK may modify freely (``notes`` gets a line when a Keras 3 model was translated)."""
+    from . import keras3
+
     if not isinstance(source, (str, os.PathLike)):
-        return _clone(source, keras)
+        if keras3.is_keras3_model(source):
+            return keras3.to_tf_keras(source, notes)
+        return _clone(source, _tf.keras())
     path = Path(source)
     _check_file(path)
+    if keras3.written_by_keras3(path):
+        return keras3.to_tf_keras(keras3.load_keras3_file(path, custom_objects), notes)
+    keras = _tf.keras()
     try:
         model = keras.models.load_model(path, custom_objects=custom_objects, compile=False)
     except Exception as exc:  # Keras raises many unrelated types for bad files
         reason = first_line(exc)
-        custom = _unknown_class(reason)
+        custom = unknown_class(reason)
         if custom:
             raise SourceModelError(f"{path} uses a custom layer {custom!r} that Keras cannot rebuild; "
                                    f"pass custom_objects={{{custom!r}: TheClass}} in the Python API") from None
         raise SourceModelError(f"cannot load Keras model {path}: {reason[:200]} "
-                               "(is the file complete and saved by tf_keras / Keras 2?)") from None
+                               "(is the file complete?)") from None
     if not isinstance(model, keras.Model):
-        raise SourceModelError(f"{path} is a SavedModel but not a Keras model; save it with "
-                               "model.save() from tf_keras")
+        raise SourceModelError(f"{path} is a SavedModel but not a Keras model (Keras 3's model.export() writes "
+                               "those); give the model's .keras or .h5 file instead")
     return model
 
 
-def _unknown_class(reason: str) -> str | None:
+def unknown_class(reason: str) -> str | None:
     """The custom class name in Keras's several ways of saying it does not know one."""
     for pattern in (r"Unknown (?:layer|object)[^'\"]*['\"](\w+)", r"layer=(\w+) of type <class 'str'>",
                     r"Could not locate class '(\w+)'"):
@@ -85,8 +94,8 @@ def _check_file(path: Path) -> None:
 def _clone(model, keras):
     if not isinstance(model, keras.Model):
         raise SourceModelError(
-            f"in-memory model of type {type(model).__module__}.{type(model).__name__} is not a "
-            "tf_keras model; build it with tf_keras (tfmot needs Keras 2) or save it to .h5 first")
+            f"in-memory model of type {type(model).__module__}.{type(model).__name__} is not a Keras "
+            "model; give a tf_keras or Keras 3 model, or save it to .keras first")
     try:
         clone = keras.models.clone_model(model)
     except ValueError as exc:

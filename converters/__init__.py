@@ -5,8 +5,9 @@
     techniques/  prune, cluster (Keras via tfmot), arrays.py (the same on ONNX initializers),
                  channels/, low_rank.py, qat/ (a backend per framework)
     training/    fine-tuning by distillation, one trainer per framework
-    lowering/    onnx2tf.py: ONNX -> tf_keras, offline and quiet
-    targets/     tflite/ (convert, metadata, normalisation), mcu/, android.py
+    lowering/    onnx2tf.py: ONNX -> tf_keras, offline and quiet; onnx_rewrites.py: valid ONNX onnx2tf
+                 mis-converts, rewritten before it; onnx_layouts.py: which inputs/outputs it transposed
+    targets/     tflite/ (convert, metadata, normalisation, flex.py: ops with no builtin), mcu/, android.py
     verify/      fidelity.py, analysis.py (facts read from a written .tflite), report.py
     search/      budget.py (accuracy-budget mode)
     pipeline.py, onnx_pipeline.py: the Keras route and the PyTorch/ONNX route, stage by stage

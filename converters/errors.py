@@ -34,6 +34,10 @@ class ConversionError(SDKError):
     """The model could not be converted or compressed as the recipe asks."""
 
 
+class FidelityError(ConversionError):
+    """The converted model does not reproduce its source (another output shape, or float errors)."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first meaningful line of an exception's message (or its type), for one-line errors.
 

@@ -25,13 +25,17 @@ from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
 from .techniques.arrays import compress_weights, float_precision_weights
 from .data import DataSource, Dataset, InputSpec, random_inputs
-from .errors import ConversionError, DataError, RecipeError, first_line
+from .errors import ConversionError, DataError, FidelityError, RecipeError, first_line
 from .verify.fidelity import Fidelity, compare
 from .files import check_output_path
+from .targets.tflite.flex import FLEX_CONSEQUENCE, flex_nodes, refusal
 from .targets.tflite.metadata import MetadataSpec
 from .lowering.onnx2tf import onnx_to_keras
+from .lowering.onnx_rewrites import rewrite_for_onnx2tf
+from .lowering.onnx_layouts import (channel_last_perm, inputs_in_source_layout, matches_probe, output_layouts,
+                                    outputs_channel_first)
 from .sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_input_shapes, index_inputs,
-                           load_onnx, onnx_weights, run_onnx, set_weights, simplify)
+                           join_runs, load_onnx, onnx_weights, run_once, run_onnx, set_weights, simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
                        export_tflite, quantization_checks, write_result)
 from .verify.layers import fidelity_warnings, quantized_layer_report
@@ -41,12 +45,11 @@ from .verify.analysis import analyse, label_weights
 from .targets.tflite.convert import to_tflite
 
 
+# The float32 .tflite may differ from the source by round-off, not more: 1e-3 of the output scale (the
+# nine architectures of bench/fidelity.py measure <= 5e-7).
+FLOAT_TOLERANCE = 1e-3
 # TensorFlow 2.19's int8/int16x8 calibrator dies with SIGSEGV on onnx2tf's recurrent loops (measured).
 CALIBRATION_CRASHING_OPS = {"LSTM", "GRU", "RNN", "Loop", "Scan"}
-
-
-def channel_last_perm(rank: int) -> tuple[int, ...]:
-    return (0, *range(2, rank), 1)
 
 
 class _Route:
@@ -55,12 +58,22 @@ class _Route:
     def __init__(self, specs: list[TensorSpec], channel_last: list[str], output_names: list[str]):
         self.specs, self.channel_last, self.output_names = specs, set(channel_last), output_names
         self.channel_last_outputs: dict[str, bool] = {}
+        self.output_shapes: dict[str, tuple[int, ...]] = {}  # one run's output shapes in the source
+        self.probe: tuple[dict, dict] = ({}, {})  # one run of the source: its inputs and outputs
 
     def to_tflite_layout(self, name: str, x: np.ndarray) -> np.ndarray:
         return x.transpose(channel_last_perm(x.ndim)) if name in self.channel_last else x
 
-    def reference_in_tflite_layout(self, name: str, y: np.ndarray) -> np.ndarray:
-        return y.transpose(channel_last_perm(y.ndim)) if self.channel_last_outputs.get(name) else y
+    def runs_in_tflite_layout(self, spec: TensorSpec, x: np.ndarray) -> np.ndarray:
+        """Samples as the whole inputs one .tflite run takes, stacked on a new first axis."""
+        return np.stack([self.to_tflite_layout(spec.name, r) for r in spec.runs(x)])
+
+    def reference_in_tflite_layout(self, name: str, y: np.ndarray, run_rank: int) -> np.ndarray:
+        """``y`` as the .tflite gives it; ``run_rank`` is one run's output rank (``y`` may stack runs)."""
+        if not self.channel_last_outputs.get(name):
+            return y
+        perm = channel_last_perm(run_rank)
+        return y.transpose(perm if y.ndim == run_rank else (0, *(1 + p for p in perm)))
 
     def describe(self) -> list[dict[str, Any]]:
         rows = []
@@ -82,10 +95,12 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
                        calib_data: DataSource | None = None, eval_data: DataSource | None = None,
                        force: bool = False, progress: Progress | None = None, verbose: bool = False,
                        metadata: MetadataSpec | None = None,
-                       input_dtypes: Sequence[str] | None = None) -> ConversionResult:
+                       input_dtypes: Sequence[str] | None = None, allow_flex: bool = False) -> ConversionResult:
     """Convert a PyTorch module / TorchScript file / factory, or an ONNX file, to ``output`` (.tflite).
 
     ``input_dtypes`` (PyTorch with ``input_shapes``): each input's dtype, e.g. int64 for token ids.
+    ``allow_flex``: keep ops with no TFLite builtin as Select TF ops (the .tflite then needs the Flex
+    delegate); without it they are refused before the TFLite converter runs.
     """
     from .sources.torch import FACTORY_SPEC, is_torch_source
 
@@ -122,7 +137,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
         timings["load"] = time.perf_counter() - started
         return _convert(torch_source, onnx_model, description, source_files, output, recipe, input_shapes,
                         keep_nchw, finetune_data, calib_data, eval_data, progress, verbose, metadata, work,
-                        log_path, notes, timings, started)
+                        log_path, notes, timings, started, allow_flex)
     except ConversionError as exc:
         log_named_in_error = str(log_path) in str(exc)
         raise
@@ -139,7 +154,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
 
 def _convert(torch_source, onnx_model, description, source_files, output, recipe, input_shapes, keep_nchw,
              finetune_data, calib_data, eval_data, progress, verbose, metadata, work: Path, log_path: Path, notes,
-             timings, started) -> ConversionResult:
+             timings, started, allow_flex: bool = False) -> ConversionResult:
     mark = time.perf_counter()
     fine_tuned_records = original = None
     graph_records: list = []  # passes that rewrite layers: they run on the PyTorch module before export
@@ -178,9 +193,11 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
             (work / "model.onnx").rename(work / "original.onnx")  # model.onnx is what gets converted
             onnx_model, original = export_onnx(torch_source, module, work / "model.onnx"), exported
             timings["torch_onnx_export"] += time.perf_counter() - mark
-    specs = fix_input_shapes(onnx_model, input_shapes)
+    shape_notes: list[str] = []
+    specs = fix_input_shapes(onnx_model, input_shapes, shape_notes)
+    notes += shape_notes
     reference_model = copy.deepcopy(onnx_model) if torch_source is None else None
-    if reference_model is not None and input_shapes is not None:
+    if reference_model is not None and (input_shapes is not None or shape_notes):
         _check_runs(reference_model, specs)
     if torch_source is None:
         inputs = input_specs(specs, onnx_model)
@@ -214,26 +231,34 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     channel_last = [] if keep_nchw else channel_last_inputs(onnx_model, specs)
     keep_first = [s.name for s in specs if 3 <= len(s.shape) <= 5 and s.name not in channel_last]
     route = _Route(specs, channel_last, [o.name for o in onnx_model.graph.output])
+    route.probe = _probe(float_model, specs)
+    route.output_shapes = {name: y.shape for name, y in route.probe[1].items()}
     timings["compress"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     # onnx2tf's accuracy correction looks for transpositions broken by NCHW -> NHWC: needed only with them
     strict = bool(channel_last) or any(node.op_type in CONV_LIKE_OPS for node in onnx_model.graph.node)
-    corrected = _bias_correction(onnx_model, recipe, calib, specs, notes)
-    converted = _onnx2tf(corrected or onnx_model, keep_first, log_path, keep_nchw, route, notes, strict)
-    plain = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes, strict) if corrected else converted
-    float_keras = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes, strict) \
-        if compressed_any else plain
+    float_keras, kept = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes, strict)
+    plain = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes, strict, kept)[0] \
+        if compressed_any else float_keras
+    corrected = _bias_correction(onnx_model, recipe, calib, specs, notes)  # the int8 model's biases only
+    converted = _onnx2tf(corrected, keep_first, log_path, keep_nchw, route, notes, strict, kept)[0] \
+        if corrected is not None else plain
     timings["onnx2tf"] = time.perf_counter() - mark
+    flex = flex_nodes(float_keras, float_model)
+    if flex and not allow_flex:
+        raise refusal(flex)
+    if flex:
+        notes.append(f"Select TF ops kept (--allow-flex): {', '.join(flex)}; {FLEX_CONSEQUENCE}")
 
     mark = time.perf_counter()
     names = [s.name for s in specs]
     float_input = len(inputs) == 1 and not inputs[0].integer
     if calib is None and recipe.quantize.needs_calibration and not float_input:  # random, but valid per input
         calib = Dataset(random_inputs(inputs, recipe.quantize.samples), None, "random valid inputs")
-    calibration = [route.to_tflite_layout(n, x) for n, x in zip(names, calib.columns(names))] \
+    calibration = [route.runs_in_tflite_layout(s, x) for s, x in zip(specs, calib.columns(names))] \
         if calib is not None else None
-    baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"), traced=True)
+    baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"), traced=True, allow_flex=allow_flex)
     all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
     float_reference, search = quantization_checks(
         plain, recipe, baseline_bytes, compressed_any, calib, calibration, [tuple(converted.inputs[0].shape[1:])],
@@ -241,7 +266,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
                                                float_layers, traced=True,
                                                float_bytes=baseline_bytes if converted is float_keras else None,
-                                               precision_search=search)
+                                               allow_flex=allow_flex, precision_search=search)
     same_model = tflite_bytes is baseline_bytes  # a float recipe that changed nothing: verified once
     timings["tflite_convert"] = time.perf_counter() - mark
     notes += export_notes
@@ -255,21 +280,17 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
 
     mark = time.perf_counter()
     inputs = evaluation.columns(names)
-    if torch_source is not None:
-        from .sources.torch import reference_outputs
-
-        references = reference_outputs(torch_source.module, inputs)
-    else:
-        references = run_onnx(reference_model, {s.name: x for s, x in zip(specs, inputs)})
-    tflite_inputs = {s.name: route.to_tflite_layout(s.name, x) for s, x in zip(specs, inputs)}
-    by_output = _fidelity(route, references, tflite_bytes, tflite_inputs, evaluation)
-    float_by_output = by_output if same_model else _fidelity(route, references, baseline_bytes, tflite_inputs,
-                                                             evaluation)
+    references = _references(torch_source, reference_model, specs, inputs)
+    backend = "tensorflow" if flex else "auto"  # only full TensorFlow's interpreter has the Flex delegate
+    by_output = _fidelity(route, references, tflite_bytes, inputs, evaluation, backend)
+    float_by_output = by_output if same_model else _fidelity(route, references, baseline_bytes, inputs,
+                                                             evaluation, backend)
+    _check_float_fidelity(float_by_output)
     reference_weights = final_weights if float_reference is not baseline_bytes else \
         {w.name: w.values for w in onnx_weights(float_model)[0]}  # the reference file holds these weights
     layer_errors = quantized_layer_report(recipe.quantize.mode, tflite_bytes, float_reference,
-                                          tflite_inputs[specs[0].name], evaluation.source, reference_weights) \
-        if len(specs) == 1 else None
+                                          route.runs_in_tflite_layout(specs[0], inputs[0]), evaluation.source,
+                                          reference_weights) if len(specs) == 1 else None
     timings["verify"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
 
@@ -310,13 +331,8 @@ def _bias_correction(onnx_model, recipe: Recipe, calib: Dataset | None, specs: l
 
 def _check_runs(onnx_model, specs: list[TensorSpec]) -> None:
     """An --input-shape the ONNX graph cannot run is the user's input, found before onnx2tf fails on it."""
-    from onnx import helper
-
-    by_name = {i.name: i for i in onnx_model.graph.input}
-    feeds = {s.name: np.zeros(s.shape, helper.tensor_dtype_to_np_dtype(by_name[s.name].type.tensor_type.elem_type))
-             for s in specs}
     try:
-        run_onnx(onnx_model, feeds)
+        run_once(onnx_model, specs)
     except Exception as exc:  # onnxruntime's own error types, raised at load or at run
         shapes = ", ".join(f"{s.name} {s.shape}" for s in specs)
         raise DataError(f"the model cannot run on inputs of shape {shapes} ({first_line(exc, 160)}); check "
@@ -328,7 +344,8 @@ def _check_overrides(recipe: Recipe, torch_source, onnx_model) -> None:
     """Per-layer overrides must name PyTorch modules (or ONNX layers) and their classes or ONNX ops."""
     if not (recipe.layers or recipe.layer_types):
         return
-    types = {"Conv", "Gemm", "MatMul", "Linear", "Conv1d", "Conv2d", "Conv3d"}  # the aliases weights answer to
+    types = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
+             "ConvTranspose2d", "ConvTranspose3d"}  # the aliases weights answer to
     if torch_source is not None:
         from .sources.torch import torch_weights
 
@@ -361,7 +378,7 @@ def input_specs(specs: list[TensorSpec], onnx_model) -> list[InputSpec]:
     """What data must fit: each input's per-sample shape and dtype, and for token ids the vocabulary size
     (rows of the embedding table the graph indexes with them)."""
     indexed = index_inputs(onnx_model)
-    return [InputSpec(s.name, tuple(s.shape[1:]), s.dtype, indexed.get(s.name),
+    return [InputSpec(s.name, tuple(s.sample_shape), s.dtype, indexed.get(s.name),
                       s.name in indexed and indexed[s.name] is None) for s in specs]
 
 
@@ -400,47 +417,127 @@ def _finetune(torch_source, module, recipe: Recipe, tune: Dataset, verbose: bool
     return student.eval(), records, [w.name for w in weights]
 
 
-def _onnx2tf(onnx_model, keep_first, log_path, keep_nchw: bool, route: _Route, notes: list[str], strict: bool):
-    result = onnx_to_keras(onnx_model, keep_first, log_path, strict)
-    if result.blocked_connections:
-        notes.append(f"onnx2tf tried to open {result.blocked_connections} network connection(s); all were "
-                     "refused")
-    model = result.model
-    if keep_nchw:
-        model = _outputs_channel_first(model, result.channel_last_outputs, route.output_names)
-    else:
-        route.channel_last_outputs = result.channel_last_outputs
-    return model
+def _onnx2tf(onnx_model, keep_first: list[str], log_path: Path, keep_nchw: bool, route: _Route,
+             notes: list[str], strict: bool, decided: list[str] | None = None):
+    """onnx2tf's Keras model in the route's layouts, and the inputs onnx2tf kept channel-first.
 
-
-def _outputs_channel_first(model, channel_last: dict[str, bool], names: list[str]):
-    """--keep-nchw: transpose onnx2tf's channel-last outputs back to the source layout."""
-    from . import _tf
-
-    keras = _tf.keras()
-    if not any(channel_last.get(n) for n in names):
-        return model
-    outputs = []
-    for name, tensor in zip(names, model.outputs):
-        for layer in model.layers:  # free the name for the layer that now produces the output
-            if layer.name == name:
-                layer._name = f"{name}_channels_last"
-        if channel_last.get(name) and 3 <= len(tensor.shape) <= 5:
-            rank = len(tensor.shape)
-            tensor = keras.layers.Permute((rank - 1, *range(1, rank - 1)), name=name)(tensor)
+    Non-image inputs of rank 3-5 are first kept channel-first; where onnx2tf then fails or its model
+    does not reproduce the source on the probe run (it transposes the graph's constants as if the input
+    were channel-last), onnx2tf's own layout is used, behind a transpose that keeps the source layout
+    at the .tflite's input.  ``decided`` (a previous call's answer) skips the choice.
+    """
+    onnx_model, rewrites = rewrite_for_onnx2tf(onnx_model)
+    notes += [n for n in rewrites if n not in notes]
+    attempts = [decided] if decided is not None else [keep_first, []] if keep_first else [[]]
+    first_error = None
+    for keep in attempts:
+        try:
+            result = onnx_to_keras(onnx_model, keep, log_path, strict)
+        except ConversionError as exc:
+            first_error = first_error or exc
+            continue
+        if result.blocked_connections:
+            notes.append(f"onnx2tf tried to open {result.blocked_connections} network connection(s); all were "
+                         "refused")
+        model = inputs_in_source_layout(result.model, route.specs, [n for n in keep_first if n not in keep])
+        layouts = output_layouts(model, result.channel_last_outputs, route)
+        if keep is not attempts[-1] and not matches_probe(model, layouts, route, FLOAT_TOLERANCE):
+            continue
+        if keep_nchw or not route.channel_last:  # outputs are channel-last only in a channel-last (image) model
+            model = outputs_channel_first(model, layouts, route.output_names)
         else:
-            tensor = keras.layers.Identity(name=name)(tensor)
-        outputs.append(tensor)
-    return keras.Model(model.inputs, outputs)
+            model = outputs_channel_first(model, {}, route.output_names)  # only names them
+            route.channel_last_outputs = layouts
+        if keep != keep_first:
+            note = (f"input(s) {', '.join(n for n in keep_first if n not in keep)} converted in onnx2tf's channel-"
+                    "last layout behind a transpose (kept channel-first, onnx2tf's model did not reproduce the "
+                    "source); the .tflite takes them as the source does")
+            notes += [note] if note not in notes else []
+        return model, keep
+    raise first_error
 
 
-def _fidelity(route: _Route, references: list[np.ndarray], tflite_bytes: bytes, inputs: dict[str, np.ndarray],
-              evaluation: Dataset) -> dict[str, Fidelity]:
+
+
+def _probe(onnx_model, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One run of the source on random inputs (source layout): its inputs and outputs, whose shapes
+    static shape inference may miss.  Empty when onnxruntime cannot run the graph (a custom op): onnx2tf's
+    own check then names the op, and layouts follow onnx2tf's flags."""
+    rng = np.random.default_rng(7)
+    feeds = {s.name: rng.random(s.shape).astype(s.dtype) if np.issubdtype(np.dtype(s.dtype), np.floating)
+             else np.zeros(s.shape, s.dtype) for s in specs}
+    try:
+        outputs = run_once(onnx_model, specs, feeds)
+    except Exception:  # noqa: BLE001 - onnxruntime's own error types, raised at load or at run
+        return {}, {}
+    return feeds, {o.name: y for o, y in zip(onnx_model.graph.output, outputs)}
+
+
+
+
+def _references(torch_source, reference_model, specs: list[TensorSpec], inputs: list[np.ndarray]
+                ) -> list[np.ndarray]:
+    """The source's outputs on ``inputs``, run at the shapes the graph was exported with."""
+    if torch_source is None:
+        return run_onnx(reference_model, {s.name: x for s, x in zip(specs, inputs)}, specs)
+    from .sources.torch import _as_tuple, reference_outputs, run_module
+
+    if all(s.batch == 1 for s in specs):  # batch-1 exports take any batch in PyTorch: batched, fast
+        return reference_outputs(torch_source.module, inputs)
+    import torch
+
+    runs = [s.runs(x) for s, x in zip(specs, inputs)]
+    outputs = [[o.detach().numpy() for o in _as_tuple(run_module(
+        torch_source.module, tuple(torch.from_numpy(np.ascontiguousarray(r[i])) for r in runs)))]
+        for i in range(len(runs[0]))]
+    return join_runs(specs, outputs, len(inputs[0]))
+
+
+
+
+def _check_float_fidelity(by_output: dict[str, Fidelity]) -> None:
+    """The float32 .tflite must reproduce the source: another output shape, or errors beyond float32
+    round-off, mean the conversion is wrong, whatever the recipe."""
+    for name, fid in by_output.items():
+        if fid.mismatch:
+            raise FidelityError(f"the converted model does not reproduce the source: output {name!r} has "
+                                f"{fid.mismatch}; nothing written (convert with --keep-intermediates to inspect)")
+        tolerance = FLOAT_TOLERANCE * fid.output_scale + 1e-5
+        if not fid.max_abs_error <= tolerance:
+            raise FidelityError(f"the converted model does not reproduce the source: output {name!r} float32 "
+                                f"max abs error {fid.max_abs_error:.3g} > {tolerance:.3g} "
+                                f"({FLOAT_TOLERANCE:g} of the output scale {fid.output_scale:.3g}), cosine "
+                                f"{fid.cosine:.6f} on {fid.samples} samples ({fid.data}); nothing written "
+                                "(try --keep-nchw, or convert with --keep-intermediates to inspect)")
+
+
+
+
+def _fidelity(route: _Route, references: list[np.ndarray], tflite_bytes: bytes, inputs: list[np.ndarray],
+              evaluation: Dataset, backend: str = "auto") -> dict[str, Fidelity]:
+    """Each output of the .tflite, run at its fixed input shapes, against the source's."""
     from device_runtime import Model
 
-    got = Model(tflite_bytes).run(inputs)
-    return {name: compare(route.reference_in_tflite_layout(name, ref), got[name], evaluation.y, evaluation.source)
-            for name, ref in zip(route.output_names, references)}
+    model = Model(tflite_bytes, backend=backend)
+    runs = [[route.to_tflite_layout(s.name, r) for r in s.runs(x)] for s, x in zip(route.specs, inputs)]
+    per_run = [model.run({s.name: r[i] for s, r in zip(route.specs, runs)}) for i in range(len(runs[0]))]
+    present = [name for name in route.output_names if name in per_run[0]]
+    outputs = join_runs(route.specs, [[run[name] for name in present] for run in per_run], len(inputs[0])) \
+        if present else []
+    got = dict(zip(present, outputs))
+    labels, data_name = evaluation.y, evaluation.source
+    by_output = {}
+    for name, ref in zip(route.output_names, references):
+        if name not in got:  # onnx2tf dropped it (e.g. BatchNormalization's training-mode statistics)
+            nan = float("nan")
+            by_output[name] = Fidelity(len(ref), data_name, nan, nan, float(np.abs(ref).max(initial=0.0)), nan, None,
+                                       None, None, f"no such output in the .tflite (it has {sorted(per_run[0])})")
+            continue
+        by_output[name] = compare(route.reference_in_tflite_layout(name, ref, per_run[0][name].ndim), got[name],
+                                  labels if labels is not None and len(labels) == len(ref) else None, data_name)
+    return by_output
+
+
 
 
 def _source_hash(files: list[Path], torch_source) -> str:

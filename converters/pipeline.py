@@ -339,7 +339,7 @@ def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: 
 
 def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progress,
                   float_layers: Sequence[str] | Mapping[str, np.ndarray] = (),
-                  traced: bool = False, float_bytes: bytes | None = None,
+                  traced: bool = False, float_bytes: bytes | None = None, allow_flex: bool = False,
                   precision_search=None) -> tuple[bytes, list[str]]:
     """Convert, choosing per-channel scales and TFLite's sparse format by what they measure.
 
@@ -356,7 +356,8 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
             notes.append("per-tensor weight scales: every weight layer is clustered, and one scale "
                          "per tensor keeps its shared values shared (per_channel: auto)")
     convert = functools.partial(to_tflite, model, recipe.quantize, calibration, per_channel=per_channel,
-                                progress=progress, float_layers=float_layers, traced=traced)
+                                progress=progress, float_layers=float_layers, traced=traced,
+                                allow_flex=allow_flex)
     if float_layers:
         notes.append(f"mixed precision: layer(s) {', '.join(float_layers)} kept in float32, the rest int8")
     reuse = float_bytes is not None and recipe.quantize.mode == "none" and not float_layers

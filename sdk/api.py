@@ -20,14 +20,17 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
             custom_objects: dict | None = None, metadata=None, example_input: Any = None,
             input_shapes: Sequence[Sequence[int]] | None = None, weights: str | os.PathLike | None = None,
             keep_nchw: bool = False, keep_intermediates: bool = False,
-            input_dtypes: Sequence[str] | None = None):
+            input_dtypes: Sequence[str] | None = None, allow_flex: bool = False):
     """Compress ``source`` as ``recipe`` says and write ``output`` (.tflite) plus a report JSON.
 
     ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory Keras 3 or tf_keras model; or a
     PyTorch ``nn.Module`` (with ``example_input``, a tensor or tuple, or ``input_shapes``), a
     TorchScript file, ``"package.module:factory"`` (with ``weights``, a state-dict file), or a
     ``.onnx`` file.  PyTorch/ONNX inputs that feed convolutions become channels-last (NHWC) in
-    the .tflite unless ``keep_nchw``; data is always given in the source's layout.
+    the .tflite unless ``keep_nchw``; data is always given in the source's layout.  Any input rank and
+    batch is kept as exported; ``input_shapes`` fixes dynamic dimensions (otherwise 1).
+    ``allow_flex`` (PyTorch/ONNX): keep ops with no TFLite builtin as Select TF ops; the .tflite then
+    needs the Flex delegate (full TensorFlow's interpreter; not ai-edge-litert or tflite-runtime).
     ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
     Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array; a model with several
     or integer inputs (token ids, masks) takes a .npz or dict with one array per input name (and y).
@@ -50,10 +53,10 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
                                   weights=weights, keep_nchw=keep_nchw, keep_intermediates=keep_intermediates,
                                   finetune_data=finetune_data, calib_data=calib_data, eval_data=eval_data,
                                   force=force, progress=progress, verbose=verbose, metadata=metadata,
-                                  input_dtypes=input_dtypes)
+                                  input_dtypes=input_dtypes, allow_flex=allow_flex)
     _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
                                    "input_dtypes": input_dtypes, "weights": weights, "keep_nchw": keep_nchw,
-                                   "keep_intermediates": keep_intermediates})
+                                   "keep_intermediates": keep_intermediates, "allow_flex": allow_flex})
     return convert_keras(source, output, recipe, finetune_data=finetune_data, calib_data=calib_data,
                          eval_data=eval_data, force=force, progress=progress, verbose=verbose,
                          custom_objects=custom_objects, metadata=metadata)

@@ -103,6 +103,8 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--weights", type=click.Path(), help="PyTorch state dict for a package.module:factory source.")
 @click.option("--keep-nchw", is_flag=True, help="PyTorch/ONNX: keep channels-first inputs and outputs.")
 @click.option("--keep-intermediates", is_flag=True, help="PyTorch/ONNX: keep the temporary ONNX and logs.")
+@click.option("--allow-flex", is_flag=True, help="PyTorch/ONNX: keep ops with no TFLite builtin as Select TF ops "
+              "(the .tflite then needs the Flex delegate: full TensorFlow, not ai-edge-litert/tflite-runtime).")
 @click.option("--max-drop", type=float, help="Accuracy-budget mode: choose per-layer settings within this many "
               "points of the source (needs --finetune and --eval; Keras).")
 @click.option("--optimize", type=click.Choice(["size", "latency"]), default="size", show_default=True,
@@ -117,8 +119,8 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
             samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
-            model_version, mean, std, input_shapes, input_dtypes, weights, keep_nchw, keep_intermediates, max_drop,
-            optimize, min_cosine, min_agreement, plot_path, force, as_json, debug):
+            model_version, mean, std, input_shapes, input_dtypes, weights, keep_nchw, keep_intermediates, allow_flex,
+            max_drop, optimize, min_cosine, min_agreement, plot_path, force, as_json, debug):
     """Compress and convert SOURCE to a verified .tflite.
 
     SOURCE: .keras, .h5, SavedModel folder, .onnx, TorchScript .pt, or package.module:factory.
@@ -166,7 +168,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             metadata.validate()
         torch_onnx = dict(input_shapes=_parse_shapes(input_shapes), input_dtypes=list(input_dtypes) or None,
                           weights=weights, keep_nchw=keep_nchw,
-                          keep_intermediates=keep_intermediates)
+                          keep_intermediates=keep_intermediates, allow_flex=allow_flex)
         budget = None
         if max_drop is not None:
             from sdk.api import convert_within_budget

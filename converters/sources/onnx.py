@@ -32,9 +32,50 @@ INDEX_OPS = {"Gather": 1, "GatherElements": 1, "GatherND": 1, "ScatterND": 1, "S
 
 @dataclass
 class TensorSpec:
+    """One graph input as the .tflite will take it: its name, fixed shape (source layout) and dtype.
+
+    An input of rank >= 2 has a leading batch axis of size ``shape[0]`` (1, 4, 8...): data gives
+    samples of ``sample_shape`` and ``shape[0]`` of them fill one run.  An input of rank 0 or 1 has
+    no batch axis: one data sample is one whole input.
+    """
+
     name: str
     shape: tuple[int, ...]  # in the source layout, batch included
     dtype: np.dtype = np.dtype(np.float32)
+
+    @property
+    def batch(self) -> int | None:
+        return self.shape[0] if len(self.shape) >= 2 else None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.shape[1:] if len(self.shape) >= 2 else self.shape
+
+    def runs(self, x: np.ndarray) -> list[np.ndarray]:
+        """``x`` (samples stacked on axis 0) as whole inputs, one per run; the last batch is filled by
+        wrapping around to the first samples, so every sample is used and no run is short."""
+        x = x.astype(self.dtype, copy=False)
+        if self.batch is None:
+            return list(x)
+        count = -(-len(x) // self.batch)
+        x = np.take(x, np.arange(count * self.batch), axis=0, mode="wrap")
+        return [x[i * self.batch:(i + 1) * self.batch] for i in range(count)]
+
+
+def join_runs(specs: list[TensorSpec], outputs: list[list[np.ndarray]], samples: int) -> list[np.ndarray]:
+    """Per-run outputs as one array per output: concatenated along the batch when every input of rank
+    >= 2 shares batch B and the output's leading axis is B (trimmed to ``samples`` rows), else stacked
+    one run per row."""
+    batches = {s.batch for s in specs}
+    batch = batches.pop() if len(batches) == 1 else None
+    joined = []
+    for j in range(len(outputs[0])):
+        parts = [np.asarray(run[j]) for run in outputs]
+        if batch is not None and parts[0].ndim >= 1 and all(p.shape[:1] == (batch,) for p in parts):
+            joined.append(np.concatenate(parts)[:samples])
+        else:
+            joined.append(np.stack(parts))
+    return joined
 
 
 def load_onnx(path: str | os.PathLike):
@@ -71,31 +112,32 @@ def graph_inputs(model) -> list:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
-def fix_input_shapes(model, shapes: Sequence[Sequence[int]] | None) -> list[TensorSpec]:
-    """Give every input a static shape (``shapes`` overrides; a free batch dimension becomes 1)."""
+def fix_input_shapes(model, shapes: Sequence[Sequence[int]] | None, notes: list[str] | None = None
+                     ) -> list[TensorSpec]:
+    """Give every input a static shape: ``shapes`` overrides, a dynamic dimension becomes 1 (said in
+    ``notes``).  Any rank and any batch is kept as it is."""
     inputs = graph_inputs(model)
     if shapes is not None and len(shapes) != len(inputs):
         raise DataError(f"--input-shape given {len(shapes)} time(s) but the model has {len(inputs)} "
                         f"input(s): {', '.join(i.name for i in inputs)}")
     specs = []
     for index, graph_input in enumerate(inputs):
-        dims = graph_input.type.tensor_type.shape.dim
+        tensor_type = graph_input.type.tensor_type
+        dims = tensor_type.shape.dim
         if shapes is not None:
             shape = tuple(int(d) for d in shapes[index])
-        else:
-            shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
-            if shape and shape[0] == -1:
-                shape = (1, *shape[1:])
             if any(d <= 0 for d in shape):
-                shown = ",".join("?" if d <= 0 else str(d) for d in shape)
-                raise DataError(f"input {graph_input.name!r} has dynamic shape ({shown}); give it a fixed "
-                                f"shape with --input-shape, e.g. --input-shape "
-                                f"{','.join('1' if d <= 0 else str(d) for d in shape)}")
-        if any(d <= 0 for d in shape):
-            raise DataError(f"--input-shape for {graph_input.name!r} must be positive integers; got {shape}")
-        if len(shape) >= 2 and shape[0] != 1:
-            raise DataError(f"input {graph_input.name!r}: the batch dimension must be 1 (the device runtime "
-                            f"runs larger batches); got shape {shape}")
+                raise DataError(f"--input-shape for {graph_input.name!r} must be positive integers; got {shape}")
+        else:
+            shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims)
+            if -1 in shape:
+                fixed = tuple(1 if d == -1 else d for d in shape)
+                if notes is not None:
+                    shown = ",".join("?" if d == -1 else str(d) for d in shape)
+                    notes.append(f"input {graph_input.name!r} has dynamic shape ({shown}); converted with "
+                                 f"{','.join(map(str, fixed))} (each dynamic dimension 1): give --input-shape "
+                                 "to choose")
+                shape = fixed
         del dims[:]
         for d in shape:
             dims.add().dim_value = d
@@ -180,7 +222,7 @@ def layer_name(node_name: str) -> str:
 
 
 def onnx_weights(model) -> tuple[list[WeightArray], dict[str, str]]:
-    """The Conv/Gemm/MatMul weight initializers, and which initializer each layer name reads."""
+    """The Conv/ConvTranspose/Gemm/MatMul weight initializers, and which initializer each layer name reads."""
     from onnx import numpy_helper
 
     initializers = {init.name: init for init in model.graph.initializer}
@@ -194,6 +236,8 @@ def onnx_weights(model) -> tuple[list[WeightArray], dict[str, str]]:
         attrs = {a.name: a for a in node.attribute}
         if node.op_type == "Conv" and values.ndim >= 3:
             axes, types = (1, 0), ("Conv", f"Conv{values.ndim - 2}d")
+        elif node.op_type == "ConvTranspose" and values.ndim >= 3:  # (C_in, C_out / group, k...)
+            axes, types = (0, 1), ("ConvTranspose", f"ConvTranspose{values.ndim - 2}d")
         elif node.op_type == "Gemm" and values.ndim == 2:
             trans_b = "transB" in attrs and attrs["transB"].i == 1
             axes, types = ((1, 0) if trans_b else (0, 1)), ("Gemm", "Linear")
@@ -245,16 +289,28 @@ def channel_last_inputs(model, specs: list[TensorSpec]) -> list[str]:
     return chosen
 
 
-def run_onnx(model, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Reference outputs from onnxruntime, one sample at a time (the graph has a fixed batch of 1)."""
+def _session(model):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ConversionError(f"onnxruntime cannot run the source model: {first_line(exc)}") from None
-    count = len(next(iter(inputs.values())))
-    results = [session.run(None, {k: v[i:i + 1] for k, v in inputs.items()}) for i in range(count)]
-    return [np.concatenate([r[j] for r in results]) for j in range(len(results[0]))]
+
+
+def run_once(model, specs: list[TensorSpec], feeds: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """The outputs of one run on ``feeds`` (default zeros) at the specs' shapes (onnxruntime's errors
+    propagate)."""
+    return _session(model).run(None, feeds or {s.name: np.zeros(s.shape, s.dtype) for s in specs})
+
+
+def run_onnx(model, inputs: dict[str, np.ndarray], specs: list[TensorSpec] | None = None) -> list[np.ndarray]:
+    """Reference outputs from onnxruntime on samples stacked on axis 0, run as the graph's fixed
+    shapes take them (``specs``; by default every input has batch 1), joined as ``join_runs`` does."""
+    session = _session(model)
+    specs = specs or [TensorSpec(name, (1, *x.shape[1:]), x.dtype) for name, x in inputs.items()]
+    runs = [spec.runs(inputs[spec.name]) for spec in specs]
+    results = [session.run(None, {s.name: r[i] for s, r in zip(specs, runs)}) for i in range(len(runs[0]))]
+    return join_runs(specs, results, len(next(iter(inputs.values()))))

@@ -20,6 +20,7 @@ class Fidelity:
     top1_agreement: float | None  # percent; for outputs with a class axis
     accuracy_source: float | None  # percent; when labels are given
     accuracy_tflite: float | None
+    mismatch: str | None = None  # the .tflite's output cannot be compared: its shape differs from the source's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,6 +34,13 @@ def run_tflite(data: bytes, x: np.ndarray) -> np.ndarray:
 
 def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None,
             data_name: str) -> Fidelity:
+    """Errors of ``candidate`` against ``reference`` (samples on axis 0); a shape that differs is recorded
+    as a ``mismatch`` with NaN errors, never compared by broadcasting."""
+    if candidate.shape != reference.shape:
+        nan = float("nan")
+        return Fidelity(len(reference), data_name, nan, nan, float(np.abs(reference).max(initial=0.0)), nan,
+                        None, None, None, f"output shape {tuple(candidate.shape[1:])} where the source gives "
+                        f"{tuple(reference.shape[1:])}")
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     got = candidate.reshape(len(candidate), -1).astype(np.float64)
     diff = np.abs(ref - got)
@@ -46,5 +54,5 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | N
     if classifier and labels is not None:
         acc_ref = float((ref.argmax(1) == labels).mean() * 100)
         acc_got = float((got.argmax(1) == labels).mean() * 100)
-    return Fidelity(len(ref), data_name, float(diff.max()), float(diff.mean()), float(np.abs(ref).max()),
+    return Fidelity(len(ref), data_name, float(diff.max()), float(diff.mean()), float(np.abs(ref).max(initial=0.0)),
                     float(cos.mean()), top1, acc_ref, acc_got)

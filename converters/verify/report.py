@@ -131,6 +131,8 @@ def render_ops(stats: ModelStats) -> str:
 def render_fidelity(title: str, fid: Fidelity | None) -> list[str]:
     if fid is None:
         return [f"{title}: not measured"]
+    if fid.mismatch:
+        return [f"{title}: MISMATCH, {fid.mismatch}"]
     line = (f"{title} ({fid.samples} samples, {fid.data}): max abs error {fid.max_abs_error:.3g} "
             f"(output scale {fid.output_scale:.3g}), cosine {fid.cosine:.6f}")
     if fid.top1_agreement is not None:

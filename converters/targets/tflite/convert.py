@@ -21,20 +21,21 @@ Progress = Callable[[str, int, int], None]
 
 def representative_samples(calibration: np.ndarray | list[np.ndarray] | None, settings: QuantizeSettings,
                            input_shapes: list[tuple], seed: int = 0) -> list[np.ndarray]:
-    """The calibration inputs, one array per model input: the user's data, or random ones only when
-    explicitly allowed."""
+    """The calibration inputs, one array per model input: the user's data (samples of a batch-1 input, or
+    whole inputs stacked on a new first axis), or random ones only when explicitly allowed."""
     if calibration is not None:
         arrays = calibration if isinstance(calibration, list) else [calibration]
         return [x[:settings.samples] for x in arrays]
     if not settings.allow_random_calibration:
         raise ConversionError("int8/int16x8 needs calibration data (--calib DATA)")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # whole inputs (a free batch is 1), stacked on a new first axis
     return [rng.random((settings.samples, *(d or 1 for d in shape)), dtype=np.float32) for shape in input_shapes]
 
 
 def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[np.ndarray] | None = None,
               sparse: bool = False, per_channel: bool = True, progress: Progress | None = None,
-              float_layers: Sequence[str] | Mapping[str, np.ndarray] = (), traced: bool = False) -> bytes:
+              float_layers: Sequence[str] | Mapping[str, np.ndarray] = (), traced: bool = False,
+              allow_flex: bool = False) -> bytes:
     """Convert ``model``; ``calibration`` feeds int8/int16x8 activation ranges.
 
     ``float_layers`` (int8 only) keeps those layers' ops in float32 while the rest is
@@ -44,6 +45,8 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
     not carry the source layer (onnx2tf's).
 
     ``calibration`` holds one array per model input (or one array for a single input).
+    ``allow_flex`` lets ops with no TFLite builtin through as Select TF ops (Flex); without it such an op
+    is refused in one line.
     ``per_channel=False`` gives one scale per weight tensor, which keeps k-means
     weight sharing intact in the file (per-channel scales map each shared value
     to a different integer in every channel).
@@ -60,17 +63,22 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
     if settings.mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if settings.needs_calibration:
-        samples = representative_samples(calibration, settings, [tuple(i.shape[1:]) for i in model.inputs])
+        samples = representative_samples(calibration, settings, [tuple(i.shape) for i in model.inputs])
         count = min(len(x) for x in samples)
         names = list(model.input_names)
+        ranks = [len(i.shape) for i in model.inputs]
+
+        def one_run(x: np.ndarray, rank: int, i: int) -> np.ndarray:
+            # Samples of a batch-1 input, or whole inputs stacked on a new axis (any batch, any rank).
+            return x[i] if x.ndim == rank + 1 else x[i:i + 1]
 
         def representative_dataset():
             for i in range(count):
                 if progress:
                     progress("calibrate", i + 1, count)
                 # By name: the converter's input order need not be the model's.
-                yield [samples[0][i:i + 1]] if len(samples) == 1 else \
-                    {name: x[i:i + 1] for name, x in zip(names, samples)}
+                yield [one_run(samples[0], ranks[0], i)] if len(samples) == 1 else \
+                    {name: one_run(x, rank, i) for name, x, rank in zip(names, samples, ranks)}
 
         converter.representative_dataset = representative_dataset
         if (float_layers or settings.activation_range == "percentile") and settings.mode == "int8":
@@ -85,9 +93,17 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     if settings.mode != "none" and not per_channel:
         converter._experimental_disable_per_channel = True  # the converter's only switch for it
+    if allow_flex:
+        converter.target_spec.supported_ops = [*(converter.target_spec.supported_ops or
+                                                 [tf.lite.OpsSet.TFLITE_BUILTINS]), tf.lite.OpsSet.SELECT_TF_OPS]
     try:
         return bytes(converter.convert())
     except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError...
+        from .flex import refusal, select_ops_named
+
+        flex = select_ops_named(str(exc))
+        if flex:
+            raise refusal([f"tf.{op}" for op in sorted(flex)]) from None
         raise ConversionError(f"TFLite conversion ({settings.mode}) failed: {first_line(exc)}") from None
 
 

@@ -260,8 +260,9 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         if calib is not None else None
     baseline_bytes = to_tflite(float_keras, QuantizeSettings(mode="none"), traced=True, allow_flex=allow_flex)
     all_clustered = bool(weight_names) and set(weight_names) <= set(records["cluster"].layers)
+    samples = [_one_per_run(c, s) for c, s in zip(calibration, specs)] if calibration else None
     float_reference, search = quantization_checks(
-        plain, recipe, baseline_bytes, compressed_any, calib, calibration, [tuple(converted.inputs[0].shape[1:])],
+        plain, recipe, baseline_bytes, compressed_any, calib, samples, [tuple(converted.inputs[0].shape[1:])],
         {name: values for name, values in final_weights.items() if name not in float_layers}, traced=True)
     tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
                                                float_layers, traced=True,
@@ -289,7 +290,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     reference_weights = final_weights if float_reference is not baseline_bytes else \
         {w.name: w.values for w in onnx_weights(float_model)[0]}  # the reference file holds these weights
     layer_errors = quantized_layer_report(recipe.quantize.mode, tflite_bytes, float_reference,
-                                          route.runs_in_tflite_layout(specs[0], inputs[0]), evaluation.source,
+                                          _one_per_run(route.runs_in_tflite_layout(specs[0], inputs[0]), specs[0]),
+                                          evaluation.source,
                                           reference_weights) if len(specs) == 1 else None
     timings["verify"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
@@ -309,6 +311,12 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         layer_errors=layer_errors, mixed_precision=search.record if search else None,
         warnings=fidelity_warnings(by_output[first].cosine, by_output[first].top1_agreement, layer_errors))
     return write_result(output, tflite_bytes, report)
+
+
+def _one_per_run(runs: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Runs stacked on a new first axis (``_Route.runs_in_tflite_layout``) as samples of one run each: the
+    per-layer report and the mixed-precision search feed the .tflite one sample at a time."""
+    return runs.reshape(-1, *runs.shape[2:]) if spec.batch is not None else runs
 
 
 def _bias_correction(onnx_model, recipe: Recipe, calib: Dataset | None, specs: list, notes: list[str]):

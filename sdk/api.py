@@ -69,7 +69,8 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
                           progress: Callable[[str, int, int], None] | None = None, verbose: bool = False,
                           example_input: Any = None, input_shapes: Sequence[Sequence[int]] | None = None,
                           weights: str | os.PathLike | None = None, keep_nchw: bool = False,
-                          keep_intermediates: bool = False):
+                          keep_intermediates: bool = False, input_dtypes: Sequence[str] | None = None,
+                          allow_flex: bool = False):
     """Accuracy-budget mode: the smallest per-layer recipe whose measured drop on ``eval_data`` is within
     ``max_drop`` points (Keras and PyTorch sources; PyTorch takes ``example_input``/``input_shapes``,
     ``weights`` and ``keep_nchw`` as in ``convert``).  ``recipe`` supplies the shared settings (quantization,
@@ -82,7 +83,8 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
     recipe = _recipe(recipe)
     torch_options = _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
                                                    "weights": weights, "keep_nchw": keep_nchw,
-                                                   "keep_intermediates": keep_intermediates})
+                                                   "keep_intermediates": keep_intermediates,
+                                                   "input_dtypes": input_dtypes, "allow_flex": allow_flex})
     return run_budget(source, output, max_drop=max_drop, optimize=optimize, finetune_data=finetune_data,
                       calib_data=calib_data, eval_data=eval_data, recipe=recipe, force=force, progress=progress,
                       verbose=verbose, metadata=metadata, source_options=torch_options)

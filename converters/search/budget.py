@@ -327,7 +327,7 @@ def _subject(source: Any, framework: str, options: dict[str, Any]) -> tuple[Any,
         from ..sources.torch import load_torch_source
 
         torch_source = load_torch_source(source, options.get("example_input"), options.get("input_shapes"),
-                                         options.get("weights"))
+                                         options.get("weights"), options.get("input_dtypes"))
         return TorchSubject(torch_source.module, torch_source.example_inputs), \
             functools.partial(convert_onnx_route, source, **options)
     from ..pipeline import convert_keras

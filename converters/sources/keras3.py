@@ -53,8 +53,8 @@ def file_keras_version(path: Path) -> str | None:
         with h5py.File(path, "r") as f:
             version = f.attrs.get("keras_version")
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise SourceModelError(f"cannot read the Keras metadata of {path}: {first_line(exc)} "
-                               "(is the file complete?)") from None
+        raise SourceModelError(f"cannot load Keras model {path}: its Keras metadata is unreadable "
+                               f"({first_line(exc)}); is the file complete?") from None
     if isinstance(version, bytes):
         version = version.decode("utf-8", "replace")
     return str(version) if version is not None else None

@@ -85,6 +85,10 @@ def export_android(model_path: str | os.PathLike, project_dir: str | os.PathLike
     image = _image_input(inputs, info, mean, std, task)
     names = _labels(labels, info)
     notes = []
+    if task == "image_classifier":
+        roles, detection = _classifier_outputs(outputs, names), None
+    else:
+        roles, detection = _detector_outputs(outputs, names, info, has_objectness, score_threshold, iou_threshold)
     if (info is None or info.mean is None) and mean is None:
         if task == "image_classifier":  # as Model.classify: a guessed normalisation fails silently on a phone
             raise UserInputError("the model's metadata gives no input normalisation, so the app would have to "
@@ -92,10 +96,6 @@ def export_android(model_path: str | os.PathLike, project_dir: str | os.PathLike
                                  "[0, 1] inputs), or embed them with `sdk metadata add MODEL -o OUT --mean M --std S`")
         notes.append(f"no normalisation in the model's metadata: the app uses mean {list(image.mean)}, "
                      f"std {list(image.std)} (pass --mean/--std if the model expects otherwise)")
-    if task == "image_classifier":
-        roles, detection = _classifier_outputs(outputs, names), None
-    else:
-        roles, detection = _detector_outputs(outputs, names, info, has_objectness, score_threshold, iou_threshold)
     data = Path(model_path).read_bytes()
     card = {
         "format": CARD_FORMAT, "format_version": CARD_VERSION, "task": task,

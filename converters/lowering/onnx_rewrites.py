@@ -122,10 +122,7 @@ def _layer_norms_as_primitives(model) -> int:
                        helper.make_node("Mul", [normalized, params[0]], [scaled], name=f"{base}_scale")]
         if scaled != outputs[0]:
             replacement.append(helper.make_node("Add", [scaled, params[1]], [outputs[0]], name=f"{base}_bias"))
-        position = list(model.graph.node).index(node)
-        model.graph.node.remove(node)
-        for offset, new in enumerate(replacement):
-            model.graph.node.insert(position + offset, new)
+        _replace_node(model, node, replacement)
         count += 1
     return count
 
@@ -152,10 +149,7 @@ def _exact_gelus(model) -> int:
                        helper.make_node("Add", [t[1], f"{base}_one"], [t[2]], name=f"{base}_add"),
                        helper.make_node("Mul", [x, t[2]], [t[3]], name=f"{base}_mul"),
                        helper.make_node("Mul", [t[3], f"{base}_half"], [y], name=f"{base}_half_mul")]
-        position = list(model.graph.node).index(node)
-        model.graph.node.remove(node)
-        for offset, new in enumerate(replacement):
-            model.graph.node.insert(position + offset, new)
+        _replace_node(model, node, replacement)
         count += 1
     return count
 
@@ -348,10 +342,7 @@ def _resize_as_matmuls(model, wanted) -> list[str]:
             helper.make_node("MatMul", [t[4], f"{base}_ah"], [t[5]], name=f"{base}_mh"),
             helper.make_node("Reshape", [t[5], f"{base}_s4"], [t[6]], name=f"{base}_r4"),
             helper.make_node("Transpose", [t[6]], [node.output[0]], perm=[0, 1, 3, 2], name=f"{base}_t2")]
-        position = list(model.graph.node).index(node)
-        model.graph.node.remove(node)
-        for offset, new in enumerate(replacement):
-            model.graph.node.insert(position + offset, new)
+        _replace_node(model, node, replacement)
         rewritten.append(node.name or node.output[0])
     return rewritten
 
@@ -434,3 +425,11 @@ def _explicit_splits(model) -> int:
         node.attribute.extend(kept)
         count += 1
     return count
+
+
+def _replace_node(model, node, replacement: list) -> None:
+    """Put ``replacement`` (a list of nodes) where ``node`` was, keeping the graph's topological order."""
+    position = list(model.graph.node).index(node)
+    model.graph.node.remove(node)
+    for offset, new in enumerate(replacement):
+        model.graph.node.insert(position + offset, new)

@@ -42,7 +42,7 @@ def distill_student(teacher: Any, output: str | os.PathLike, data: DataSource, *
     """
     from .onnx_pipeline import convert_onnx_route
     from .pipeline import datasets
-    from .sources.torch import load_torch_source, run_module
+    from .sources.torch import load_torch_source
 
     recipe = recipe or Recipe()
     settings = settings or DistillSettings()
@@ -67,8 +67,7 @@ def distill_student(teacher: Any, output: str | os.PathLike, data: DataSource, *
         student_source = load_torch_source(student, example_input, [tuple(x.shape) for x in inputs], student_weights)
         module, how = student_source.module, f"given: {student_source.description}"
     else:
-        module, how = source.module, []
-        parts = []
+        module, parts = source.module, []
         if keep_layers is not None:
             module, part = keep_blocks(module, keep_layers)
             parts.append(part)
@@ -76,8 +75,7 @@ def distill_student(teacher: Any, output: str | os.PathLike, data: DataSource, *
             module, part = narrower(module, width_ratio, inputs)
             parts.append(part)
         how = "; ".join(parts)
-    check_fits(module, source.module, inputs)
-    run_module(module, inputs)  # the student runs at the teacher's example inputs: checked before training
+    check_fits(module, source.module, inputs)  # runs the student at the teacher's inputs, before training
 
     summary = distil(module.train(), source.module, train, settings, verbose)
     work = Path(tempfile.mkdtemp(prefix="sdk-distill-"))

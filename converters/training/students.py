@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from ..data import Dataset
 from ..errors import UserInputError
 from ..recipe import FinetuneSettings, Recipe
+from .keras import steps_per_epoch
 from .torch import Trainer, first_output
 
 HELD_OUT_FRACTION = 0.1
@@ -168,7 +167,7 @@ def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: 
         student.load_state_dict(saved["student"])
         state = saved["state"]
     best_weights = {k: v.clone() for k, v in student.state_dict().items()}
-    steps = trainer_steps(train, settings.finetune)
+    steps = steps_per_epoch(train, settings.finetune)
     remaining = settings.finetune.epochs - state["epoch"]
 
     def after_step(step: int, total: int) -> None:
@@ -203,10 +202,6 @@ def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: 
             "held_out_samples": len(held_out), "held_out_loss": state["history"], "train_samples": len(train),
             "loss": ("KL x T^2 + cross-entropy" if data.labelled else "KL x T^2") if trainer.classifier
             else f"MSE + {settings.cosine_weight} x (1 - cosine)"}
-
-
-def trainer_steps(data: Dataset, settings: FinetuneSettings) -> int:
-    return max(1, int(np.ceil(len(data) / settings.batch_size)))
 
 
 def held_out_loss(student, judge: Trainer) -> float:

@@ -11,44 +11,14 @@ import copy
 
 
 def rewrite_for_onnx2tf(model) -> tuple[object, list[str]]:
-    """A rewritten copy of ``model`` and one note per rewrite that fired."""
+    """A rewritten copy of ``model`` and one note per rewrite that fired, in the order of ``REWRITES``."""
     model = copy.deepcopy(model)
     notes = []
-    count = _explicit_kernel_shapes(model)
-    if count:
-        notes.append(f"kernel_shape written into {count} Conv/ConvTranspose node(s) that omitted it (onnx2tf "
-                     "cannot convert them without it)")
-    count = _explicit_padding(model)
-    if count:
-        notes.append(f"auto_pad / output_shape of {count} Conv/ConvTranspose/pooling node(s) written as explicit "
-                     "pads (onnx2tf fails on SAME_LOWER and on ConvTranspose output_shape)")
-    count = _undilated_conv_transposes(model)
-    if count:
-        notes.append(f"{count} dilated ConvTranspose node(s) given their dilated kernel instead (a dilated "
-                     "transposed convolution has no TFLite builtin)")
-    resized = _resize_as_matmuls(model, _resize_tflite_cannot_match)
-    if resized:
-        notes.append(f"{len(resized)} Resize node(s) ({', '.join(resized)}) written as two MatMuls with their exact "
-                     "interpolation matrices (TFLite has no resize that samples as they do)")
-    count = _explicit_splits(model)
-    if count:
-        notes.append(f"{count} Split node(s) given their split sizes instead of num_outputs (onnx2tf fails on "
-                     "uneven splits)")
-    count = _trailing_empty_inputs(model)
-    if count:
-        notes.append(f"empty optional inputs dropped from {count} node(s) (onnx2tf fails on them)")
-    count = _unbounded_clips(model)
-    if count:
-        notes.append(f"{count} Clip node(s) with neither min nor max given infinite bounds (onnx2tf emits "
-                     "nothing for them)")
-    count = _exact_gelus(model)
-    if count:
-        notes.append(f"{count} Gelu node(s) written as x * 0.5 * (1 + erf(x / sqrt 2)), the form onnx2tf turns "
-                     "into TFLite's GELU builtin (its own Gelu lowering uses Erfc, which has none)")
-    count = _layer_norms_as_primitives(model)
-    if count:
-        notes.append(f"{count} LayerNormalization node(s) over several axes or with Mean/InvStdDev outputs "
-                     "written as ReduceMean/Sub/Mul/Sqrt (onnx2tf converts only the last-axis form)")
+    for rewrite, note in REWRITES:
+        done = rewrite(model)  # a count of nodes, or the names of the nodes rewritten
+        if done:
+            count, names = (len(done), ", ".join(done)) if isinstance(done, list) else (done, "")
+            notes.append(note.format(count=count, names=names))
     return model, notes
 
 
@@ -433,3 +403,27 @@ def _replace_node(model, node, replacement: list) -> None:
     model.graph.node.remove(node)
     for offset, new in enumerate(replacement):
         model.graph.node.insert(position + offset, new)
+
+
+# Each rewrite changes the model in place and returns what it did; the note says what and why.
+REWRITES = (
+    (_explicit_kernel_shapes, "kernel_shape written into {count} Conv/ConvTranspose node(s) that omitted it "
+                              "(onnx2tf cannot convert them without it)"),
+    (_explicit_padding, "auto_pad / output_shape of {count} Conv/ConvTranspose/pooling node(s) written as explicit "
+                        "pads (onnx2tf fails on SAME_LOWER and on ConvTranspose output_shape)"),
+    (_undilated_conv_transposes, "{count} dilated ConvTranspose node(s) given their dilated kernel instead (a "
+                                 "dilated transposed convolution has no TFLite builtin)"),
+    (lambda model: _resize_as_matmuls(model, _resize_tflite_cannot_match),
+     "{count} Resize node(s) ({names}) written as two MatMuls with their exact interpolation matrices (TFLite "
+     "has no resize that samples as they do)"),
+    (_explicit_splits, "{count} Split node(s) given their split sizes instead of num_outputs (onnx2tf fails on "
+                       "uneven splits)"),
+    (_trailing_empty_inputs, "empty optional inputs dropped from {count} node(s) (onnx2tf fails on them)"),
+    (_unbounded_clips, "{count} Clip node(s) with neither min nor max given infinite bounds (onnx2tf emits "
+                       "nothing for them)"),
+    (_exact_gelus, "{count} Gelu node(s) written as x * 0.5 * (1 + erf(x / sqrt 2)), the form onnx2tf turns into "
+                   "TFLite's GELU builtin (its own Gelu lowering uses Erfc, which has none)"),
+    (_layer_norms_as_primitives, "{count} LayerNormalization node(s) over several axes or with Mean/InvStdDev "
+                                 "outputs written as ReduceMean/Sub/Mul/Sqrt (onnx2tf converts only the last-axis "
+                                 "form)"),
+)

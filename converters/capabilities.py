@@ -27,6 +27,7 @@ class Request:
     finetune: bool = False
     budget: bool = False
     distill: bool = False  # into a smaller student (`sdk distill`)
+    keep_layers: bool = False  # a student with fewer blocks (`sdk distill --keep-layers`)
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,17 @@ TECHNIQUES: tuple[Technique, ...] = (
               {"keras": None, "pytorch": None,
                "onnx": Refusal("it fine-tunes every candidate, which needs the PyTorch model",
                                "convert the PyTorch source, or run `sdk sweep` with per-layer recipes")}),
-    Technique("distillation into a smaller student", "sdk distill", lambda r: r.distill,
-              {"keras": Refusal("students are derived from PyTorch modules so far",
-                                "for a Keras model, distil into its own compressed copy with --finetune DATA"),
+    Technique("distillation into a smaller student", "sdk distill / distill", lambda r: r.distill,
+              {"keras": None, "pytorch": None,
+               "onnx": Refusal("training a student needs the teacher's framework model",
+                               "give the PyTorch or Keras source")}),
+    Technique("student with fewer blocks", "distill.keep_layers", lambda r: r.distill and r.keep_layers,
+              {"keras": Refusal("blocks are found in PyTorch stacks (nn.ModuleList/Sequential) only",
+                                "give --student (a Keras model, .keras/.h5 file or package.module:factory) or "
+                                "--width-ratio"),
                "pytorch": None,
-               "onnx": Refusal("training a student needs the PyTorch teacher", "give the PyTorch source")}),
+               "onnx": Refusal("training a student needs the teacher's framework model",
+                               "give the PyTorch or Keras source")}),
     Technique("fine-tuning by distillation", "--finetune DATA", lambda r: r.finetune,
               {"keras": None, "pytorch": None,
                "onnx": Refusal("fine-tuning needs the PyTorch model; an ONNX file is compressed one-shot",

@@ -218,6 +218,7 @@ class Recipe:
     sparse_export: str = "auto"
     layers: Mapping[str, LayerOverride | None] = field(default_factory=dict)
     layer_types: Mapping[str, LayerOverride | None] = field(default_factory=dict)
+    distill: Mapping[str, Any] | None = None  # read and checked by `sdk distill` (training/students.py)
 
     def __post_init__(self):
         self.validate()
@@ -359,6 +360,7 @@ class Recipe:
             "sparse_export": self.sparse_export,
             "layers": {k: override(v) for k, v in self.layers.items()},
             "layer_types": {k: override(v) for k, v in self.layer_types.items()},
+            **({"distill": dict(self.distill)} if self.distill is not None else {}),
         }
 
     @classmethod
@@ -376,6 +378,7 @@ class Recipe:
             sparse_export=_yaml_switch(data.get("sparse_export", "auto")),
             layers=_overrides(data.get("layers") or {}, "layers"),
             layer_types=_overrides(data.get("layer_types") or {}, "layer_types"),
+            distill=_distill_section(data.get("distill")),
         )
 
     @classmethod
@@ -443,6 +446,14 @@ def _no_such(section: str, key: str, offered: Sequence[str], what: str) -> None:
     shown = ", ".join(unique[:12]) + (", ..." if len(unique) > 12 else "")
     raise RecipeError(f"{section}[{key!r}] matches no {what} of the model"
                       + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; it has: {shown}")
+
+
+def _distill_section(data: Any) -> dict | None:
+    """The distill section as given; its keys are checked by ``training.students.distill_options``."""
+    if data is not None and not isinstance(data, Mapping):
+        raise RecipeError(f"distill must be a mapping (student, keep_layers, width_ratio, temperature, alpha, "
+                          f"cosine_weight, epochs, patience...); got {type(data).__name__}")
+    return dict(data) if data is not None else None
 
 
 def _reject_unknown(where: str, data: Mapping[str, Any], allowed: list[str]) -> None:

@@ -46,6 +46,10 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
 
     _check_metadata(metadata)
     recipe = _recipe(recipe)
+    if recipe is not None and recipe.distill is not None:
+        raise UserInputError("the recipe's distill section trains a smaller student, which `sdk distill` does: "
+                             "run `sdk distill MODEL --recipe R -o STUDENT.tflite --data D`, or remove the section "
+                             "to convert the model itself")
     if framework_of(source) in ("onnx", "pytorch"):
         from converters.onnx_pipeline import convert_onnx_route
 
@@ -92,36 +96,40 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
 
 def distill(teacher: Any, output: str | os.PathLike, data: DataSource, *, student: Any = None,
             keep_layers: int | None = None, width_ratio: float | None = None,
-            recipe: Recipe | dict | str | os.PathLike | None = None, epochs: int = 30, patience: int = 5,
-            temperature: float = 4.0, alpha: float = 0.5, learning_rate: float = 1e-3,
-            checkpoint: str | os.PathLike | None = None, outputs: str = "auto", eval_data: DataSource | None = None,
-            calib_data: DataSource | None = None, example_input: Any = None,
+            recipe: Recipe | dict | str | os.PathLike | None = None, epochs: int | None = None,
+            patience: int | None = None, temperature: float | None = None, alpha: float | None = None,
+            cosine_weight: float | None = None, learning_rate: float | None = None, batch_size: int | None = None,
+            checkpoint: str | os.PathLike | None = None, outputs: str | None = None,
+            eval_data: DataSource | None = None, calib_data: DataSource | None = None, example_input: Any = None,
             input_shapes: Sequence[Sequence[int]] | None = None, weights: str | os.PathLike | None = None,
-            student_weights: str | os.PathLike | None = None, force: bool = False,
-            progress: Callable[[str, int, int], None] | None = None, verbose: bool = False):
-    """Distil a PyTorch ``teacher`` into a smaller student trained on ``data`` (labels optional), then convert
-    the student as ``recipe`` says; the report's ``passes["distill"]`` compares teacher and student.
+            student_weights: str | os.PathLike | None = None, custom_objects: dict | None = None,
+            force: bool = False, progress: Callable[[str, int, int], None] | None = None, verbose: bool = False):
+    """Distil a PyTorch or Keras ``teacher`` into a smaller student trained on ``data`` (labels optional), then
+    convert the student as ``recipe`` says; the report's ``passes["distill"]`` compares teacher and student.
 
-    The student: ``student`` (an nn.Module or 'package.module:factory' with ``student_weights``), or derived
-    from the teacher with ``keep_layers`` (blocks kept from its deepest stack, one every n/keep, as
-    DistilBERT) and/or ``width_ratio`` (fraction of channels kept). Training: soft targets at
-    ``temperature`` (KL x T^2) plus cross-entropy weighted ``alpha`` when labels exist, a cosine term for
-    embeddings; the best epoch on a held-out tenth is kept, with early stop after ``patience`` epochs and a
-    resumable ``checkpoint`` file. ``outputs``: "auto" treats a rank-2 output as class scores; say
-    "embedding" for a sentence encoder's (N, D) embeddings, "scores" for logits of another shape.
+    The student: ``student`` (an nn.Module or 'package.module:factory' with ``student_weights``; for a Keras
+    teacher a Keras model, .keras/.h5 file or factory), or derived from the teacher with ``keep_layers``
+    (PyTorch: blocks kept from its deepest stack, spread from first to last, as DistilBERT) and/or
+    ``width_ratio`` (fraction of channels kept). Training: soft targets at ``temperature`` (KL x T^2) plus
+    cross-entropy weighted ``alpha`` when labels exist, MSE + ``cosine_weight`` x (1 - cosine) for embeddings;
+    the best epoch on a held-out tenth is kept, with early stop after ``patience`` epochs and a resumable
+    ``checkpoint`` file. ``outputs``: "auto" treats a rank-2 output as class scores; say "embedding" for a
+    sentence encoder's (N, D) embeddings, "scores" for logits of another shape. Every option may also come
+    from the recipe's ``distill`` section (same names); a keyword given here wins over it.
     """
     from converters.distillation import distill_student
-    from converters.recipe import FinetuneSettings
-    from converters.training.students import DistillSettings
+    from converters.training.students import distill_options
 
-    settings = DistillSettings(FinetuneSettings(epochs=epochs, temperature=temperature, alpha=alpha,
-                                                learning_rate=learning_rate), patience=patience,
-                               checkpoint=checkpoint, outputs=outputs)
-    return distill_student(teacher, output, data, student=student, keep_layers=keep_layers,
-                           width_ratio=width_ratio, recipe=_recipe(recipe), settings=settings, eval_data=eval_data,
-                           calib_data=calib_data, example_input=example_input, input_shapes=input_shapes,
-                           weights=weights, student_weights=student_weights, force=force, progress=progress,
-                           verbose=verbose)
+    recipe = _recipe(recipe)
+    choice, settings = distill_options(
+        recipe.distill if recipe is not None else None, student=student, student_weights=student_weights,
+        keep_layers=keep_layers, width_ratio=width_ratio, epochs=epochs, patience=patience, temperature=temperature,
+        alpha=alpha, cosine_weight=cosine_weight, learning_rate=learning_rate, batch_size=batch_size,
+        outputs=outputs, checkpoint=checkpoint)
+    return distill_student(teacher, output, data, choice=choice, recipe=recipe, settings=settings,
+                           eval_data=eval_data, calib_data=calib_data, example_input=example_input,
+                           input_shapes=input_shapes, weights=weights, custom_objects=custom_objects, force=force,
+                           progress=progress, verbose=verbose)
 
 
 def _recipe(recipe: Recipe | dict | str | os.PathLike | None) -> Recipe | None:

@@ -44,6 +44,9 @@ MEASURED_ELSEWHERE = {
     ("accuracy-budget mode", "pytorch"): "test_budget::test_pytorch_budget_mode_size_and_latency",
     ("distillation into a smaller student", "pytorch"):
         "test_distill::test_digits_half_width_student_without_labels_within_1_5_points",
+    ("distillation into a smaller student", "keras"):
+        "test_distill::test_keras_teacher_into_a_half_width_student_without_labels",
+    ("student with fewer blocks", "pytorch"): "test_distill::test_checkpoint_resumes_where_training_stopped",
 }
 
 # The one-shot cells measured here: recipe, and a check on the written file's weight tensors.

@@ -114,6 +114,16 @@ def _private_copy(module) -> Any:
 def _from_factory(spec: str, weights) -> Any:
     import torch
 
+    module = call_factory(spec)
+    if not isinstance(module, torch.nn.Module):
+        raise SourceModelError(f"{spec}() must return a torch.nn.Module; it returned {type(module).__name__}")
+    if weights is not None:
+        _load_weights(module, Path(weights))
+    return module
+
+
+def call_factory(spec: str) -> Any:
+    """What ``package.module:factory`` returns (a PyTorch module, or a Keras model for a Keras student)."""
     module_name, factory_name = spec.split(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # so that a model file in the working directory imports
@@ -131,14 +141,9 @@ def _from_factory(spec: str, weights) -> Any:
                                + (f" (did you mean {close[0]!r}?)" if close else "")
                                + f"; it defines {', '.join(offered) or 'no public callables'}")
     try:
-        module = factory()
+        return factory()
     except Exception as exc:  # the user's code may raise anything
         raise SourceModelError(f"{spec}() failed: {first_line(exc)}") from None
-    if not isinstance(module, torch.nn.Module):
-        raise SourceModelError(f"{spec}() must return a torch.nn.Module; it returned {type(module).__name__}")
-    if weights is not None:
-        _load_weights(module, Path(weights))
-    return module
 
 
 def _load_weights(module, path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -52,6 +53,81 @@ class DistillSettings:
             raise StudentError(f"cosine_weight must be >= 0; got {self.cosine_weight}")
 
 
+@dataclass(frozen=True)
+class StudentChoice:
+    """Which student: given (``student``, a model or 'package.module:factory'), or derived from the teacher."""
+
+    student: Any = None
+    student_weights: str | os.PathLike | None = None
+    keep_layers: int | None = None
+    width_ratio: float | None = None
+
+    def validate(self) -> None:
+        if self.student is not None and (self.keep_layers is not None or self.width_ratio is not None):
+            raise StudentError("give --student, or derive the student with --keep-layers and/or --width-ratio; "
+                               "not both")
+        if self.student is None and self.keep_layers is None and self.width_ratio is None:
+            raise StudentError("name the student: --student package.module:factory, or derive it from the teacher "
+                               "with --keep-layers N (fewer blocks) and/or --width-ratio R (fewer channels)")
+        if self.student_weights is not None and self.student is None:
+            raise StudentError("--student-weights goes with --student package.module:factory; a derived student "
+                               "starts from the teacher's weights")
+        if self.keep_layers is not None and (isinstance(self.keep_layers, bool) or
+                                             not isinstance(self.keep_layers, int) or self.keep_layers < 1):
+            raise StudentError(f"--keep-layers must be an integer >= 1; got {self.keep_layers!r}")
+        if self.width_ratio is not None and not (isinstance(self.width_ratio, (int, float))
+                                                 and 0.0 < self.width_ratio < 1.0):
+            raise StudentError(f"--width-ratio must be in (0, 1), the fraction of channels the student keeps; "
+                               f"got {self.width_ratio}")
+
+
+# The recipe's distill section: key -> (type, default). The CLI flags and sdk.distill's keywords are the same names.
+DISTILL_KEYS: dict[str, tuple[type | tuple, Any]] = {
+    "student": (str, None), "student_weights": (str, None), "keep_layers": (int, None), "width_ratio": (float, None),
+    "temperature": (float, 4.0), "alpha": (float, 0.5), "cosine_weight": (float, 1.0), "epochs": (int, 30),
+    "patience": (int, 5), "batch_size": (int, 64), "learning_rate": (float, 1e-3), "outputs": (str, "auto"),
+}
+
+
+def distill_options(section: Any = None, **flags: Any) -> tuple[StudentChoice, DistillSettings]:
+    """The student and training settings: the recipe's ``distill`` section, with flags that are not None on
+    top (flags win, as for every other recipe key). Checked here, before any work."""
+    import difflib
+
+    if section is not None and not isinstance(section, dict):
+        raise StudentError(f"the recipe's distill section must be a mapping of {', '.join(DISTILL_KEYS)}; got "
+                           f"{type(section).__name__}")
+    for key in list(section or {}) + list(flags):
+        if key not in DISTILL_KEYS and key != "checkpoint":
+            hint = difflib.get_close_matches(str(key), list(DISTILL_KEYS), n=1)
+            raise StudentError(f"unknown key {key!r} in distill{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
+                               f"allowed: {', '.join(DISTILL_KEYS)}")
+    merged = {key: default for key, (_, default) in DISTILL_KEYS.items()}
+    merged.update(section or {})
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    for key, (kind, _) in DISTILL_KEYS.items():
+        value = merged[key]
+        if value is None or key == "student":  # a student may be a model object in the Python API
+            continue
+        number = kind is float and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number or (isinstance(value, kind) and not isinstance(value, bool))) and \
+                not (key == "student_weights" and isinstance(value, os.PathLike)):
+            raise StudentError(f"distill.{key} must be {'a number' if kind is float else kind.__name__}; "
+                               f"got {value!r}")
+    for key in ("epochs", "patience", "batch_size"):
+        if merged[key] < 1:
+            raise StudentError(f"distill.{key} must be an integer >= 1; got {merged[key]}")
+    choice = StudentChoice(merged["student"], merged["student_weights"], merged["keep_layers"], merged["width_ratio"])
+    choice.validate()
+    settings = DistillSettings(FinetuneSettings(epochs=merged["epochs"], batch_size=merged["batch_size"],
+                                                learning_rate=float(merged["learning_rate"]),
+                                                temperature=float(merged["temperature"]), alpha=float(merged["alpha"])),
+                               patience=merged["patience"], cosine_weight=float(merged["cosine_weight"]),
+                               checkpoint=flags.get("checkpoint"), outputs=merged["outputs"])
+    settings.validate()
+    return choice, settings
+
+
 def block_stacks(module) -> list[tuple[str, Any]]:
     """(name, container) of every nn.ModuleList/nn.Sequential holding two or more blocks of one class."""
     import torch
@@ -69,8 +145,18 @@ def _is_leaf_like(block) -> bool:
     return not any(True for _ in block.children())
 
 
+def spread(depth: int, keep: int) -> list[int]:
+    """``keep`` of ``depth`` block indices spread evenly from the first to the last, as DistilBERT picks
+    BERT-base's layers 0, 2, 4, 7, 9, 11. Keeping the last block matters: on all-MiniLM-L6-v2, layers
+    [0, 3, 5] start at cosine 0.64 with the teacher's sentence embeddings, [0, 2, 4] at 0.34."""
+    if keep == 1:
+        return [depth - 1]
+    return [int(i * (depth - 1) / (keep - 1) + 0.5) for i in range(keep)]
+
+
 def keep_blocks(teacher, keep: int) -> tuple[Any, str]:
-    """A copy of ``teacher`` whose deepest stack keeps ``keep`` blocks, one every n/keep, with their weights."""
+    """A copy of ``teacher`` whose deepest stack keeps ``keep`` blocks spread from its first to its last,
+    with their weights."""
     import torch
 
     from ..sources.torch import copy_module
@@ -85,7 +171,7 @@ def keep_blocks(teacher, keep: int) -> tuple[Any, str]:
     if not isinstance(keep, int) or not 1 <= keep < depth:
         raise StudentError(f"--keep-layers {keep}: the teacher's deepest stack of blocks, {name}, has {depth}; "
                            f"keep 1 to {depth - 1}")
-    kept = [i * depth // keep for i in range(keep)]
+    kept = spread(depth, keep)
     student = copy_module(teacher)
     parent_name, _, attribute = name.rpartition(".")
     parent = student.get_submodule(parent_name) if parent_name else student
@@ -161,19 +247,23 @@ def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: 
         if settings.outputs != "auto":
             one.classifier = settings.outputs == "scores"
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
-    state = {"epoch": 0, "best": float("inf"), "best_epoch": 0, "since_best": 0, "history": []}
-    if checkpoint is not None and checkpoint.is_file():
+    state = {"epoch": 0, "best": float("inf"), "best_epoch": 0, "since_best": 0, "history": [],
+             "stopped_early": False, "train_s": 0.0}
+    best_weights = {k: v.clone() for k, v in student.state_dict().items()}
+    if checkpoint is not None and checkpoint.is_file():  # resume: the last epoch's weights and the best's
         saved = torch.load(checkpoint, weights_only=False)
         student.load_state_dict(saved["student"])
-        state = saved["state"]
-    best_weights = {k: v.clone() for k, v in student.state_dict().items()}
+        best_weights = saved.get("best", best_weights)
+        state = {"stopped_early": False, "train_s": 0.0, **saved["state"]}
     steps = steps_per_epoch(train, settings.finetune)
-    remaining = settings.finetune.epochs - state["epoch"]
+    remaining = 0 if state["stopped_early"] else settings.finetune.epochs - state["epoch"]
 
     def after_step(step: int, total: int) -> None:
         if step == 0 or step % steps:
             return
         loss = held_out_loss(student, judge)
+        state["train_s"] += time.perf_counter() - clock[0]
+        clock[0] = time.perf_counter()
         state["epoch"] += 1
         state["history"].append(round(loss, 6))
         if loss < state["best"] - 1e-9:
@@ -184,22 +274,24 @@ def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: 
         if verbose:
             print(f"distil epoch {state['epoch']}/{settings.finetune.epochs}: held-out loss {loss:.4f}"
                   f"{' (best)' if state['best_epoch'] == state['epoch'] else ''}", file=sys.stderr, flush=True)
-        if checkpoint is not None:
-            _save(checkpoint, {"student": student.state_dict(), "state": state})
-        if state["since_best"] >= settings.patience:
+        state["stopped_early"] = state["since_best"] >= settings.patience
+        if checkpoint is not None:  # a stopped run resumes as finished, with its best epoch
+            _save(checkpoint, {"student": student.state_dict(), "best": best_weights, "state": state})
+        if state["stopped_early"]:
             raise _Stop
 
-    stopped_early = False
+    clock = [time.perf_counter()]
     if remaining > 0:
         trainer.settings = dataclasses.replace(settings.finetune, epochs=remaining)
         try:
             trainer.train(after_step, "distil")
         except _Stop:
-            stopped_early = True
+            pass
     student.load_state_dict(best_weights)
     student.eval()
-    return {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "stopped_early": stopped_early,
-            "held_out_samples": len(held_out), "held_out_loss": state["history"], "train_samples": len(train),
+    return {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "stopped_early": state["stopped_early"],
+            "train_seconds": round(state["train_s"], 1), "held_out_samples": len(held_out),
+            "held_out_loss": state["history"], "train_samples": len(train),
             "loss": ("KL x T^2 + cross-entropy" if data.labelled else "KL x T^2") if trainer.classifier
             else f"MSE + {settings.cosine_weight} x (1 - cosine)"}
 

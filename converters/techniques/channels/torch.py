@@ -7,7 +7,9 @@ activations, pooling, depthwise convolutions, spatial means) to the layers
 that consume them (Conv/Linear inputs).  Residual adds join the producers on
 both sides into one group that must keep the same channels; anything that
 mixes or reshapes channels (concatenation, attention products, reshapes, the
-model's outputs) leaves that group untouched, with the reason recorded.
+model's outputs) leaves that group untouched, with the reason recorded.  A flatten of (N, C, H, W)
+into (N, C*H*W) before a Linear keeps the channels apart too: each channel is H*W consecutive
+columns of the Linear's weight, and those columns go with the channel.
 Each group keeps its highest-ranked channels (L2 or L1 norm of the filters,
 or the BatchNorm scale) and every member is sliced to match.
 """
@@ -63,12 +65,17 @@ def _channels(node) -> int | None:
 
 def _keeps_channels(node, modules) -> tuple[str, str | None]:
     """How ``node`` treats the channel axis of the input it gets: (kind, module target or None)."""
+    import torch.nn as nn
+
     if node.op == "call_module":
         kind = _module_kind(modules[node.target])
         if kind in ("conv", "linear"):
             return "consumer", node.target
         if kind in ("batchnorm", "depthwise"):
             return "slice", node.target
+        if isinstance(modules[node.target], nn.Flatten) and modules[node.target].start_dim == 1 and \
+                modules[node.target].end_dim == -1:
+            return ("flatten" if _spatial(node.args[0]) > 1 else "pass"), None
         return ("pass", None) if kind == "elementwise" else ("block", f"module {type(modules[node.target]).__name__}")
     if node.op in ("call_function", "call_method"):
         name = _name(node.target)
@@ -78,6 +85,8 @@ def _keeps_channels(node, modules) -> tuple[str, str | None]:
             return "pass", None
         if name in ("mean", "sum", "amax", "flatten") and _reduces_space_only(node, name):
             return "pass", None
+        if name == "flatten" and _flattens_from_channels(node):
+            return "flatten", None
         return "block", f"{name}"
     return "block", "the model's output" if node.op == "output" else node.op
 
@@ -94,6 +103,20 @@ def _reduces_space_only(node, name: str) -> bool:
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
     return bool(dims) and all(d % rank >= 2 for d in dims)
+
+
+def _flattens_from_channels(node) -> bool:
+    """flatten(x, 1) of an (N, C, ...) tensor: channel c becomes columns c*S .. c*S + S - 1."""
+    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+    end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+    return start == 1 and end == -1 and bool(node.args) and _spatial(node.args[0]) > 1
+
+
+def _spatial(node) -> int:
+    """Positions per channel of an (N, C, ...) tensor (0 when its shape is unknown)."""
+    meta = node.meta.get("tensor_meta") if hasattr(node, "meta") else None
+    shape = getattr(meta, "shape", None)
+    return int(np.prod([int(d) for d in shape[2:]])) if shape is not None and len(shape) >= 2 else 0
 
 
 def _trace(model, example_inputs: tuple):
@@ -129,17 +152,23 @@ def _groups(graph_module, recipe: Recipe, record: PassRecord) -> list[ChannelGro
             group.blocked = "the module is called more than once"
         walks[node.target] = group
         owner[node] = node.target
-        frontier = list(node.users)
+        frontier = [(user, 1) for user in node.users]  # (node, positions per channel after a flatten)
         seen = set()
         while frontier:
-            user = frontier.pop()
+            user, spatial = frontier.pop()
             if user in seen:
                 continue
             seen.add(user)
             kind, target = _keeps_channels(user, modules)
             if kind == "consumer":
-                group.slices[(target, "in")] = None
+                group.slices[(target, f"in:{spatial}" if spatial > 1 else "in")] = None
                 continue
+            if kind == "flatten" and spatial == 1:
+                spatial = _spatial(user.args[0])
+                frontier.extend((u, spatial) for u in user.users)
+                continue
+            if kind in ("slice", "add", "flatten") and spatial > 1:
+                kind, target = "block", f"{user.name} after a flatten"
             if kind == "block":
                 group.blocked = group.blocked or f"its channels reach {target}"
                 continue
@@ -148,7 +177,7 @@ def _groups(graph_module, recipe: Recipe, record: PassRecord) -> list[ChannelGro
                     group.blocked = group.blocked or f"{target} is called more than once"
                 group.slices[(target, "both")] = None
             owner.setdefault(user, node.target)
-            frontier.extend(user.users)
+            frontier.extend((u, spatial) for u in user.users)
     joins = []
     for node in graph_module.graph.nodes:
         if _keeps_channels(node, modules)[0] == "add":
@@ -185,6 +214,10 @@ def _slice(module, how: str, keep) -> None:
                 module.bias = torch.nn.Parameter(module.bias.index_select(0, index))
         if how == "in":
             module.weight = torch.nn.Parameter(module.weight.index_select(1, index))
+        elif how.startswith("in:"):  # a Linear after a flatten: each channel's S consecutive columns
+            spatial = int(how.split(":")[1])
+            columns = (index[:, None] * spatial + torch.arange(spatial)[None, :]).reshape(-1)
+            module.weight = torch.nn.Parameter(module.weight.index_select(1, columns))
     if kind == "linear":
         module.out_features, module.in_features = module.weight.shape
     elif kind == "depthwise":

@@ -76,6 +76,10 @@ def test_checkpoint_resumes_where_training_stopped(tmp_path):
     second = sdk.distill(teacher, tmp_path / "b.tflite", x, epochs=5, **common).report.passes["distill"].summary
     assert second["epochs_run"] == 5 and second["held_out_loss"][:2] == first["held_out_loss"]
     assert second["loss"] == "MSE + 1.0 x (1 - cosine)" and second["against_teacher"]["cosine_mean"] > 0.9
+    # finished: a rerun trains nothing and gives the best epoch's student again, not the last epoch's
+    third = sdk.distill(teacher, tmp_path / "c.tflite", x, epochs=5, **common).report.passes["distill"].summary
+    assert third["held_out_loss"] == second["held_out_loss"] and third["train_seconds"] == second["train_seconds"]
+    assert third["against_teacher"] == second["against_teacher"] and third["loss"] == second["loss"]
 
 
 def test_bad_requests_are_refused_before_training(tmp_path):

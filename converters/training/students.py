@@ -240,12 +240,6 @@ def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: 
     if settings.finetune.seed is not None:
         torch.manual_seed(settings.finetune.seed)
     train, held_out = data.split(HELD_OUT_FRACTION)
-    trainer = _StudentTrainer(student, teacher, train, settings.finetune, verbose=False)
-    judge = _StudentTrainer(student, teacher, held_out, settings.finetune, verbose=False)
-    for one in (trainer, judge):
-        one.cosine_weight = settings.cosine_weight
-        if settings.outputs != "auto":
-            one.classifier = settings.outputs == "scores"
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
     state = {"epoch": 0, "best": float("inf"), "best_epoch": 0, "since_best": 0, "history": [],
              "stopped_early": False, "train_s": 0.0}
@@ -255,8 +249,18 @@ def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: 
         student.load_state_dict(saved["student"])
         best_weights = saved.get("best", best_weights)
         state = {"stopped_early": False, "train_s": 0.0, **saved["state"]}
-    steps = steps_per_epoch(train, settings.finetune)
     remaining = 0 if state["stopped_early"] else settings.finetune.epochs - state["epoch"]
+    # a finished checkpoint trains nothing: one sample each then says which loss it was, without running the
+    # teacher over all the data
+    trainer = _StudentTrainer(student, teacher, train if remaining > 0 else train.take(1), settings.finetune,
+                              verbose=False)
+    judge = _StudentTrainer(student, teacher, held_out if remaining > 0 else held_out.take(1), settings.finetune,
+                            verbose=False)
+    for one in (trainer, judge):
+        one.cosine_weight = settings.cosine_weight
+        if settings.outputs != "auto":
+            one.classifier = settings.outputs == "scores"
+    steps = steps_per_epoch(train, settings.finetune)
 
     def after_step(step: int, total: int) -> None:
         if step == 0 or step % steps:

@@ -169,6 +169,7 @@ class Inspection:
     description: str
     info: dict | None  # the standard TFLite metadata, when embedded
     build: dict | None  # what `sdk convert` recorded: source hash, recipe, calibration statistics
+    tokenizer: dict | None = None  # a text model's embedded BERT tokenizer: vocab file, tokens, casing
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -199,6 +200,10 @@ class Inspection:
             elif i["color_space"] is not None:
                 lines.append(f"input {i['input_name']}: {i['color_space']} image, normalisation unknown "
                              "(Model.classify refuses it; set it with sdk metadata add --mean M --std S)")
+            if self.tokenizer:
+                t = self.tokenizer
+                lines.append(f"tokenizer: BERT WordPiece, {t['vocab_file']} ({t['tokens']:,} tokens, "
+                             f"{'uncased' if t['lowercase'] else 'cased'}); Model.embed_text/classify_text read it")
             if i["labels"]:
                 shown = ", ".join(i["labels"][:5]) + (", ..." if len(i["labels"]) > 5 else "")
                 lines.append(f"output {i['output_name']}: {len(i['labels'])} labels ({shown}) from {i['label_file']}")
@@ -231,12 +236,18 @@ def inspect(path: str | os.PathLike) -> Inspection:
     except DeviceRuntimeError as exc:  # the runtime's own types: sdk callers catch sdk.SDKError
         raise SourceModelError(str(exc)) from None
     info = read_info(model)
+    tokenizer = None
+    if info is not None and info.vocab_file:
+        from converters.targets.tflite.text_metadata import vocab_in_model
+
+        vocab = vocab_in_model(data, info)
+        tokenizer = {"vocab_file": info.vocab_file, "tokens": len(vocab.tokens), "lowercase": vocab.lowercase}
     return Inspection(str(path), hashlib.sha256(data).hexdigest(), analyse(data),
                       [{"key": s.key, "inputs": sorted(s.inputs), "outputs": sorted(s.outputs)}
                        for s in model.signatures],
                       sorted(model.metadata), {name: len(model.buffers[i]) for name, i in model.metadata.items()},
                       model.description, asdict(info) if info else None,
-                      read_build_info(model))
+                      read_build_info(model), tokenizer)
 
 
 def compare_files(quantized: str | os.PathLike, reference: str | os.PathLike, data: DataSource,

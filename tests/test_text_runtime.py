@@ -5,7 +5,10 @@ BertTokenizer where transformers is installed), the vocabulary embedded by `sdk 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +27,14 @@ SENTENCES = ["The cat sat on the mat!", "Unbelievable cats, hello-world.", "Caf�
              "unbelievx dogs", "你好 world", "hello [SEP] world", "tab\there\x00 zero-width\u200b cat",
              "$5 mats", "", "   ", "the " * 40, "abc abcc ab", "Hello, World! It's a cat's mat."]
 SEQ, DIM = 16, 8
+ROOT = Path(__file__).resolve().parents[1]
+APP = ("import runpy, sys\n"
+       "sys.argv = ['pi_text_app.py', *sys.argv[1:]]\n"
+       "try:\n    runpy.run_path('examples/pi_text_app.py', run_name='__main__')\n"
+       "except SystemExit as done:\n    code = done.code\n"
+       "heavy = {'transformers', 'tokenizers', 'tensorflow', 'torch', 'converters', 'sdk'} & set(sys.modules)\n"
+       "assert not heavy, heavy\n"
+       "sys.exit(code)\n")
 FLOAT_TOLERANCE = 1e-4  # max abs error of unit-norm embeddings / probabilities, float .tflite vs PyTorch
 NO_WORK_SECONDS = 10
 
@@ -155,7 +166,15 @@ def states_model(tmp_path_factory):
     return folder / "states.tflite"
 
 
+def pi_text_app(*args) -> subprocess.CompletedProcess:
+    """examples/pi_text_app.py in a fresh interpreter, which must load no workstation package."""
+    return subprocess.run([sys.executable, "-c", APP, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+
+
 def test_embed_text_needs_the_vocabulary_then_matches_pytorch(states_model, vocab_file, tmp_path):
+    done = pi_text_app(states_model, "the cat")
+    assert done.returncode == 2 and done.stderr.startswith("error: the model has no tokenizer vocabulary"), done
     with pytest.raises(MissingMetadataError, match=r"no tokenizer vocabulary .* `sdk metadata add MODEL -o OUT "
                                                    r"--vocab vocab.txt`"):
         Model(states_model).embed_text(["the cat"])
@@ -175,6 +194,9 @@ def test_embed_text_needs_the_vocabulary_then_matches_pytorch(states_model, voca
     with pytest.raises(ArgumentError, match="takes a non-empty list of strings; got one string 'the cat' "
                                             r"\(wrap it in a list\)"):
         model.embed_text("the cat")
+    done = pi_text_app(out, "the cat sat", "a dog runs", "hello world")
+    assert done.returncode == 0, done.stderr
+    assert "'the cat sat': 8 values" in done.stdout and "closest pair: " in done.stdout, done.stdout
     with pytest.raises(ArgumentError, match="got an empty list"):
         model.embed_text([])
     with pytest.raises(ArgumentError, match="got a list holding int 3"):
@@ -197,6 +219,9 @@ def test_convert_with_vocab_and_labels_then_classify_text(vocab_file, tmp_path):
         np.testing.assert_allclose([a.score for a in answer], np.sort(probabilities)[::-1], atol=FLOAT_TOLERANCE)
     one = model.classify_text(SENTENCES[0], top_k=1)  # one string: one list of classifications
     assert len(one) == 1 and one[0].label == answers[0][0].label
+    done = pi_text_app(out, "--classify", SENTENCES[0])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{SENTENCES[0]!r}: {answers[0][0].label} {answers[0][0].score:.3f}"), done.stdout
     with pytest.raises(ArgumentError, match="top_k must be an integer >= 1; got 0"):
         model.classify_text("the cat", top_k=0)
     # A rewrite of the metadata (a new version) keeps the vocabulary and the labels.

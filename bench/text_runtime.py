@@ -36,8 +36,9 @@ from bench.text_encoder import DYNAMIC_COSINE, FLOAT_COSINE, SENTENCE_MODULES, m
 SEQ = 128
 MODES = ("float", "dynamic", "int8")
 THREADS = (1, 2, 4)
-HARD_CASES = ["Héllo, wörld! naïve café [SEP] x [MASK] y [cls]", "你好世界 こんにちは 한국어", "a\u00a0b\tc\x00d\ufffde",
-              "supercalifragilisticexpialidocious" * 5, "ＡＢＣ ﬁ İstanbul ß Æ ǅ", "$100^2 = 10,000 e-mail don't",
+HARD_CASES = ["Héllo, wörld! naïve café [SEP] x [MASK] y [cls]", "你好世界 こんにちは 한국어",
+              "a\u00a0b\tc\x00d\ufffde", "supercalifragilisticexpialidocious" * 5, "ＡＢＣ ﬁ İstanbul ß Æ ǅ",
+              "$100^2 = 10,000 e-mail don't",
               "\u2028line\u2029sep", "", "   ", "e\u0301 vs \u00e9", "Ⅻ ¼ ™ № ℃", "\U0001F600 emoji!!",
               "\u200bzero\u200dwidth\ufeff", "word " * 200]
 
@@ -85,6 +86,21 @@ def converted(work: Path, folder: Path, onnx_path: Path, mode: str, data: dict) 
     return path, {"wall_s": time.perf_counter() - started, "notes": result.report.notes}
 
 
+def describe_file(model) -> str:
+    """What a converted file holds: activation types, I/O types, whether GELU is TFLite's builtin."""
+    from collections import Counter
+
+    from device_runtime.tflite_format import read_model
+
+    spec = read_model(model._data)
+    kinds = Counter(spec.main.tensors[i].dtype_name for op in spec.main.operators for i in op.outputs)
+    ops = set(spec.ops_used())
+    io = ", ".join(f"{s.name} {s.dtype}" for s in model.inputs + model.outputs)
+    return (f"op outputs {dict(kinds.most_common())}; I/O {io}; GELU "
+            + ("builtin" if "GELU" in ops else "not builtin (Erf as a polynomial: " +
+               ", ".join(sorted(ops & {"ABS", "DIV", "NEG", "EXP", "SIGN"})) + ")"))
+
+
 def tokenizer_parity(model, hf, texts: list[str]) -> dict:
     ours = model.tokenizer.encode(texts, SEQ)
     theirs = hf(texts, padding="max_length", truncation=True, max_length=SEQ, return_tensors="np")
@@ -94,7 +110,9 @@ def tokenizer_parity(model, hf, texts: list[str]) -> dict:
 
 
 def latency(path: Path, text: str, threads: int, runs: int) -> dict:
-    """Median ms of embed_text([text]) and of a raw invoke on the same arrays, with ``threads``."""
+    """embed_text([text]) vs a raw invoke on the same arrays, with ``threads``: interleaved A/B (the two
+    alternate, so both meet the same load), medians of wall ms, of this process's CPU ms per call, and of
+    each pair's wall difference (the runtime's overhead)."""
     from device_runtime import Model
 
     model = Model(path, num_threads=threads)
@@ -104,43 +122,54 @@ def latency(path: Path, text: str, threads: int, runs: int) -> dict:
     for detail in raw.get_input_details():
         name = next(n for n in feed if n in detail["name"])
         raw.set_tensor(detail["index"], feed[name].astype(detail["dtype"]))
+    calls = {"runtime": lambda: model.embed_text([text]), "raw": raw.invoke,
+             "tokenize": lambda: model.tokenizer.encode([text], SEQ)}
+    wall: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
+    for i in range(runs + 3):
+        for name in (("runtime", "raw") if i % 2 else ("raw", "runtime")) + ("tokenize",):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            calls[name]()
+            if i >= 3:  # warm-up runs are not counted
+                wall[name].append((time.perf_counter() - started) * 1e3)
+                cpu[name].append((time.process_time() - cpu_started) * 1e3)
+    median = statistics.median
+    return {"threads": threads, "runtime_ms": median(wall["runtime"]), "raw_invoke_ms": median(wall["raw"]),
+            "overhead_ms": median(a - b for a, b in zip(wall["runtime"], wall["raw"])),
+            "runtime_cpu_ms": median(cpu["runtime"]), "raw_cpu_ms": median(cpu["raw"]),
+            "tokenize_ms": median(wall["tokenize"])}
 
-    def timed(call) -> float:
-        for _ in range(3):
-            call()
-        samples = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            call()
-            samples.append((time.perf_counter() - started) * 1e3)
-        return statistics.median(samples)
 
-    tokenize_ms = timed(lambda: model.tokenizer.encode([text], SEQ))
-    return {"threads": threads, "runtime_ms": timed(lambda: model.embed_text([text])), "raw_invoke_ms": timed(raw.invoke),
-            "tokenize_ms": tokenize_ms}
-
-
-def render(rows: list[dict], parity: dict, runs: int, load: tuple) -> str:
+def render(rows: list[dict], parity: dict, runs: int, load: tuple, load_end: tuple) -> str:
     lines = ["# all-MiniLM-L6-v2 on device_runtime (python -m bench.text_runtime), sequence length 128", "",
              f"Tokenizer: `Model(...).tokenizer` (pure Python, vocabulary read from the .tflite) vs the Hugging Face "
              f"tokenizer on {parity['texts']} texts (docstring sentences + hard cases): **{parity['mismatches']} "
              "mismatching rows** (ids, mask or segment ids).", "",
-             f"Embeddings: `Model(tflite).embed_text(sentences)` vs PyTorch (HF tokens -> BERT -> masked mean -> L2) on "
-             f"the bench's real sentences; goals float >= {FLOAT_COSINE}, dynamic >= {DYNAMIC_COSINE}.", "",
-             f"Latency: one text of >= 128 tokens, median of {runs} runs after 3 warm-ups; runtime = `embed_text` "
-             "(tokenize + invoke + read), raw = `interpreter.invoke()` on ready arrays, same package and threads. "
-             f"2-core machine shared with other jobs (load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-             "at the start): 4 threads oversubscribe it; absolute numbers move with the load.", "",
-             "| file | MB | cosine min | goal met | threads | runtime ms | raw invoke ms | overhead ms | tokenize ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Embeddings: `Model(tflite).embed_text(sentences)` vs PyTorch (HF tokens -> BERT -> masked mean -> L2) "
+             f"on the bench's real sentences; goals float >= {FLOAT_COSINE}, dynamic >= {DYNAMIC_COSINE}.", "",
+             f"Latency: one text of >= 128 tokens (truncated to 128), medians of {runs} interleaved runs after 3 "
+             "warm-ups; runtime = `embed_text` (tokenize + invoke + read), raw = `interpreter.invoke()` on ready "
+             "arrays, same package (ai-edge-litert, XNNPACK) and threads; overhead = median of each pair's "
+             "difference; CPU = this process's CPU time per call (all its threads). 2-core machine shared with "
+             f"other jobs (load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start, "
+             f"{load_end[0]:.1f} / {load_end[1]:.1f} / {load_end[2]:.1f} at the end): wall times move with "
+             "the load, and 4 threads oversubscribe 2 cores.", "",
+             "| file | MB | cosine min | goal met | threads | runtime ms | raw invoke ms | overhead ms | "
+             "runtime CPU ms | raw CPU ms | tokenize ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['mode']} | conversion failed: {r['error']} ||||||||")
+            lines.append(f"| {r['mode']} | conversion failed: {r['error']} ||||||||||")
             continue
         for t in r["latency"]:
             lines.append(f"| {r['mode']} | {r['mb']:.1f} | {r['cosine_min']:.6f} | {r['goal']} | {t['threads']} | "
-                         f"{t['runtime_ms']:.1f} | {t['raw_invoke_ms']:.1f} | "
-                         f"{t['runtime_ms'] - t['raw_invoke_ms']:.1f} | {t['tokenize_ms']:.2f} |")
+                         f"{t['runtime_ms']:.1f} | {t['raw_invoke_ms']:.1f} | {t['overhead_ms']:.1f} | "
+                         f"{t['runtime_cpu_ms']:.1f} | {t['raw_cpu_ms']:.1f} | {t['tokenize_ms']:.2f} |")
+    lines.append("")
+    lines += [f"- {r['mode']}: {r['holds']}" for r in rows if "holds" in r]
+    lines.append("- int8 is this SDK's `--quantize int8` (int8 weights and activations, calibrated on the bench "
+                 "sentences, default settings); it has no cosine goal here: the converter-side int8 work (int16 "
+                 "activations for LayerNorm/Softmax, builtin GELU) is separate.")
     return "\n".join(lines)
 
 
@@ -168,9 +197,9 @@ def main(argv: list[str] | None = None) -> None:
         reference = encoder(torch.from_numpy(data["input_ids"]), torch.from_numpy(data["attention_mask"])).numpy()
     onnx_path = work / "encoder.onnx"
     if not onnx_path.exists():
-        torch.onnx.export(encoder, (torch.from_numpy(data["input_ids"][:1]), torch.from_numpy(data["attention_mask"][:1])),
-                          str(onnx_path), input_names=["input_ids", "attention_mask"], output_names=["embedding"],
-                          opset_version=17, dynamo=False)
+        example = (torch.from_numpy(data["input_ids"][:1]), torch.from_numpy(data["attention_mask"][:1]))
+        torch.onnx.export(encoder, example, str(onnx_path), input_names=["input_ids", "attention_mask"],
+                          output_names=["embedding"], opset_version=17, dynamo=False)
     hf = transformers.AutoTokenizer.from_pretrained(str(folder))
     long_text = " ".join(all_sentences())[:4000]  # well past 128 tokens: truncated, as a long input would be
     rows, parity = [], None
@@ -190,11 +219,13 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"mode": mode, "mb": path.stat().st_size / 1e6, "cosine_min": float(cos.min()),
                      "cosine_mean": float(cos.mean()), "goal": ("yes" if cos.min() >= goal else "NO") if goal else
                      "(none)", "conversion": conversion,
+                     "holds": describe_file(model),
                      "latency": [latency(path, long_text, t, args.runs) for t in THREADS]})
         print(rows[-1], flush=True)
-    table = render(rows, parity or {"texts": 0, "mismatches": 0}, args.runs, load)
-    publish("text_runtime", table, {"seq": SEQ, "sentences": texts, "load_average": load, "parity": parity,
-                                    "rows": rows})
+    load_end = os.getloadavg()
+    table = render(rows, parity or {"texts": 0, "mismatches": 0}, args.runs, load, load_end)
+    publish("text_runtime", table, {"seq": SEQ, "sentences": texts, "load_average": [load, load_end],
+                                    "parity": parity, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -416,6 +416,9 @@ def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, name: str
         return written, (f"standard TFLite metadata written: text model, BERT tokenizer ({spec.vocab.describe()}, "
                          f"from {spec.vocab.source})" + (f", {len(spec.labels)} labels" if spec.labels else ""))
     sg = model.main
+    if any(sg.tensors[i].dtype_name in ("int32", "int64") for i in sg.inputs):
+        return None, ("no tokenizer vocabulary embedded (token-id input): Model.embed_text/classify_text need one; "
+                      "convert with --vocab vocab.txt, or sdk metadata add OUT -o OUT2 --vocab vocab.txt")
     shape = sg.tensors[sg.inputs[0]].shape
     if len(sg.inputs) != 1 or len(sg.outputs) != 1 or len(shape) != 4 or shape[-1] not in (1, 3):
         return None, None

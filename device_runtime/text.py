@@ -9,9 +9,11 @@ pieces from the left (continuations carry ``##``); a word with no such cut, or l
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import unicodedata
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[UNK]", "[PAD]")
 OPTIONAL_SPECIAL_TOKENS = ("[MASK]",)
+DROP, SPACE, CJK, PUNCT, KEEP = range(5)  # what basic tokenization does with a character
 INPUT_ROLES = {  # the names BERT-class exports give their inputs (Hugging Face, TF Hub, TFLite Model Maker)
     "ids": ("input_ids", "input_word_ids", "ids", "word_ids", "input"),
     "mask": ("attention_mask", "input_mask", "mask"),
@@ -80,6 +83,8 @@ class WordPieceTokenizer:
         self.max_word_chars = max_word_chars
         self.specials = [t for t in SPECIAL_TOKENS + OPTIONAL_SPECIAL_TOKENS if t in self.vocab]
         self.cls, self.sep, self.unk, self.pad = (self.vocab[t] for t in SPECIAL_TOKENS)
+        self._specials = re.compile("(" + "|".join(re.escape(t) for t in self.specials) + ")")
+        self._kinds: dict[str, int] = {}
 
     @classmethod
     def from_text(cls, text: str, **options) -> WordPieceTokenizer:
@@ -89,49 +94,48 @@ class WordPieceTokenizer:
     # -- text -> pieces -------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[str]:
         """The WordPiece tokens of ``text`` (no [CLS]/[SEP])."""
-        pieces: list[str] = []
-        for part, special in self._split_specials(text):
-            if special:
-                pieces.append(part)
+        return list(self._pieces(text))
+
+    def _pieces(self, text: str) -> Iterator[str]:
+        """The tokens one by one, so that truncation stops the work at the model's length."""
+        for i, part in enumerate(self._specials.split(text)):
+            if i % 2:  # a special token written in the text ("[SEP]") is kept whole
+                yield part
                 continue
             for word in self._basic(part):
-                pieces.extend(self._wordpiece(word))
-        return pieces
+                yield from self._wordpiece(word)
 
-    def _split_specials(self, text: str) -> list[tuple[str, bool]]:
-        """``text`` cut around the special tokens written in it, each part flagged as special or not."""
-        parts, start, i = [], 0, 0
-        while i < len(text):
-            found = next((s for s in self.specials if text.startswith(s, i)), None)
-            if found is None:
-                i += 1
-                continue
-            parts += [(text[start:i], False), (found, True)]
-            i = start = i + len(found)
-        return parts + [(text[start:], False)]
-
-    def _basic(self, text: str) -> list[str]:
-        """BERT's basic tokenization: clean, CJK apart, (lowercase, strip accents), split on punctuation."""
-        text = unicodedata.normalize("NFC", text)
-        chars = []
-        for ch in text:
+    def _kind(self, ch: str) -> int:
+        """DROP, SPACE, CJK, PUNCT or KEEP for one character (memoised: text repeats its characters)."""
+        kind = self._kinds.get(ch)
+        if kind is None:
             cp = ord(ch)
-            if cp == 0 or cp == 0xFFFD or _is_control(ch):
-                continue
-            if _is_whitespace(ch):
-                chars.append(" ")
-            elif _is_cjk(cp):
-                chars.append(f" {ch} ")
-            else:
-                chars.append(ch)
-        words = []
-        for word in "".join(chars).split():
+            kind = self._kinds[ch] = DROP if cp == 0 or cp == 0xFFFD or _is_control(ch) else \
+                SPACE if _is_whitespace(ch) else CJK if _is_cjk(cp) else PUNCT if _is_punctuation(ch) else KEEP
+        return kind
+
+    def _basic(self, text: str) -> Iterator[str]:
+        """BERT's basic tokenization: clean, CJK apart, (lowercase, strip accents), split on punctuation."""
+        for chunk in re.finditer(r"[^ ]+", text):  # chunk by chunk, so that truncation stops early
+            yield from self._basic_chunk(unicodedata.normalize("NFC", chunk.group()))
+
+    def _basic_chunk(self, text: str) -> Iterator[str]:
+        spaced = "".join(ch if kind in (KEEP, PUNCT) else " " if kind == SPACE else f" {ch} " if kind == CJK else ""
+                         for ch, kind in ((ch, self._kind(ch)) for ch in text))
+        for word in spaced.split():
             if self.lowercase:
                 word = word.lower()
-            if self.strip_accents:
+            if self.strip_accents and not word.isascii():
                 word = "".join(c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn")
-            words.extend(_split_punctuation(word))
-        return words
+            start = 0
+            for i, ch in enumerate(word):
+                if self._kind(ch) == PUNCT:
+                    if i > start:
+                        yield word[start:i]
+                    yield ch
+                    start = i + 1
+            if start < len(word):
+                yield word[start:]
 
     def _wordpiece(self, word: str) -> list[str]:
         """Greedy longest-match-first pieces of one word; [UNK] when any part has no match."""
@@ -152,9 +156,9 @@ class WordPieceTokenizer:
         return pieces
 
     # -- pieces -> model inputs -------------------------------------------------------------------
-    def ids(self, text: str) -> list[int]:
-        """Vocabulary ids of ``text``'s tokens (no [CLS]/[SEP], no truncation)."""
-        return [self.vocab.get(piece, self.unk) for piece in self.tokenize(text)]
+    def ids(self, text: str, limit: int | None = None) -> list[int]:
+        """Vocabulary ids of ``text``'s tokens (no [CLS]/[SEP]), the first ``limit`` of them when given."""
+        return [self.vocab.get(piece, self.unk) for piece in itertools.islice(self._pieces(text), limit)]
 
     def encode(self, texts: Sequence[str], length: int) -> dict[str, np.ndarray]:
         """``input_ids``, ``attention_mask`` and ``token_type_ids`` (int64, [len(texts), length]):
@@ -165,25 +169,10 @@ class WordPieceTokenizer:
         ids = np.full((len(texts), length), self.pad, np.int64)
         mask = np.zeros((len(texts), length), np.int64)
         for row, text in enumerate(texts):
-            tokens = [self.cls] + self.ids(text)[:length - 2] + [self.sep]
+            tokens = [self.cls] + self.ids(text, length - 2) + [self.sep]
             ids[row, :len(tokens)] = tokens
             mask[row, :len(tokens)] = 1
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-
-
-def _split_punctuation(word: str) -> list[str]:
-    out: list[str] = []
-    start_new = True
-    for ch in word:
-        if _is_punctuation(ch):
-            out.append(ch)
-            start_new = True
-        else:
-            if start_new:
-                out.append("")
-            out[-1] += ch
-            start_new = False
-    return out
 
 
 def _is_whitespace(ch: str) -> bool:

@@ -121,7 +121,8 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
             samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
-            vocab, model_version, mean, std, input_shapes, input_dtypes, weights, keep_nchw, keep_intermediates, allow_flex,
+            vocab, model_version, mean, std, input_shapes, input_dtypes, weights, keep_nchw, keep_intermediates,
+            allow_flex,
             max_drop, optimize, min_cosine, min_agreement, plot_path, force, as_json, debug):
     """Compress and convert SOURCE to a verified .tflite.
 
@@ -418,7 +419,8 @@ def metadata_add(model, output, task, labels, vocab, sample_rate, channels, mean
             text = read_vocab(vocab)
         kind = task or "image_classifier"
         spec = MetadataSpec(task=kind, vocab=text, name=name, description=description, version=model_version,
-                            author=author, license=license_, mean=mean or None, std=std or None, color_space=color_space,
+                            author=author, license=license_, mean=mean or None, std=std or None,
+                            color_space=color_space,
                             labels=read_labels(labels), sample_rate=sample_rate, channels=channels)
         written = add_metadata(model, output, spec, force)
         click.echo(f"wrote {output} with metadata" + (f" and {len(spec.labels)} labels" if spec.labels else ""))

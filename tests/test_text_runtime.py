@@ -176,7 +176,7 @@ def pi_text_app(*args) -> subprocess.CompletedProcess:
 
 def test_embed_text_needs_the_vocabulary_then_matches_pytorch(states_model, vocab_file, tmp_path):
     done = pi_text_app(states_model, "the cat")
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]  # (beside the interpreter's INFO)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]  # beside the INFO line
     assert done.returncode == 2 and len(errors) == 1, done
     assert errors[0].startswith("error: the model has no tokenizer vocabulary") and "Traceback" not in done.stderr
     with pytest.raises(MissingMetadataError, match=r"no tokenizer vocabulary .* `sdk metadata add MODEL -o OUT "
@@ -216,6 +216,14 @@ def test_convert_with_vocab_and_labels_then_classify_text(vocab_file, tmp_path):
     assert result.exit_code == 0, result.output
     model = Model(out)
     assert model.info.task == "text_classifier" and model.labels == ["negative", "neutral", "positive"]
+    schema = pytest.importorskip("tensorflow_lite_support.metadata.metadata_schema_py_generated")
+    meta = schema.ModelMetadataT.InitFromPackedBuf(model.spec.metadata_bytes("TFLITE_METADATA"), 0)
+    unit = meta.subgraphMetadata[0].inputProcessUnits[0]  # read back as TFLite Support's schema defines it
+    assert unit.optionsType == schema.ProcessUnitOptions.BertTokenizerOptions
+    assert [(f.name, f.type) for f in unit.options.vocabFile] == [(b"vocab.txt", schema.AssociatedFileType.VOCABULARY)]
+    sg = model.spec.main  # tensor metadata is positional: the file's own input order (the converter sorts names)
+    assert [t.name.decode() for t in meta.subgraphMetadata[0].inputTensorMetadata] == \
+        [next(s.name for s in model.inputs if s.index == i) for i in sg.inputs]
     expected = pipeline(BagOfTokens(classes=3), SENTENCES)
     answers = model.classify_text(SENTENCES, top_k=3)
     for answer, probabilities in zip(answers, expected):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from converters.targets.tflite.text_metadata import VocabError, read_vocab
+from converters.targets.tflite.text_metadata import VocabError, check_token_inputs, read_vocab
 from device_runtime import ArgumentError, MissingMetadataError, Model, ModelFormatError
 from device_runtime.text import WordPieceTokenizer
 from tests.test_cli import assert_bad_input, run
@@ -288,8 +288,8 @@ def test_vocab_larger_than_the_embedding_table(text_onnx, tmp_path):
 
 
 def test_model_without_integer_input(float_onnx, vocab_file, tmp_path):
-    _refused(tmp_path, float_onnx, vocab_file, "--vocab is for text models, whose first input takes token ids "
-             "(int32 or int64); this model's inputs are x (float32)")
+    _refused(tmp_path, float_onnx, vocab_file, "--vocab is for text models, which take token ids "
+             "(an int32 or int64 input); this model's inputs are x (float32)")
 
 
 def test_metadata_add_vocab_refusals(states_model, vocab_file, tmp_path):
@@ -301,3 +301,11 @@ def test_metadata_add_vocab_refusals(states_model, vocab_file, tmp_path):
                      "does not exist", out)
     with pytest.raises(VocabError, match="neither vocab.txt nor tokenizer.json"):
         read_vocab(out)
+
+
+def test_vocab_is_checked_against_the_largest_table_an_input_indexes(vocab_file):
+    """Segment ids index a 2-row table: only the token table (the largest) bounds the vocabulary."""
+    vocab = read_vocab(vocab_file)
+    check_token_inputs(vocab, [("token_type_ids", "int64", 2), ("input_ids", "int64", 32), ("mask", "int64", None)])
+    with pytest.raises(VocabError, match="has 32 tokens but the embedding table that ids indexes has 30 rows"):
+        check_token_inputs(vocab, [("types", "int32", 2), ("ids", "int32", 30)])

@@ -106,10 +106,11 @@ def check_token_inputs(vocab: Vocab, inputs: Sequence[tuple[str, str, int | None
     """
     ids = [(name, rows) for name, dtype, rows in inputs if dtype in TOKEN_ID_DTYPES]
     if not ids:
-        raise VocabError(f"--vocab is for text models, whose first input takes token ids (int32 or int64); this "
+        raise VocabError(f"--vocab is for text models, which take token ids (an int32 or int64 input); this "
                          f"model's inputs are {', '.join(f'{n} ({d})' for n, d, _ in inputs)}. Fix: drop --vocab, "
                          "or export the model with integer input_ids")
-    name, rows = ids[0]
+    known = [(rows, name) for name, rows in ids if rows is not None]  # segment ids index a 2-row table
+    rows, name = max(known) if known else (None, "")
     if rows is not None and rows < len(vocab.tokens):
         raise VocabError(f"--vocab {vocab.source} has {len(vocab.tokens):,} tokens but the embedding table that "
                          f"{name} indexes has {rows:,} rows, so ids past {rows - 1} would read outside it; give "

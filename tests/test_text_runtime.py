@@ -309,3 +309,21 @@ def test_vocab_is_checked_against_the_largest_table_an_input_indexes(vocab_file)
     check_token_inputs(vocab, [("token_type_ids", "int64", 2), ("input_ids", "int64", 32), ("mask", "int64", None)])
     with pytest.raises(VocabError, match="has 32 tokens but the embedding table that ids indexes has 30 rows"):
         check_token_inputs(vocab, [("types", "int32", 2), ("ids", "int32", 30)])
+
+
+def test_inputs_matched_by_name_else_by_order():
+    from types import SimpleNamespace
+
+    from device_runtime import TensorSpec
+    from device_runtime.text_tasks import text_roles
+
+    def model(*names):
+        return SimpleNamespace(inputs=[TensorSpec(n, i, (1, SEQ), (1, SEQ), np.dtype(np.int64), 0.0, 0)
+                                       for i, n in enumerate(names)])
+
+    roles = text_roles(model("attention_mask", "segment_ids", "input_word_ids"))  # the file's (sorted) order
+    assert {role: spec.name for role, spec in roles.items()} == {"ids": "input_word_ids", "mask": "attention_mask",
+                                                                 "types": "segment_ids"}
+    roles = text_roles(model("serving_default_x:0", "serving_default_y:0"))  # unnamed: BERT's order
+    assert {role: spec.name for role, spec in roles.items()} == {"ids": "serving_default_x:0",
+                                                                 "mask": "serving_default_y:0"}

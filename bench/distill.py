@@ -128,9 +128,9 @@ def render(rows: list[dict], info: dict) -> str:
              f"for early stopping), {info['held_out']} from {info['modules']['held_out']} other modules to judge; "
              f"sequence length {info['seq']}. Student: {first['student']}. Training: {first['epochs_run']} "
              f"epoch(s), best {first['best_epoch']}{' (stopped early)' if first['stopped_early'] else ''}, "
-             f"batch {info['batch']}, Adam lr {info['lr']}, loss {first['loss']}, {info['train_s']:.0f} s on a shared "
-             f"2-core CPU. Latency: p50 through the device runtime, 1 thread, teacher and student timed in "
-             f"alternating rounds of the same run (lowest round kept). Cosine: each .tflite's sentence "
+             f"batch {info['batch']}, Adam lr {info['lr']}, loss {first['loss']}, {first['train_seconds']:.0f} s of "
+             f"training on a shared 2-core CPU. Latency: p50 through the device runtime, 1 thread, teacher and "
+             f"student timed in alternating rounds of the same run (lowest round kept). Cosine: each .tflite's sentence "
              f"embeddings vs the teacher's PyTorch embeddings on the held-out sentences (goal >= {COSINE_GOAL}; "
              f"speed goal about {SPEEDUP_GOAL:.0f}x).", "",
              "| mode | model | parameters | file bytes | latency p50 ms | speedup | cosine mean (min) vs teacher |",
@@ -159,7 +159,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training (default 2).")
     parser.add_argument("--checkpoint", default=str(Path(tempfile.gettempdir()) / "bench-distill-student.ckpt"))
     parser.add_argument("--only", nargs="*", choices=MODES, help="Modes to run (default both; then published).")
+    parser.add_argument("--render", action="store_true", help="Re-render bench/results/distill.md from its .json.")
     args = parser.parse_args(argv)
+    if args.render:
+        import json
+
+        from bench import RESULTS
+
+        saved = json.loads((RESULTS / "distill.json").read_text())
+        publish("distill", render(saved["rows"], saved), saved)
+        return
     torch.set_num_threads(args.threads)
     train_texts, held_texts, info = corpus()
     with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
@@ -177,7 +186,6 @@ def main(argv: list[str] | None = None) -> None:
         for mode in args.only or MODES:
             rows.append(run(mode, encoder, train, held, reference, args, work))
             print({k: v for k, v in rows[-1].items() if k != "summary"}, flush=True)
-        info["train_s"] = rows[0]["wall_s"]
     table = render(rows, info)
     data_out = {**info, "held_out_sentences": held_texts[:20], "rows": rows}
     if args.only:

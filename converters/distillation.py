@@ -2,8 +2,9 @@
 
 PyTorch and Keras teachers (tf_keras, or Keras 3 translated to it). Everything checkable is checked before
 training: the options, the output path, the data against the teacher's inputs, and the student against the
-teacher's output shape. The student is then converted like any source of its framework (the recipe may prune, cluster and quantize it), and the report compares teacher
-and student: parameters, MACs, file size, latency through the device runtime, accuracy or agreement.
+teacher's output shape. The student is then converted like any source of its framework (the recipe may
+prune, cluster and quantize it), and the report compares teacher and student: parameters, MACs, file size,
+latency through the device runtime, accuracy or agreement.
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def _keras_route(teacher, data, eval_data, choice: StudentChoice, settings, cust
     model = load_keras_model(teacher, custom_objects, notes)
     if choice.student is not None:
         student = keras_student(choice.student, custom_objects)
-        how = f"given: {choice.student if isinstance(choice.student, (str, os.PathLike)) else type(choice.student).__name__}"
+        named = isinstance(choice.student, (str, os.PathLike))
+        how = f"given: {choice.student if named else type(choice.student).__name__}"
     else:
         student, how = narrower_keras(model, choice.width_ratio)
     check_fits_keras(student, model)

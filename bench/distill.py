@@ -130,7 +130,8 @@ def render(rows: list[dict], info: dict) -> str:
              f"epoch(s), best {first['best_epoch']}{' (stopped early)' if first['stopped_early'] else ''}, "
              f"batch {info['batch']}, Adam lr {info['lr']}, loss {first['loss']}, {first['train_seconds']:.0f} s of "
              f"training on a shared 2-core CPU. Latency: p50 through the device runtime, 1 thread, teacher and "
-             f"student timed in alternating rounds of the same run (lowest round kept). Cosine: each .tflite's sentence "
+             f"student timed in alternating rounds of the same run (lowest round kept). Cosine: each .tflite's"
+             f" sentence "
              f"embeddings vs the teacher's PyTorch embeddings on the held-out sentences (goal >= {COSINE_GOAL}; "
              f"speed goal about {SPEEDUP_GOAL:.0f}x).", "",
              "| mode | model | parameters | file bytes | latency p50 ms | speedup | cosine mean (min) vs teacher |",

@@ -61,6 +61,10 @@ TECHNIQUES: tuple[Technique, ...] = (
                                 "drop quantize.bias_correction, or set precision float for the layers that lose "
                                 "most (--min-cosine)"),
                "pytorch": None, "onnx": None}),
+    Technique("cross-layer equalization", "quantize.equalization", lambda r: r.recipe.quantize.equalization is True,
+              {"keras": Refusal("it rescales ONNX initializers, on the PyTorch/ONNX route only",
+                                "drop quantize.equalization, or convert the model from PyTorch/ONNX"),
+               "pytorch": None, "onnx": None}),
     Technique("channel removal", "channels", lambda r: r.recipe.removes_channels,
               {"keras": None, "pytorch": None, "onnx": _GRAPH}),
     Technique("low-rank factorization", "low_rank", lambda r: r.recipe.factorizes,

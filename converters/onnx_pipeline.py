@@ -10,6 +10,7 @@ output against the source model (PyTorch, or onnxruntime for ONNX files).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import os
 import shutil
@@ -24,6 +25,8 @@ import numpy as np
 from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
 from .techniques.arrays import compress_weights, float_precision_weights
+from .techniques.equalization import equalized
+from .search.weight_effect import rank_layers
 from .data import DataSource, Dataset, InputSpec, random_inputs
 from .errors import ConversionError, DataError, FidelityError, RecipeError, first_line
 from .verify.fidelity import Fidelity, compare
@@ -241,9 +244,11 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     float_keras, kept = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes, strict)
     plain = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes, strict, kept)[0] \
         if compressed_any else float_keras
-    corrected = _bias_correction(onnx_model, recipe, calib, specs, notes)  # the int8 model's biases only
-    converted = _onnx2tf(corrected, keep_first, log_path, keep_nchw, route, notes, strict, kept)[0] \
-        if corrected is not None else plain
+    prepared = equalized(onnx_model, recipe.quantize, notes)  # the int8 model's weights only
+    corrected = _bias_correction(prepared or onnx_model, recipe, calib, specs, notes)
+    prepared = corrected if corrected is not None else prepared
+    converted = _onnx2tf(prepared, keep_first, log_path, keep_nchw, route, notes, strict, kept)[0] \
+        if prepared is not None else plain
     timings["onnx2tf"] = time.perf_counter() - mark
     flex = flex_nodes(float_keras, float_model)
     if flex and not allow_flex:
@@ -264,6 +269,9 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     float_reference, search = quantization_checks(
         plain, recipe, baseline_bytes, compressed_any, calib, samples, [tuple(converted.inputs[0].shape[1:])],
         {name: values for name, values in final_weights.items() if name not in float_layers}, traced=True)
+    if search is not None and len(specs) == 1 and calib is not None:  # rank layers by their own error
+        search.ranking = functools.partial(rank_layers, onnx_model, corrected, calib.columns([specs[0].name])[0],
+                                           list(search.candidates), progress=progress)
     tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
                                                float_layers, traced=True,
                                                float_bytes=baseline_bytes if converted is float_keras else None,

@@ -26,7 +26,7 @@ PRUNE_SCHEDULES = ("polynomial", "constant")
 CHANNEL_RANKINGS = ("l2", "l1", "bn_scale")
 PRECISIONS = ("int8", "float")  # per-layer, under quantize.mode int8: "float" keeps the layer's ops in float32
 SPARSE_EXPORT = ("auto", "on", "off")
-ACTIVATION_RANGES = ("minmax", "percentile")
+ACTIVATION_RANGES = ("minmax", "percentile", "mse")
 
 
 @dataclass(frozen=True)
@@ -99,12 +99,15 @@ class QuantizeSettings:
     qat: bool = False  # quantization-aware training (Keras, needs fine-tuning data) before int8 conversion
     min_cosine: float | None = None  # automatic mixed precision: keep layers float until the output cosine holds
     min_agreement: float | None = None  # ... and/or the top-1 agreement with float (percent)
-    activation_range: str = "minmax"  # int8: minmax (the converter's) | percentile (ranges narrowed to `percentile`)
+    activation_range: str = "minmax"  # int8: minmax (the converter's) | percentile (narrowed to `percentile`) | mse
     percentile: float = 99.99
     # PyTorch/ONNX, int8/int16x8: fold each layer's mean int8 weight error into its bias. auto: on where it
     # applies (PyTorch/ONNX, int8/int16x8, calibration data); measured +6.5 points top-1 agreement on
     # EfficientNet-Lite0 (bench/results/ptq.md)
     bias_correction: bool | str = "auto"
+    # PyTorch/ONNX, int8/int16x8: cross-layer equalization of conv pairs (techniques/equalization.py); off by
+    # default: it found nothing to equalize across EfficientNet-Lite0's ReLU6 (bench/results/ptq.md)
+    equalization: bool = False
 
     def validate(self) -> None:
         _choice("quantize.mode", self.mode, QUANTIZE_MODES)
@@ -140,6 +143,11 @@ class QuantizeSettings:
             raise RecipeError(f"quantize.bias_correction must be true, false or auto; got {self.bias_correction!r}")
         if self.bias_correction is True and self.mode not in ("int8", "int16x8"):
             raise RecipeError(f"quantize.bias_correction corrects int8 weights; set quantize.mode int8 or int16x8 "
+                              f"(got {self.mode})")
+        if self.equalization not in (True, False):
+            raise RecipeError(f"quantize.equalization must be true or false; got {self.equalization!r}")
+        if self.equalization and self.mode not in ("int8", "int16x8"):
+            raise RecipeError(f"quantize.equalization rescales weights for int8; set quantize.mode int8 or int16x8 "
                               f"(got {self.mode})")
         if self.searches_precision and self.mode != "int8":
             raise RecipeError(f"quantize.min_cosine/min_agreement (automatic mixed precision) keep layers float "
@@ -257,6 +265,10 @@ class Recipe:
             raise RecipeError("sparse_export: on cannot be combined with precision: float (mixed precision): the "
                               "converter's selective quantization does not support the sparse format; set "
                               "sparse_export: auto or off")
+        if (self.keeps_float_layers or self.quantize.searches_precision) and self.quantize.equalization:
+            raise RecipeError("quantize.equalization cannot be combined with float layers (precision: float, "
+                              "min_cosine/min_agreement) yet: float layers are found by their weights, which "
+                              "equalization rescales; drop one of them")
         if self.keeps_float_layers and self.quantize.qat:
             raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
                               "every layer it wraps; drop one of them")

@@ -39,7 +39,8 @@ def _spread_net():
 
 
 def test_equalization_keeps_float_outputs_and_cuts_int8_error(tmp_path):
-    """Measured: float outputs move by at most ~1e-7 of their scale; int8 mean abs error 0.0 -> 0.0."""
+    """Measured: float outputs move by 2.7e-7 of their scale; int8 mean abs error 0.00326 -> 0.00035 (both
+    routes)."""
     import onnxruntime as ort
     import torch
 
@@ -62,9 +63,13 @@ def test_equalization_keeps_float_outputs_and_cuts_int8_error(tmp_path):
                                                                             "bias_correction": False}},
                                example_input=example, calib_data=x[:128], eval_data=x[128:]).report
                for on in (False, True)}
-    assert reports[True].fidelity.mean_abs_error <= 0.5 * reports[False].fidelity.mean_abs_error
-    assert reports[True].float_fidelity.max_abs_error < 1e-5 * 10  # the float reference is the source model
+    assert reports[True].fidelity.mean_abs_error <= 0.25 * reports[False].fidelity.mean_abs_error
+    assert reports[True].float_fidelity.max_abs_error < 1e-4  # the float reference is the unequalized source
     assert "cross-layer equalization: 2 conv pair(s) equalized" in " ".join(reports[True].notes)
+    onnx_route = sdk.convert(tmp_path / "n.onnx", tmp_path / "o.tflite", {"quantize": {
+        "mode": "int8", "equalization": True, "bias_correction": False}}, calib_data=x[:128], eval_data=x[128:])
+    assert onnx_route.report.fidelity.mean_abs_error <= 0.25 * reports[False].fidelity.mean_abs_error
+
     with pytest.raises(RecipeError, match=r"quantize.equalization rescales weights for int8; set quantize.mode "
                                           r"int8 or int16x8 \(got dynamic\)"):
         sdk.Recipe.from_dict({"quantize": {"mode": "dynamic", "equalization": True}})

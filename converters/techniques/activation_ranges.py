@@ -38,8 +38,10 @@ def narrow_ranges(calibrated: bytes, inputs: list[np.ndarray], percentile: float
     interpreter = _interpreter(calibrated)
     rng = np.random.default_rng(0)
     samples: dict[int, list[np.ndarray]] = {i: [] for i in targets}
+    ranks = [len(detail["shape"]) for detail in interpreter.get_input_details()]
     for s in range(min(len(x) for x in inputs)):
-        _invoke(interpreter, [x[s:s + 1] for x in inputs])
+        # samples of a batch-1 input, or whole runs stacked on a new first axis (the PyTorch/ONNX route's)
+        _invoke(interpreter, [x[s] if x.ndim == rank + 1 else x[s:s + 1] for x, rank in zip(inputs, ranks)])
         for index in targets:
             values = interpreter.get_tensor(index).ravel()
             if values.size > VALUES_PER_SAMPLE:

@@ -26,6 +26,7 @@ from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
 from .techniques.arrays import compress_weights, float_precision_weights
 from .techniques.equalization import equalized
+from .techniques.registry import rewrite_graph
 from .search.weight_effect import rank_layers
 from .data import DataSource, Dataset, InputSpec, random_inputs
 from .errors import ConversionError, DataError, FidelityError, RecipeError, first_line
@@ -39,8 +40,8 @@ from .lowering.onnx_layouts import (channel_last_perm, inputs_in_source_layout, 
                                     outputs_channel_first)
 from .sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_input_shapes, index_inputs,
                            join_runs, load_onnx, onnx_weights, run_once, run_onnx, set_weights, simplify)
-from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
-                       export_tflite, quantization_checks, write_result)
+from .pipeline import (ConversionResult, Progress, build_info, check_calibration, check_vocab_fits, datasets,
+                       embed_metadata, export_tflite, quantization_checks, write_result)
 from .verify.layers import fidelity_warnings, quantized_layer_report
 from .recipe import QuantizeSettings, Recipe
 from .verify.report import Report
@@ -169,19 +170,11 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         exported = export_onnx(torch_source, torch_source.module, work / "model.onnx")
         timings["torch_onnx_export"] = time.perf_counter() - mark
         inputs = input_specs(fix_input_shapes(exported, input_shapes), exported)
+        check_vocab_fits(metadata, [(i.name, i.dtype, i.id_limit) for i in inputs])
         known = normalisation.given(metadata, torch_source.input_shapes)
         tune, calib, evaluation, data_notes = _data(inputs, finetune_data, calib_data, eval_data, known)
-        module = torch_source.module
-        if recipe.removes_channels:
-            from .techniques.channels.torch import remove_channels
-
-            module, record = remove_channels(module, recipe, torch_source.example_inputs)
-            graph_records.append(record)
-        if recipe.factorizes:
-            from .techniques.low_rank import factorize_linear_layers
-
-            module, record = factorize_linear_layers(module, recipe)
-            graph_records.append(record)
+        module, rewritten = rewrite_graph(torch_source.module, recipe, "pytorch", torch_source.example_inputs)
+        graph_records = list(rewritten.values())
         if tune is not None and (recipe.compresses_weights or graph_records or recipe.quantize.qat):
             module, fine_tuned_records, weight_names = _finetune(torch_source, module, recipe, tune, verbose,
                                                                  notes)
@@ -204,6 +197,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         _check_runs(reference_model, specs)
     if torch_source is None:
         inputs = input_specs(specs, onnx_model)
+        check_vocab_fits(metadata, [(i.name, i.dtype, i.id_limit) for i in inputs])
         known = normalisation.given(metadata, [s.shape for s in specs])
         tune, calib, evaluation, data_notes = _data(inputs, None, calib_data, eval_data, known)
     notes += data_notes
@@ -221,7 +215,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     records = fine_tuned_records
     if records is None:
         weights, sources = onnx_weights(onnx_model)
-        records = compress_weights(weights, recipe)
+        records = compress_weights(weights, recipe, "pytorch" if torch_source is not None else "onnx")
         set_weights(onnx_model, weights, sources)
         weight_names = [w.name for w in weights]
     for record in graph_records:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -32,8 +32,8 @@ from .training.keras import finetune, steps_per_epoch
 from .sources.keras import load_keras_model
 from .targets.tflite.metadata import MetadataSpec, populate, standard_metadata
 from .targets.tflite.normalisation import Normalisation
-from .techniques import PASSES, PassRecord
-from .techniques.base import kernel_weights
+from .techniques.base import WEIGHTS, PassRecord, kernel_weights
+from .techniques.registry import in_stage, rewrite_graph
 from .recipe import QuantizeSettings, Recipe
 from .verify.layers import fidelity_warnings, quantized_layer_report
 from .verify.report import Report
@@ -52,6 +52,8 @@ class ConversionResult:
     path: Path
     report_path: Path
     report: Report
+    exports: dict[str, Any] = field(default_factory=dict)  # the target's files: {"mcu": McuExport, ...}
+    budget: Any = None  # accuracy-budget mode's search (search.budget.BudgetResult)
 
 
 def report_path_for(output: Path) -> Path:
@@ -83,6 +85,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     if len(model.inputs) != 1 and any(d is not None for d in (finetune_data, calib_data, eval_data)):
         raise DataError(f"data for models with {len(model.inputs)} inputs is not supported yet; "
                         "convert without data")
+    check_vocab_fits(metadata, [(i.name, i.dtype, None) for i in model.inputs])
     input_shape = tuple(model.inputs[0].shape[1:])
     known, notes = keras_normalisation(teacher, metadata)
     tune, calib, evaluation, data_notes = datasets(input_shape, finetune_data, calib_data, eval_data, pixels=known)
@@ -103,15 +106,8 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     timings["float_baseline"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    graph_records = {}  # passes that rewrite layers run first; pruning and clustering work on what is left
-    if recipe.removes_channels:
-        from .techniques.channels.keras import remove_channels_keras
-
-        model, graph_records["channels"] = remove_channels_keras(model, recipe)
-    if recipe.factorizes:
-        from .techniques.low_rank import factorize_keras_dense_layers
-
-        model, graph_records["low_rank"] = factorize_keras_dense_layers(model, recipe)
+    # techniques that rewrite layers run first; pruning and clustering work on what is left
+    model, graph_records = rewrite_graph(model, recipe, "keras")
     if graph_records and tune is not None:
         finetune(model, teacher, tune, recipe.finetune, [], verbose, step=" + ".join(graph_records))
         for record in graph_records.values():
@@ -244,10 +240,10 @@ def embed_metadata(tflite_bytes: bytes, provenance: bytes, spec: MetadataSpec | 
 
 def apply_passes(model, teacher, recipe: Recipe, tune: Dataset | None, verbose: bool
                  ) -> tuple[Any, dict[str, PassRecord]]:
-    """Run every registered pass the recipe asks for, fine-tuning each when data is given."""
+    """Run every registered weight technique the recipe asks for, fine-tuning each when data is given."""
     records: dict[str, PassRecord] = {}
-    for name, pass_class in PASSES.items():
-        compression = pass_class()
+    for technique in in_stage(WEIGHTS):
+        name, compression = technique.key, technique.backend("keras")()
         targets, record = compression.select(model, recipe)
         records[name] = record
         if not targets:
@@ -268,6 +264,17 @@ def apply_passes(model, teacher, recipe: Recipe, tune: Dataset | None, verbose: 
         by_name = {layer.name: layer for layer in model.layers}
         record.layers = {n: compression.measure(by_name[n], s) for n, s in targets.items()}
     return model, records
+
+
+def check_vocab_fits(metadata: MetadataSpec | None, inputs: Sequence[tuple[str, Any, int | None]]) -> None:
+    """With ``--vocab``: refuse, before any work, a model with no token-id input or too few embedding rows.
+
+    ``inputs``: (name, dtype, embedding rows its ids index or None)."""
+    if metadata is not None and metadata.vocab is not None:
+        from .targets.tflite.text_metadata import check_token_inputs
+
+        check_token_inputs(metadata.vocab, [(name, np.dtype(getattr(dtype, "name", dtype)).name, rows)
+                                            for name, dtype, rows in inputs])
 
 
 def check_folder_labels(data: Dataset | None, metadata: MetadataSpec | None, output_shape: tuple) -> None:
@@ -402,7 +409,14 @@ def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, name: str
     from .targets.tflite.normalisation import unknown_note
 
     model = read_model(tflite_bytes)
+    if spec is not None and spec.vocab is not None:
+        written = standard_metadata(model, spec)
+        return written, (f"standard TFLite metadata written: text model, BERT tokenizer ({spec.vocab.describe()}, "
+                         f"from {spec.vocab.source})" + (f", {len(spec.labels)} labels" if spec.labels else ""))
     sg = model.main
+    if any(sg.tensors[i].dtype_name in ("int32", "int64") for i in sg.inputs):
+        return None, ("no tokenizer vocabulary embedded (token-id input): Model.embed_text/classify_text need one; "
+                      "convert with --vocab vocab.txt, or sdk metadata add OUT -o OUT2 --vocab vocab.txt")
     shape = sg.tensors[sg.inputs[0]].shape
     if len(sg.inputs) != 1 or len(sg.outputs) != 1 or len(shape) != 4 or shape[-1] not in (1, 3):
         return None, None

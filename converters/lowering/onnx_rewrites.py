@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 
+from .onnx_recurrent import unroll_recurrent
+
 
 def rewrite_for_onnx2tf(model) -> tuple[object, list[str]]:
     """A rewritten copy of ``model`` and one note per rewrite that fired, in the order of ``REWRITES``."""
@@ -170,8 +172,6 @@ def _explicit_kernel_shapes(model) -> int:
         node.attribute.append(helper.make_attribute("kernel_shape", [int(d) for d in weight[2:]]))
         count += 1
     return count
-
-
 
 
 def _input_shapes(model) -> dict[str, tuple[int, ...]]:
@@ -407,6 +407,9 @@ def _replace_node(model, node, replacement: list) -> None:
 
 # Each rewrite changes the model in place and returns what it did; the note says what and why.
 REWRITES = (
+    (unroll_recurrent, "{count} recurrent node(s) unrolled into per-step MatMul/Add/Sigmoid/Tanh/Mul ops: {names} "
+                       "(onnx2tf fails on LSTM/GRU fed from the graph, and TensorFlow's int8 calibrator on its "
+                       "loops)"),
     (_explicit_kernel_shapes, "kernel_shape written into {count} Conv/ConvTranspose node(s) that omitted it "
                               "(onnx2tf cannot convert them without it)"),
     (_explicit_padding, "auto_pad / output_shape of {count} Conv/ConvTranspose/pooling node(s) written as explicit "

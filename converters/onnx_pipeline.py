@@ -106,6 +106,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
     from .sources.torch import FACTORY_SPEC, is_torch_source
 
     recipe = recipe or Recipe()
+    allow_flex = allow_flex or recipe.allow_flex  # the flag or the recipe key
     started = time.perf_counter()
     timings: dict[str, float] = {}
     is_onnx_file = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"

@@ -216,6 +216,7 @@ class Recipe:
     quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     sparse_export: str = "auto"
+    allow_flex: bool = False  # PyTorch/ONNX: keep ops with no TFLite builtin as Select TF ops (--allow-flex)
     layers: Mapping[str, LayerOverride | None] = field(default_factory=dict)
     layer_types: Mapping[str, LayerOverride | None] = field(default_factory=dict)
 
@@ -234,6 +235,8 @@ class Recipe:
         self.quantize.validate()
         self.finetune.validate()
         _choice("sparse_export", self.sparse_export, SPARSE_EXPORT)
+        if not isinstance(self.allow_flex, bool):
+            raise RecipeError(f"allow_flex must be true or false; got {self.allow_flex!r}")
         for section, overrides in (("layers", self.layers), ("layer_types", self.layer_types)):
             for key, override in overrides.items():
                 if section == "layers":
@@ -357,6 +360,7 @@ class Recipe:
             "quantize": settings(self.quantize),
             "finetune": settings(self.finetune),
             "sparse_export": self.sparse_export,
+            "allow_flex": self.allow_flex,
             "layers": {k: override(v) for k, v in self.layers.items()},
             "layer_types": {k: override(v) for k, v in self.layer_types.items()},
         }
@@ -374,6 +378,7 @@ class Recipe:
             quantize=_section(QuantizeSettings, data.get("quantize"), "quantize") or QuantizeSettings(),
             finetune=_section(FinetuneSettings, data.get("finetune"), "finetune") or FinetuneSettings(),
             sparse_export=_yaml_switch(data.get("sparse_export", "auto")),
+            allow_flex=data.get("allow_flex", False),
             layers=_overrides(data.get("layers") or {}, "layers"),
             layer_types=_overrides(data.get("layer_types") or {}, "layer_types"),
         )

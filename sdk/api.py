@@ -56,7 +56,8 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
                                   input_dtypes=input_dtypes, allow_flex=allow_flex)
     _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
                                    "input_dtypes": input_dtypes, "weights": weights, "keep_nchw": keep_nchw,
-                                   "keep_intermediates": keep_intermediates, "allow_flex": allow_flex})
+                                   "keep_intermediates": keep_intermediates,
+                                   "allow_flex": allow_flex or recipe.allow_flex})
     return convert_keras(source, output, recipe, finetune_data=finetune_data, calib_data=calib_data,
                          eval_data=eval_data, force=force, progress=progress, verbose=verbose,
                          custom_objects=custom_objects, metadata=metadata)
@@ -84,7 +85,8 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
     torch_options = _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
                                                    "weights": weights, "keep_nchw": keep_nchw,
                                                    "keep_intermediates": keep_intermediates,
-                                                   "input_dtypes": input_dtypes, "allow_flex": allow_flex})
+                                                   "input_dtypes": input_dtypes,
+                                                   "allow_flex": allow_flex or recipe.allow_flex})
     return run_budget(source, output, max_drop=max_drop, optimize=optimize, finetune_data=finetune_data,
                       calib_data=calib_data, eval_data=eval_data, recipe=recipe, force=force, progress=progress,
                       verbose=verbose, metadata=metadata, source_options=torch_options)

@@ -122,6 +122,7 @@ class _Builder:
         self.base, self.opset, self.count, self.steps = base, opset, 0, 0
         self.nodes: list = []
         self.initializers: list = []
+        self.weights: dict = {}  # one constant per weight matrix, shared by every step
 
     def _name(self, tag: str) -> str:
         self.count += 1
@@ -158,8 +159,11 @@ class _Builder:
         return self.op("Reshape", [x, self.const(list(shape), np.int64)], output)
 
     def matmul(self, x: str, weight: np.ndarray) -> str:
-        """x @ weight.T for a constant (out, in) weight."""
-        return self.op("MatMul", [x, self.const(weight.T)])
+        """x @ weight.T for a constant (out, in) weight (a view of an initializer, which outlives the build)."""
+        key = (weight.__array_interface__["data"][0], weight.shape, weight.strides)
+        if key not in self.weights:
+            self.weights[key] = self.const(weight.T)
+        return self.op("MatMul", [x, self.weights[key]])
 
     def clip(self, x: str, bound: float | None) -> str:
         if bound is None:

@@ -36,7 +36,6 @@ def _torchvision():
 
 
 def _transformer():
-    import torch
     from torch import nn
 
     class Encoder(nn.Module):

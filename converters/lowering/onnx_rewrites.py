@@ -482,9 +482,10 @@ def _training_batch_norms(model) -> int:
 
 
 def _concats_with_constants(model) -> int:
-    """A rank-3..5 Concat with constant operands as zero-padded computed operands plus one constant that
-    holds the constants at their offsets (zeros elsewhere): the same values exactly, through Pad and Add,
-    whose constants onnx2tf lays out rightly (it transposes a Concat's constant operands wrongly)."""
+    """A rank-3..5 Concat with constant operands, along any axis but the first, as zero-padded computed
+    operands plus one constant that holds the constants at their offsets (zeros elsewhere): the same values
+    exactly, through Pad and Add, whose constants onnx2tf lays out rightly (it transposes a Concat's
+    constant operands wrongly; along the first axis, converting in onnx2tf's layout gets it right)."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -501,6 +502,8 @@ def _concats_with_constants(model) -> int:
             continue
         rank = len(parts[0])
         axis = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "axis") % rank
+        if axis == 0:
+            continue
         total = sum(p[axis] for p in parts)
         out_shape = list(parts[0])
         out_shape[axis] = total

@@ -286,7 +286,7 @@ def render(rows: list[dict], corpus: str = "node") -> str:
             continue
         cell = lambda res: ("pass" if res["ok"] else "FAIL") + (" (Flex)" if res.get("flex") else "") \
             + f" {res['s']} s"  # noqa: E731
-        clean = lambda text: (text or "").replace("|", "/")[:160]  # noqa: E731
+        clean = lambda text: " ".join((text or "").replace("|", "/").split())[:160]  # noqa: E731
         lines.append(f"| {r['case']} | {r['op']} | {tuple(r['input_shape'])} | {cell(r['sdk'])} | "
                      f"{cell(r['onnx2tf'])} | {clean(r['sdk']['error'])} | {clean(r['onnx2tf']['error'])} |")
     return "\n".join(lines) + "\n"

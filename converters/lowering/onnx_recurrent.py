@@ -122,7 +122,7 @@ class _Builder:
         self.base, self.opset, self.count, self.steps = base, opset, 0, 0
         self.nodes: list = []
         self.initializers: list = []
-        self.weights: dict = {}  # one constant per weight matrix, shared by every step
+        self.weights: dict = {}  # one constant per weight matrix (and small constant), shared by every step
 
     def _name(self, tag: str) -> str:
         self.count += 1
@@ -131,8 +131,14 @@ class _Builder:
     def const(self, value, dtype=np.float32) -> str:
         from onnx import numpy_helper
 
+        array = np.ascontiguousarray(value, dtype)
+        key = (array.dtype.str, array.shape, array.tobytes()) if array.size <= 4 else None  # indices, scalars
+        if key in self.weights:
+            return self.weights[key]
         name = self._name("c")
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype), name))
+        self.initializers.append(numpy_helper.from_array(array, name))
+        if key is not None:
+            self.weights[key] = name
         return name
 
     def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:

@@ -372,9 +372,9 @@ def _check_quantizable(onnx_model, recipe: Recipe) -> None:
     if not recipe.quantize.needs_calibration:
         return
     left = not_unrolled(onnx_model)  # the others become plain ops before onnx2tf
-    for node in onnx_model.graph.node:
-        if node.op_type in CALIBRATION_CRASHING_OPS and (node.op_type not in RECURRENT_OPS or id(node) in left):
-            why = f" (not unrolled: {left[id(node)]})" if id(node) in left else ""
+    for index, node in enumerate(onnx_model.graph.node):
+        if node.op_type in CALIBRATION_CRASHING_OPS and (node.op_type not in RECURRENT_OPS or index in left):
+            why = f" (not unrolled: {left[index]})" if index in left else ""
             raise ConversionError(f"quantize {recipe.quantize.mode} is not available for this recurrent model: "
                                   f"TensorFlow's calibrator crashes on {node.op_type} (node {node.name}){why}; use "
                                   "--quantize dynamic or float16 for this model")

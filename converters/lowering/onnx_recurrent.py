@@ -96,22 +96,23 @@ def _drop_unused(model, names: list[str]) -> None:
 
 
 def not_unrolled(model) -> dict[int, str]:
-    """{id(node): why} for the recurrent nodes ``unroll_recurrent`` would leave to onnx2tf."""
+    """{index of the node in model.graph.node: why} for the recurrent nodes ``unroll_recurrent`` would leave
+    to onnx2tf (an index: protobuf may hand out a new Python object for a node at each access)."""
     from onnx import helper, numpy_helper
 
     from .onnx_rewrites import _input_shapes
 
-    nodes = [n for n in model.graph.node if n.op_type in RECURRENT_OPS]
+    nodes = [(k, n) for k, n in enumerate(model.graph.node) if n.op_type in RECURRENT_OPS]
     if not nodes:
         return {}
     shapes = _input_shapes(model)
     constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     left = {}
-    for node in nodes:
+    for index, node in nodes:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         why = _unroll(node, attrs, shapes, constants, _Builder("probe", 17))
         if why is not None:
-            left[id(node)] = why
+            left[index] = why
     return left
 
 

@@ -63,6 +63,10 @@ CAPABILITIES: tuple[Capability, ...] = (
                                  "drop quantize.bias_correction, or set precision float for the layers that lose "
                                  "most (--min-cosine)"),
                 "pytorch": None, "onnx": None}),
+    Capability("cross-layer equalization", "quantize.equalization", lambda r: r.recipe.quantize.equalization is True,
+               {"keras": Refusal("it rescales ONNX initializers, on the PyTorch/ONNX route only",
+                                 "drop quantize.equalization, or convert the model from PyTorch/ONNX"),
+                "pytorch": None, "onnx": None}),
     Capability("accuracy-budget mode", "--max-drop", lambda r: r.budget,
                {"keras": None, "pytorch": None,
                 "onnx": Refusal("it fine-tunes every candidate, which needs the PyTorch model",

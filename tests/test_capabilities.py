@@ -20,6 +20,7 @@ ASKING = {
     "mixed precision": Request(Recipe.from_dict({"quantize": {"mode": "int8"}, "layers": {"fc1": {"precision": "float"}}})),
     "automatic mixed precision": Request(Recipe.from_dict({"quantize": {"mode": "int8", "min_cosine": 0.99}})),
     "bias correction": Request(Recipe.from_dict({"quantize": {"mode": "int8", "bias_correction": True}})),
+    "cross-layer equalization": Request(Recipe.from_dict({"quantize": {"mode": "int8", "equalization": True}})),
     "channel removal": Request(Recipe.from_dict({"channels": {"fraction": 0.5}})),
     "low-rank factorization": Request(Recipe.from_dict({"low_rank": {"rank_ratio": 0.25}})),
     "fine-tuning by distillation": Request(Recipe(), finetune=True),

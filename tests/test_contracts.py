@@ -31,6 +31,10 @@ MEASURED_ELSEWHERE = {
     ("automatic mixed precision", "onnx"): "test_ptq_layers::test_automatic_mixed_precision_on_the_pytorch_route",
     ("bias correction", "pytorch"): "test_ptq_layers::test_bias_correction_cuts_int8_error_and_leaves_the_float_reference",
     ("bias correction", "onnx"): "test_ptq_layers::test_bias_correction_cuts_int8_error_and_leaves_the_float_reference",
+    ("cross-layer equalization", "pytorch"):
+        "test_ptq_equalization::test_equalization_keeps_float_outputs_and_cuts_int8_error",
+    ("cross-layer equalization", "onnx"):
+        "test_ptq_equalization::test_equalization_keeps_float_outputs_and_cuts_int8_error",
     ("fine-tuning by distillation", "keras"): "test_keras_convert::test_unlabelled_finetune_distils",
     ("fine-tuning by distillation", "pytorch"):
         "test_torch_onnx::test_digits_pruned_clustered_int8_keeps_accuracy_and_shrinks_10x",

@@ -135,7 +135,10 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
         model, recipe, baseline_bytes, changed and not recipe.quantize.qat, calib, calibration, [input_shape],
         {layer.name: kernel_weights(layer)[0].numpy() for layer in model.layers
          if kernel_weights(layer) and layer.name not in float_layers})
-    tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress, float_layers,
+    # by weights too: the op that writes the model's output is named after the output, not the layer
+    exported = {layer.name: kernel_weights(layer) for layer in model.layers}
+    float_weights = {name: exported[name][0].numpy() if exported.get(name) else None for name in float_layers}
+    tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress, float_weights,
                                                precision_search=search)
     notes += export_notes
     source_sha256 = _source_hash(source_path, teacher)

@@ -17,10 +17,10 @@ from sdk.cli import main
 OUTLIER = 100.0  # times the layer's largest weight
 
 
-def _broken_keras_model():
+def _broken_keras_model(keras=None):
     from converters import _tf
 
-    keras = _tf.keras()
+    keras = keras or _tf.keras()
     keras.utils.set_random_seed(0)
     inp = keras.Input((12, 12, 3))
     x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_a")(inp)

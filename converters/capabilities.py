@@ -57,10 +57,7 @@ TECHNIQUES: tuple[Technique, ...] = (
     Technique("automatic mixed precision", "quantize.min_cosine / min_agreement",
               lambda r: r.recipe.quantize.searches_precision, _ALL),
     Technique("bias correction", "quantize.bias_correction", lambda r: r.recipe.quantize.bias_correction is True,
-              {"keras": Refusal("it corrects ONNX initializers, on the PyTorch/ONNX route only",
-                                "drop quantize.bias_correction, or set precision float for the layers that lose "
-                                "most (--min-cosine)"),
-               "pytorch": None, "onnx": None}),
+              _ALL),
     Technique("channel removal", "channels", lambda r: r.recipe.removes_channels,
               {"keras": None, "pytorch": None, "onnx": _GRAPH}),
     Technique("low-rank factorization", "low_rank", lambda r: r.recipe.factorizes,

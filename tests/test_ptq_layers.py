@@ -218,10 +218,6 @@ def test_bias_correction_cuts_int8_error_and_leaves_the_float_reference(tmp_path
                                           r"or int16x8 \(got dynamic\)"):
         sdk.Recipe.from_dict({"quantize": {"mode": "dynamic", "bias_correction": True}})
     assert not any("bias correction" in note for note in plain.notes)
-    keras = CliRunner().invoke(main, ["convert", "nothing.h5", "-o", str(tmp_path / "k.tflite"), "--recipe",
-                                      str(_recipe_file(tmp_path, "quantize: {mode: int8, bias_correction: true}"))])
-    assert keras.exit_code == 2 and "bias correction (quantize.bias_correction) is not available for Keras" in \
-        keras.stderr
 
 
 def test_percentile_activation_ranges_ignore_rare_calibration_outliers(tmp_path):

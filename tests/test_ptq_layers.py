@@ -267,9 +267,3 @@ def test_inspect_compare_plot_and_refusals(calib, tmp_path):
     wrong = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "wrong.npy")])
     assert wrong.exit_code == 2 and wrong.stderr.startswith("error: ") and len(wrong.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p.png").exists()
-
-
-def _recipe_file(folder, text: str):
-    path = folder / "recipe.yaml"
-    path.write_text(text + "\n")
-    return path

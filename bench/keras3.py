@@ -126,6 +126,7 @@ def main() -> None:
                             result.path.stat().st_size, seconds))
             if result.report.mixed_precision is not None:
                 rows[-1]["kept_float"] = result.report.mixed_precision.kept
+            print(rows[-1], flush=True)  # a partial result survives an interrupted run
         for precision in ("float32", "int8"):
             started = time.perf_counter()
             try:

@@ -11,12 +11,17 @@ calibration inputs (nested models included: each layer's ``call`` is watched whi
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from typing import TypeVar
 
 import numpy as np
 
 from .. import _tf
+from ..errors import first_line
+from .base import leaf_layers
 from .bias_correction import BiasCorrection, int8_weight_error
+
+T = TypeVar("T")
 
 BATCH = 16
 CORRECTED = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense")
@@ -30,9 +35,9 @@ def correct_keras_biases(model, x: np.ndarray, keep_float: Collection[str] = ())
     copy.set_weights(model.get_weights())
     record = BiasCorrection(samples=len(x))
     targets = []
-    for layer in _leaves(copy):
+    for layer, within in leaf_layers(copy):
         kind = type(layer).__name__
-        if kind not in CORRECTED or layer.name in keep_float:
+        if kind not in CORRECTED or {layer.name, *within} & set(keep_float):
             continue
         if getattr(layer, "groups", 1) != 1:
             record.skipped[layer.name] = "grouped convolution"
@@ -41,29 +46,37 @@ def correct_keras_biases(model, x: np.ndarray, keep_float: Collection[str] = ())
         if norm is None and not getattr(layer, "use_bias", False):
             record.skipped[layer.name] = "no bias to correct"
             continue
-        targets.append((layer, norm))
-    means = _input_means(copy, [layer for layer, _ in targets], x)
-    for layer, norm in targets:
+        targets.append((layer, norm, within))
+    means = _input_means(copy, [layer for layer, _, _ in targets], x)
+    originals = {}  # layer -> (the variable that took the shift, its value before, the models around the layer)
+    for layer, norm, within in targets:
         if layer.name not in means:
             record.skipped[layer.name] = "not reached by the input"
             continue
         shift = _shift(layer, norm, means[layer.name])
-        if norm is not None:
-            norm.beta.assign(norm.beta.numpy() + shift.astype(np.float32))
-        else:
-            weights = layer.get_weights()
-            weights[1] = (weights[1] + shift).astype(weights[1].dtype)
-            layer.set_weights(weights)
+        variable = norm.beta if norm is not None else layer.bias
+        originals[layer.name] = (variable, variable.numpy(), within)
+        variable.assign(variable.numpy() + shift.astype(np.float32))
         record.corrected[layer.name] = float(np.abs(shift).max())
+    object.__setattr__(copy, "_sdk_bias_originals", originals)  # not tracked by Keras: see uncorrected()
     return copy, record
 
 
-def _leaves(model) -> list:
-    found = []
-    for layer in model.layers:
-        found += _leaves(layer) if hasattr(layer, "layers") and type(layer).__name__ in (
-            "Functional", "Sequential", "Model") else [layer]
-    return found
+def uncorrected(model, names: Collection[str], work: Callable[[], T]) -> T:
+    """``work()`` with the layers named in ``names`` (or inside the models named) back to their uncorrected
+    biases: layers that a mixed-precision search keeps float compute in float, where the correction for int8
+    rounding would be an error."""
+    originals = getattr(model, "_sdk_bias_originals", {})
+    chosen = [(variable, before) for name, (variable, before, within) in originals.items()
+              if {name, *within} & set(names)]
+    corrected = [variable.numpy() for variable, _ in chosen]
+    for variable, before in chosen:
+        variable.assign(before)
+    try:
+        return work()
+    finally:
+        for (variable, _), value in zip(chosen, corrected):
+            variable.assign(value)
 
 
 def _folded_norm(layer):
@@ -135,6 +148,10 @@ def maybe_correct(model, settings, calibration: np.ndarray | None, per_channel: 
         if settings.bias_correction is True:
             notes.append(f"bias correction skipped: {reason}")
         return model
-    corrected, record = correct_keras_biases(model, calibration[:settings.samples], keep_float)
+    try:
+        corrected, record = correct_keras_biases(model, calibration[:settings.samples], keep_float)
+    except (NotImplementedError, TypeError, ValueError) as exc:  # a custom layer that cannot be cloned from its config
+        notes.append(f"bias correction skipped: the model could not be copied ({first_line(exc, 120)})")
+        return model
     notes.append(record.summary())
     return corrected

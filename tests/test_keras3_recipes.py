@@ -154,3 +154,26 @@ def test_bias_correction_on_a_keras3_file(tmp_path):
     assert len(corrected) == 1 and corrected[0].startswith("bias correction: 3 layer(s) corrected on "), corrected
     assert not any("bias correction" in note for note in reports[False].notes)
     assert reports["auto"].float_fidelity.max_abs_error < 1e-5  # the float file stays uncorrected
+
+
+def test_layers_kept_float_get_their_uncorrected_biases_back():
+    """A mixed-precision search keeps layers float; inside a nested model too. Their biases must be the
+    source's, not the int8 correction's."""
+    from converters.sources.keras import load_keras_model
+    from converters.techniques.base import leaf_layers
+    from converters.techniques.bias_correction_keras import correct_keras_biases, uncorrected
+
+    model = load_keras_model(_rounding_keras3_model())
+    assert [(layer.name, within) for layer, within in leaf_layers(model) if layer.weights] == \
+        [("conv", ("block",)), ("bn", ("block",)), ("depthwise", ()), ("head", ())]
+    calib = np.random.default_rng(0).random((32, 12, 12, 3), np.float32)
+    corrected, record = correct_keras_biases(model, calib)
+    assert set(record.corrected) == {"conv", "depthwise", "head"}
+    source_beta = model.get_layer("block").get_layer("bn").beta.numpy()
+    beta = corrected.get_layer("block").get_layer("bn").beta
+    depthwise_bias = corrected.get_layer("depthwise").bias
+    assert not np.allclose(beta.numpy(), source_beta)
+    seen = uncorrected(corrected, ["block"], lambda: (beta.numpy().copy(), depthwise_bias.numpy().copy()))
+    np.testing.assert_array_equal(seen[0], source_beta)  # the nested model's layers, by its name
+    assert not np.allclose(seen[1], model.get_layer("depthwise").bias.numpy())  # others stay corrected
+    assert not np.allclose(beta.numpy(), source_beta)  # and the correction is back afterwards

@@ -58,10 +58,7 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("automatic mixed precision", "quantize.min_cosine / min_agreement",
                lambda r: r.recipe.quantize.searches_precision, _ALL),
     Capability("bias correction", "quantize.bias_correction", lambda r: r.recipe.quantize.bias_correction is True,
-               {"keras": Refusal("it corrects ONNX initializers, on the PyTorch/ONNX route only",
-                                 "drop quantize.bias_correction, or set precision float for the layers that lose "
-                                 "most (--min-cosine)"),
-                "pytorch": None, "onnx": None}),
+               _ALL),
     Capability("cross-layer equalization", "quantize.equalization", lambda r: r.recipe.quantize.equalization is True,
                {"keras": Refusal("it rescales ONNX initializers, on the PyTorch/ONNX route only",
                                  "drop quantize.equalization, or convert the model from PyTorch/ONNX"),

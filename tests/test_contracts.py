@@ -29,6 +29,7 @@ MEASURED_ELSEWHERE = {
         "test_ptq_layers::test_automatic_mixed_precision_keeps_exactly_the_broken_layer_float",
     ("automatic mixed precision", "pytorch"): "test_ptq_layers::test_automatic_mixed_precision_on_the_pytorch_route",
     ("automatic mixed precision", "onnx"): "test_ptq_layers::test_automatic_mixed_precision_on_the_pytorch_route",
+    ("bias correction", "keras"): "test_keras3_recipes::test_bias_correction_on_a_keras3_file",
     ("bias correction", "pytorch"): "test_ptq_layers::test_bias_correction_cuts_int8_error_and_leaves_the_float_reference",
     ("bias correction", "onnx"): "test_ptq_layers::test_bias_correction_cuts_int8_error_and_leaves_the_float_reference",
     ("cross-layer equalization", "pytorch"):

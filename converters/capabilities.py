@@ -11,6 +11,7 @@ from typing import Callable
 
 from .errors import RecipeError
 from .recipe import Recipe
+from .techniques.data_aware import asked_explicitly
 
 FRAMEWORKS = {"keras": "Keras", "pytorch": "PyTorch", "onnx": "ONNX"}
 
@@ -61,6 +62,11 @@ TECHNIQUES: tuple[Technique, ...] = (
                                 "drop quantize.bias_correction, or set precision float for the layers that lose "
                                 "most (--min-cosine)"),
                "pytorch": None, "onnx": None}),
+    Technique("data-aware one-shot pruning and clustering", "prune.allocation/ranking, cluster.weighting, "
+              "*.bias_correction", lambda r: bool(asked_explicitly(r.recipe)),
+              {"keras": Refusal("it measures ONNX layers on calibration data, on the PyTorch/ONNX route only",
+                                "drop the option (Keras one-shot pruning ranks by magnitude) or fine-tune with "
+                                "--finetune DATA"), "pytorch": None, "onnx": None}),
     Technique("channel removal", "channels", lambda r: r.recipe.removes_channels,
               {"keras": None, "pytorch": None, "onnx": _GRAPH}),
     Technique("low-rank factorization", "low_rank", lambda r: r.recipe.factorizes,

@@ -27,6 +27,11 @@ CHANNEL_RANKINGS = ("l2", "l1", "bn_scale")
 PRECISIONS = ("int8", "float")  # per-layer, under quantize.mode int8: "float" keeps the layer's ops in float32
 SPARSE_EXPORT = ("auto", "on", "off")
 ACTIVATION_RANGES = ("minmax", "percentile")
+# One-shot compression with calibration data (PyTorch/ONNX route, converters/techniques/data_aware.py);
+# auto: the data-aware choice when --calib data is given and nothing is fine-tuned, else the plain one.
+PRUNE_ALLOCATIONS = ("auto", "uniform", "sensitivity")
+PRUNE_RANKINGS = ("auto", "magnitude", "activation")
+CLUSTER_WEIGHTINGS = ("auto", "uniform", "activation")
 
 
 @dataclass(frozen=True)
@@ -34,12 +39,22 @@ class PruneSettings:
     sparsity: float
     structure: str = "unstructured"
     schedule: str = "polynomial"
+    allocation: str = "auto"  # uniform: every layer at `sparsity`; sensitivity: per layer, by measured error
+    ranking: str = "auto"  # magnitude: |w|; activation: |w| x its input channel's norm on calibration data
+    bias_correction: bool | str = "auto"  # after one-shot compression: mean output shift moved into the bias
 
     def validate(self, where: str) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise RecipeError(f"{where}.sparsity must be in [0, 1); got {self.sparsity}")
         _choice(f"{where}.structure", self.structure, PRUNE_STRUCTURES)
         _choice(f"{where}.schedule", self.schedule, PRUNE_SCHEDULES)
+        _choice(f"{where}.allocation", self.allocation, PRUNE_ALLOCATIONS)
+        _choice(f"{where}.ranking", self.ranking, PRUNE_RANKINGS)
+        _switch(f"{where}.bias_correction", self.bias_correction)
+        for key in ("allocation", "ranking"):
+            if self.structure != "unstructured" and getattr(self, key) not in ("auto", "uniform", "magnitude"):
+                raise RecipeError(f"{where}.{key} {getattr(self, key)} applies to unstructured pruning; got "
+                                  f"structure {self.structure} (set {key} auto or use structure unstructured)")
         if self.structure == "2:4" and self.sparsity not in (0.0, 0.5):
             raise RecipeError(f"{where}: 2:4 pruning always gives sparsity 0.5; got sparsity "
                               f"{self.sparsity} (drop it or set 0.5)")
@@ -48,10 +63,14 @@ class PruneSettings:
 @dataclass(frozen=True)
 class ClusterSettings:
     clusters: int
+    weighting: str = "auto"  # activation: k-means weighted by each weight's input energy on calibration data
+    bias_correction: bool | str = "auto"  # after one-shot compression: mean output shift moved into the bias
 
     def validate(self, where: str) -> None:
         if not isinstance(self.clusters, int) or isinstance(self.clusters, bool) or self.clusters < 2:
             raise RecipeError(f"{where}.clusters must be an integer >= 2; got {self.clusters!r}")
+        _choice(f"{where}.weighting", self.weighting, CLUSTER_WEIGHTINGS)
+        _switch(f"{where}.bias_correction", self.bias_correction)
         if self.clusters > 256:
             raise RecipeError(f"{where}.clusters must be <= 256 (int8 holds 256 values); "
                               f"got {self.clusters}")
@@ -413,7 +432,8 @@ class Recipe:
             quant = dataclasses.replace(quant, io_type="float32")
         return dataclasses.replace(
             self, prune=new_prune,
-            cluster=ClusterSettings(cluster) if cluster is not None else self.cluster,
+            cluster=self.cluster if cluster is None else dataclasses.replace(self.cluster, clusters=cluster)
+            if self.cluster is not None else ClusterSettings(cluster),
             quantize=quant,
             finetune=dataclasses.replace(self.finetune, **_given(epochs=epochs)))
 
@@ -435,6 +455,11 @@ def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
         hint = difflib.get_close_matches(str(value), allowed, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise RecipeError(f"{where} must be one of {', '.join(allowed)}; got {value!r}{suggestion}")
+
+
+def _switch(where: str, value: Any) -> None:
+    if value not in (True, False, "auto"):
+        raise RecipeError(f"{where} must be true, false or auto; got {value!r}")
 
 
 def _no_such(section: str, key: str, offered: Sequence[str], what: str) -> None:

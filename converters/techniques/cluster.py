@@ -22,26 +22,31 @@ from .prune import sparsity_of
 LLOYD_ITERATIONS = 60
 
 
-def kmeans_1d(values: np.ndarray, clusters: int, preserve_zeros: bool = False) -> np.ndarray:
+def kmeans_1d(values: np.ndarray, clusters: int, preserve_zeros: bool = False,
+              sample_weight: np.ndarray | None = None) -> np.ndarray:
     """``values`` with every entry replaced by its nearest of at most ``clusters`` centroids.
 
     ``preserve_zeros`` keeps pruned zeros exactly zero, and zero counts as one of the
     ``clusters`` values, as in tfmot's sparsity-preserving clustering: a 16-cluster
     tensor holds at most 16 distinct values (a 4-bit palette), never 16 plus zero.
+    ``sample_weight`` (same shape, >= 0) weighs each entry in the centroids' means, e.g. by how much
+    its input moves the output (data-aware clustering).
     """
     flat = values.reshape(-1).astype(np.float64)
     chosen = flat != 0 if preserve_zeros else np.ones(flat.shape, bool)
     data = flat[chosen]
     if data.size == 0:
         return values.copy()
+    weight = np.ones(data.shape) if sample_weight is None else \
+        np.broadcast_to(sample_weight, values.shape).reshape(-1)[chosen].astype(np.float64) + 1e-12
     if data.size < flat.size:  # zeros kept: they take one of the values
         clusters -= 1
-    centroids = np.unique(np.quantile(data, (np.arange(clusters) + 0.5) / clusters))
+    centroids = np.unique(_weighted_quantiles(data, weight, (np.arange(clusters) + 0.5) / clusters))
     for _ in range(LLOYD_ITERATIONS):
         assignment = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, data)
-        counts = np.bincount(assignment, minlength=centroids.size)
-        sums = np.bincount(assignment, weights=data, minlength=centroids.size)
-        updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        counts = np.bincount(assignment, weights=weight, minlength=centroids.size)
+        sums = np.bincount(assignment, weights=data * weight, minlength=centroids.size)
+        updated = np.where(counts > 0, sums / np.where(counts > 0, counts, 1), centroids)
         if np.allclose(updated, centroids, rtol=0, atol=1e-12):
             break
         centroids = np.sort(updated)
@@ -49,6 +54,15 @@ def kmeans_1d(values: np.ndarray, clusters: int, preserve_zeros: bool = False) -
     out = flat.copy()
     out[chosen] = centroids[assignment]
     return out.reshape(values.shape).astype(values.dtype)
+
+
+def _weighted_quantiles(data: np.ndarray, weight: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``np.quantile`` where each entry counts ``weight`` times (equal weights: the same answer)."""
+    if np.all(weight == weight[0]):
+        return np.quantile(data, q)
+    order = np.argsort(data)
+    cumulative = np.cumsum(weight[order])
+    return np.interp(q * cumulative[-1], cumulative - weight[order] / 2, data[order])
 
 
 def unique_count(values: np.ndarray) -> int:

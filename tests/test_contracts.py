@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import sdk
-from converters.capabilities import FRAMEWORKS, TECHNIQUES
+from converters.capabilities import FRAMEWORKS, CAPABILITIES
 from converters.verify.analysis import analyse
 
 WEIGHT_OPS = {"CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D"}
@@ -31,6 +31,10 @@ MEASURED_ELSEWHERE = {
     ("automatic mixed precision", "onnx"): "test_ptq_layers::test_automatic_mixed_precision_on_the_pytorch_route",
     ("bias correction", "pytorch"): "test_ptq_layers::test_bias_correction_cuts_int8_error_and_leaves_the_float_reference",
     ("bias correction", "onnx"): "test_ptq_layers::test_bias_correction_cuts_int8_error_and_leaves_the_float_reference",
+    ("data-aware one-shot pruning and clustering", "pytorch"):
+        "test_oneshot::test_digits_prune_cluster_int8_one_shot_within_1_5_points",
+    ("data-aware one-shot pruning and clustering", "onnx"):
+        "test_oneshot::test_sensitivity_allocation_spares_first_and_small_layers_and_meets_the_target",
     ("fine-tuning by distillation", "keras"): "test_keras_convert::test_unlabelled_finetune_distils",
     ("fine-tuning by distillation", "pytorch"):
         "test_torch_onnx::test_digits_pruned_clustered_int8_keeps_accuracy_and_shrinks_10x",
@@ -95,7 +99,7 @@ def _weights(path) -> list:
 
 
 CELLS = [(name, framework) for name in ONE_SHOT for framework in FRAMEWORKS
-         if next(t for t in TECHNIQUES if t.name == name).cells[framework] is None]
+         if next(t for t in CAPABILITIES if t.name == name).cells[framework] is None]
 
 
 @pytest.mark.parametrize("technique, framework", CELLS)
@@ -125,7 +129,7 @@ def test_one_shot_cell_shows_in_the_written_file(technique, framework, sources, 
 
 def test_every_supported_cell_has_a_contract():
     """Each "yes" cell is measured here or by a named test that exists; "no" cells by test_capabilities."""
-    for technique in TECHNIQUES:
+    for technique in CAPABILITIES:
         for framework in FRAMEWORKS:
             if technique.cells[framework] is not None:
                 continue

@@ -59,7 +59,7 @@ def compress(tiny, recipe: dict):
     model, data, specs = tiny
     model = copy.deepcopy(model)
     weights, sources = onnx_weights(model)
-    model, records = compress_with_data(model, weights, sources, Recipe.from_dict(recipe), data, specs)
+    model, records = compress_with_data(model, weights, sources, Recipe.from_dict(recipe), "onnx", data, specs)
     return model, records, {w.name: w.values for w in onnx_weights(model)[0]}
 
 

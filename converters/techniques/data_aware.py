@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import RecipeError
-from ..recipe import ClusterSettings, PruneSettings, Recipe
 from .activations import Probe, Site, channel_axis, channel_sums, layer_sites
 from .arrays import WeightArray, cluster_weights, compress_weights, plan_targets, prune_one, prune_weights
 from .base import PassRecord
+from .cluster import ClusterSettings
+from .prune import PruneSettings
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 SMALL_FRACTION = 0.01  # layers with fewer of the prunable weights than this stay dense under sensitivity
 STAT_SAMPLES = 512  # calibration samples for activation statistics and bias correction
@@ -111,7 +115,7 @@ def _all_settings(recipe: Recipe):
                         yield f"{section}[{key!r}].{kind}", value
 
 
-def compress_with_data(model, weights: list[WeightArray], sources: dict[str, str], recipe: Recipe,
+def compress_with_data(model, weights: list[WeightArray], sources: dict[str, str], recipe: Recipe, framework: str,
                        data: dict[str, np.ndarray] | None, specs) -> tuple[Any, dict[str, PassRecord]]:
     """Prune then cluster ``weights`` one-shot, steered by ``data`` (calibration inputs by name) where the
     recipe allows; returns the model with the compressed weights (and corrected biases) and the records."""
@@ -119,7 +123,7 @@ def compress_with_data(model, weights: list[WeightArray], sources: dict[str, str
 
     choices = resolve(recipe, data is not None)
     if data is None or not choices.any or not recipe.compresses_weights:
-        records = compress_weights(weights, recipe)
+        records = compress_weights(weights, recipe, framework)
         set_weights(model, weights, sources)
         return model, records
     prune, cluster, records = plan_targets(weights, recipe)

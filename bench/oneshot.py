@@ -1,17 +1,17 @@
 """One-shot pruning + clustering + int8 without fine-tuning: uniform magnitude vs each data-aware addition.
 
 Digits: ``examples.digits_torch.DigitsConvNet`` (Conv-BN-ReLU with 288 weights, two more convs, two Linear;
-issue #24's model), trained on scikit-learn's digits with three seeds. Every row is ``prune 0.5 + cluster 16
+issue #24's model), trained on scikit-learn's digits (seed 0; ``--seeds`` for more). Every row is ``prune 0.5 + cluster 16
 + int8`` with the training split as ``--calib`` (no fine-tuning), converted by ``sdk.convert``; accuracy is
 measured from the written .tflite on the held-out split, sparsity over all prunable weights and unique values
 read from the file. Rows: every data-aware option off (uniform magnitude pruning, plain k-means, no
-correction), each option alone, all but one, and the default (``auto``: all on when --calib is given).
+correction), each option alone, (``--all-but``: all but one,) and the default (``auto``: all on with --calib).
 
 EfficientNet-Lite0 (``--efficientnet``, the wheels bench/ptq.py uses): one-shot prune 0.3 and 0.5 + int8,
 uniform magnitude vs data-aware, top-1 agreement with the float PyTorch model on bench/ptq.py's held-out
 photo crops.
 
-    nice -n 10 python -m bench.oneshot [--seeds 0 1 2] [--efficientnet]
+    nice -n 10 python -m bench.oneshot [--seeds 0 1 2] [--all-but] [--efficientnet]
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ OPTIONS = {"sensitivity allocation": [("prune", "allocation")], "activation rank
            "activation-weighted clustering": [("cluster", "weighting")]}
 
 
-def variants() -> list[tuple[str, dict]]:
-    """(row name, prune/cluster options): all off, each alone, all but each, the default."""
+def variants(all_but: bool = False) -> list[tuple[str, dict]]:
+    """(row name, prune/cluster options): all off, each alone, (``all_but``: all but each,) the default."""
     def with_on(names):
         chosen = {section: dict(values) for section, values in OFF.items()}
         for name in names:
@@ -44,7 +44,7 @@ def variants() -> list[tuple[str, dict]]:
 
     rows = [("uniform magnitude (all off)", with_on([]))]
     rows += [(f"+ {name} only", with_on([name])) for name in OPTIONS]
-    rows += [(f"all but {name}", with_on([n for n in OPTIONS if n != name])) for name in OPTIONS]
+    rows += [(f"all but {name}", with_on([n for n in OPTIONS if n != name])) for name in OPTIONS] if all_but else []
     rows += [("default with --calib (auto: all on)", {"prune": {}, "cluster": {}})]
     return rows
 
@@ -69,14 +69,14 @@ def digits_row(model, splits, name: str, options: dict, work: Path, sparsity: fl
             "gzip_ratio": round(report.gzip_ratio, 2), "seconds": round(time.perf_counter() - started, 1)}
 
 
-def digits(seeds: list[int], work: Path) -> list[dict]:
+def digits(seeds: list[int], work: Path, all_but: bool = False) -> list[dict]:
     from examples.digits_torch import DigitsConvNet, nchw_splits, train_digits_net
 
     splits = nchw_splits()
     rows = []
     for seed in seeds:
         model = train_digits_net(splits, architecture=DigitsConvNet, seed=seed)
-        for name, options in variants():
+        for name, options in variants(all_but):
             rows.append({"seed": seed, **digits_row(model, splits, name, options, work)})
             print(rows[-1], flush=True)
     return rows
@@ -141,13 +141,14 @@ def render(digit_rows: list[dict], effnet_rows: list[dict]) -> str:
 
 def main() -> None:
     parser = arguments(__doc__)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--all-but", action="store_true", help="also the rows with all options but one")
     parser.add_argument("--efficientnet", action="store_true", help="also the EfficientNet-Lite0 rows")
     parser.add_argument("--only-efficientnet", action="store_true", help="only the EfficientNet-Lite0 rows")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-oneshot-") as folder:
         work = Path(folder)
-        digit_rows = [] if args.only_efficientnet else digits(args.seeds, work)
+        digit_rows = [] if args.only_efficientnet else digits(args.seeds, work, args.all_but)
         effnet_rows = efficientnet(work) if args.efficientnet or args.only_efficientnet else []
     stem = "oneshot_efficientnet" if args.only_efficientnet else "oneshot"
     publish(stem, render(digit_rows, effnet_rows), {"digits": digit_rows, "efficientnet": effnet_rows})

@@ -348,7 +348,7 @@ def _own_biases(model, sites: dict[str, Site], names: list[str], record: PassRec
         if name is None:
             continue
         if node.op_type not in ("Conv", "Gemm"):
-            record.skipped[name] = f"{node.op_type} has no bias input"
+            record.skipped[name] = f"{node.op_type} is not corrected (Conv and Gemm are)"
             continue
         attrs = {a.name: a for a in node.attribute}
         if node.op_type == "Gemm" and any(attrs[k].i for k in ("transA",) if k in attrs):

@@ -11,13 +11,15 @@ of them, half flipped, resized to 224x224; judging: 200 further crops drawn with
 seen by any calibrator). Inputs are normalised as the model was trained ((pixel - 127) / 128).
 
 Each row is measured on the same crops in the same run against the float PyTorch model: top-1 agreement
-(the argmax over the 1000 classes matches) and mean cosine of the logits. Rows: the SDK's dynamic, int8 and int8
-with bias correction (``quantize.bias_correction``), and int8 with automatic mixed precision
-(``quantize.min_agreement``, checked on the calibration crops); plain TFLite
-post-training quantization (the TFLite converter's default int8 with a representative dataset, on the same
-onnx2tf graph the SDK converts); onnxruntime ``quantize_static`` (QDQ, per-channel, MinMax and Percentile).
+(the argmax over the 1000 classes matches) and mean cosine of the logits. Rows: the SDK's dynamic, int8 (bias
+correction off and on: ``quantize.bias_correction``, on by default), int8 with percentile or MSE activation
+ranges (``quantize.activation_range``), with cross-layer equalization (``quantize.equalization``), int16x8, and
+int8 with automatic mixed precision (``quantize.min_agreement``, checked on the calibration crops, starting from
+the bias-corrected int8 model, layers ranked by their own weight error); plain TFLite post-training
+quantization (the TFLite converter's default int8 with a representative dataset, on the same onnx2tf graph the
+SDK converts); onnxruntime ``quantize_static`` (QDQ, per-channel, MinMax and Percentile).
 
-    nice -n 10 python -m bench.ptq [--target 97] [--max-steps 4]
+    nice -n 10 python -m bench.ptq [--target 97] [--max-steps 8]
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def sdk_row(model, calib, held_out, reference, work: Path, name: str, quantize: 
     seconds = time.perf_counter() - started
     got = next(iter(Model(result.path).run(held_out.transpose(0, 2, 3, 1)).values()))
     report = result.report
-    extra = {"report_top1_agreement": report.fidelity.top1_agreement, "warnings": report.warnings}
+    extra = {"report_top1_agreement": report.fidelity.top1_agreement, "warnings": report.warnings,
+             "notes": [n for n in report.notes if n.startswith(("cross-layer", "bias correction", "automatic"))]}
     if report.layer_errors:
         extra["worst_layers"] = [f"{r.label} {r.added_db:.1f} dB" for r in report.layer_errors.worst()]
     if report.mixed_precision:
@@ -169,11 +172,18 @@ def render(rows: list[dict], target: float) -> str:
         if r.get("mixed_precision"):
             mp = r["mixed_precision"]
             lines += ["", f"Automatic mixed precision kept {len(mp['kept'])} layer(s) float "
-                          f"(+{mp['size_cost_bytes']:,} bytes): " + ", ".join(mp["kept"] or ["none"]) + "."]
-            lines += ["", "| step | kept float | cosine (calib) | agreement (calib) | file bytes |", "|---|---|---|---|---|"]
+                          f"(+{mp['size_cost_bytes']:,} bytes, "
+                          f"{mp.get('latency_cost_ms') or 0:+.1f} ms): " + ", ".join(mp["kept"] or ["none"]) + "."]
+            lines += ["", "| step | kept float | its own error (1 - cosine) | cosine (calib) | agreement (calib) "
+                          "| file bytes | latency (1 thread) |", "|---|---|---|---|---|---|---|"]
             for i, s in enumerate(mp["steps"]):
-                lines.append(f"| {i} | {s['kept'] or '(all int8)'} | {s['cosine']:.4f} | {s['agreement']}% | "
-                             f"{s['file_size']:,} |")
+                own = "" if s.get("layer_error") is None else f"{s['layer_error']:.2e}"
+                latency = "" if s.get("latency_ms") is None else f"{s['latency_ms']:.1f} ms"
+                lines.append(f"| {i} | {s['kept'] or '(all int8)'} | {own} | {s['cosine']:.4f} | {s['agreement']}% | "
+                             f"{s['file_size']:,} | {latency} |")
+        for note in r.get("notes", []):
+            if note.startswith("cross-layer"):
+                lines += ["", f"{r['method']}: {note}."]
         if r.get("worst_layers") and r["method"] == "SDK int8":
             lines += ["", "Layers adding most error in SDK int8 (per-layer report): " + ", ".join(r["worst_layers"])]
     return "\n".join(lines)
@@ -182,7 +192,7 @@ def render(rows: list[dict], target: float) -> str:
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--target", type=float, default=97.0, help="min_agreement for automatic mixed precision")
-    parser.add_argument("--max-steps", type=int, default=4, help="layers automatic mixed precision may keep float")
+    parser.add_argument("--max-steps", type=int, default=8, help="layers automatic mixed precision may keep float")
     args = parser.parse_args()
     from converters.search import mixed_precision
 
@@ -202,16 +212,21 @@ def main() -> None:
         sdk = functools.partial(sdk_row, model, calib, held_out, reference, work)
         ort = functools.partial(onnxruntime_row, model, calib, held_out, reference, work)
         plan = [  # most important first: every finished row is published at once
-            lambda: sdk(f"SDK int8 + automatic mixed precision (min_agreement {args.target:g})",
-                        {"mode": "int8", "min_agreement": args.target, "bias_correction": False}),
+            lambda: sdk(f"SDK int8 + bias correction + MSE ranges + automatic mixed precision "
+                        f"(min_agreement {args.target:g})",
+                        {"mode": "int8", "activation_range": "mse", "min_agreement": args.target}),
             lambda: plain_tflite_row(model, calib, held_out, reference, work),
             lambda: ort("MinMax"),
             lambda: sdk("SDK int8", {"mode": "int8", "bias_correction": False}),
+            lambda: sdk("SDK int8 + bias correction", {"mode": "int8"}),
+            lambda: sdk("SDK int8 + bias correction + MSE ranges", {"mode": "int8", "activation_range": "mse"}),
+            lambda: sdk("SDK int8 + bias correction + cross-layer equalization", {"mode": "int8",
+                                                                                 "equalization": True}),
             lambda: ort("Percentile"),
-            lambda: sdk("SDK int8 + bias correction", {"mode": "int8", "bias_correction": True}),
-            lambda: sdk("SDK int8 + percentile ranges (99.99)", {"mode": "int8", "activation_range": "percentile",
-                                                                     "bias_correction": False}),
+            lambda: sdk("SDK int8 + bias correction + percentile ranges (99.99)", {"mode": "int8",
+                                                                                  "activation_range": "percentile"}),
             lambda: sdk("SDK dynamic", {"mode": "dynamic"}),
+            lambda: sdk("SDK int16x8 + bias correction", {"mode": "int16x8"}),
         ]
         for step in plan:
             try:

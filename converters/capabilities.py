@@ -68,6 +68,10 @@ CAPABILITIES: tuple[Capability, ...] = (
                {"keras": Refusal("it measures ONNX layers on calibration data, on the PyTorch/ONNX route only",
                                  "drop the option (Keras one-shot pruning ranks by magnitude) or fine-tune with "
                                  "--finetune DATA"), "pytorch": None, "onnx": None}),
+    Capability("cross-layer equalization", "quantize.equalization", lambda r: r.recipe.quantize.equalization is True,
+               {"keras": Refusal("it rescales ONNX initializers, on the PyTorch/ONNX route only",
+                                 "drop quantize.equalization, or convert the model from PyTorch/ONNX"),
+                "pytorch": None, "onnx": None}),
     Capability("accuracy-budget mode", "--max-drop", lambda r: r.budget,
                {"keras": None, "pytorch": None,
                 "onnx": Refusal("it fine-tunes every candidate, which needs the PyTorch model",

@@ -10,6 +10,7 @@ output against the source model (PyTorch, or onnxruntime for ONNX files).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import os
 import shutil
@@ -25,7 +26,10 @@ from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
 from .techniques.arrays import float_precision_weights
 from .techniques.data_aware import check_data_aware, compress_with_data
+from .techniques.arrays import float_precision_weights
+from .techniques.equalization import equalized
 from .techniques.registry import rewrite_graph
+from .search.weight_effect import rank_layers
 from .data import DataSource, Dataset, InputSpec, random_inputs
 from .errors import ConversionError, DataError, FidelityError, RecipeError, first_line
 from .verify.fidelity import Fidelity, compare
@@ -33,6 +37,7 @@ from .files import check_output_path
 from .targets.tflite.flex import FLEX_CONSEQUENCE, flex_nodes, refusal
 from .targets.tflite.metadata import MetadataSpec
 from .lowering.onnx2tf import onnx_to_keras
+from .lowering.onnx_recurrent import RECURRENT_OPS, not_unrolled, prepare_recurrent
 from .lowering.onnx_rewrites import rewrite_for_onnx2tf
 from .lowering.onnx_layouts import (channel_last_perm, inputs_in_source_layout, matches_probe, output_layouts,
                                     outputs_channel_first)
@@ -107,6 +112,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
     from .sources.torch import FACTORY_SPEC, is_torch_source
 
     recipe = recipe or Recipe()
+    allow_flex = allow_flex or recipe.allow_flex  # the flag or the recipe key
     started = time.perf_counter()
     timings: dict[str, float] = {}
     is_onnx_file = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
@@ -188,7 +194,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
             (work / "model.onnx").rename(work / "original.onnx")  # model.onnx is what gets converted
             onnx_model, original = export_onnx(torch_source, module, work / "model.onnx"), exported
             timings["torch_onnx_export"] += time.perf_counter() - mark
-    shape_notes: list[str] = []
+    shape_notes: list[str] = prepare_recurrent(onnx_model, input_shapes)
     specs = fix_input_shapes(onnx_model, input_shapes, shape_notes)
     notes += shape_notes
     reference_model = copy.deepcopy(onnx_model) if torch_source is None else None
@@ -239,9 +245,11 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     float_keras, kept = _onnx2tf(float_model, keep_first, log_path, keep_nchw, route, notes, strict)
     plain = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes, strict, kept)[0] \
         if compressed_any else float_keras
-    corrected = _bias_correction(onnx_model, recipe, calib, specs, notes)  # the int8 model's biases only
-    converted = _onnx2tf(corrected, keep_first, log_path, keep_nchw, route, notes, strict, kept)[0] \
-        if corrected is not None else plain
+    prepared = equalized(onnx_model, recipe.quantize, notes)  # the int8 model's weights only
+    corrected = _bias_correction(prepared or onnx_model, recipe, calib, specs, notes)
+    prepared = corrected if corrected is not None else prepared
+    converted = _onnx2tf(prepared, keep_first, log_path, keep_nchw, route, notes, strict, kept)[0] \
+        if prepared is not None else plain
     timings["onnx2tf"] = time.perf_counter() - mark
     flex = flex_nodes(float_keras, float_model)
     if flex and not allow_flex:
@@ -262,6 +270,9 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     float_reference, search = quantization_checks(
         plain, recipe, baseline_bytes, compressed_any, calib, samples, [tuple(converted.inputs[0].shape[1:])],
         {name: values for name, values in final_weights.items() if name not in float_layers}, traced=True)
+    if search is not None and len(specs) == 1 and calib is not None:  # rank layers by their own error
+        search.ranking = functools.partial(rank_layers, onnx_model, corrected, calib.columns([specs[0].name])[0],
+                                           list(search.candidates), progress=progress)
     tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
                                                float_layers, traced=True,
                                                float_bytes=baseline_bytes if converted is float_keras else None,
@@ -373,10 +384,12 @@ def _check_overrides(recipe: Recipe, torch_source, onnx_model) -> None:
 def _check_quantizable(onnx_model, recipe: Recipe) -> None:
     if not recipe.quantize.needs_calibration:
         return
-    for node in onnx_model.graph.node:
-        if node.op_type in CALIBRATION_CRASHING_OPS:
-            raise ConversionError(f"quantize {recipe.quantize.mode} is not available for recurrent models: "
-                                  f"TensorFlow's calibrator crashes on {node.op_type} (node {node.name}); use "
+    left = not_unrolled(onnx_model)  # the others become plain ops before onnx2tf
+    for index, node in enumerate(onnx_model.graph.node):
+        if node.op_type in CALIBRATION_CRASHING_OPS and (node.op_type not in RECURRENT_OPS or index in left):
+            why = f" (not unrolled: {left[index]})" if index in left else ""
+            raise ConversionError(f"quantize {recipe.quantize.mode} is not available for this recurrent model: "
+                                  f"TensorFlow's calibrator crashes on {node.op_type} (node {node.name}){why}; use "
                                   "--quantize dynamic or float16 for this model")
 
 

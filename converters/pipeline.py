@@ -370,11 +370,14 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
     reuse = float_bytes is not None and recipe.quantize.mode == "none" and not float_layers
     dense = float_bytes if reuse else convert(sparse=False)
     if precision_search is not None:
-        dense = precision_search.run(dense, lambda layers: convert(sparse=False, float_layers=layers), float_layers,
-                                     recipe.quantize, progress)
+        calibrated: dict = {}  # calibrate once, re-quantize at each step
+        dense = precision_search.run(dense, lambda layers: convert(sparse=False, float_layers=layers,
+                                                                   calibrated=calibrated),
+                                     float_layers, recipe.quantize, progress)
         record = precision_search.record
         notes.append(f"automatic mixed precision ({record.target}): " + (
             f"{len(record.kept)} layer(s) kept float32 ({', '.join(record.kept)}), +{record.size_cost:,} bytes"
+            + ("" if record.latency_cost_ms is None else f", {record.latency_cost_ms:+.2f} ms")
             if record.kept else "every layer int8 already meets it") + ("" if record.met else "; target NOT met"))
         if record.kept:
             return dense, notes + ["sparse format (EXPERIMENTAL_SPARSITY) not tried: automatic mixed precision "

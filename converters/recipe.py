@@ -24,8 +24,8 @@ QUANTIZE_MODES = ("none", "dynamic", "float16", "int8", "int16x8")
 IO_TYPES = ("float32", "int8", "uint8")
 PRECISIONS = ("int8", "float")  # per-layer, under quantize.mode int8: "float" keeps the layer's ops in float32
 SPARSE_EXPORT = ("auto", "on", "off")
-RECIPE_SECTIONS = ("quantize", "finetune", "sparse_export", "layers", "layer_types")
-ACTIVATION_RANGES = ("minmax", "percentile")
+RECIPE_SECTIONS = ("quantize", "finetune", "sparse_export", "allow_flex", "layers", "layer_types")
+ACTIVATION_RANGES = ("minmax", "percentile", "mse")
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,15 @@ class QuantizeSettings:
     qat: bool = False  # quantization-aware training (Keras, needs fine-tuning data) before int8 conversion
     min_cosine: float | None = None  # automatic mixed precision: keep layers float until the output cosine holds
     min_agreement: float | None = None  # ... and/or the top-1 agreement with float (percent)
-    activation_range: str = "minmax"  # int8: minmax (the converter's) | percentile (ranges narrowed to `percentile`)
+    activation_range: str = "minmax"  # int8: minmax (the converter's) | percentile (narrowed to `percentile`) | mse
     percentile: float = 99.99
     # PyTorch/ONNX, int8/int16x8: fold each layer's mean int8 weight error into its bias. auto: on where it
     # applies (PyTorch/ONNX, int8/int16x8, calibration data); measured +6.5 points top-1 agreement on
     # EfficientNet-Lite0 (bench/results/ptq.md)
     bias_correction: bool | str = "auto"
+    # PyTorch/ONNX, int8/int16x8: cross-layer equalization of conv pairs (techniques/equalization.py); off by
+    # default: it found nothing to equalize across EfficientNet-Lite0's ReLU6 (bench/results/ptq.md)
+    equalization: bool = False
 
     def validate(self) -> None:
         check_choice("quantize.mode", self.mode, QUANTIZE_MODES)
@@ -79,6 +82,11 @@ class QuantizeSettings:
             raise RecipeError(f"quantize.bias_correction must be true, false or auto; got {self.bias_correction!r}")
         if self.bias_correction is True and self.mode not in ("int8", "int16x8"):
             raise RecipeError(f"quantize.bias_correction corrects int8 weights; set quantize.mode int8 or int16x8 "
+                              f"(got {self.mode})")
+        if self.equalization not in (True, False):
+            raise RecipeError(f"quantize.equalization must be true or false; got {self.equalization!r}")
+        if self.equalization and self.mode not in ("int8", "int16x8"):
+            raise RecipeError(f"quantize.equalization rescales weights for int8; set quantize.mode int8 or int16x8 "
                               f"(got {self.mode})")
         if self.searches_precision and self.mode != "int8":
             raise RecipeError(f"quantize.min_cosine/min_agreement (automatic mixed precision) keep layers float "
@@ -159,11 +167,12 @@ class Recipe:
 
     def __init__(self, *, quantize: QuantizeSettings | None = None, finetune: FinetuneSettings | None = None,
                  sparse_export: str = "auto", layers: Mapping[str, LayerOverride | None] | None = None,
-                 layer_types: Mapping[str, LayerOverride | None] | None = None, **techniques: Any):
+                 layer_types: Mapping[str, LayerOverride | None] | None = None, allow_flex: bool = False,
+                 **techniques: Any):
         _reject_unknown("recipe", techniques, list(TECHNIQUE_KEYS))
         values = {"techniques": {k: techniques.get(k) for k in TECHNIQUE_KEYS},
                   "quantize": quantize or QuantizeSettings(), "finetune": finetune or FinetuneSettings(),
-                  "sparse_export": sparse_export, "layers": dict(layers or {}),
+                  "sparse_export": sparse_export, "allow_flex": allow_flex, "layers": dict(layers or {}),
                   "layer_types": dict(layer_types or {})}
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -189,7 +198,8 @@ class Recipe:
     def replace(self, **changes: Any) -> Recipe:
         """A copy with ``changes`` (technique keys, quantize, finetune, sparse_export, layers, layer_types)."""
         current = {**self.techniques, "quantize": self.quantize, "finetune": self.finetune,
-                   "sparse_export": self.sparse_export, "layers": self.layers, "layer_types": self.layer_types}
+                   "sparse_export": self.sparse_export, "allow_flex": self.allow_flex, "layers": self.layers,
+                   "layer_types": self.layer_types}
         return Recipe(**{**current, **changes})
 
     def validate(self) -> None:
@@ -201,6 +211,8 @@ class Recipe:
         self.quantize.validate()
         self.finetune.validate()
         check_choice("sparse_export", self.sparse_export, SPARSE_EXPORT)
+        if not isinstance(self.allow_flex, bool):  # PyTorch/ONNX: Select TF ops kept, as --allow-flex
+            raise RecipeError(f"allow_flex must be true or false; got {self.allow_flex!r}")
         for section, overrides in (("layers", self.layers), ("layer_types", self.layer_types)):
             for key, override in overrides.items():
                 if section == "layers":
@@ -221,6 +233,10 @@ class Recipe:
             raise RecipeError("sparse_export: on cannot be combined with precision: float (mixed precision): the "
                               "converter's selective quantization does not support the sparse format; set "
                               "sparse_export: auto or off")
+        if (self.keeps_float_layers or self.quantize.searches_precision) and self.quantize.equalization:
+            raise RecipeError("quantize.equalization cannot be combined with float layers (precision: float, "
+                              "min_cosine/min_agreement) yet: float layers are found by their weights, which "
+                              "equalization rescales; drop one of them")
         if self.keeps_float_layers and self.quantize.qat:
             raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
                               "every layer it wraps; drop one of them")
@@ -311,6 +327,7 @@ class Recipe:
             "quantize": settings(self.quantize),
             "finetune": settings(self.finetune),
             "sparse_export": self.sparse_export,
+            "allow_flex": self.allow_flex,
             "layers": {k: override(v) for k, v in self.layers.items()},
             "layer_types": {k: override(v) for k, v in self.layer_types.items()},
         }
@@ -325,6 +342,7 @@ class Recipe:
             quantize=_section(QuantizeSettings, data.get("quantize"), "quantize"),
             finetune=_section(FinetuneSettings, data.get("finetune"), "finetune"),
             sparse_export=_yaml_switch(data.get("sparse_export", "auto")),
+            allow_flex=data.get("allow_flex", False),
             layers=_overrides(data.get("layers") or {}, "layers"),
             layer_types=_overrides(data.get("layer_types") or {}, "layer_types"),
         )

@@ -35,6 +35,10 @@ MEASURED_ELSEWHERE = {
         "test_oneshot::test_digits_prune_cluster_int8_one_shot_within_1_5_points",
     ("data-aware one-shot pruning and clustering", "onnx"):
         "test_oneshot::test_sensitivity_allocation_spares_first_and_small_layers_and_meets_the_target",
+    ("cross-layer equalization", "pytorch"):
+        "test_ptq_equalization::test_equalization_keeps_float_outputs_and_cuts_int8_error",
+    ("cross-layer equalization", "onnx"):
+        "test_ptq_equalization::test_equalization_keeps_float_outputs_and_cuts_int8_error",
     ("fine-tuning by distillation", "keras"): "test_keras_convert::test_unlabelled_finetune_distils",
     ("fine-tuning by distillation", "pytorch"):
         "test_torch_onnx::test_digits_pruned_clustered_int8_keeps_accuracy_and_shrinks_10x",

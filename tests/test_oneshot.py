@@ -1,7 +1,7 @@
 """One-shot pruning and clustering that use calibration data (converters/techniques/data_aware.py).
 
 The digits test is issue #24's bar: prune 0.5 + cluster 16 + int8 with --calib and no fine-tuning, within 1.5
-points of the float PyTorch model, measured from the written .tflite (uniform magnitude pruning loses 1.7-2.2
+points of the float PyTorch model, measured from the written .tflite (uniform magnitude pruning loses 1.7-3.1
 points on this model: bench/results/oneshot.md). The others are fast checks of each step on a tiny graph.
 """
 

@@ -2,10 +2,18 @@
 holds (``quantize.min_cosine`` / ``quantize.min_agreement``).
 
 Each step measures the current int8 file against the float .tflite of the same model on the calibration
-inputs (never the held-out evaluation data, which the report's fidelity is measured on), ranks the layers with
-weights by the error they add (``verify.layers``: the SNR of the noise each op adds to what its inputs carried,
-worst first), keeps the worst one float through the converter's selective quantization (``float_layers``), and
-converts again. The report lists each step with the output cosine, agreement and file size.
+inputs (never the held-out evaluation data, which the report's fidelity is measured on), keeps the next layer
+float through the converter's selective quantization (``float_layers``), and converts again (the model is
+calibrated once; each step only re-quantizes). The order: on the PyTorch/ONNX route, each layer's own error
+(``weight_effect``: the model's output error with only that layer's weights int8, measured once); on the
+Keras route, the per-layer report's ranking (the SNR of the noise each op adds to what its inputs carried,
+worst first, measured again at each step). A layer kept float gets back its bias from before bias
+correction (the correction was for its int8 weights). The report lists each step with the output cosine,
+agreement, file size and latency (through the runtime).
+
+Activations in int16 for some layers only (int16x8 as a step cheaper than float) are not possible: TF 2.19's
+quantizer takes one inference type for the whole model (``mlir_quantize(inference_type=...)``); whole-model
+int16x8 is ``quantize.mode: int16x8``.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ class Step:
     agreement: float | None
     file_size: int
     layer_added_db: float | None = None  # the error that layer added, as measured before keeping it
+    layer_error: float | None = None  # or its own error (1 - output cosine with only it int8), as ranked
+    latency_ms: float | None = None  # median of single-thread runs through device_runtime
 
 
 @dataclass
@@ -48,19 +58,33 @@ class MixedPrecisionRecord:
     def size_cost(self) -> int:
         return self.steps[-1].file_size - self.steps[0].file_size if self.steps else 0
 
+    @property
+    def latency_cost_ms(self) -> float | None:
+        first, last = (self.steps[0].latency_ms, self.steps[-1].latency_ms) if self.steps else (None, None)
+        return None if first is None or last is None else round(last - first, 3)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "kept": self.kept, "size_cost_bytes": self.size_cost}
+        return {**asdict(self), "kept": self.kept, "size_cost_bytes": self.size_cost,
+                "latency_cost_ms": self.latency_cost_ms}
 
     def render(self) -> list[str]:
         from ..verify.report import _table
 
-        rows = [[str(i), s.kept or "(all int8)", "" if s.layer_added_db is None else f"{s.layer_added_db:.1f}",
-                 f"{s.cosine:.5f}", "" if s.agreement is None else f"{s.agreement:.2f}%", f"{s.file_size:,}"]
-                for i, s in enumerate(self.steps)]
+        rows = [[str(i), s.kept or "(all int8)", _blame(s), f"{s.cosine:.5f}",
+                 "" if s.agreement is None else f"{s.agreement:.2f}%", f"{s.file_size:,}",
+                 "" if s.latency_ms is None else f"{s.latency_ms:.2f}"] for i, s in enumerate(self.steps)]
+        latency = "" if self.latency_cost_ms is None else f", {self.latency_cost_ms:+.2f} ms"
         head = (f"automatic mixed precision (target {self.target}, checked against the float .tflite on "
-                f"{self.data}): " + (f"met with {len(self.kept)} layer(s) float, +{self.size_cost:,} bytes"
+                f"{self.data}): " + (f"met with {len(self.kept)} layer(s) float, +{self.size_cost:,} bytes{latency}"
                                      if self.met else f"NOT met after {len(self.kept)} layer(s) float"))
-        return [head] + _table(["step", "kept float", "its added dB", "cosine", "agreement", "file bytes"], rows)
+        return [head] + _table(["step", "kept float", "its error", "cosine", "agreement", "file bytes",
+                                "latency ms"], rows)
+
+
+def _blame(step: Step) -> str:
+    if step.layer_error is not None:
+        return f"1-cos {step.layer_error:.2e}"
+    return "" if step.layer_added_db is None else f"{step.layer_added_db:.1f} dB added"
 
 
 def target_text(settings: QuantizeSettings) -> str:
@@ -83,9 +107,11 @@ def meets(settings: QuantizeSettings, fid: Fidelity) -> bool:
 
 def search(first: bytes, convert: Callable[[list[str]], bytes], reference: bytes, inputs: np.ndarray,
            candidates: Sequence[str] | Mapping[str, np.ndarray], settings: QuantizeSettings, data_name: str,
-           progress: Callable[[str, int, int], None] | None = None) -> tuple[bytes, MixedPrecisionRecord]:
+           progress: Callable[[str, int, int], None] | None = None,
+           ranking: Callable[[], list[tuple[str, float]]] | None = None) -> tuple[bytes, MixedPrecisionRecord]:
     """Keep layers of ``candidates`` float (``convert(kept)`` writes the file) until ``settings``' target holds
-    on ``inputs`` (.tflite layout). ``first`` is the all-int8 file; returns the chosen file and the record."""
+    on ``inputs`` (.tflite layout). ``first`` is the all-int8 file; ``ranking()`` gives [(layer, own error)]
+    worst first (else the per-layer report ranks at each step); returns the chosen file and the record."""
     from ..targets.tflite.convert import op_layers
 
     inputs = inputs[:SEARCH_SAMPLES]
@@ -94,25 +120,85 @@ def search(first: bytes, convert: Callable[[list[str]], bytes], reference: bytes
     record = MixedPrecisionRecord(target_text(settings), f"{len(inputs)} calibration samples", False)
     current, kept = first, []
     added: float | None = None
+    own: float | None = None
+    ranked_once: list[tuple[str, float]] | None = None
     while True:
         fid = compare(expected, run_tflite(current, inputs), None, data_name)
         record.steps.append(Step(kept[-1] if kept else None, round(fid.cosine, 6),
                                  None if fid.top1_agreement is None else round(fid.top1_agreement, 2),
-                                 len(current), added))
+                                 len(current), added, own, latency_ms(current)))
         if meets(settings, fid):
             record.met = True
             return current, record
         if len(kept) >= MAX_STEPS:
             return current, record
-        layers = compare_layers(current, reference, [inputs], data_name, LAYER_SAMPLES, labels)
-        ranked = [r for r in layers.worst(len(layers.rows), with_layer=True) if r.layer not in kept]
-        if not ranked:
-            return current, record
-        kept.append(ranked[0].layer)
-        added = ranked[0].added_db
+        if ranking is not None:
+            ranked_once = ranking() if ranked_once is None else ranked_once
+            left = [(layer, error) for layer, error in ranked_once if layer not in kept]
+            if not left:
+                return current, record
+            kept.append(left[0][0])
+            own = left[0][1]
+        else:
+            layers = compare_layers(current, reference, [inputs], data_name, LAYER_SAMPLES, labels)
+            ranked = [r for r in layers.worst(len(layers.rows), with_layer=True) if r.layer not in kept]
+            if not ranked:
+                return current, record
+            kept.append(ranked[0].layer)
+            added = ranked[0].added_db
         if progress:
             progress("mixed precision", len(kept), len(set(labels.values())))
-        current = convert(list(kept))
+        current = restore_biases(convert(list(kept)), reference,
+                                 {name: candidates[name] for name in kept} if isinstance(candidates, Mapping)
+                                 else list(kept))
+
+
+def latency_ms(data: bytes, runs: int = 20) -> float | None:
+    """Median single-thread latency of ``data`` through device_runtime (random inputs), or None if it fails."""
+    from device_runtime.bench import benchmark
+
+    try:
+        return round(benchmark(data, threads=(1,), warmup=3, runs=runs)["results"][0]["p50_ms"], 3)
+    except Exception:  # a file the runtime cannot time (e.g. Flex ops) still gets its search, without latency
+        return None
+
+
+def restore_biases(mixed: bytes, reference: bytes, kept: Sequence[str] | Mapping[str, np.ndarray]) -> bytes:
+    """``mixed`` with each kept-float layer's bias as in ``reference`` (the float file of the model before bias
+    correction, which moved int8 weight error into biases: wrong for a layer whose weights stay float)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from device_runtime.tflite_format import read_model
+
+    from ..targets.tflite.convert import op_layers
+
+    ref_model = read_model(reference)
+    ref_ops = {layer: index for index, layer in op_layers(reference, kept).items()}
+    mixed_ops = op_layers(mixed, kept)
+    model = None
+    for index, layer in mixed_ops.items():
+        ref_index = ref_ops.get(layer)
+        if ref_index is None:
+            continue
+        ref_op = ref_model.main.operators[ref_index]
+        if len(ref_op.inputs) < 3 or ref_op.inputs[2] < 0:
+            continue
+        bias = ref_model.constant(ref_model.main.tensors[ref_op.inputs[2]])
+        model = model or flatbuffer_utils.convert_bytearray_to_object(bytearray(mixed))
+        graph = model.subgraphs[0]
+        op = graph.operators[index]
+        if bias is None or len(op.inputs) < 3 or op.inputs[2] < 0:
+            continue
+        tensor = graph.tensors[op.inputs[2]]
+        if tensor.type != 0 or int(np.prod(tensor.shape)) != bias.size:  # 0: FLOAT32
+            continue
+        from tensorflow.lite.python import schema_py_generated as schema
+
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(np.ascontiguousarray(bias, np.float32).tobytes(), np.uint8)
+        model.buffers.append(buffer)
+        tensor.buffer = len(model.buffers) - 1
+    return mixed if model is None else bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def float_layers_with(float_layers: Sequence[str] | Mapping[str, np.ndarray], kept: list[str],
@@ -133,6 +219,7 @@ class PrecisionSearch:
     candidates: Sequence[str] | Mapping[str, np.ndarray]  # layers with weights: names (Keras) or {name: weights}
     data_name: str
     record: MixedPrecisionRecord | None = None
+    ranking: Callable[[], list[tuple[str, float]]] | None = None  # [(layer, own error)] worst first, or None
 
     def run(self, first: bytes, convert_with: Callable[[object], bytes],
             float_layers: Sequence[str] | Mapping[str, np.ndarray], settings: QuantizeSettings,
@@ -140,5 +227,5 @@ class PrecisionSearch:
         """The file meeting the target (or the last tried); ``convert_with(float_layers)`` converts."""
         chosen, self.record = search(
             first, lambda kept: convert_with(float_layers_with(float_layers, kept, self.candidates)),
-            self.reference, self.inputs, self.candidates, settings, self.data_name, progress)
+            self.reference, self.inputs, self.candidates, settings, self.data_name, progress, self.ranking)
         return chosen

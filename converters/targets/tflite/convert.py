@@ -35,7 +35,7 @@ def representative_samples(calibration: np.ndarray | list[np.ndarray] | None, se
 def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[np.ndarray] | None = None,
               sparse: bool = False, per_channel: bool = True, progress: Progress | None = None,
               float_layers: Sequence[str] | Mapping[str, np.ndarray] = (), traced: bool = False,
-              allow_flex: bool = False) -> bytes:
+              allow_flex: bool = False, calibrated: dict | None = None) -> bytes:
     """Convert ``model``; ``calibration`` feeds int8/int16x8 activation ranges.
 
     ``float_layers`` (int8 only) keeps those layers' ops in float32 while the rest is
@@ -51,6 +51,8 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
     weight sharing intact in the file (per-channel scales map each shared value
     to a different integer in every channel).
     ``traced`` converts a traced function of the model instead of the Keras model (see ``_converter``).
+    ``calibrated``: a dict kept across calls (automatic mixed precision) that holds the calibrated model, so
+    selective int8 calibrates once and each further call only re-quantizes.
     """
     tf = _tf.tensorflow()
     converter = _converter(model) if traced else tf.lite.TFLiteConverter.from_keras_model(model)
@@ -81,8 +83,9 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
                     {name: one_run(x, rank, i) for name, x, rank in zip(names, samples, ranks)}
 
         converter.representative_dataset = representative_dataset
-        if (float_layers or settings.activation_range == "percentile") and settings.mode == "int8":
-            return _selective_int8(converter, settings, per_channel, float_layers, samples)
+        if (float_layers or settings.activation_range != "minmax") and settings.mode == "int8":
+            return _selective_int8(converter, settings, per_channel, float_layers, samples,
+                                   {} if calibrated is None else calibrated)
         if settings.mode == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             io_type = _io_dtype(settings)
@@ -130,23 +133,27 @@ def _converter(model):
 
 
 def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool,
-                    float_layers: Sequence[str] | Mapping[str, np.ndarray], samples: list[np.ndarray]) -> bytes:
+                    float_layers: Sequence[str] | Mapping[str, np.ndarray], samples: list[np.ndarray],
+                    cache: dict) -> bytes:
     """Calibrate, then quantize everything but the ops of ``float_layers`` (TFLite's denylisted nodes), with
-    activation ranges narrowed to a percentile of ``samples`` when the settings ask for it."""
+    activation ranges narrowed (percentile or MSE on ``samples``) when the settings ask for it."""
     from tensorflow.lite.python import convert as lite_convert
 
     from ...errors import RecipeError
 
-    converter._experimental_calibrate_only = True  # the route tf.lite.experimental.QuantizationDebugger takes
-    converter.experimental_mlir_quantizer = True
-    try:
-        calibrated = converter.convert()
-    except Exception as exc:
-        raise ConversionError(f"TFLite calibration for mixed precision failed: {first_line(exc)}") from None
-    if settings.activation_range == "percentile":
-        from ...techniques.activation_ranges import narrow_ranges
+    calibrated = cache.get("calibrated")
+    if calibrated is None:
+        converter._experimental_calibrate_only = True  # the route tf.lite.experimental.QuantizationDebugger takes
+        converter.experimental_mlir_quantizer = True
+        try:
+            calibrated = converter.convert()
+        except Exception as exc:
+            raise ConversionError(f"TFLite calibration for mixed precision failed: {first_line(exc)}") from None
+        if settings.activation_range != "minmax":
+            from ...techniques.activation_ranges import narrow_ranges
 
-        calibrated = narrow_ranges(calibrated, samples, settings.percentile)[0]
+            calibrated = narrow_ranges(calibrated, samples, settings.percentile, settings.activation_range)[0]
+        cache["calibrated"] = calibrated
     wanted = set(float_layers)
     nodes, found = _float_nodes(calibrated, float_layers)
     if wanted - found:

@@ -24,7 +24,9 @@ import numpy as np
 
 from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
-from .techniques.arrays import compress_weights, float_precision_weights
+from .techniques.arrays import float_precision_weights
+from .techniques.data_aware import check_data_aware, compress_with_data
+from .techniques.arrays import float_precision_weights
 from .techniques.equalization import equalized
 from .techniques.registry import rewrite_graph
 from .search.weight_effect import rank_layers
@@ -40,7 +42,7 @@ from .lowering.onnx_rewrites import rewrite_for_onnx2tf
 from .lowering.onnx_layouts import (channel_last_perm, inputs_in_source_layout, matches_probe, output_layouts,
                                     outputs_channel_first)
 from .sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_input_shapes, index_inputs,
-                           join_runs, load_onnx, onnx_weights, run_once, run_onnx, set_weights, simplify)
+                           join_runs, load_onnx, onnx_weights, run_once, run_onnx, simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, check_vocab_fits, datasets,
                        embed_metadata, export_tflite, quantization_checks, write_result)
 from .verify.layers import fidelity_warnings, quantized_layer_report
@@ -117,6 +119,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
     source_files = [Path(p) for p in (source, weights) if isinstance(p, (str, os.PathLike)) and Path(p).exists()]
     check_supported(Request(recipe, finetune=finetune_data is not None), "onnx" if is_onnx_file else "pytorch")
     check_calibration(recipe, calib_data, finetune_data)
+    check_data_aware(recipe, calib_data is not None, finetune_data is not None)
     output = check_output_path(output, source_files, force)
     work = Path(tempfile.mkdtemp(prefix="sdk-convert-"))
     log_path = work / "onnx2tf.log"
@@ -217,8 +220,10 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     records = fine_tuned_records
     if records is None:
         weights, sources = onnx_weights(onnx_model)
-        records = compress_weights(weights, recipe, "pytorch" if torch_source is not None else "onnx")
-        set_weights(onnx_model, weights, sources)
+        onnx_model, records = compress_with_data(
+            onnx_model, weights, sources, recipe, "pytorch" if torch_source is not None else "onnx",
+            None if calib is None else dict(zip([s.name for s in specs], calib.columns([s.name for s in specs]))),
+            specs)
         weight_names = [w.name for w in weights]
     for record in graph_records:
         record.fine_tuned = fine_tuned_records is not None

@@ -385,7 +385,8 @@ class Recipe:
             quant = dataclasses.replace(quant, io_type="float32")
         return self.replace(
             prune=new_prune,
-            cluster=ClusterSettings(cluster) if cluster is not None else self.cluster,
+            cluster=self.cluster if cluster is None else dataclasses.replace(self.cluster, clusters=cluster)
+            if self.cluster is not None else ClusterSettings(cluster),
             quantize=quant,
             finetune=dataclasses.replace(self.finetune, **_given(epochs=epochs)))
 

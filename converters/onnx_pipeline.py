@@ -35,8 +35,8 @@ from .lowering.onnx_rewrites import rewrite_for_onnx2tf
 from .lowering.onnx_layouts import (channel_last_perm, inputs_in_source_layout, matches_probe, output_layouts,
                                     outputs_channel_first)
 from .sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_input_shapes, graph_inputs,
-                           index_inputs, join_runs, load_onnx, onnx_weights, run_once, run_onnx, set_weights,
-                           simplify)
+                           index_inputs, input_dtype, join_runs, load_onnx, onnx_weights, run_once, run_onnx,
+                           set_weights, simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
                        export_tflite, quantization_checks, write_result)
 from .verify.layers import fidelity_warnings, quantized_layer_report
@@ -391,11 +391,18 @@ def _check_overrides(recipe: Recipe, torch_source, onnx_model) -> None:
 def _check_quantizable(onnx_model, recipe: Recipe) -> None:
     if not recipe.quantize.needs_calibration:
         return
-    names = [i.name for i in graph_inputs(onnx_model)]
+    graph_in = graph_inputs(onnx_model)
+    names = [i.name for i in graph_in]
+    integer = [f"{i.name} {input_dtype(i)}" for i in graph_in if not np.issubdtype(input_dtype(i), np.floating)]
+    if recipe.quantize.mode == "int16x8" and integer:  # measured on all-MiniLM-L6-v2 and a small encoder
+        raise RecipeError(f"quantize int16x8 is not available for models with integer inputs ({', '.join(integer)}): "
+                          "TensorFlow 2.19's int16 quantizer fails on them (it asks for a calibrated range of the "
+                          "token ids) and its MLIR quantizer cannot type the mask arithmetic; use --quantize "
+                          "dynamic or int8")
     if recipe.quantize.searches_precision and len(names) > 1:  # the search feeds and ranks one input
         raise RecipeError(f"quantize.min_cosine/min_agreement (automatic mixed precision) measures models with one "
-                          f"input; this model has {len(names)} ({', '.join(names)}): use --quantize int16x8 "
-                          "(16-bit activations), or keep layers float by name (layers: {NAME: {precision: float}})")
+                          f"input; this model has {len(names)} ({', '.join(names)}): keep layers float by name "
+                          "(layers: {NAME: {precision: float}}), or use --quantize dynamic")
     for node in onnx_model.graph.node:
         if node.op_type in CALIBRATION_CRASHING_OPS:
             raise ConversionError(f"quantize {recipe.quantize.mode} is not available for recurrent models: "

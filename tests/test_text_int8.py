@@ -155,3 +155,24 @@ def test_int8_encoder_with_additive_mask_keeps_attention(tmp_path):
     assert result.report.compressed.ops.counts.get("GELU") == 1
     got = Model(result.path).run(evaluation)["output"]
     assert cosine(got, torch_outputs(model, evaluation)) >= INT8_COSINE
+
+
+def test_what_tensorflow_cannot_quantize_is_refused_in_one_line(tmp_path):
+    """Before any work: automatic mixed precision on two inputs (the search feeds and ranks one), and int16x8
+    on token ids (TF 2.19's int16 quantizer fails on them: measured on all-MiniLM-L6-v2 and this encoder)."""
+    from converters.errors import RecipeError
+
+    example = tokens(1, seed=0)
+    path = tmp_path / "m.onnx"
+    exported(MaskedEncoder().eval(), tuple(torch.from_numpy(example[k]) for k in ("input_ids", "attention_mask")),
+             path)
+    with pytest.raises(RecipeError, match=r"^quantize.min_cosine/min_agreement \(automatic mixed precision\) "
+                                          r"measures models with one input; this model has 2 \(input_ids, "
+                                          r"attention_mask\): keep layers float by name"):
+        sdk.convert(path, tmp_path / "q.tflite", {"quantize": {"mode": "int8", "min_cosine": 0.99}},
+                    calib_data=tokens(8, seed=1))
+    with pytest.raises(RecipeError, match=r"^quantize int16x8 is not available for models with integer inputs "
+                                          r"\(input_ids int64, attention_mask int64\): TensorFlow 2.19's int16 "
+                                          r"quantizer fails on them"):
+        sdk.convert(path, tmp_path / "q.tflite", {"quantize": {"mode": "int16x8"}}, calib_data=tokens(8, seed=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -91,10 +91,6 @@ def to_tflite(model, settings: QuantizeSettings, calibration: np.ndarray | list[
         else:
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-            if any(i.dtype.is_integer for i in model.inputs):
-                # TF's own int16 quantizer wants a calibrated range for every input and fails on token ids
-                # ("Max and min for dynamic tensors should be recorded"); its MLIR quantizer quantizes them.
-                return _selective_int8(converter, settings, per_channel, (), samples)
     if settings.mode != "none" and not per_channel:
         converter._experimental_disable_per_channel = True  # the converter's only switch for it
     if allow_flex:
@@ -159,18 +155,10 @@ def _selective_int8(converter, settings: QuantizeSettings, per_channel: bool,
     try:
         return bytes(lite_convert.mlir_quantize(calibrated, disable_per_channel=not per_channel,
                                                 fully_quantize=settings.io_type != "float32",
-                                                inference_type=_inference_type(settings),
                                                 input_data_type=io_type, output_data_type=io_type,
                                                 denylisted_nodes=nodes))
     except Exception as exc:
         raise ConversionError(f"TFLite mixed-precision quantization failed: {first_line(exc)}") from None
-
-
-def _inference_type(settings: QuantizeSettings):
-    """The MLIR quantizer's activation type for ``settings.mode``."""
-    from tensorflow.compiler.mlir.lite import types_pb2
-
-    return types_pb2.QUANTIZED_INT16 if settings.mode == "int16x8" else types_pb2.QUANTIZED_INT8
 
 
 def _float_nodes(calibrated: bytes, float_layers: Sequence[str] | Mapping[str, np.ndarray]

@@ -1,7 +1,9 @@
 """Which technique each source framework supports: one table, read by every refusal and by the README.
 
-A cell is either supported (None) or a ``Refusal`` that says why and what to do instead. ``check_supported``
-runs before any work, so a recipe never asks for something that would silently do nothing.
+A cell is either supported (None) or a ``Refusal`` that says why and what to do instead. The rows of the
+registered techniques (``techniques/registry.py``) come from their entries: a framework with a backend is
+supported, one without is refused with the entry's reason. ``check_supported`` runs before any work, so a recipe
+never asks for something that would silently do nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Callable
 
 from .errors import RecipeError
 from .recipe import Recipe
+from .techniques.base import Refusal
+from .techniques.registry import TECHNIQUES as REGISTERED
 
 FRAMEWORKS = {"keras": "Keras", "pytorch": "PyTorch", "onnx": "ONNX"}
 
@@ -30,58 +34,51 @@ class Request:
 
 
 @dataclass(frozen=True)
-class Refusal:
-    why: str  # short: the README's cell
-    fix: str  # what to do instead
-
-
-@dataclass(frozen=True)
-class Technique:
+class Capability:
     name: str
     recipe_key: str
     asked: Callable[[Request], bool]
     cells: dict[str, Refusal | None]
 
 
-_GRAPH = Refusal("it rewrites layers before export, and rewrites need the PyTorch model",
-                 "an ONNX file can be pruned, clustered and quantized; convert the PyTorch source for the rest")
+def _registered(technique) -> Capability:
+    """A registered technique's row: supported where it has a backend, else refused with its entry's reason."""
+    cells = {f: None if f in technique.backends else technique.refusals[f] for f in FRAMEWORKS}
+    return Capability(technique.title, technique.key, lambda r: r.recipe.asks(technique.key), cells)
+
+
 _TRAINS = Refusal("trains the model, which needs the PyTorch model",
                   "drop it, or convert the PyTorch source (package.module:factory with --weights, or an nn.Module)")
 _ALL = {"keras": None, "pytorch": None, "onnx": None}
 
-TECHNIQUES: tuple[Technique, ...] = (
-    Technique("pruning (unstructured, 2:4, channel)", "prune", lambda r: r.recipe.compresses_weights, _ALL),
-    Technique("k-means clustering", "cluster", lambda r: r.recipe.clusters, _ALL),
-    Technique("post-training quantization", "quantize.mode", lambda r: r.recipe.quantize.mode != "none", _ALL),
-    Technique("mixed precision", "layers: {NAME: {precision: float}}", lambda r: r.recipe.keeps_float_layers, _ALL),
-    Technique("automatic mixed precision", "quantize.min_cosine / min_agreement",
-              lambda r: r.recipe.quantize.searches_precision, _ALL),
-    Technique("bias correction", "quantize.bias_correction", lambda r: r.recipe.quantize.bias_correction is True,
-              {"keras": Refusal("it corrects ONNX initializers, on the PyTorch/ONNX route only",
-                                "drop quantize.bias_correction, or set precision float for the layers that lose "
-                                "most (--min-cosine)"),
-               "pytorch": None, "onnx": None}),
-    Technique("channel removal", "channels", lambda r: r.recipe.removes_channels,
-              {"keras": None, "pytorch": None, "onnx": _GRAPH}),
-    Technique("low-rank factorization", "low_rank", lambda r: r.recipe.factorizes,
-              {"keras": None, "pytorch": None, "onnx": _GRAPH}),
-    Technique("accuracy-budget mode", "--max-drop", lambda r: r.budget,
-              {"keras": None, "pytorch": None,
-               "onnx": Refusal("it fine-tunes every candidate, which needs the PyTorch model",
-                               "convert the PyTorch source, or run `sdk sweep` with per-layer recipes")}),
-    Technique("distillation into a smaller student", "sdk distill", lambda r: r.distill,
-              {"keras": Refusal("students are derived from PyTorch modules so far",
-                                "for a Keras model, distil into its own compressed copy with --finetune DATA"),
-               "pytorch": None,
-               "onnx": Refusal("training a student needs the PyTorch teacher", "give the PyTorch source")}),
-    Technique("fine-tuning by distillation", "--finetune DATA", lambda r: r.finetune,
-              {"keras": None, "pytorch": None,
-               "onnx": Refusal("fine-tuning needs the PyTorch model; an ONNX file is compressed one-shot",
-                               "drop --finetune (use --calib for int8) or convert the PyTorch source")}),
-    Technique("quantization-aware training", "quantize.qat", lambda r: r.recipe.quantize.qat,
-              {"keras": None, "pytorch": None, "onnx": _TRAINS}),
-    Technique("QAT with clustering", "quantize.qat + cluster", lambda r: r.recipe.quantize.qat and r.recipe.clusters,
-              {"keras": None, "pytorch": None, "onnx": _TRAINS}),
+CAPABILITIES: tuple[Capability, ...] = (
+    *(_registered(t) for t in REGISTERED),
+    Capability("post-training quantization", "quantize.mode", lambda r: r.recipe.quantize.mode != "none", _ALL),
+    Capability("mixed precision", "layers: {NAME: {precision: float}}", lambda r: r.recipe.keeps_float_layers, _ALL),
+    Capability("automatic mixed precision", "quantize.min_cosine / min_agreement",
+               lambda r: r.recipe.quantize.searches_precision, _ALL),
+    Capability("bias correction", "quantize.bias_correction", lambda r: r.recipe.quantize.bias_correction is True,
+               {"keras": Refusal("it corrects ONNX initializers, on the PyTorch/ONNX route only",
+                                 "drop quantize.bias_correction, or set precision float for the layers that lose "
+                                 "most (--min-cosine)"),
+                "pytorch": None, "onnx": None}),
+    Capability("accuracy-budget mode", "--max-drop", lambda r: r.budget,
+               {"keras": None, "pytorch": None,
+                "onnx": Refusal("it fine-tunes every candidate, which needs the PyTorch model",
+                                "convert the PyTorch source, or run `sdk sweep` with per-layer recipes")}),
+    Capability("distillation into a smaller student", "sdk distill", lambda r: r.distill,
+               {"keras": Refusal("students are derived from PyTorch modules so far",
+                                 "for a Keras model, distil into its own compressed copy with --finetune DATA"),
+                "pytorch": None,
+                "onnx": Refusal("training a student needs the PyTorch teacher", "give the PyTorch source")}),
+    Capability("fine-tuning by distillation", "--finetune DATA", lambda r: r.finetune,
+               {"keras": None, "pytorch": None,
+                "onnx": Refusal("fine-tuning needs the PyTorch model; an ONNX file is compressed one-shot",
+                                "drop --finetune (use --calib for int8) or convert the PyTorch source")}),
+    Capability("quantization-aware training", "quantize.qat", lambda r: r.recipe.quantize.qat,
+               {"keras": None, "pytorch": None, "onnx": _TRAINS}),
+    Capability("QAT with clustering", "quantize.qat + cluster", lambda r: r.recipe.quantize.qat and r.recipe.clusters,
+               {"keras": None, "pytorch": None, "onnx": _TRAINS}),
 )
 
 
@@ -90,7 +87,7 @@ def check_supported(request: Request, framework: str) -> None:
     does not support."""
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}; got {framework!r}")
-    for technique in TECHNIQUES:
+    for technique in CAPABILITIES:
         refusal = technique.cells[framework]
         if refusal is not None and technique.asked(request):
             raise UnsupportedTechniqueError(f"{technique.name} ({technique.recipe_key}) is not available for "
@@ -101,7 +98,7 @@ def markdown_table() -> str:
     """The README's capability table, made from the same cells as the refusals."""
     rows = ["| technique | recipe | " + " | ".join(FRAMEWORKS.values()) + " |",
             "|---|---|" + "---|" * len(FRAMEWORKS)]
-    for technique in TECHNIQUES:
+    for technique in CAPABILITIES:
         cells = ["yes" if technique.cells[f] is None else f"no: {technique.cells[f].why}" for f in FRAMEWORKS]
         rows.append(f"| {technique.name} | `{technique.recipe_key}` | " + " | ".join(cells) + " |")
     return "\n".join(rows)

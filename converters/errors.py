@@ -5,6 +5,9 @@ a recipe, data of the wrong shape.  ``ConversionError`` (exit 1): the input was
 fine but the model could not be converted as asked.
 """
 
+import difflib
+from typing import Any
+
 
 class SDKError(Exception):
     """Base of every error raised on purpose by the SDK."""
@@ -48,3 +51,11 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
         if line and not line.startswith(("<unknown>", "Traceback")):
             return line[:limit]
     return type(exc).__name__
+
+
+def check_choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Refuse ``value`` unless it is one of ``allowed``, naming them (and the closest, if any)."""
+    if value not in allowed:
+        hint = difflib.get_close_matches(str(value), allowed, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise RecipeError(f"{where} must be one of {', '.join(allowed)}; got {value!r}{suggestion}")

@@ -1,10 +1,8 @@
 """Class names for `sdk convert`, `metadata add`, `export mcu` and `export android`: one reader, one check.
 
-A labels file is UTF-8 text (a byte-order mark is allowed), one class name per
-line in class-id order.  Blank lines at the end are ignored; a blank line
-before the last name is refused, because dropping it would shift every later
-name onto the wrong class.  (``device_runtime`` reads labels on its own: it
-never imports the converters.)
+Files are read by the runtime's reader (``device_runtime.labels``: the rules live there, since the runtime
+never imports the converters); here its error becomes the SDK's ``LabelsError`` and the names are checked
+against the model's classes.
 """
 
 from __future__ import annotations
@@ -12,14 +10,14 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from device_runtime.errors import InputError
+from device_runtime.labels import FIX, read_labels_file
+
 from .errors import UserInputError
 
 
 class LabelsError(UserInputError):
     """A labels file cannot be read, names a class with nothing, or does not give one name per class."""
-
-
-FIX = "give one label per class, one per line, in class-id order"
 
 
 def read_labels(source: str | os.PathLike | Sequence[str] | None, classes: int | None = None, *,
@@ -52,20 +50,6 @@ def check_label_count(labels: Sequence[str], classes: int, *, what: str | None =
 
 def _read_file(path: str | os.PathLike) -> list[str]:
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
-    except UnicodeDecodeError as exc:
-        raise LabelsError(f"labels file {os.fspath(path)} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
-                          f"at offset {exc.start}); save it as UTF-8, one class name per line") from None
-    except OSError as exc:
-        raise LabelsError(f"cannot read labels file {os.fspath(path)}: {exc.strerror or exc}") from None
-    lines = [line.strip() for line in text.splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()
-    if not lines:
-        raise LabelsError(f"labels file {os.fspath(path)} has no labels; {FIX}")
-    if "" in lines:
-        number = lines.index("") + 1
-        raise LabelsError(f"labels file {os.fspath(path)} line {number} is empty, which would shift the names "
-                          "after it onto the wrong classes; name that class or delete the line")
-    return lines
+        return read_labels_file(path)
+    except InputError as exc:
+        raise LabelsError(str(exc)) from None

@@ -24,6 +24,7 @@ import numpy as np
 from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
 from .techniques.arrays import compress_weights, float_precision_weights
+from .techniques.registry import rewrite_graph
 from .data import DataSource, Dataset, InputSpec, random_inputs
 from .errors import ConversionError, DataError, FidelityError, RecipeError, first_line
 from .verify.fidelity import Fidelity, compare
@@ -169,17 +170,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         inputs = input_specs(fix_input_shapes(exported, input_shapes), exported)
         known = normalisation.given(metadata, torch_source.input_shapes)
         tune, calib, evaluation, data_notes = _data(inputs, finetune_data, calib_data, eval_data, known)
-        module = torch_source.module
-        if recipe.removes_channels:
-            from .techniques.channels.torch import remove_channels
-
-            module, record = remove_channels(module, recipe, torch_source.example_inputs)
-            graph_records.append(record)
-        if recipe.factorizes:
-            from .techniques.low_rank import factorize_linear_layers
-
-            module, record = factorize_linear_layers(module, recipe)
-            graph_records.append(record)
+        module, rewritten = rewrite_graph(torch_source.module, recipe, "pytorch", torch_source.example_inputs)
+        graph_records = list(rewritten.values())
         if tune is not None and (recipe.compresses_weights or graph_records or recipe.quantize.qat):
             module, fine_tuned_records, weight_names = _finetune(torch_source, module, recipe, tune, verbose,
                                                                  notes)
@@ -221,7 +213,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     records = fine_tuned_records
     if records is None:
         weights, sources = onnx_weights(onnx_model)
-        records = compress_weights(weights, recipe)
+        records = compress_weights(weights, recipe, "pytorch" if torch_source is not None else "onnx")
         set_weights(onnx_model, weights, sources)
         weight_names = [w.name for w in weights]
     for record in graph_records:

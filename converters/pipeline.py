@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -32,8 +32,8 @@ from .training.keras import finetune, steps_per_epoch
 from .sources.keras import load_keras_model
 from .targets.tflite.metadata import MetadataSpec, populate, standard_metadata
 from .targets.tflite.normalisation import Normalisation
-from .techniques import PASSES, PassRecord
-from .techniques.base import kernel_weights
+from .techniques.base import WEIGHTS, PassRecord, kernel_weights
+from .techniques.registry import in_stage, rewrite_graph
 from .recipe import QuantizeSettings, Recipe
 from .verify.layers import fidelity_warnings, quantized_layer_report
 from .verify.report import Report
@@ -52,6 +52,8 @@ class ConversionResult:
     path: Path
     report_path: Path
     report: Report
+    exports: dict[str, Any] = field(default_factory=dict)  # the target's files: {"mcu": McuExport, ...}
+    budget: Any = None  # accuracy-budget mode's search (search.budget.BudgetResult)
 
 
 def report_path_for(output: Path) -> Path:
@@ -103,15 +105,8 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     timings["float_baseline"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    graph_records = {}  # passes that rewrite layers run first; pruning and clustering work on what is left
-    if recipe.removes_channels:
-        from .techniques.channels.keras import remove_channels_keras
-
-        model, graph_records["channels"] = remove_channels_keras(model, recipe)
-    if recipe.factorizes:
-        from .techniques.low_rank import factorize_keras_dense_layers
-
-        model, graph_records["low_rank"] = factorize_keras_dense_layers(model, recipe)
+    # techniques that rewrite layers run first; pruning and clustering work on what is left
+    model, graph_records = rewrite_graph(model, recipe, "keras")
     if graph_records and tune is not None:
         finetune(model, teacher, tune, recipe.finetune, [], verbose, step=" + ".join(graph_records))
         for record in graph_records.values():
@@ -244,10 +239,10 @@ def embed_metadata(tflite_bytes: bytes, provenance: bytes, spec: MetadataSpec | 
 
 def apply_passes(model, teacher, recipe: Recipe, tune: Dataset | None, verbose: bool
                  ) -> tuple[Any, dict[str, PassRecord]]:
-    """Run every registered pass the recipe asks for, fine-tuning each when data is given."""
+    """Run every registered weight technique the recipe asks for, fine-tuning each when data is given."""
     records: dict[str, PassRecord] = {}
-    for name, pass_class in PASSES.items():
-        compression = pass_class()
+    for technique in in_stage(WEIGHTS):
+        name, compression = technique.key, technique.backend("keras")()
         targets, record = compression.select(model, recipe)
         records[name] = record
         if not targets:

@@ -17,76 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import RecipeError, first_line
+from .errors import RecipeError, check_choice, first_line
+from .techniques.registry import TECHNIQUE_KEYS, TECHNIQUES
 
 QUANTIZE_MODES = ("none", "dynamic", "float16", "int8", "int16x8")
 IO_TYPES = ("float32", "int8", "uint8")
-PRUNE_STRUCTURES = ("unstructured", "2:4", "channel")
-PRUNE_SCHEDULES = ("polynomial", "constant")
-CHANNEL_RANKINGS = ("l2", "l1", "bn_scale")
 PRECISIONS = ("int8", "float")  # per-layer, under quantize.mode int8: "float" keeps the layer's ops in float32
 SPARSE_EXPORT = ("auto", "on", "off")
+RECIPE_SECTIONS = ("quantize", "finetune", "sparse_export", "layers", "layer_types")
 ACTIVATION_RANGES = ("minmax", "percentile")
-
-
-@dataclass(frozen=True)
-class PruneSettings:
-    sparsity: float
-    structure: str = "unstructured"
-    schedule: str = "polynomial"
-
-    def validate(self, where: str) -> None:
-        if not 0.0 <= self.sparsity < 1.0:
-            raise RecipeError(f"{where}.sparsity must be in [0, 1); got {self.sparsity}")
-        _choice(f"{where}.structure", self.structure, PRUNE_STRUCTURES)
-        _choice(f"{where}.schedule", self.schedule, PRUNE_SCHEDULES)
-        if self.structure == "2:4" and self.sparsity not in (0.0, 0.5):
-            raise RecipeError(f"{where}: 2:4 pruning always gives sparsity 0.5; got sparsity "
-                              f"{self.sparsity} (drop it or set 0.5)")
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    clusters: int
-
-    def validate(self, where: str) -> None:
-        if not isinstance(self.clusters, int) or isinstance(self.clusters, bool) or self.clusters < 2:
-            raise RecipeError(f"{where}.clusters must be an integer >= 2; got {self.clusters!r}")
-        if self.clusters > 256:
-            raise RecipeError(f"{where}.clusters must be <= 256 (int8 holds 256 values); "
-                              f"got {self.clusters}")
-
-
-@dataclass(frozen=True)
-class LowRankSettings:
-    """SVD of a Linear weight into two thinner layers; give the rank as a ratio or an energy to keep."""
-
-    rank_ratio: float | None = None  # rank = ceil(rank_ratio * min(in, out))
-    energy: float | None = None  # smallest rank keeping this fraction of the sum of squared singular values
-
-    def validate(self, where: str) -> None:
-        if (self.rank_ratio is None) == (self.energy is None):
-            raise RecipeError(f"{where} needs exactly one of rank_ratio or energy; got rank_ratio="
-                              f"{self.rank_ratio}, energy={self.energy}")
-        for name, value in (("rank_ratio", self.rank_ratio), ("energy", self.energy)):
-            if value is not None and not 0.0 < value <= 1.0:
-                raise RecipeError(f"{where}.{name} must be in (0, 1]; got {value}")
-
-
-@dataclass(frozen=True)
-class ChannelSettings:
-    """Remove this fraction of each prunable channel group (the model gets thinner, not sparser)."""
-
-    fraction: float
-    ranking: str = "l2"  # l2 | l1 (norm of each filter) | bn_scale (|gamma| of the following BatchNorm)
-    multiple_of: int = 1  # round kept channels up to a multiple (8 suits XNNPACK's int8 kernels)
-
-    def validate(self, where: str) -> None:
-        if not 0.0 < self.fraction < 1.0:
-            raise RecipeError(f"{where}.fraction must be in (0, 1); got {self.fraction}")
-        _choice(f"{where}.ranking", self.ranking, CHANNEL_RANKINGS)
-        if not isinstance(self.multiple_of, int) or self.multiple_of < 1:
-            raise RecipeError(f"{where}.multiple_of must be an integer >= 1; got {self.multiple_of!r}")
 
 
 @dataclass(frozen=True)
@@ -107,8 +46,8 @@ class QuantizeSettings:
     bias_correction: bool | str = "auto"
 
     def validate(self) -> None:
-        _choice("quantize.mode", self.mode, QUANTIZE_MODES)
-        _choice("quantize.io_type", self.io_type, IO_TYPES)
+        check_choice("quantize.mode", self.mode, QUANTIZE_MODES)
+        check_choice("quantize.io_type", self.io_type, IO_TYPES)
         if self.io_type != "float32" and self.mode != "int8":
             raise RecipeError(f"quantize.io_type {self.io_type} needs quantize.mode int8; "
                               f"got mode {self.mode}")
@@ -129,7 +68,7 @@ class QuantizeSettings:
                                                not 0.0 < self.min_agreement <= 100.0):
             raise RecipeError("quantize.min_agreement must be a percentage in (0, 100], e.g. 95; got "
                               f"{self.min_agreement!r}")
-        _choice("quantize.activation_range", self.activation_range, ACTIVATION_RANGES)
+        check_choice("quantize.activation_range", self.activation_range, ACTIVATION_RANGES)
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) or \
                 not 50.0 < self.percentile <= 100.0:
             raise RecipeError(f"quantize.percentile must be a number in (50, 100], e.g. 99.99; got {self.percentile!r}")
@@ -182,74 +121,99 @@ class FinetuneSettings:
             raise RecipeError(f"finetune.seed must be an integer or null; got {self.seed!r}")
 
 
+UNSET = "unset"
+OVERRIDE_KEYS = (*TECHNIQUE_KEYS, "precision")
+
+
 @dataclass(frozen=True)
 class LayerOverride:
-    """Per-layer settings; a field left as ``UNSET`` falls back to the next level."""
+    """Per-layer settings: technique key -> settings or None (not for this layer); a key left out falls back to
+    the next level. ``precision`` is "int8" or "float" (mixed precision)."""
 
-    prune: PruneSettings | None | str = "unset"
-    cluster: ClusterSettings | None | str = "unset"
-    low_rank: LowRankSettings | None | str = "unset"
-    channels: ChannelSettings | None | str = "unset"
-    precision: str = "unset"
+    techniques: Mapping[str, Any] = field(default_factory=dict)
+    precision: str = UNSET
 
-
-UNSET = "unset"
+    def __getattr__(self, name: str) -> Any:  # override.prune, override.channels, ...: UNSET when not given
+        if name in TECHNIQUE_KEYS:
+            return self.__dict__["techniques"].get(name, UNSET)
+        raise AttributeError(name)
 
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """What the recipe asks for one layer, after precedence is applied."""
+    """What the recipe asks for one layer, after precedence is applied: technique key -> settings or None."""
 
-    prune: PruneSettings | None
-    cluster: ClusterSettings | None
-    low_rank: LowRankSettings | None = None
-    channels: ChannelSettings | None = None
+    techniques: Mapping[str, Any]
     precision: str = "int8"
 
+    def __getattr__(self, name: str) -> Any:  # plan.prune, plan.cluster, ...
+        if name in TECHNIQUE_KEYS:
+            return self.__dict__["techniques"].get(name)
+        raise AttributeError(name)
 
-@dataclass(frozen=True)
+
 class Recipe:
-    prune: PruneSettings | None = None
-    cluster: ClusterSettings | None = None
-    low_rank: LowRankSettings | None = None
-    channels: ChannelSettings | None = None
-    quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
-    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
-    sparse_export: str = "auto"
-    layers: Mapping[str, LayerOverride | None] = field(default_factory=dict)
-    layer_types: Mapping[str, LayerOverride | None] = field(default_factory=dict)
+    """Settings for every technique (``prune=PruneSettings(...)``, ... as registered in
+    ``techniques/registry.py``), quantization, fine-tuning, and per-layer overrides; immutable, validated when
+    made. ``recipe.prune`` reads a technique's global settings (None when not asked for)."""
 
-    def __post_init__(self):
+    def __init__(self, *, quantize: QuantizeSettings | None = None, finetune: FinetuneSettings | None = None,
+                 sparse_export: str = "auto", layers: Mapping[str, LayerOverride | None] | None = None,
+                 layer_types: Mapping[str, LayerOverride | None] | None = None, **techniques: Any):
+        _reject_unknown("recipe", techniques, list(TECHNIQUE_KEYS))
+        values = {"techniques": {k: techniques.get(k) for k in TECHNIQUE_KEYS},
+                  "quantize": quantize or QuantizeSettings(), "finetune": finetune or FinetuneSettings(),
+                  "sparse_export": sparse_export, "layers": dict(layers or {}),
+                  "layer_types": dict(layer_types or {})}
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
         self.validate()
 
+    def __getattr__(self, name: str) -> Any:
+        if name in TECHNIQUE_KEYS:
+            return self.__dict__["techniques"][name]
+        raise AttributeError(f"Recipe has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a Recipe is immutable; use recipe.replace(...)")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Recipe) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+    def __repr__(self) -> str:
+        return f"Recipe({self.to_dict()!r})"
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with ``changes`` (technique keys, quantize, finetune, sparse_export, layers, layer_types)."""
+        current = {**self.techniques, "quantize": self.quantize, "finetune": self.finetune,
+                   "sparse_export": self.sparse_export, "layers": self.layers, "layer_types": self.layer_types}
+        return Recipe(**{**current, **changes})
+
     def validate(self) -> None:
-        if self.prune is not None:
-            self.prune.validate("prune")
-        if self.cluster is not None:
-            self.cluster.validate("cluster")
-        if self.low_rank is not None:
-            self.low_rank.validate("low_rank")
-        if self.channels is not None:
-            self.channels.validate("channels")
+        for technique in TECHNIQUES:
+            settings = self.techniques[technique.key]
+            if settings is not None:
+                _check_kind(technique, settings, technique.key)
+                settings.validate(technique.key)
         self.quantize.validate()
         self.finetune.validate()
-        _choice("sparse_export", self.sparse_export, SPARSE_EXPORT)
+        check_choice("sparse_export", self.sparse_export, SPARSE_EXPORT)
         for section, overrides in (("layers", self.layers), ("layer_types", self.layer_types)):
             for key, override in overrides.items():
                 if section == "layers":
                     _compile_pattern(key)
                 if override is None:
                     continue
-                if isinstance(override.prune, PruneSettings):
-                    override.prune.validate(f"{section}[{key!r}].prune")
-                if isinstance(override.cluster, ClusterSettings):
-                    override.cluster.validate(f"{section}[{key!r}].cluster")
-                if isinstance(override.low_rank, LowRankSettings):
-                    override.low_rank.validate(f"{section}[{key!r}].low_rank")
-                if isinstance(override.channels, ChannelSettings):
-                    override.channels.validate(f"{section}[{key!r}].channels")
+                for technique in TECHNIQUES:
+                    settings = override.techniques.get(technique.key)
+                    if settings is not None:
+                        _check_kind(technique, settings, f"{section}[{key!r}].{technique.key}")
+                        settings.validate(f"{section}[{key!r}].{technique.key}")
                 if override.precision != UNSET:
-                    _choice(f"{section}[{key!r}].precision", override.precision, PRECISIONS)
+                    check_choice(f"{section}[{key!r}].precision", override.precision, PRECISIONS)
                     if self.quantize.mode != "int8":
                         raise RecipeError(f"{section}[{key!r}].precision applies under quantize.mode int8 (mixed "
                                           f"precision); got mode {self.quantize.mode}")
@@ -285,25 +249,18 @@ class Recipe:
             chain.append(by_name)
         if layer_type in self.layer_types:
             chain.append(self.layer_types[layer_type])
-        prune, cluster, low_rank, channels = self.prune, self.cluster, self.low_rank, self.channels
+        if chain and chain[0] is None:
+            return None
+        techniques = dict(self.techniques)
         precision = "int8"
         for override in reversed(chain):  # apply the weakest first so the strongest wins
             if override is None:
-                prune = cluster = low_rank = channels = None
+                techniques = dict.fromkeys(TECHNIQUE_KEYS)
                 continue
             if override.precision != UNSET:
                 precision = override.precision
-            if override.prune != UNSET:
-                prune = override.prune
-            if override.cluster != UNSET:
-                cluster = override.cluster
-            if override.low_rank != UNSET:
-                low_rank = override.low_rank
-            if override.channels != UNSET:
-                channels = override.channels
-        if chain and chain[0] is None:
-            return None
-        return LayerPlan(prune, cluster, low_rank, channels, precision)
+            techniques.update(override.techniques)
+        return LayerPlan(techniques, precision)
 
     def _match_name(self, name: str):
         if name in self.layers:
@@ -313,30 +270,30 @@ class Recipe:
                 return override
         return _NO_MATCH
 
+    def asks(self, key: str) -> bool:
+        """Whether any layer gets technique ``key`` (globally or by an override)."""
+        overrides = [*self.layers.values(), *self.layer_types.values()]
+        return self.techniques[key] is not None or any(
+            o is not None and o.techniques.get(key) is not None for o in overrides)
+
     @property
     def compresses_weights(self) -> bool:
         """Whether any layer is pruned or clustered (globally or by an override)."""
-        return self._asks("prune", PruneSettings) or self.clusters
+        return self.asks("prune") or self.clusters
 
     @property
     def clusters(self) -> bool:
-        """Whether any layer is clustered (globally or by an override)."""
-        return self._asks("cluster", ClusterSettings)
+        return self.asks("cluster")
 
     @property
     def factorizes(self) -> bool:
         """Whether any layer gets a low-rank factorization (which changes the graph, not only weights)."""
-        return self._asks("low_rank", LowRankSettings)
+        return self.asks("low_rank")
 
     @property
     def removes_channels(self) -> bool:
         """Whether channels are physically removed (which changes the graph, not only weights)."""
-        return self._asks("channels", ChannelSettings)
-
-    def _asks(self, name: str, kind: type) -> bool:
-        overrides = [*self.layers.values(), *self.layer_types.values()]
-        return getattr(self, name) is not None or any(o is not None and isinstance(getattr(o, name), kind)
-                                                      for o in overrides)
+        return self.asks("channels")
 
     # -- serialisation ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -346,14 +303,11 @@ class Recipe:
         def override(o: LayerOverride | None):
             if o is None:
                 return None
-            fields = ("prune", "cluster", "low_rank", "channels", "precision")
-            return {k: settings(getattr(o, k)) for k in fields if getattr(o, k) != UNSET}
+            out = {k: settings(v) for k, v in o.techniques.items()}
+            return {**out, "precision": o.precision} if o.precision != UNSET else out
 
         return {
-            "prune": settings(self.prune),
-            "cluster": settings(self.cluster),
-            "low_rank": settings(self.low_rank),
-            "channels": settings(self.channels),
+            **{key: settings(value) for key, value in self.techniques.items()},
             "quantize": settings(self.quantize),
             "finetune": settings(self.finetune),
             "sparse_export": self.sparse_export,
@@ -365,14 +319,11 @@ class Recipe:
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
         if not isinstance(data, Mapping):
             raise RecipeError(f"a recipe must be a mapping of settings; got {type(data).__name__}")
-        _reject_unknown("recipe", data, [f.name for f in dataclasses.fields(cls)])
+        _reject_unknown("recipe", data, [*TECHNIQUE_KEYS, *RECIPE_SECTIONS])
         return cls(
-            prune=_section(PruneSettings, data.get("prune"), "prune"),
-            cluster=_section(ClusterSettings, data.get("cluster"), "cluster"),
-            low_rank=_section(LowRankSettings, data.get("low_rank"), "low_rank"),
-            channels=_section(ChannelSettings, data.get("channels"), "channels"),
-            quantize=_section(QuantizeSettings, data.get("quantize"), "quantize") or QuantizeSettings(),
-            finetune=_section(FinetuneSettings, data.get("finetune"), "finetune") or FinetuneSettings(),
+            **{t.key: _section(t.settings, data.get(t.key), t.key) for t in TECHNIQUES},
+            quantize=_section(QuantizeSettings, data.get("quantize"), "quantize"),
+            finetune=_section(FinetuneSettings, data.get("finetune"), "finetune"),
             sparse_export=_yaml_switch(data.get("sparse_export", "auto")),
             layers=_overrides(data.get("layers") or {}, "layers"),
             layer_types=_overrides(data.get("layer_types") or {}, "layer_types"),
@@ -402,6 +353,9 @@ class Recipe:
                    allow_random_calibration: bool | None = None, min_cosine: float | None = None,
                    min_agreement: float | None = None) -> Recipe:
         """A copy with CLI flags applied on top (flags win over the file)."""
+        from .techniques.cluster import ClusterSettings
+        from .techniques.prune import PruneSettings
+
         new_prune = self.prune
         if prune is not None or prune_structure is not None:
             base = self.prune or PruneSettings(sparsity=0.5 if prune_structure == "2:4" else 0.0)
@@ -411,8 +365,8 @@ class Recipe:
             allow_random_calibration=allow_random_calibration, min_cosine=min_cosine, min_agreement=min_agreement))
         if quant.mode != "int8" and io_type is None and self.quantize.io_type != "float32":
             quant = dataclasses.replace(quant, io_type="float32")
-        return dataclasses.replace(
-            self, prune=new_prune,
+        return self.replace(
+            prune=new_prune,
             cluster=ClusterSettings(cluster) if cluster is not None else self.cluster,
             quantize=quant,
             finetune=dataclasses.replace(self.finetune, **_given(epochs=epochs)))
@@ -428,13 +382,6 @@ def _yaml_switch(value: Any) -> Any:
 
 def _given(**kwargs) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
-
-
-def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        hint = difflib.get_close_matches(str(value), allowed, n=1)
-        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise RecipeError(f"{where} must be one of {', '.join(allowed)}; got {value!r}{suggestion}")
 
 
 def _no_such(section: str, key: str, offered: Sequence[str], what: str) -> None:
@@ -476,19 +423,17 @@ def _overrides(data: Any, where: str) -> dict[str, LayerOverride | None]:
             continue
         here = f"{where}[{key!r}]"
         if not isinstance(value, Mapping):
-            raise RecipeError(f"{here} must be a mapping with prune/cluster/low_rank/channels/precision, or "
-                              f"null; got {value!r}")
-        _reject_unknown(here, value, ["prune", "cluster", "low_rank", "channels", "precision"])
+            raise RecipeError(f"{here} must be a mapping with {'/'.join(OVERRIDE_KEYS)}, or null; got {value!r}")
+        _reject_unknown(here, value, list(OVERRIDE_KEYS))
         out[str(key)] = LayerOverride(
-            prune=_section(PruneSettings, value["prune"], here + ".prune") if "prune" in value else UNSET,
-            cluster=(_section(ClusterSettings, value["cluster"], here + ".cluster")
-                     if "cluster" in value else UNSET),
-            low_rank=(_section(LowRankSettings, value["low_rank"], here + ".low_rank")
-                      if "low_rank" in value else UNSET),
-            channels=(_section(ChannelSettings, value["channels"], here + ".channels")
-                      if "channels" in value else UNSET),
-            precision=value.get("precision", UNSET))
+            {t.key: _section(t.settings, value[t.key], f"{here}.{t.key}") for t in TECHNIQUES if t.key in value},
+            value.get("precision", UNSET))
     return out
+
+
+def _check_kind(technique, settings: Any, where: str) -> None:
+    if not isinstance(settings, technique.settings):
+        raise RecipeError(f"{where} must be a {technique.settings.__name__} or null; got {settings!r}")
 
 
 def _compile_pattern(pattern: str) -> re.Pattern:

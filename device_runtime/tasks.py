@@ -16,6 +16,7 @@ import numpy as np
 
 from . import postprocess
 from .errors import ArgumentError, InputError, MissingMetadataError, ModelFormatError
+from .labels import read_labels_file
 from .preprocess import ImagePreprocessor, ImageSpec
 
 if TYPE_CHECKING:
@@ -23,22 +24,10 @@ if TYPE_CHECKING:
 
 
 def read_labels(labels) -> list[str] | None:
-    """Class names given as a list, or read from a labels file (UTF-8, one name per line); None for None."""
+    """Class names given as a list, or read from a labels file (``labels.read_labels_file``); None for None."""
     if labels is None or isinstance(labels, (list, tuple)):
         return None if labels is None else list(labels)
-    try:  # the SDK's converters read labels files by the same rules (device_runtime never imports them)
-        lines = [line.strip() for line in Path(labels).read_text(encoding="utf-8-sig").splitlines()]
-    except UnicodeDecodeError as exc:
-        raise InputError(f"labels file {labels} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
-                         f"{exc.start}); save it as UTF-8, one class name per line") from None
-    except OSError as exc:
-        raise InputError(f"cannot read labels file {labels}: {exc.strerror or exc}") from None
-    while lines and not lines[-1]:
-        lines.pop()
-    if "" in lines:
-        raise InputError(f"labels file {labels} line {lines.index('') + 1} is empty, which would shift the names "
-                         "after it onto the wrong classes; name that class or delete the line")
-    return lines
+    return read_labels_file(labels)
 
 
 def preprocessor(model: Model, resize: str | None) -> ImagePreprocessor:

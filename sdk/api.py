@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from converters.data import DataSource
@@ -13,15 +14,24 @@ from device_runtime.loading import read_model_bytes
 from device_runtime.tflite_format import read_model
 
 
+TARGETS = ("tflite", "mcu", "android")
+
+
 def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str | os.PathLike | None = None,
-            *, finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
+            *, target: str = "tflite", board: str | None = None, android_project: str | os.PathLike | None = None,
+            max_drop: float | None = None, optimize: str = "size",
+            finetune_data: DataSource | None = None, calib_data: DataSource | None = None,
             eval_data: DataSource | None = None, force: bool = False,
             progress: Callable[[str, int, int], None] | None = None, verbose: bool = False,
-            custom_objects: dict | None = None, metadata=None, example_input: Any = None,
-            input_shapes: Sequence[Sequence[int]] | None = None, weights: str | os.PathLike | None = None,
-            keep_nchw: bool = False, keep_intermediates: bool = False,
+            custom_objects: dict | None = None, metadata=None, labels: str | os.PathLike | Sequence[str] | None = None,
+            mean: Sequence[float] | None = None, std: Sequence[float] | None = None, model_version: str | None = None,
+            example_input: Any = None, input_shapes: Sequence[Sequence[int]] | None = None,
+            weights: str | os.PathLike | None = None, keep_nchw: bool = False, keep_intermediates: bool = False,
             input_dtypes: Sequence[str] | None = None, allow_flex: bool = False):
-    """Compress ``source`` as ``recipe`` says and write ``output`` (.tflite) plus a report JSON.
+    """Compress ``source`` as ``recipe`` says and write ``output`` (.tflite) plus a report JSON, then the
+    ``target``'s files: "tflite" (only those), "mcu" (TFLite Micro C/C++ sources in OUTPUT_mcu/, checked
+    against ``board``; needs an int8 model with int8 I/O) or "android" (the model, labels and model card copied
+    into the ``android_project`` folder, e.g. android_demo/). Everything is checked before any work.
 
     ``source``: a .keras/.h5 file, a SavedModel folder or an in-memory Keras 3 or tf_keras model; or a
     PyTorch ``nn.Module`` (with ``example_input``, a tensor or tuple, or ``input_shapes``), a
@@ -32,34 +42,104 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     ``allow_flex`` (PyTorch/ONNX): keep ops with no TFLite builtin as Select TF ops; the .tflite then
     needs the Flex delegate (full TensorFlow's interpreter; not ai-edge-litert or tflite-runtime).
     ``recipe``: a Recipe, a dict in recipe form, or a .yaml/.json path.
+    ``max_drop``: accuracy-budget mode (see ``convert_within_budget``; ``optimize`` "size" or "latency"); the
+    result's ``budget`` then holds the search.
     Data arguments take a .npz (x, y), .npy, image folder, (x, y) tuple or array; a model with several
     or integer inputs (token ids, masks) takes a .npz or dict with one array per input name (and y).
     ``input_dtypes`` (PyTorch with ``input_shapes``): e.g. ``["int64"]`` for token-id inputs.
-    ``metadata``: a ``converters.targets.tflite.metadata.MetadataSpec`` for image classifiers (labels, name, version,
-    and ``mean``/``std``: the input normalisation on 0..255 pixels).  By default: the source's name,
+    Image classifiers get standard TFLite metadata: ``labels`` (a file, one per line, or a list), ``mean``/``std``
+    (the input normalisation on 0..255 pixels) and ``model_version``, or a whole
+    ``converters.targets.tflite.metadata.MetadataSpec`` as ``metadata``. By default: the source's name,
     image-folder labels, and a normalisation only when known (image-folder data, or a Keras model's
     leading Rescaling/Normalization layers); otherwise none, and the report says how to set it.
-    Returns a ``ConversionResult`` with ``path``, ``report_path`` and ``report``.
+    Returns a ``ConversionResult`` with ``path``, ``report_path``, ``report``, ``exports`` (the target's
+    result by name) and ``budget``.
     """
-    from converters.pipeline import convert_keras
     from converters.sources import framework_of
 
-    _check_metadata(metadata)
-    recipe = _recipe(recipe)
-    if framework_of(source) in ("onnx", "pytorch"):
+    recipe = _recipe(recipe) or Recipe()
+    metadata = _metadata(metadata, source, labels, mean, std, model_version)
+    _check_target(target, board, android_project, recipe, output, force)
+    options = {"example_input": example_input, "input_shapes": input_shapes, "weights": weights,
+               "keep_nchw": keep_nchw, "keep_intermediates": keep_intermediates, "input_dtypes": input_dtypes,
+               "allow_flex": allow_flex}
+    common = dict(finetune_data=finetune_data, calib_data=calib_data, eval_data=eval_data, force=force,
+                  progress=progress, verbose=verbose, metadata=metadata)
+    budget = None
+    if max_drop is not None:
+        budget = convert_within_budget(source, output, max_drop=max_drop, optimize=optimize, recipe=recipe,
+                                       **common, **options)
+        result = budget.result
+    elif framework_of(source) in ("onnx", "pytorch"):
         from converters.onnx_pipeline import convert_onnx_route
 
-        return convert_onnx_route(source, output, recipe, example_input=example_input, input_shapes=input_shapes,
-                                  weights=weights, keep_nchw=keep_nchw, keep_intermediates=keep_intermediates,
-                                  finetune_data=finetune_data, calib_data=calib_data, eval_data=eval_data,
-                                  force=force, progress=progress, verbose=verbose, metadata=metadata,
-                                  input_dtypes=input_dtypes, allow_flex=allow_flex)
-    _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
-                                   "input_dtypes": input_dtypes, "weights": weights, "keep_nchw": keep_nchw,
-                                   "keep_intermediates": keep_intermediates, "allow_flex": allow_flex})
-    return convert_keras(source, output, recipe, finetune_data=finetune_data, calib_data=calib_data,
-                         eval_data=eval_data, force=force, progress=progress, verbose=verbose,
-                         custom_objects=custom_objects, metadata=metadata)
+        result = convert_onnx_route(source, output, recipe, **common, **options)
+    else:
+        from converters.pipeline import convert_keras
+
+        _refuse_torch_options(source, options)
+        result = convert_keras(source, output, recipe, custom_objects=custom_objects, **common)
+    result.budget = budget
+    if target == "mcu":
+        from converters.targets.mcu import export_mcu
+
+        result.exports["mcu"] = export_mcu(result.path, _firmware_dir(result.path), board=board, force=force)
+    elif target == "android":
+        from converters.targets.android import export_android
+
+        result.exports["android"] = export_android(result.path, android_project, force=force)
+    return result
+
+
+def _check_target(target: str, board: str | None, android_project, recipe: Recipe, output, force: bool) -> None:
+    """Refuse, before any work, a target the recipe or the options cannot give."""
+    if target not in TARGETS:
+        raise UserInputError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
+    if board and target != "mcu":
+        raise UserInputError(f"--board {board} applies to --target mcu; add --target mcu (or drop --board)")
+    if android_project is not None and target != "android":
+        raise UserInputError("an Android project folder applies to --target android; add it (or drop the folder)")
+    if target == "mcu":
+        from converters.targets.mcu.boards import board_named
+
+        board_named(board)
+        if recipe.quantize.mode != "int8" or recipe.quantize.io_type == "float32":
+            raise UserInputError("--target mcu needs a full-integer model: add --quantize int8 --io-type int8 "
+                                 "and --calib DATA")
+        firmware = _firmware_dir(Path(output))
+        if firmware.exists() and (not firmware.is_dir() or any(firmware.iterdir())) and not force:
+            raise UserInputError(f"{firmware} (where --target mcu writes) exists and is not empty; pass "
+                                 "--force to overwrite its files")
+    if target == "android":
+        from converters.targets.android import check_project
+
+        if android_project is None:
+            raise UserInputError("--target android needs the Android demo project folder (--android-project "
+                                 "android_demo/)")
+        check_project(android_project)
+
+
+def _firmware_dir(output: str | os.PathLike) -> Path:
+    """Where --target mcu writes: beside the .tflite, named after it."""
+    return Path(output).with_name(Path(output).stem + "_mcu")
+
+
+def _metadata(metadata, source: Any, labels, mean, std, model_version):
+    """The MetadataSpec from ``metadata`` or the shorthand arguments (not both), checked before any work."""
+    from converters.targets.tflite.metadata import MetadataSpec, read_labels_file
+
+    shorthand = {k: v for k, v in {"labels": labels, "mean": mean, "std": std, "model_version": model_version}.items()
+                 if v}
+    if metadata is not None and shorthand:
+        raise UserInputError(f"give either metadata= or {', '.join(shorthand)}, not both: they say the same")
+    if shorthand:
+        if isinstance(labels, (str, os.PathLike)):
+            labels = read_labels_file(labels)
+        name = Path(source).stem if isinstance(source, (str, os.PathLike)) else "model"
+        metadata = MetadataSpec(name=name, version=model_version or "1", mean=tuple(mean) if mean else None,
+                                std=tuple(std) if std else None, labels=tuple(labels or ()))
+    _check_metadata(metadata)
+    return metadata
 
 
 def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optimize: str = "size",

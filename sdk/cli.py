@@ -14,7 +14,9 @@ import sys
 import click
 
 from converters.errors import UserInputError
-from converters.recipe import IO_TYPES, PRUNE_STRUCTURES, QUANTIZE_MODES, Recipe
+from converters.recipe import IO_TYPES, QUANTIZE_MODES, Recipe
+from converters.techniques.prune import PRUNE_STRUCTURES
+from sdk.api import TARGETS
 
 from ._cli_base import EXIT_INTERRUPTED, chatty, run, stderr_progress, with_output_options
 from .cli_distill import distill
@@ -86,9 +88,11 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--finetune", "finetune_path", type=click.Path(), help="Fine-tuning data (labels optional).")
 @click.option("--epochs", type=int, help="Fine-tuning epochs per pass.")
 @click.option("--eval", "eval_path", type=click.Path(), help="Held-out data for fidelity and accuracy.")
-@click.option("--target", type=click.Choice(["tflite", "mcu"]), default="tflite", show_default=True,
-              help="mcu also writes TFLite Micro C/C++ files to OUT_mcu/ (needs --quantize int8 --io-type int8).")
+@click.option("--target", type=click.Choice(TARGETS), default="tflite", show_default=True,
+              help="mcu also writes TFLite Micro C/C++ files to OUT_mcu/ (needs --quantize int8 --io-type int8); "
+                   "android copies the model into --android-project's assets.")
 @click.option("--board", help="With --target mcu: check the model fits this board (see `sdk export mcu --help`).")
+@click.option("--android-project", type=click.Path(), help="With --target android: the android_demo folder.")
 @click.option("--labels", type=click.Path(), help="Class names for the model's metadata, one per line.")
 @click.option("--model-version", default="1", show_default=True, help="Version written into the metadata.")
 @click.option("--mean", type=float, multiple=True,
@@ -118,7 +122,7 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
-            samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, labels,
+            samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, android_project, labels,
             model_version, mean, std, input_shapes, input_dtypes, weights, keep_nchw, keep_intermediates, allow_flex,
             max_drop, optimize, min_cosine, min_agreement, plot_path, force, as_json, debug):
     """Compress and convert SOURCE to a verified .tflite.
@@ -129,8 +133,6 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
     def action():
         from sdk.api import convert as convert_model
 
-        if board and target != "mcu":
-            raise UserInputError(f"--board {board} applies to --target mcu; add --target mcu (or drop --board)")
         if epochs is not None and not finetune_path:
             raise UserInputError(f"--epochs {epochs} sets fine-tuning epochs, but no --finetune DATA was given; "
                                  "add --finetune DATA (without it, compression is one-shot)")
@@ -139,52 +141,19 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
         if plot_path:  # every output is checked before the conversion, so none is written and then refused
             check_output_path(plot_path, [source], force)
             check_output_path(_errors_plot(plot_path), [source], force)
-        if target == "mcu":
-            from pathlib import Path
-
-            from converters.targets.mcu.boards import board_named
-
-            board_named(board)
-            firmware = Path(output).with_name(Path(output).stem + "_mcu")
-            if firmware.exists() and (not firmware.is_dir() or any(firmware.iterdir())) and not force:
-                raise UserInputError(f"{firmware} (where --target mcu writes) exists and is not empty; pass "
-                                     "--force to overwrite its files")
         recipe = Recipe.load(recipe_path) if recipe_path else Recipe()
         recipe = recipe.with_flags(prune=prune, prune_structure=prune_structure, cluster=cluster,
                                    quantize=quantize, io_type=io_type, samples=samples, epochs=epochs,
                                    allow_random_calibration=allow_random_calibration, min_cosine=min_cosine,
                                    min_agreement=min_agreement)
-        if target == "mcu" and (recipe.quantize.mode != "int8" or recipe.quantize.io_type == "float32"):
-            raise UserInputError("--target mcu needs a full-integer model: add --quantize int8 --io-type int8 "
-                                 "and --calib DATA")
-        metadata = None
-        if labels or model_version != "1" or mean or std:
-            from pathlib import Path
-
-            from converters.targets.tflite.metadata import MetadataSpec, read_labels_file
-
-            metadata = MetadataSpec(name=Path(source).stem, version=model_version, mean=mean or None,
-                                    std=std or None, labels=read_labels_file(labels) if labels else ())
-            metadata.validate()
-        torch_onnx = dict(input_shapes=_parse_shapes(input_shapes), input_dtypes=list(input_dtypes) or None,
-                          weights=weights, keep_nchw=keep_nchw,
-                          keep_intermediates=keep_intermediates, allow_flex=allow_flex)
-        budget = None
-        if max_drop is not None:
-            from sdk.api import convert_within_budget
-
-            budget = convert_within_budget(source, output, max_drop=max_drop, optimize=optimize, recipe=recipe,
-                                           finetune_data=finetune_path, calib_data=calib, eval_data=eval_path,
-                                           force=force, metadata=metadata,
-                                           progress=stderr_progress if chatty(as_json) else None,
-                                           verbose=chatty(as_json), **torch_onnx)
-            result = budget.result
-        else:
-            result = convert_model(source, output, recipe, finetune_data=finetune_path, calib_data=calib,
-                                   eval_data=eval_path, force=force, metadata=metadata,
-                                   progress=stderr_progress if chatty(as_json) else None,
-                                   verbose=chatty(as_json),
-                                   **torch_onnx)
+        result = convert_model(source, output, recipe, target=target, board=board, android_project=android_project,
+                               max_drop=max_drop, optimize=optimize, finetune_data=finetune_path, calib_data=calib,
+                               eval_data=eval_path, force=force, labels=labels, mean=mean, std=std,
+                               model_version=model_version if model_version != "1" else None,
+                               progress=stderr_progress if chatty(as_json) else None, verbose=chatty(as_json),
+                               input_shapes=_parse_shapes(input_shapes), input_dtypes=list(input_dtypes) or None,
+                               weights=weights, keep_nchw=keep_nchw, keep_intermediates=keep_intermediates,
+                               allow_flex=allow_flex)
         if plot_path:
             from sdk.plots import layer_plot
 
@@ -194,15 +163,11 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
 
                 layer_error_plot(result.report.layer_errors.to_dict(), _errors_plot(plot_path),
                                  f"{result.path.name}: per-layer error vs float")
-        mcu = None
-        if target == "mcu":
-            from converters.targets.mcu import export_mcu
-
-            mcu = export_mcu(result.path, result.path.with_name(result.path.stem + "_mcu"), board=board,
-                             force=force)
+        budget = result.budget
         if as_json:
             report = result.report.to_dict()
-            report["mcu"] = mcu.to_dict() if mcu else None
+            report.update({name: export.to_dict() for name, export in result.exports.items()})
+            report.setdefault("mcu", None)
             if budget:
                 report["budget"] = {"recipe": str(budget.recipe_path), "attempts": budget.attempts}
             click.echo(json.dumps(report, indent=2))
@@ -211,8 +176,8 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             if budget:
                 click.echo(budget.render())
             click.echo(f"wrote {result.path} and {result.report_path}" + (f" and {plot_path}" if plot_path else ""))
-            if mcu:
-                click.echo(mcu.render())
+            for export in result.exports.values():
+                click.echo(export.render())
 
     run(action, debug)
 

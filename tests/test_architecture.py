@@ -63,3 +63,32 @@ def _tiny_model_bytes() -> bytes:
     keras = _tf.keras()
     model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(2)])
     return to_tflite(model, QuantizeSettings())
+
+
+def test_reading_a_recipe_imports_no_framework():
+    code = ("import sys\n"
+            "from converters.recipe import Recipe\n"
+            "from converters.capabilities import markdown_table\n"
+            "r = Recipe.from_dict({'channels': {'fraction': 0.5}, 'low_rank': {'energy': 0.9}, 'prune': {'sparsity': 0.5},"
+            " 'cluster': {'clusters': 16}, 'layers': {'fc': {'prune': None}}})\n"
+            "markdown_table()\n"
+            "heavy = {'tensorflow', 'tf_keras', 'torch', 'onnx', 'onnx2tf', 'tensorflow_model_optimization'}\n"
+            "print(sorted(heavy & set(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_every_registered_technique_has_a_backend_or_a_refusal_per_framework():
+    from converters.capabilities import FRAMEWORKS
+    from converters.recipe import Recipe
+    from converters.techniques.base import GRAPH, WEIGHTS
+    from converters.techniques.registry import TECHNIQUES
+
+    assert len({t.key for t in TECHNIQUES}) == len(TECHNIQUES)
+    for technique in TECHNIQUES:
+        assert technique.stage in (GRAPH, WEIGHTS)
+        for framework in FRAMEWORKS:
+            assert (framework in technique.backends) != (framework in technique.refusals), (technique.key, framework)
+        for framework in technique.backends:
+            assert callable(technique.backend(framework)), (technique.key, framework)
+        assert technique.key in Recipe().to_dict()  # the registry line alone gives the recipe its key

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from converters.capabilities import FRAMEWORKS, TECHNIQUES, Request, UnsupportedTechniqueError, check_supported, \
+from converters.capabilities import FRAMEWORKS, CAPABILITIES, Request, UnsupportedTechniqueError, check_supported, \
     markdown_table
 from converters.recipe import Recipe
 
@@ -37,9 +37,9 @@ def test_the_readme_table_is_the_capability_table():
 
 def test_every_cell_is_checked():
     """Each "no" cell refuses in one line naming the technique, its recipe key, the source and the fix."""
-    assert set(ASKING) == {t.name for t in TECHNIQUES}
+    assert set(ASKING) == {t.name for t in CAPABILITIES}
     refused = 0
-    for technique in TECHNIQUES:
+    for technique in CAPABILITIES:
         request = ASKING[technique.name]
         assert technique.asked(request), technique.name
         for framework in FRAMEWORKS:
@@ -47,7 +47,7 @@ def test_every_cell_is_checked():
                 continue
             with pytest.raises(UnsupportedTechniqueError) as caught:
                 check_supported(request, framework)
-            first = next(t for t in TECHNIQUES if t.asked(request) and t.cells[framework] is not None)
+            first = next(t for t in CAPABILITIES if t.asked(request) and t.cells[framework] is not None)
             cell = first.cells[framework]
             assert str(caught.value) == (f"{first.name} ({first.recipe_key}) is not available for "
                                          f"{FRAMEWORKS[framework]} sources: {cell.why}; {cell.fix}")
@@ -56,10 +56,10 @@ def test_every_cell_is_checked():
 
 
 def test_supported_cells_pass():
-    for technique in TECHNIQUES:
+    for technique in CAPABILITIES:
         for framework in FRAMEWORKS:
             if technique.cells[framework] is None and all(
-                    t.cells[framework] is None for t in TECHNIQUES if t.asked(ASKING[technique.name])):
+                    t.cells[framework] is None for t in CAPABILITIES if t.asked(ASKING[technique.name])):
                 check_supported(ASKING[technique.name], framework)
 
 

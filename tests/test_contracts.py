@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import sdk
-from converters.capabilities import FRAMEWORKS, TECHNIQUES
+from converters.capabilities import FRAMEWORKS, CAPABILITIES
 from converters.verify.analysis import analyse
 
 WEIGHT_OPS = {"CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D"}
@@ -95,7 +95,7 @@ def _weights(path) -> list:
 
 
 CELLS = [(name, framework) for name in ONE_SHOT for framework in FRAMEWORKS
-         if next(t for t in TECHNIQUES if t.name == name).cells[framework] is None]
+         if next(t for t in CAPABILITIES if t.name == name).cells[framework] is None]
 
 
 @pytest.mark.parametrize("technique, framework", CELLS)
@@ -125,7 +125,7 @@ def test_one_shot_cell_shows_in_the_written_file(technique, framework, sources, 
 
 def test_every_supported_cell_has_a_contract():
     """Each "yes" cell is measured here or by a named test that exists; "no" cells by test_capabilities."""
-    for technique in TECHNIQUES:
+    for technique in CAPABILITIES:
         for framework in FRAMEWORKS:
             if technique.cells[framework] is not None:
                 continue

@@ -10,7 +10,8 @@ import torch.nn as nn
 import sdk
 from converters.errors import DataError, RecipeError
 from converters.techniques.low_rank import choose_rank
-from converters.recipe import LowRankSettings, Recipe
+from converters.recipe import Recipe
+from converters.techniques.low_rank import LowRankSettings
 
 
 class FeedForward(nn.Module):

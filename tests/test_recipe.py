@@ -5,7 +5,9 @@ import json
 import pytest
 
 from converters.errors import RecipeError
-from converters.recipe import ClusterSettings, PruneSettings, Recipe
+from converters.recipe import Recipe
+from converters.techniques.cluster import ClusterSettings
+from converters.techniques.prune import PruneSettings
 
 
 def recipe_with_overrides() -> Recipe:

@@ -57,6 +57,15 @@ class AndroidExport:
         return "\n".join(lines)
 
 
+def check_project(project_dir: str | os.PathLike) -> Path:
+    """The app's assets folder in ``project_dir``, which must be the Android demo project."""
+    assets = Path(project_dir) / ASSETS
+    if not assets.parent.is_dir():
+        raise UserInputError(f"{project_dir} is not the Android demo project (no {ASSETS.parent}); "
+                             "pass the android_demo folder, e.g. -o android_demo/")
+    return assets
+
+
 def export_android(model_path: str | os.PathLike, project_dir: str | os.PathLike, *, task: str | None = None,
                    labels: str | os.PathLike | Sequence[str] | None = None, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, has_objectness: bool = False,
@@ -67,10 +76,7 @@ def export_android(model_path: str | os.PathLike, project_dir: str | os.PathLike
     Refuses what the app cannot run (not an image model, an unsupported task,
     no labels, label count not matching the classes) before writing anything.
     """
-    assets = Path(project_dir) / ASSETS
-    if not assets.parent.is_dir():
-        raise UserInputError(f"{project_dir} is not the Android demo project (no {ASSETS.parent}); "
-                             "pass the android_demo folder, e.g. -o android_demo/")
+    assets = check_project(project_dir)
     try:
         model = Model(model_path)
     except DeviceRuntimeError as exc:

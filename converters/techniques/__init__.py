@@ -1,9 +1,4 @@
-"""Weight-compression passes, registered by name in the order they run."""
+"""Compression techniques: one module or folder each, listed in registry.py in the order they run.
 
-from .base import PassRecord, WeightPass
-from .cluster import ClusterPass
-from .prune import PrunePass
-
-PASSES: dict[str, type[WeightPass]] = {"prune": PrunePass, "cluster": ClusterPass}
-
-__all__ = ["PASSES", "PassRecord", "WeightPass"]
+Nothing is imported here, so reading a recipe imports no framework; backends load when a technique runs.
+"""

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import PassRecord
-from .cluster import cluster_measure, kmeans_1d
-from .prune import M_BY_N, prune_array, prune_measure
-from ..recipe import ClusterSettings, LayerPlan, PruneSettings, Recipe
+from .cluster import ClusterSettings, cluster_measure, kmeans_1d
+from .prune import M_BY_N, PruneSettings, prune_array, prune_measure
+from ..recipe import LayerPlan, Recipe
 
 
 @dataclass
@@ -88,9 +88,27 @@ def cluster_weights(weights: list[WeightArray], targets: dict[str, ClusterSettin
             record.layers[weight.name] = cluster_measure([weight.values], settings)
 
 
-def compress_weights(weights: list[WeightArray], recipe: Recipe) -> dict[str, PassRecord]:
-    """Prune, then cluster, every array the recipe selects (one-shot, in place)."""
-    prune, cluster, records = plan_targets(weights, recipe)
-    prune_weights(weights, prune, records["prune"])
-    cluster_weights(weights, cluster, set(prune), records["cluster"])
+def prune_arrays(weights: list[WeightArray], recipe: Recipe, records: dict[str, PassRecord]) -> PassRecord:
+    """The prune technique's PyTorch/ONNX backend: one-shot, in place."""
+    targets, _, planned = plan_targets(weights, recipe)
+    prune_weights(weights, targets, planned["prune"])
+    return planned["prune"]
+
+
+def cluster_arrays(weights: list[WeightArray], recipe: Recipe, records: dict[str, PassRecord]) -> PassRecord:
+    """The cluster technique's PyTorch/ONNX backend: one-shot, in place; zeros of pruned arrays stay zero."""
+    _, targets, planned = plan_targets(weights, recipe)
+    pruned = set(records["prune"].layers) if "prune" in records else set()
+    cluster_weights(weights, targets, pruned, planned["cluster"])
+    return planned["cluster"]
+
+
+def compress_weights(weights: list[WeightArray], recipe: Recipe, framework: str = "onnx") -> dict[str, PassRecord]:
+    """Every registered weight technique, in registry order, on the arrays (one-shot, in place)."""
+    from .base import WEIGHTS
+    from .registry import in_stage
+
+    records: dict[str, PassRecord] = {}
+    for technique in in_stage(WEIGHTS):
+        records[technique.key] = technique.backend(framework)(weights, recipe, records)
     return records

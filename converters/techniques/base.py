@@ -1,4 +1,4 @@
-"""What every weight-compression pass shares: layer selection and its record.
+"""What every technique shares: its registry entry, and for weight passes layer selection and a record.
 
 A pass decides per layer from the recipe, applies itself one-shot to the
 weights (no data) or wraps layers with tfmot for fine-tuning (data given), and
@@ -8,13 +8,58 @@ cannot handle are recorded as skipped with the reason, never silently ignored.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
-from ..recipe import LayerPlan, Recipe
+if TYPE_CHECKING:
+    from ..recipe import LayerPlan, Recipe
 
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
+
+
+GRAPH = "graph"  # rewrites layers (a thinner or factorized model): runs first, on the source framework's model
+WEIGHTS = "weights"  # changes weight values in place: runs after the graph techniques
+FRAMEWORKS = ("keras", "pytorch", "onnx")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a framework does not offer a technique (short: the README's cell), and what to do instead."""
+
+    why: str
+    fix: str
+
+
+# For the techniques that rewrite layers: an ONNX file's graph is not rewritten.
+GRAPH_NEEDS_SOURCE = Refusal("it rewrites layers before export, and rewrites need the PyTorch model",
+                             "an ONNX file can be pruned, clustered and quantized; convert the PyTorch source for "
+                             "the rest")
+
+
+@dataclass(frozen=True)
+class Technique:
+    """One compression technique a recipe names: its settings, its stage, and a backend per framework.
+
+    ``settings`` is a frozen dataclass with ``validate(where)``; the recipe takes it globally under ``key`` and per
+    layer (``layers``/``layer_types``). ``backends`` map a framework to ``"module:attribute"``, imported only when
+    the technique runs, so reading a recipe imports no framework. A framework without a backend is refused, before
+    any work, with ``refusals[framework]``.
+    Graph backends: ``(model, recipe, example_inputs) -> (model, PassRecord)``. Weight backends: a ``WeightPass``
+    class (Keras) or ``(weights, recipe, records) -> PassRecord`` on ``arrays.WeightArray`` lists (PyTorch, ONNX).
+    """
+
+    key: str
+    settings: type
+    title: str
+    stage: str
+    backends: Mapping[str, str]
+    refusals: Mapping[str, Refusal] = field(default_factory=dict)
+
+    def backend(self, framework: str) -> Any:
+        module, _, attribute = self.backends[framework].partition(":")
+        return getattr(importlib.import_module(module), attribute)
 
 
 @dataclass

@@ -10,16 +10,37 @@ values plus zero.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _tf
-from ..recipe import ClusterSettings, LayerPlan
-from .base import PassRecord, WeightPass
+from ..errors import RecipeError
+from .base import WEIGHTS, PassRecord, Technique, WeightPass
 from .prune import sparsity_of
 
+if TYPE_CHECKING:
+    from ..recipe import LayerPlan
+
 LLOYD_ITERATIONS = 60
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    clusters: int
+
+    def validate(self, where: str) -> None:
+        if not isinstance(self.clusters, int) or isinstance(self.clusters, bool) or self.clusters < 2:
+            raise RecipeError(f"{where}.clusters must be an integer >= 2; got {self.clusters!r}")
+        if self.clusters > 256:
+            raise RecipeError(f"{where}.clusters must be <= 256 (int8 holds 256 values); "
+                              f"got {self.clusters}")
+
+
+_ARRAYS = "converters.techniques.arrays:cluster_arrays"
+TECHNIQUE = Technique("cluster", ClusterSettings, "k-means clustering", WEIGHTS,
+                      {"keras": "converters.techniques.cluster:ClusterPass", "pytorch": _ARRAYS, "onnx": _ARRAYS})
 
 
 def kmeans_1d(values: np.ndarray, clusters: int, preserve_zeros: bool = False) -> np.ndarray:

@@ -11,17 +11,42 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _tf
 from ..errors import RecipeError
-from .base import PassRecord
-from ..recipe import LowRankSettings, Recipe
+from .base import GRAPH, GRAPH_NEEDS_SOURCE, PassRecord, Technique
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 LINEAR_TYPES = ("Linear", "Gemm", "MatMul")  # the names a recipe's layer_types may use for a Linear
 CONV_TYPES = ("Conv2d", "Conv")
+
+
+@dataclass(frozen=True)
+class LowRankSettings:
+    """SVD of a Linear weight into two thinner layers; give the rank as a ratio or an energy to keep."""
+
+    rank_ratio: float | None = None  # rank = ceil(rank_ratio * min(in, out))
+    energy: float | None = None  # smallest rank keeping this fraction of the sum of squared singular values
+
+    def validate(self, where: str) -> None:
+        if (self.rank_ratio is None) == (self.energy is None):
+            raise RecipeError(f"{where} needs exactly one of rank_ratio or energy; got rank_ratio="
+                              f"{self.rank_ratio}, energy={self.energy}")
+        for name, value in (("rank_ratio", self.rank_ratio), ("energy", self.energy)):
+            if value is not None and not 0.0 < value <= 1.0:
+                raise RecipeError(f"{where}.{name} must be in (0, 1]; got {value}")
+
+
+TECHNIQUE = Technique("low_rank", LowRankSettings, "low-rank factorization", GRAPH,
+                      {"keras": "converters.techniques.low_rank:factorize_keras_dense_layers",
+                       "pytorch": "converters.techniques.low_rank:factorize_linear_layers"},
+                      {"onnx": GRAPH_NEEDS_SOURCE})
 
 
 def choose_rank(singular_values: np.ndarray, settings: LowRankSettings) -> tuple[int, float]:
@@ -61,7 +86,7 @@ def _pair(child, rank: int, first_weight, second_weight):
     return torch.nn.Sequential(first, second)
 
 
-def factorize_linear_layers(module, recipe: Recipe) -> tuple[Any, PassRecord]:
+def factorize_linear_layers(module, recipe: Recipe, example_inputs: tuple | None = None) -> tuple[Any, PassRecord]:
     """A copy of ``module`` with each Linear / 1x1 Conv2d the recipe asks for replaced by its rank-r pair."""
     import torch
 
@@ -102,7 +127,8 @@ def factorize_linear_layers(module, recipe: Recipe) -> tuple[Any, PassRecord]:
     return model.eval(), record
 
 
-def factorize_keras_dense_layers(model, recipe: Recipe) -> tuple[Any, PassRecord]:
+def factorize_keras_dense_layers(model, recipe: Recipe, example_inputs: tuple | None = None
+                                 ) -> tuple[Any, PassRecord]:
     """A Sequential/functional tf_keras model with each Dense the recipe asks for split in two.
 
     The first layer (``<name>_lowrank``, rank units, no bias, linear) is inserted before

@@ -8,17 +8,43 @@ steps leaves short fine-tunes at 0% sparsity.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _tf
-from ..errors import RecipeError
-from ..recipe import LayerPlan, PruneSettings
-from .base import PassRecord, WeightPass
+from ..errors import RecipeError, check_choice
+from .base import WEIGHTS, PassRecord, Technique, WeightPass
 
+if TYPE_CHECKING:
+    from ..recipe import LayerPlan
+
+PRUNE_STRUCTURES = ("unstructured", "2:4", "channel")
+PRUNE_SCHEDULES = ("polynomial", "constant")
 M_BY_N = (2, 4)
 RAMP_FRACTION = 0.7  # reach the target sparsity at 70% of fine-tuning, then recover
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    sparsity: float
+    structure: str = "unstructured"
+    schedule: str = "polynomial"
+
+    def validate(self, where: str) -> None:
+        if not 0.0 <= self.sparsity < 1.0:
+            raise RecipeError(f"{where}.sparsity must be in [0, 1); got {self.sparsity}")
+        check_choice(f"{where}.structure", self.structure, PRUNE_STRUCTURES)
+        check_choice(f"{where}.schedule", self.schedule, PRUNE_SCHEDULES)
+        if self.structure == "2:4" and self.sparsity not in (0.0, 0.5):
+            raise RecipeError(f"{where}: 2:4 pruning always gives sparsity 0.5; got sparsity "
+                              f"{self.sparsity} (drop it or set 0.5)")
+
+
+_ARRAYS = "converters.techniques.arrays:prune_arrays"
+TECHNIQUE = Technique("prune", PruneSettings, "pruning (unstructured, 2:4, channel)", WEIGHTS,
+                      {"keras": "converters.techniques.prune:PrunePass", "pytorch": _ARRAYS, "onnx": _ARRAYS})
 
 
 def magnitude_prune(weights: np.ndarray, sparsity: float) -> np.ndarray:

@@ -20,8 +20,8 @@ from ..data import Dataset
 from .keras import is_probability_output, steps_per_epoch
 from ..techniques.base import PassRecord
 from ..techniques.cluster import cluster_measure
-from ..techniques.prune import RAMP_FRACTION, prune_array, prune_measure
-from ..recipe import FinetuneSettings, PruneSettings, Recipe
+from ..techniques.prune import RAMP_FRACTION, PruneSettings, prune_array, prune_measure
+from ..recipe import FinetuneSettings, Recipe
 
 UPDATES_PER_RAMP = 10
 

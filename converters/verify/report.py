@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fidelity import Fidelity
-from ..techniques import PassRecord
+from ..techniques.base import PassRecord
 from .analysis import ModelStats
 
 

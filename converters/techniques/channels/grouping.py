@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import RecipeError
-from ...recipe import ChannelSettings
+from . import ChannelSettings
 from ..base import PassRecord
 
 

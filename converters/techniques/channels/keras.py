@@ -70,7 +70,7 @@ def _classify(entry: dict) -> str:
     return "pass" if kind in PASS_THROUGH else "block"
 
 
-def remove_channels_keras(model, recipe: Recipe) -> tuple[Any, PassRecord]:
+def remove_channels_keras(model, recipe: Recipe, example_inputs: tuple | None = None) -> tuple[Any, PassRecord]:
     """A thinner copy of a Sequential or functional tf_keras model, and what was removed."""
     keras = _tf.keras()
     functional, config = functional_graph(model, "channel removal")

@@ -219,7 +219,7 @@ def count_macs_and_params(model, example_inputs: tuple) -> tuple[int, int]:
     return macs[0], sum(p.numel() for p in model.parameters())
 
 
-def remove_channels(module, recipe: Recipe, example_inputs: tuple) -> tuple[Any, PassRecord]:
+def remove_channels(module, recipe: Recipe, example_inputs: tuple | None = None) -> tuple[Any, PassRecord]:
     """A copy of ``module`` with each prunable channel group cut to the recipe's fraction."""
     import torch
 

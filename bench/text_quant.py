@@ -34,8 +34,8 @@ CALIB_MODULES = ("os", "re", "typing", "unittest", "asyncio", "socket", "datetim
 CALIB_PER_MODULE = 4
 CLASSES = ("os", "math")  # the classifier tells these modules' docstrings apart
 COSINE_GOAL = 0.99
-ROUTES = ("onnx-float", "onnx-dynamic", "onnx-int8", "onnx-int16x8",
-          "classifier-float", "classifier-dynamic", "classifier-int8", "classifier-int16x8")
+ROUTES = ("onnx-int8", "onnx-int16x8", "classifier-float", "classifier-dynamic", "classifier-int8",
+          "classifier-int16x8", "onnx-float", "onnx-dynamic")
 RECIPES = {"float": None, "dynamic": {"quantize": {"mode": "dynamic"}}, "int8": {"quantize": {"mode": "int8"}},
            "int16x8": {"quantize": {"mode": "int16x8"}}}
 LATENCY_RUNS = 24
@@ -214,10 +214,9 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 rows.append(measure(route, model, calib, class_eval, logits, class_labels[held_out], work))
             print({k: v for k, v in rows[-1].items() if k != "notes"}, flush=True)
-    table = render(rows, info)
-    out = {**info, "sentences": texts, "calibration_sentences": calib_texts, "classifier_sentences": class_texts,
-           "rows": rows}
-    publish("text_quant", table, out)
+            publish("text_quant", render(rows, info),  # after each row: a long run keeps what it measured
+                    {**info, "sentences": texts, "calibration_sentences": calib_texts,
+                     "classifier_sentences": class_texts, "rows": rows})
 
 
 if __name__ == "__main__":

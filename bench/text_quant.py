@@ -143,7 +143,8 @@ def measure(route: str, source, calib: dict, data: dict, reference: np.ndarray, 
     cos = (got * reference).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1))
     ops = result.report.compressed.ops
     row = {"route": route, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-           "mb": result.path.stat().st_size / 1e6, "wall_s": wall, "cpu_s": cpu, "latency_ms": latency_ms(result.path, data),
+           "mb": result.path.stat().st_size / 1e6, "wall_s": wall, "cpu_s": cpu,
+           "latency_ms": latency_ms(result.path, data),
            "gelu_ops": ops.counts.get("GELU", 0), "erf_polynomial": "NEG" in ops.counts,
            "float_ops": ops.float_ops, "notes": result.report.notes, "timings_s": result.report.timings}
     if labels is not None:

@@ -95,7 +95,8 @@ def test_int8_gelus_are_the_builtin_with_nothing_left_in_float(tmp_path):
     forms = list(GELU_FORMS)
     path = tmp_path / "g.onnx"
     exported(GeluChain(forms).eval(), (torch.randn(1, 16),), path, opset=20)
-    result = sdk.convert(path, tmp_path / "g.tflite", {"quantize": {"mode": "int8", "samples": 16, "allow_random_calibration": True}})
+    result = sdk.convert(path, tmp_path / "g.tflite",
+                         {"quantize": {"mode": "int8", "samples": 16, "allow_random_calibration": True}})
     ops = result.report.compressed.ops
     assert ops.counts.get("GELU") == len(forms), ops.counts
     assert not {"DIV", "NEG", "EXP", "TANH", "POW", "ABS", "SIGN"} & set(ops.counts), ops.counts

@@ -38,8 +38,8 @@ from .lowering.onnx_layouts import (channel_last_perm, inputs_in_source_layout, 
 from .sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_input_shapes, graph_inputs,
                            index_inputs, input_dtype, join_runs, load_onnx, onnx_weights, run_once, run_onnx,
                            set_weights, simplify)
-from .pipeline import (ConversionResult, Progress, build_info, check_calibration, datasets, embed_metadata,
-                       export_tflite, quantization_checks, write_result)
+from .pipeline import (ConversionResult, Progress, build_info, check_calibration, check_vocab_fits, datasets,
+                       embed_metadata, export_tflite, quantization_checks, write_result)
 from .verify.layers import fidelity_warnings, quantized_layer_report
 from .recipe import QuantizeSettings, Recipe
 from .verify.report import Report
@@ -168,6 +168,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         exported = export_onnx(torch_source, torch_source.module, work / "model.onnx")
         timings["torch_onnx_export"] = time.perf_counter() - mark
         inputs = input_specs(fix_input_shapes(exported, input_shapes), exported)
+        check_vocab_fits(metadata, [(i.name, i.dtype, i.id_limit) for i in inputs])
         known = normalisation.given(metadata, torch_source.input_shapes)
         tune, calib, evaluation, data_notes = _data(inputs, finetune_data, calib_data, eval_data, known)
         module, rewritten = rewrite_graph(torch_source.module, recipe, "pytorch", torch_source.example_inputs)
@@ -194,6 +195,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
         _check_runs(reference_model, specs)
     if torch_source is None:
         inputs = input_specs(specs, onnx_model)
+        check_vocab_fits(metadata, [(i.name, i.dtype, i.id_limit) for i in inputs])
         known = normalisation.given(metadata, [s.shape for s in specs])
         tune, calib, evaluation, data_notes = _data(inputs, None, calib_data, eval_data, known)
     notes += data_notes

@@ -85,6 +85,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     if len(model.inputs) != 1 and any(d is not None for d in (finetune_data, calib_data, eval_data)):
         raise DataError(f"data for models with {len(model.inputs)} inputs is not supported yet; "
                         "convert without data")
+    check_vocab_fits(metadata, [(i.name, i.dtype, None) for i in model.inputs])
     input_shape = tuple(model.inputs[0].shape[1:])
     known, notes = keras_normalisation(teacher, metadata)
     tune, calib, evaluation, data_notes = datasets(input_shape, finetune_data, calib_data, eval_data, pixels=known)
@@ -265,6 +266,17 @@ def apply_passes(model, teacher, recipe: Recipe, tune: Dataset | None, verbose: 
     return model, records
 
 
+def check_vocab_fits(metadata: MetadataSpec | None, inputs: Sequence[tuple[str, Any, int | None]]) -> None:
+    """With ``--vocab``: refuse, before any work, a model with no token-id input or too few embedding rows.
+
+    ``inputs``: (name, dtype, embedding rows its ids index or None)."""
+    if metadata is not None and metadata.vocab is not None:
+        from .targets.tflite.text_metadata import check_token_inputs
+
+        check_token_inputs(metadata.vocab, [(name, np.dtype(getattr(dtype, "name", dtype)).name, rows)
+                                            for name, dtype, rows in inputs])
+
+
 def check_folder_labels(data: Dataset | None, metadata: MetadataSpec | None, output_shape: tuple) -> None:
     """An image folder's sub-folders become the metadata's labels: refuse, before any work, a folder whose
     class count is not the model's (it used to fail after the conversion, when the metadata was written)."""
@@ -394,7 +406,14 @@ def _standard_metadata(tflite_bytes: bytes, spec: MetadataSpec | None, name: str
     from .targets.tflite.normalisation import unknown_note
 
     model = read_model(tflite_bytes)
+    if spec is not None and spec.vocab is not None:
+        written = standard_metadata(model, spec)
+        return written, (f"standard TFLite metadata written: text model, BERT tokenizer ({spec.vocab.describe()}, "
+                         f"from {spec.vocab.source})" + (f", {len(spec.labels)} labels" if spec.labels else ""))
     sg = model.main
+    if any(sg.tensors[i].dtype_name in ("int32", "int64") for i in sg.inputs):
+        return None, ("no tokenizer vocabulary embedded (token-id input): Model.embed_text/classify_text need one; "
+                      "convert with --vocab vocab.txt, or sdk metadata add OUT -o OUT2 --vocab vocab.txt")
     shape = sg.tensors[sg.inputs[0]].shape
     if len(sg.inputs) != 1 or len(sg.outputs) != 1 or len(shape) != 4 or shape[-1] not in (1, 3):
         return None, None

@@ -22,7 +22,9 @@ BUILD_INFO_NAME = "EDGE_SDK_BUILD"  # JSON: how the file was built, and its inpu
 METADATA_IDENTIFIER = b"M001"
 TENSOR_AXIS_LABELS = 2
 TENSOR_VALUE_LABELS = 3
-NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union member
+VOCABULARY = 5
+NORMALIZATION_OPTIONS, BERT_TOKENIZER_OPTIONS = 1, 4  # ProcessUnitOptions union members
+TOKENIZER_CONFIG = "tokenizer_config.json"  # the SDK's tokenizer settings (lowercase, accents), beside the vocab
 IMAGE_PROPERTIES, BOUNDING_BOX_PROPERTIES, AUDIO_PROPERTIES = 2, 3, 4  # ContentProperties union members
 COLOR_SPACES = {0: "unknown", 1: "RGB", 2: "GRAYSCALE"}
 
@@ -48,6 +50,8 @@ class ModelInfo:
     box_index: tuple[int, ...] | None = None  # positions of left, top, right, bottom in a box
     sample_rate: int | None = None
     channels: int | None = None
+    vocab_file: str | None = None  # a BERT tokenizer's vocabulary (BertTokenizerOptions), packed in the model
+    tokenizer_config: str | None = None  # its settings file (JSON), when the SDK wrote one
 
 
 def read_info(model: TFLiteModel) -> ModelInfo | None:
@@ -79,6 +83,9 @@ def read_info(model: TFLiteModel) -> ModelInfo | None:
             audio = content.table(1, "audio_properties")
             sample_rate, channels = audio.scalar(0, "I", 0), audio.scalar(1, "I", 0)
             task = "audio_classifier"
+    vocab_file, tokenizer_config = _tokenizer_files(subgraphs[0], inputs) if subgraphs else (None, None)
+    if vocab_file:
+        task = "text_embedder"
     label_file = None
     for output in outputs:
         content = output.table(3, "content")
@@ -89,10 +96,28 @@ def read_info(model: TFLiteModel) -> ModelInfo | None:
             if file.scalar(2, "b", 0) in (TENSOR_AXIS_LABELS, TENSOR_VALUE_LABELS) and label_file is None:
                 label_file = file.string(0)
     labels = _read_labels(model.data, label_file) if label_file else None
+    if vocab_file and labels:
+        task = "text_classifier"
     return ModelInfo(root.string(0), root.string(1), root.string(2), root.string(4), root.string(5),
                      inputs[0].string(0) if inputs else "", color, mean, std,
                      outputs[0].string(0) if outputs else "", labels, label_file, task,
-                     tuple(o.string(0) for o in outputs), box_index, sample_rate, channels)
+                     tuple(o.string(0) for o in outputs), box_index, sample_rate, channels,
+                     vocab_file, tokenizer_config)
+
+
+def _tokenizer_files(subgraph: _Table, inputs: list[_Table]) -> tuple[str | None, str | None]:
+    """(vocabulary file, settings file) of a BERT tokenizer: TFLite Support puts its options in the
+    subgraph's input process units (BertNLClassifier) or in an input tensor's own."""
+    units = subgraph.tables(5, "input_process_unit") + [u for t in inputs for u in t.tables(4, "process_unit")]
+    vocab = None
+    for unit in units:
+        if unit.scalar(0, "B", 0) == BERT_TOKENIZER_OPTIONS:
+            files = unit.table(1, "bert_tokenizer_options").tables(0, "vocab_file")
+            vocab = files[0].string(0) if files else None
+            break
+    config = next((f.string(0) for f in subgraph.tables(4, "associated_file") if f.string(0) == TOKENIZER_CONFIG),
+                  None)
+    return vocab, config
 
 
 def read_build_info(model: TFLiteModel) -> dict | None:
@@ -118,12 +143,18 @@ def associated_files(data: bytes) -> dict[str, bytes]:
         return {}
 
 
-def _read_labels(data: bytes, name: str) -> tuple[str, ...]:
+def associated_file(data: bytes, name: str, what: str) -> bytes:
+    """One file packed into the model, which its metadata names; refused when absent."""
     files = associated_files(data)
     if name not in files:
-        raise ModelFormatError(f"the metadata names label file {name!r} but the model does not contain it")
+        raise ModelFormatError(f"the metadata names {what} file {name!r} but the model does not contain it; "
+                               "re-embed it with sdk metadata add")
+    return files[name]
+
+
+def _read_labels(data: bytes, name: str) -> tuple[str, ...]:
     try:
-        text = files[name].decode("utf-8")
+        text = associated_file(data, name, "label").decode("utf-8")
     except UnicodeDecodeError:
         raise ModelFormatError(f"label file {name!r} in the model is not UTF-8") from None
     return tuple(line.strip() for line in text.splitlines() if line.strip())

@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import metadata, postprocess, tasks, tflite_format
+from . import metadata, postprocess, tasks, text_tasks, tflite_format
 from .backend import get_backend
 from .errors import ArgumentError, InputError
 from .interpreter import interpreter_errors, make_interpreter, timed_invoke
@@ -116,6 +116,7 @@ class Model:
         self.image = image
         self.labels = tasks.read_labels(labels) or (list(self.info.labels) if self.info and self.info.labels else None)
         self._preprocessors: dict[str, ImagePreprocessor] = {}
+        self._tokenizer = None  # built from the embedded vocabulary by the first text task
         self._allocated_shapes = {spec.index: spec.shape for spec in self.inputs}
 
     # -- construction -------------------------------------------------------------
@@ -335,6 +336,31 @@ class Model:
     def embed(self, x) -> np.ndarray:
         """An L2-normalised embedding of an image (array/path/PIL) or of a ready input tensor."""
         return tasks.embed(self, x)
+
+    # -- text tasks (the work is in text_tasks.py, the tokenizer in text.py) -----------------------
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Sentence embeddings, one row per text, for a BERT-class encoder whose vocabulary is embedded.
+
+        Texts are tokenized as Hugging Face's BertTokenizer does, then truncated and padded to the
+        model's sequence length.  A model that outputs per-token states (batch, tokens, dim) is
+        mean-pooled over the attention mask and L2-normalised (sentence-transformers' pooling); a
+        (batch, dim) output is returned as the model gives it.  Without an embedded vocabulary:
+        ``MissingMetadataError`` naming ``sdk metadata add ... --vocab``.
+        """
+        return text_tasks.embed_text(self, texts)
+
+    def classify_text(self, text: str | Sequence[str], top_k: int = 5
+                      ) -> list[postprocess.Classification] | list[list[postprocess.Classification]]:
+        """Top-k classes of a text (a list for one string, a list of lists for several), with the labels
+        embedded in the metadata (or ``labels=``).  Scores are probabilities: the output itself when it
+        already is one (non-negative, rows summing to 1), else its softmax (a classifier's logits).
+        """
+        return text_tasks.classify_text(self, text, top_k)
+
+    @property
+    def tokenizer(self):
+        """The ``text.WordPieceTokenizer`` built from the embedded vocabulary (for token ids by hand)."""
+        return text_tasks.tokenizer(self)
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:

@@ -24,7 +24,7 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
             eval_data: DataSource | None = None, force: bool = False,
             progress: Callable[[str, int, int], None] | None = None, verbose: bool = False,
             custom_objects: dict | None = None, metadata=None, labels: str | os.PathLike | Sequence[str] | None = None,
-            mean: Sequence[float] | None = None, std: Sequence[float] | None = None, model_version: str | None = None,
+            vocab: str | os.PathLike | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, model_version: str | None = None,
             example_input: Any = None, input_shapes: Sequence[Sequence[int]] | None = None,
             weights: str | os.PathLike | None = None, keep_nchw: bool = False, keep_intermediates: bool = False,
             input_dtypes: Sequence[str] | None = None, allow_flex: bool = False):
@@ -52,13 +52,15 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     ``converters.targets.tflite.metadata.MetadataSpec`` as ``metadata``. By default: the source's name,
     image-folder labels, and a normalisation only when known (image-folder data, or a Keras model's
     leading Rescaling/Normalization layers); otherwise none, and the report says how to set it.
+    Text models: ``vocab`` (a BERT vocab.txt or a Hugging Face model folder) embeds the tokenizer's vocabulary
+    for ``Model.embed_text``/``classify_text``, with ``labels`` for a classifier.
     Returns a ``ConversionResult`` with ``path``, ``report_path``, ``report``, ``exports`` (the target's
     result by name) and ``budget``.
     """
     from converters.sources import framework_of
 
     recipe = _recipe(recipe) or Recipe()
-    metadata = _metadata(metadata, source, labels, mean, std, model_version)
+    metadata = _metadata(metadata, source, labels, mean, std, model_version, vocab)
     _check_target(target, board, android_project, recipe, output, force)
     options = {"example_input": example_input, "input_shapes": input_shapes, "weights": weights,
                "keep_nchw": keep_nchw, "keep_intermediates": keep_intermediates, "input_dtypes": input_dtypes,
@@ -124,12 +126,13 @@ def _firmware_dir(output: str | os.PathLike) -> Path:
     return Path(output).with_name(Path(output).stem + "_mcu")
 
 
-def _metadata(metadata, source: Any, labels, mean, std, model_version):
+def _metadata(metadata, source: Any, labels, mean, std, model_version, vocab=None):
     """The MetadataSpec from ``metadata`` or the shorthand arguments (not both), checked before any work."""
     from converters.targets.tflite.metadata import MetadataSpec, read_labels_file
+    from converters.targets.tflite.text_metadata import read_vocab
 
-    shorthand = {k: v for k, v in {"labels": labels, "mean": mean, "std": std, "model_version": model_version}.items()
-                 if v}
+    shorthand = {k: v for k, v in {"labels": labels, "mean": mean, "std": std, "model_version": model_version,
+                                   "vocab": vocab}.items() if v}
     if metadata is not None and shorthand:
         raise UserInputError(f"give either metadata= or {', '.join(shorthand)}, not both: they say the same")
     if shorthand:
@@ -137,7 +140,8 @@ def _metadata(metadata, source: Any, labels, mean, std, model_version):
             labels = read_labels_file(labels)
         name = Path(source).stem if isinstance(source, (str, os.PathLike)) else "model"
         metadata = MetadataSpec(name=name, version=model_version or "1", mean=tuple(mean) if mean else None,
-                                std=tuple(std) if std else None, labels=tuple(labels or ()))
+                                std=tuple(std) if std else None, labels=tuple(labels or ()),
+                                vocab=read_vocab(vocab) if vocab else None)
     _check_metadata(metadata)
     return metadata
 
@@ -249,6 +253,7 @@ class Inspection:
     description: str
     info: dict | None  # the standard TFLite metadata, when embedded
     build: dict | None  # what `sdk convert` recorded: source hash, recipe, calibration statistics
+    tokenizer: dict | None = None  # a text model's embedded BERT tokenizer: vocab file, tokens, casing
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -279,6 +284,10 @@ class Inspection:
             elif i["color_space"] is not None:
                 lines.append(f"input {i['input_name']}: {i['color_space']} image, normalisation unknown "
                              "(Model.classify refuses it; set it with sdk metadata add --mean M --std S)")
+            if self.tokenizer:
+                t = self.tokenizer
+                lines.append(f"tokenizer: BERT WordPiece, {t['vocab_file']} ({t['tokens']:,} tokens, "
+                             f"{'uncased' if t['lowercase'] else 'cased'}); Model.embed_text/classify_text read it")
             if i["labels"]:
                 shown = ", ".join(i["labels"][:5]) + (", ..." if len(i["labels"]) > 5 else "")
                 lines.append(f"output {i['output_name']}: {len(i['labels'])} labels ({shown}) from {i['label_file']}")
@@ -311,12 +320,18 @@ def inspect(path: str | os.PathLike) -> Inspection:
     except DeviceRuntimeError as exc:  # the runtime's own types: sdk callers catch sdk.SDKError
         raise SourceModelError(str(exc)) from None
     info = read_info(model)
+    tokenizer = None
+    if info is not None and info.vocab_file:
+        from converters.targets.tflite.text_metadata import vocab_in_model
+
+        vocab = vocab_in_model(data, info)
+        tokenizer = {"vocab_file": info.vocab_file, "tokens": len(vocab.tokens), "lowercase": vocab.lowercase}
     return Inspection(str(path), hashlib.sha256(data).hexdigest(), analyse(data),
                       [{"key": s.key, "inputs": sorted(s.inputs), "outputs": sorted(s.outputs)}
                        for s in model.signatures],
                       sorted(model.metadata), {name: len(model.buffers[i]) for name, i in model.metadata.items()},
                       model.description, asdict(info) if info else None,
-                      read_build_info(model))
+                      read_build_info(model), tokenizer)
 
 
 def compare_files(quantized: str | os.PathLike, reference: str | os.PathLike, data: DataSource,

@@ -43,7 +43,7 @@ Examples:
       -o small.tflite --prune 0.75 --cluster 16 --quantize int8 --finetune train.npz
   sdk convert encoder.onnx -o enc.tflite --quantize dynamic --eval tokens.npz
   sdk convert mypkg.text:build_encoder --input-shape 1,128 --input-shape 1,128 \\
-      --input-dtype int64 -o enc.tflite
+      --input-dtype int64 -o enc.tflite --vocab vocab.txt
 \b
 Data: .npz with x (and y for labels), .npy of inputs, or an image folder
 (one sub-folder per class), in the source model's layout (NCHW for PyTorch).
@@ -95,6 +95,8 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--android-project", type=click.Path(), help="With --target android: the android_demo folder.")
 @click.option("--labels", type=click.Path(), help="Class names for the model's metadata, one per line.")
 @click.option("--model-version", default="1", show_default=True, help="Version written into the metadata.")
+@click.option("--vocab", type=click.Path(), help="Text models: the BERT tokenizer's vocab.txt or a Hugging Face model "
+              "folder, embedded in the metadata for Model.embed_text/classify_text.")
 @click.option("--mean", type=float, multiple=True,
               help="The input normalisation (pixel - mean) / std on 0..255 pixels, for the metadata: once, or once "
                    "per channel; with --std (default: known from image-folder data or the model's Rescaling/"
@@ -123,7 +125,8 @@ def _parse_shapes(values: tuple[str, ...]) -> list[tuple[int, ...]] | None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(source, output, recipe_path, prune, prune_structure, cluster, quantize, io_type, calib,
             samples, allow_random_calibration, finetune_path, epochs, eval_path, target, board, android_project, labels,
-            model_version, mean, std, input_shapes, input_dtypes, weights, keep_nchw, keep_intermediates, allow_flex,
+            vocab, model_version, mean, std, input_shapes, input_dtypes, weights, keep_nchw, keep_intermediates,
+            allow_flex,
             max_drop, optimize, min_cosine, min_agreement, plot_path, force, as_json, debug):
     """Compress and convert SOURCE to a verified .tflite.
 
@@ -148,7 +151,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
                                    min_agreement=min_agreement)
         result = convert_model(source, output, recipe, target=target, board=board, android_project=android_project,
                                max_drop=max_drop, optimize=optimize, finetune_data=finetune_path, calib_data=calib,
-                               eval_data=eval_path, force=force, labels=labels, mean=mean, std=std,
+                               eval_data=eval_path, force=force, labels=labels, vocab=vocab, mean=mean, std=std,
                                model_version=model_version if model_version != "1" else None,
                                progress=stderr_progress if chatty(as_json) else None, verbose=chatty(as_json),
                                input_shapes=_parse_shapes(input_shapes), input_dtypes=list(input_dtypes) or None,
@@ -330,6 +333,8 @@ Examples:
   sdk metadata add digits.tflite -o d.tflite --labels digits.txt --color-space GRAYSCALE --version 2
   sdk metadata add ssd.tflite -o ssd_meta.tflite --task object_detector --labels coco.txt
   sdk metadata add kws.tflite -o kws_meta.tflite --task audio_classifier --sample-rate 16000 --labels words.txt
+  sdk metadata add encoder.tflite -o enc.tflite --vocab vocab.txt
+  sdk metadata add sentiment.tflite -o s.tflite --vocab hf_model_folder/ --labels labels.txt
 \b
 The output is read by Android Studio's ML Model Binding, the TFLite Task
 Library, MediaPipe Tasks and device_runtime.Model; the input is not changed.
@@ -337,8 +342,10 @@ Library, MediaPipe Tasks and device_runtime.Model; the input is not changed.
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="The .tflite to write.")
 @click.option("--task", type=click.Choice(["image_classifier", "object_detector", "audio_classifier"]),
-              default="image_classifier", show_default=True)
+              help="What the model does (default image_classifier; a text model is described by --vocab).")
 @click.option("--labels", type=click.Path(), help="Class names, one per line (class id order).")
+@click.option("--vocab", type=click.Path(), help="Text models: the BERT tokenizer's vocab.txt, or a Hugging Face model "
+              "folder (vocab.txt or tokenizer.json, with tokenizer_config.json); embedded for Model.embed_text.")
 @click.option("--sample-rate", type=int, default=16000, show_default=True, help="Audio input sample rate.")
 @click.option("--channels", type=int, default=1, show_default=True, help="Audio input channels.")
 @click.option("--mean", type=float, multiple=True,
@@ -355,7 +362,7 @@ Library, MediaPipe Tasks and device_runtime.Model; the input is not changed.
 @click.option("--license", "license_", default="", help="License.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def metadata_add(model, output, task, labels, sample_rate, channels, mean, std, color_space, name, description,
+def metadata_add(model, output, task, labels, vocab, sample_rate, channels, mean, std, color_space, name, description,
                  model_version, author, license_, force, debug):
     """Write a copy of MODEL with standard TFLite metadata."""
 
@@ -363,16 +370,31 @@ def metadata_add(model, output, task, labels, sample_rate, channels, mean, std, 
         from converters.labels import read_labels
         from converters.targets.tflite.metadata import MetadataSpec, add_metadata
 
-        spec = MetadataSpec(task=task, name=name, description=description, version=model_version, author=author,
-                            license=license_, mean=mean or None, std=std or None, color_space=color_space,
+        text = None
+        if vocab:
+            from converters.targets.tflite.text_metadata import read_vocab
+
+            image_options = [flag for flag, value in (("--task", task), ("--mean", mean), ("--std", std),
+                                                      ("--color-space", color_space)) if value]
+            if image_options:
+                raise UserInputError(f"{', '.join(image_options)} describe image/audio models, but --vocab makes "
+                                     "this a text model's metadata; drop one of them")
+            text = read_vocab(vocab)
+        kind = task or "image_classifier"
+        spec = MetadataSpec(task=kind, vocab=text, name=name, description=description, version=model_version,
+                            author=author, license=license_, mean=mean or None, std=std or None,
+                            color_space=color_space,
                             labels=read_labels(labels), sample_rate=sample_rate, channels=channels)
         written = add_metadata(model, output, spec, force)
         click.echo(f"wrote {output} with metadata" + (f" and {len(spec.labels)} labels" if spec.labels else ""))
-        if task != "audio_classifier":
-            from device_runtime.metadata import read_info
-            from device_runtime.tflite_format import read_model
+        from device_runtime.metadata import read_info
+        from device_runtime.tflite_format import read_model
 
-            info = read_info(read_model(written))
+        info = read_info(read_model(written))
+        if info.vocab_file:
+            click.echo(f"tokenizer: BERT WordPiece, {info.vocab_file} embedded" + (f" ({text.describe()})" if text
+                                                                                    else " (kept from the model)"))
+        elif kind != "audio_classifier":
             click.echo(f"input normalisation: (pixel - {list(info.mean)}) / {list(info.std)}" if info.mean is not None
                        else "input normalisation: none (unknown; pass --mean/--std, or Model.classify refuses it)")
 

@@ -13,7 +13,7 @@ import io
 import os
 import zipfile
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import flatbuffers
 import numpy as np
@@ -27,6 +27,9 @@ from ...errors import ConversionError, UserInputError
 from ...files import atomic_write
 from ...labels import read_labels
 from .normalisation import image_channels
+
+if TYPE_CHECKING:
+    from .text_metadata import Vocab
 
 read_labels_file = read_labels  # the name `sdk convert` imports: one reader for every command
 
@@ -55,6 +58,7 @@ class MetadataSpec:
     box_index: Sequence[int] = (1, 0, 3, 2)  # positions of left, top, right, bottom: ymin, xmin, ymax, xmax
     sample_rate: int = 16000
     channels: int = 1
+    vocab: Vocab | None = None  # a text model: its BERT tokenizer's vocabulary (then task and image fields are unused)
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -256,6 +260,10 @@ def standard_metadata(model: TFLiteModel, spec: MetadataSpec) -> tuple[bytes, di
     tensors as the model's signature does.
     """
     spec.validate()
+    if spec.vocab is not None:
+        from .text_metadata import text_metadata
+
+        return text_metadata(model, spec, _tensor, _schema())
     sg = model.main
     wanted_outputs = 4 if spec.task == "object_detector" else 1
     if len(sg.inputs) != 1 or len(sg.outputs) != wanted_outputs:
@@ -313,10 +321,14 @@ def add_metadata(model_path: str | os.PathLike, output: str | os.PathLike, spec:
     out = check_output_path(output, [model_path], force)
     data = read_model_bytes(model_path)
     parsed = read_model(data)
-    if spec.mean is None and spec.std is None and spec.task != "audio_classifier":
-        existing = read_info(parsed)  # a rewrite (new labels, version) keeps the normalisation already known
-        if existing is not None and existing.mean is not None:
+    existing = read_info(parsed)
+    if spec.mean is None and spec.std is None and spec.task != "audio_classifier" and spec.vocab is None:
+        if existing is not None and existing.mean is not None:  # a rewrite (labels, version) keeps it
             spec = replace(spec, mean=existing.mean, std=existing.std)
+    if spec.vocab is None and existing is not None and existing.vocab_file:  # ... and a text model's vocabulary
+        from .text_metadata import vocab_in_model
+
+        spec = replace(spec, vocab=vocab_in_model(data, existing))
     buffer, files = standard_metadata(parsed, spec)
     result = populate(data, {METADATA_NAME: buffer}, files)
     atomic_write(out, result)

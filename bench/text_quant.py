@@ -34,7 +34,7 @@ CALIB_MODULES = ("os", "re", "typing", "unittest", "asyncio", "socket", "datetim
 CALIB_PER_MODULE = 4
 CLASSES = ("os", "math")  # the classifier tells these modules' docstrings apart
 COSINE_GOAL = 0.99
-ROUTES = ("onnx-int8", "onnx-int16x8", "classifier-float", "classifier-dynamic", "classifier-int8",
+ROUTES = ("onnx-int8", "classifier-float", "classifier-dynamic", "classifier-int8", "onnx-int16x8",
           "classifier-int16x8", "onnx-float", "onnx-dynamic")
 RECIPES = {"float": None, "dynamic": {"quantize": {"mode": "dynamic"}}, "int8": {"quantize": {"mode": "int8"}},
            "int16x8": {"quantize": {"mode": "int16x8"}}}

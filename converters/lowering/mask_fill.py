@@ -93,6 +93,11 @@ def bound_mask_fills(model, inputs: dict[str, np.ndarray], specs: list) -> str |
         position = list(model.graph.node).index(add)
         model.graph.node.insert(position, scaled)
         add.input[list(add.input).index(mask)] = scaled.output[0]
+        known = next((v for v in model.graph.value_info if v.name == mask), None)
+        if known is not None:  # onnx2tf plans layouts from shapes: the new tensor has the mask's
+            typed = model.graph.value_info.add()
+            typed.CopyFrom(known)
+            typed.name = scaled.output[0]
     bounds = [spread[s] + MARGIN for s in dict.fromkeys(scores)]
     return (f"attention-mask fill {', '.join(f'{v:.3g}' for v in old)} bounded for quantization in {len(adds)} "
             f"masked Add(s): each masks by its scores' measured spread + {MARGIN:g} ({min(bounds):.1f} to "

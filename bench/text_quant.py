@@ -163,13 +163,15 @@ def render(rows: list[dict], info: dict) -> str:
              "Latency: one 128-token sentence through device_runtime.Model, median of 24, default threads, on a "
              "2-core machine shared with other jobs (as are wall times; CPU s is this process's).", "",
              "| route | cosine mean | cosine min | top-1 agreement % | accuracy % | MB | latency ms | GELU builtins "
-             "| ops left in float | wall s | CPU s |",
+             "| int8 file: ops left in float | wall s | CPU s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['route']} | failed after {r['wall_s']:.0f} s: {r['error']} ||||||||||")
             continue
-        floats = ", ".join(f"{k} {v}" for k, v in sorted(r["float_ops"].items())) or "none"
+        floats = (", ".join(f"{k} {v}" for k, v in sorted(r["float_ops"].items())) or "none") \
+            if r["route"].endswith(("int8", "int16x8")) else "(float file)" if r["route"].endswith("float") \
+            else "(float activations)"
         agreement = f"{r['top1_agreement']:.1f}" if "top1_agreement" in r else "-"
         accuracy = f"{r['accuracy']:.1f}" if "accuracy" in r else "-"
         lines.append(f"| {r['route']} | {r['cosine_mean']:.6f} | {r['cosine_min']:.6f} | {agreement} | {accuracy} | "

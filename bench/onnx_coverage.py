@@ -14,7 +14,13 @@ each .tflite runs on the case's input and every output is compared with the
 case's expected output: pass = ``np.allclose(rtol=1e-3, atol=1e-3)``.  Each case
 runs in a worker process with a time limit, so a hang or a crash is one row.
 
-    nice -n 10 python -m bench.onnx_coverage [--only SUBSTRING ...] [--timeout S] [--no-publish]
+A second corpus, ``zoo`` (``bench/onnx_zoo.py``): model-zoo-style graphs exported offline with
+``torch.onnx.export`` (torchvision architectures with random weights, nn.TransformerEncoder, LSTM/GRU,
+1-D conv audio, a ConvTranspose UNet), each with onnxruntime's output as the expected output; same
+runs, same comparison rule.  Results: ``bench/results/onnx_coverage.{md,json}`` (node tests) and
+``onnx_coverage_zoo.{md,json}``.
+
+    nice -n 10 python -m bench.onnx_coverage [--corpus node zoo] [--only SUBSTRING ...] [--timeout S] [--no-publish]
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ EDGE_OPS = ("Conv", "ConvTranspose", "AveragePool", "MaxPool", "GlobalAveragePoo
             "Div", "Softmax", "Concat")
 RTOL = ATOL = 1e-3
 CASE_TIMEOUT_S = 240
+ZOO_TIMEOUT_S = 900  # a whole network, converted twice (SDK and raw) on a shared machine
 
 
 def node_test_root() -> Path:
@@ -194,7 +201,8 @@ def run_case(folder: Path) -> dict:
 def _op(model_path: Path) -> str:
     import onnx
 
-    return onnx.load(str(model_path)).graph.node[0].op_type
+    nodes = onnx.load(str(model_path)).graph.node
+    return nodes[0].op_type if len(nodes) == 1 else f"{len(nodes)} nodes"
 
 
 def _worker(tasks, results, parent: int) -> None:
@@ -250,15 +258,21 @@ def _verdict(row: dict, key: str) -> str:
     return "pass" if row[key]["ok"] else "FAIL"
 
 
-def render(rows: list[dict]) -> str:
+def render(rows: list[dict], corpus: str = "node") -> str:
     def passes(key: str, builtin_only: bool = False) -> int:
         return sum(1 for r in rows if key in r and r[key]["ok"] and not (builtin_only and r[key].get("flex")))
 
     both_raw_only = [r["case"] for r in rows if "sdk" in r and r["onnx2tf"]["ok"] and not r["sdk"]["ok"]]
-    lines = ["# ONNX backend node tests: the SDK and raw onnx2tf", "",
-             f"{len(rows)} cases (single node of {', '.join(EDGE_OPS)}; float32 inputs and outputs; extra "
-             f"inputs folded into initializers); pass = outputs allclose to the case's expected outputs at "
-             f"rtol = atol = {RTOL:g}.", "",
+    if corpus == "zoo":
+        head = ["# Model-zoo-style ONNX graphs: the SDK and raw onnx2tf", "",
+                f"{len(rows)} graphs exported offline with torch.onnx.export (bench/onnx_zoo.py: random weights, "
+                f"opset 17); pass = outputs allclose to onnxruntime's outputs at rtol = atol = {RTOL:g}.", ""]
+    else:
+        head = ["# ONNX backend node tests: the SDK and raw onnx2tf", "",
+                f"{len(rows)} cases (single node of {', '.join(EDGE_OPS)}; float32 inputs and outputs; extra "
+                f"inputs folded into initializers); pass = outputs allclose to the case's expected outputs at "
+                f"rtol = atol = {RTOL:g}.", ""]
+    lines = [*head,
              f"**SDK: {passes('sdk')} / {len(rows)} pass ({passes('sdk', True)} with builtin ops only, the rest "
              f"with `allow_flex=True` after the default refused them); raw onnx2tf: {passes('onnx2tf')} / "
              f"{len(rows)} ({passes('onnx2tf', True)} without Flex ops); raw onnx2tf passes and the SDK fails: "
@@ -272,7 +286,7 @@ def render(rows: list[dict]) -> str:
             continue
         cell = lambda res: ("pass" if res["ok"] else "FAIL") + (" (Flex)" if res.get("flex") else "") \
             + f" {res['s']} s"  # noqa: E731
-        clean = lambda text: (text or "").replace("|", "/")[:160]  # noqa: E731
+        clean = lambda text: " ".join((text or "").replace("|", "/").split())[:160]  # noqa: E731
         lines.append(f"| {r['case']} | {r['op']} | {tuple(r['input_shape'])} | {cell(r['sdk'])} | "
                      f"{cell(r['onnx2tf'])} | {clean(r['sdk']['error'])} | {clean(r['onnx2tf']['error'])} |")
     return "\n".join(lines) + "\n"
@@ -280,17 +294,29 @@ def render(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = arguments(__doc__)
+    parser.add_argument("--corpus", nargs="+", choices=("node", "zoo"), default=["node", "zoo"],
+                        help="node: the ONNX backend node tests; zoo: bench/onnx_zoo.py's exported models.")
     parser.add_argument("--only", nargs="*", help="Only cases whose name contains one of these.")
-    parser.add_argument("--timeout", type=float, default=CASE_TIMEOUT_S, help="Seconds per case.")
+    parser.add_argument("--timeout", type=float, help=f"Seconds per case (node: {CASE_TIMEOUT_S}, zoo: "
+                                                      f"{ZOO_TIMEOUT_S}).")
     parser.add_argument("--no-publish", action="store_true", help="Print; do not rewrite bench/results.")
     args = parser.parse_args()
-    cases = select_cases(args.only)
-    rows = run_all(cases, args.timeout)
-    text = render(rows)
-    if args.no_publish:
-        print(text)
-    else:
-        publish("onnx_coverage", text, {"rule": {"ops": EDGE_OPS, "rtol": RTOL, "atol": ATOL}, "cases": rows})
+    for corpus in args.corpus:
+        if corpus == "zoo":
+            from bench.onnx_zoo import build_cases
+
+            cases = build_cases(Path(tempfile.gettempdir()) / "sdk-onnx-zoo", args.only)
+        else:
+            cases = select_cases(args.only)
+        rows = run_all(cases, args.timeout or (ZOO_TIMEOUT_S if corpus == "zoo" else CASE_TIMEOUT_S))
+        text = render(rows, corpus)
+        if args.no_publish:
+            print(text)
+        elif corpus == "zoo":
+            publish("onnx_coverage_zoo", text, {"rule": {"rtol": RTOL, "atol": ATOL, "expected": "onnxruntime"},
+                                                "cases": rows})
+        else:
+            publish("onnx_coverage", text, {"rule": {"ops": EDGE_OPS, "rtol": RTOL, "atol": ATOL}, "cases": rows})
 
 
 if __name__ == "__main__":

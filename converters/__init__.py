@@ -2,8 +2,9 @@
 
     sources/     keras.py, torch.py, onnx.py: load a source model and run it as the reference;
                  keras3.py translates Keras 3 models to tf_keras (keras3_custom.py: custom layers)
-    techniques/  prune, cluster (Keras via tfmot), arrays.py (the same on ONNX initializers),
-                 channels/, low_rank.py, qat/ (a backend per framework)
+    techniques/  registry.py lists them in run order; each holds its settings, its Technique entry and a
+                 backend per framework: prune, cluster (Keras via tfmot; arrays.py on ONNX initializers),
+                 channels/, low_rank.py (graph rewrites), qat/
     training/    fine-tuning by distillation, one trainer per framework
     lowering/    onnx2tf.py: ONNX -> tf_keras, offline and quiet; onnx_rewrites.py: valid ONNX onnx2tf
                  mis-converts, rewritten before it; onnx_layouts.py: which inputs/outputs it transposed

@@ -32,6 +32,7 @@ from .files import check_output_path
 from .targets.tflite.flex import FLEX_CONSEQUENCE, flex_nodes, refusal
 from .targets.tflite.metadata import MetadataSpec
 from .lowering.onnx2tf import onnx_to_keras
+from .lowering.onnx_recurrent import RECURRENT_OPS, not_unrolled, prepare_recurrent
 from .lowering.onnx_rewrites import rewrite_for_onnx2tf
 from .lowering.onnx_layouts import (channel_last_perm, inputs_in_source_layout, matches_probe, output_layouts,
                                     outputs_channel_first)
@@ -107,6 +108,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
     from .sources.torch import FACTORY_SPEC, is_torch_source
 
     recipe = recipe or Recipe()
+    allow_flex = allow_flex or recipe.allow_flex  # the flag or the recipe key
     started = time.perf_counter()
     timings: dict[str, float] = {}
     is_onnx_file = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
@@ -187,7 +189,7 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
             (work / "model.onnx").rename(work / "original.onnx")  # model.onnx is what gets converted
             onnx_model, original = export_onnx(torch_source, module, work / "model.onnx"), exported
             timings["torch_onnx_export"] += time.perf_counter() - mark
-    shape_notes: list[str] = []
+    shape_notes: list[str] = prepare_recurrent(onnx_model, input_shapes)
     specs = fix_input_shapes(onnx_model, input_shapes, shape_notes)
     notes += shape_notes
     reference_model = copy.deepcopy(onnx_model) if torch_source is None else None
@@ -397,10 +399,12 @@ def _check_quantizable(onnx_model, recipe: Recipe) -> None:
         raise RecipeError(f"quantize.min_cosine/min_agreement (automatic mixed precision) measures models with one "
                           f"input; this model has {len(names)} ({', '.join(names)}): keep layers float by name "
                           "(layers: {NAME: {precision: float}}), or use --quantize dynamic")
-    for node in onnx_model.graph.node:
-        if node.op_type in CALIBRATION_CRASHING_OPS:
-            raise ConversionError(f"quantize {recipe.quantize.mode} is not available for recurrent models: "
-                                  f"TensorFlow's calibrator crashes on {node.op_type} (node {node.name}); use "
+    left = not_unrolled(onnx_model)  # the others become plain ops before onnx2tf
+    for index, node in enumerate(onnx_model.graph.node):
+        if node.op_type in CALIBRATION_CRASHING_OPS and (node.op_type not in RECURRENT_OPS or index in left):
+            why = f" (not unrolled: {left[index]})" if index in left else ""
+            raise ConversionError(f"quantize {recipe.quantize.mode} is not available for this recurrent model: "
+                                  f"TensorFlow's calibrator crashes on {node.op_type} (node {node.name}){why}; use "
                                   "--quantize dynamic or float16 for this model")
 
 

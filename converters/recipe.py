@@ -24,7 +24,7 @@ QUANTIZE_MODES = ("none", "dynamic", "float16", "int8", "int16x8")
 IO_TYPES = ("float32", "int8", "uint8")
 PRECISIONS = ("int8", "float")  # per-layer, under quantize.mode int8: "float" keeps the layer's ops in float32
 SPARSE_EXPORT = ("auto", "on", "off")
-RECIPE_SECTIONS = ("quantize", "finetune", "sparse_export", "layers", "layer_types")
+RECIPE_SECTIONS = ("quantize", "finetune", "sparse_export", "allow_flex", "layers", "layer_types")
 ACTIVATION_RANGES = ("minmax", "percentile")
 
 
@@ -159,11 +159,12 @@ class Recipe:
 
     def __init__(self, *, quantize: QuantizeSettings | None = None, finetune: FinetuneSettings | None = None,
                  sparse_export: str = "auto", layers: Mapping[str, LayerOverride | None] | None = None,
-                 layer_types: Mapping[str, LayerOverride | None] | None = None, **techniques: Any):
+                 layer_types: Mapping[str, LayerOverride | None] | None = None, allow_flex: bool = False,
+                 **techniques: Any):
         _reject_unknown("recipe", techniques, list(TECHNIQUE_KEYS))
         values = {"techniques": {k: techniques.get(k) for k in TECHNIQUE_KEYS},
                   "quantize": quantize or QuantizeSettings(), "finetune": finetune or FinetuneSettings(),
-                  "sparse_export": sparse_export, "layers": dict(layers or {}),
+                  "sparse_export": sparse_export, "allow_flex": allow_flex, "layers": dict(layers or {}),
                   "layer_types": dict(layer_types or {})}
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -189,7 +190,8 @@ class Recipe:
     def replace(self, **changes: Any) -> Recipe:
         """A copy with ``changes`` (technique keys, quantize, finetune, sparse_export, layers, layer_types)."""
         current = {**self.techniques, "quantize": self.quantize, "finetune": self.finetune,
-                   "sparse_export": self.sparse_export, "layers": self.layers, "layer_types": self.layer_types}
+                   "sparse_export": self.sparse_export, "allow_flex": self.allow_flex, "layers": self.layers,
+                   "layer_types": self.layer_types}
         return Recipe(**{**current, **changes})
 
     def validate(self) -> None:
@@ -201,6 +203,8 @@ class Recipe:
         self.quantize.validate()
         self.finetune.validate()
         check_choice("sparse_export", self.sparse_export, SPARSE_EXPORT)
+        if not isinstance(self.allow_flex, bool):  # PyTorch/ONNX: Select TF ops kept, as --allow-flex
+            raise RecipeError(f"allow_flex must be true or false; got {self.allow_flex!r}")
         for section, overrides in (("layers", self.layers), ("layer_types", self.layer_types)):
             for key, override in overrides.items():
                 if section == "layers":
@@ -311,6 +315,7 @@ class Recipe:
             "quantize": settings(self.quantize),
             "finetune": settings(self.finetune),
             "sparse_export": self.sparse_export,
+            "allow_flex": self.allow_flex,
             "layers": {k: override(v) for k, v in self.layers.items()},
             "layer_types": {k: override(v) for k, v in self.layer_types.items()},
         }
@@ -325,6 +330,7 @@ class Recipe:
             quantize=_section(QuantizeSettings, data.get("quantize"), "quantize"),
             finetune=_section(FinetuneSettings, data.get("finetune"), "finetune"),
             sparse_export=_yaml_switch(data.get("sparse_export", "auto")),
+            allow_flex=data.get("allow_flex", False),
             layers=_overrides(data.get("layers") or {}, "layers"),
             layer_types=_overrides(data.get("layer_types") or {}, "layer_types"),
         )

@@ -64,7 +64,7 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     _check_target(target, board, android_project, recipe, output, force)
     options = {"example_input": example_input, "input_shapes": input_shapes, "weights": weights,
                "keep_nchw": keep_nchw, "keep_intermediates": keep_intermediates, "input_dtypes": input_dtypes,
-               "allow_flex": allow_flex}
+               "allow_flex": allow_flex or recipe.allow_flex}  # the flag or the recipe key
     common = dict(finetune_data=finetune_data, calib_data=calib_data, eval_data=eval_data, force=force,
                   progress=progress, verbose=verbose, metadata=metadata)
     budget = None
@@ -168,7 +168,8 @@ def convert_within_budget(source: Any, output: str | os.PathLike, *, max_drop: f
     torch_options = _refuse_torch_options(source, {"example_input": example_input, "input_shapes": input_shapes,
                                                    "weights": weights, "keep_nchw": keep_nchw,
                                                    "keep_intermediates": keep_intermediates,
-                                                   "input_dtypes": input_dtypes, "allow_flex": allow_flex})
+                                                   "input_dtypes": input_dtypes,
+                                                   "allow_flex": allow_flex or bool(recipe and recipe.allow_flex)})
     return run_budget(source, output, max_drop=max_drop, optimize=optimize, finetune_data=finetune_data,
                       calib_data=calib_data, eval_data=eval_data, recipe=recipe, force=force, progress=progress,
                       verbose=verbose, metadata=metadata, source_options=torch_options)

@@ -91,4 +91,6 @@ def test_every_registered_technique_has_a_backend_or_a_refusal_per_framework():
             assert (framework in technique.backends) != (framework in technique.refusals), (technique.key, framework)
         for framework in technique.backends:
             assert callable(technique.backend(framework)), (technique.key, framework)
+        if technique.stage == WEIGHTS and "pytorch" in technique.backends:  # PyTorch fine-tuning needs its phase
+            assert callable(technique.trainer("pytorch")), technique.key
         assert technique.key in Recipe().to_dict()  # the registry line alone gives the recipe its key

@@ -13,7 +13,7 @@ from converters.errors import FidelityError
 from converters.verify.fidelity import compare
 from converters.targets.tflite.flex import FlexOpsError
 from device_runtime import Model
-from tests.test_cli import run
+from tests.test_cli import assert_bad_input, run
 
 FLOAT_ATOL = 1e-5  # float32 .tflite vs onnxruntime on these small graphs
 
@@ -105,6 +105,13 @@ def test_op_without_builtin_is_refused_in_one_line_and_allowed_with_allow_flex(t
     assert any(n.startswith("Select TF ops kept (--allow-flex): tf.MaxPool3D") and "Flex delegate" in n
                for n in flex.report.notes), flex.report.notes
     assert any("FlexMaxPool3D" in op for op in flex.report.compressed.ops.counts), flex.report.compressed.ops
+    (tmp_path / "flex.yaml").write_text("allow_flex: true\n")  # the recipe key does what the flag does
+    by_recipe = run("convert", path, "-o", tmp_path / "r.tflite", "--recipe", tmp_path / "flex.yaml")
+    assert by_recipe.exit_code == 0, by_recipe.output
+    assert b"FlexMaxPool3D" in (tmp_path / "r.tflite").read_bytes()
+    (tmp_path / "bad.yaml").write_text("allow_flex: maybe\n")
+    assert_bad_input(run("convert", path, "-o", tmp_path / "b.tflite", "--recipe", tmp_path / "bad.yaml"),
+                     "allow_flex must be true or false; got 'maybe'")
 
 
 def test_cubic_resize_converts_with_builtins_exactly(tmp_path):
@@ -122,8 +129,13 @@ def test_cubic_resize_converts_with_builtins_exactly(tmp_path):
     np.testing.assert_allclose(got, reference(path, x).transpose(0, 2, 3, 1), atol=FLOAT_ATOL)
 
 
-def test_numeric_mismatch_is_a_fidelity_failure_not_a_written_model(tmp_path):
-    """ONNX's Clip with min > max gives max; TensorFlow's gives something else: exit 1 with the numbers."""
+def test_numeric_mismatch_is_a_fidelity_failure_not_a_written_model(tmp_path, monkeypatch):
+    """ONNX's Clip with min > max gives max; onnx2tf's gives min: without the rewrite that fixes it (taken
+    out here), exit 1 with the numbers."""
+    from converters.lowering import onnx_rewrites
+
+    monkeypatch.setattr(onnx_rewrites, "REWRITES", tuple(r for r in onnx_rewrites.REWRITES
+                                                         if r[0] is not onnx_rewrites._crossed_clips))
     path = save(tmp_path / "clip.onnx", [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], [("x", [3, 4])],
                 [("y", [3, 4])], {"lo": np.array(2, np.float32), "hi": np.array(1, np.float32)})
     result = run("convert", path, "-o", tmp_path / "m.tflite")
@@ -197,3 +209,32 @@ def test_dynamic_dimensions_become_one_with_a_note_and_runs_follow_the_batch(tmp
     joined = join_runs([batch4], [[r * 2, r.sum()] for r in runs], 10)
     assert np.array_equal(joined[0], x * 2) and joined[1].shape == (3,)  # per-run scalars: one row per run
     assert [r.shape for r in rank1.runs(np.zeros((5, 3)))] == [(3,)] * 5
+
+
+def test_training_batchnorm_constant_concat_and_crossed_clip_convert(tmp_path):
+    """Three graphs onnx2tf mis-converts, rewritten before it: a training-mode BatchNormalization (batch
+    statistics and updated running statistics), a rank-4 Concat with a constant operand, Clip min > max."""
+    bn = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["n", "mean", "var"], training_mode=1,
+                          epsilon=1e-2)
+    concat = helper.make_node("Concat", ["n", "k"], ["y"], axis=1)
+    path = save(tmp_path / "bn.onnx", [bn, concat], [("x", [2, 3, 4, 5])],
+                [("y", [2, 5, 4, 5]), ("mean", [3]), ("var", [3])],
+                {"s": weights(3, seed=1), "b": weights(3, seed=2), "m": weights(3, seed=3),
+                 "v": np.abs(weights(3, seed=4)), "k": weights(2, 2, 4, 5, seed=5)}, opset=15)
+    clip = save(tmp_path / "clip.onnx", [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], [("x", [3])],
+                [("y", [3])], {"lo": np.array(2, np.float32), "hi": np.array(1, np.float32)}, opset=13)
+    import onnxruntime as ort
+
+    for model, x, rewrites in ((path, weights(2, 3, 4, 5, seed=6), ("training-mode BatchNormalization", "Concat")),
+                               (clip, weights(3, seed=7), ("Clip node(s) with min > max",))):
+        result = sdk.convert(model, tmp_path / f"{model.stem}.tflite")
+        assert all(any(r in n for n in result.report.notes) for r in rewrites), result.report.notes
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        want = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x})))
+        nhwc = x.ndim == 4  # BatchNormalization makes it an image input: NHWC in the .tflite, outputs too
+        got = Model(str(result.path)).run({"x": x.transpose(0, 2, 3, 1) if nhwc else x})
+        last = {r["output"] for r in result.report.io_layout if r["layout"].startswith("channels last")
+                and "output" in r}
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value.transpose(0, 2, 3, 1) if name in last else value,
+                                       atol=FLOAT_ATOL)

@@ -263,8 +263,12 @@ def test_onnx2tf_failure_keeps_the_log_it_names_and_intermediates_are_reported(t
         shutil.rmtree(leftover)
 
 
-def test_recurrent_int8_is_refused_before_it_can_crash():
-    with pytest.raises(ConversionError, match="recurrent models.*LSTM"):
+def test_recurrent_int8_is_refused_before_it_can_crash_when_not_unrolled(monkeypatch):
+    """LSTM/GRU are unrolled into plain ops (tests/test_onnx_recurrent.py); one left as a loop is refused."""
+    monkeypatch.setattr("converters.lowering.onnx_recurrent.MAX_UNROLL_STEPS", 10)
+    with pytest.raises(ConversionError, match=r"recurrent model: TensorFlow's calibrator crashes on LSTM \(node "
+                                              r".*\) \(not unrolled: its 20 steps are more than the 10 the SDK "
+                                              r"unrolls\); use --quantize dynamic"):
         sdk.convert(build("lstm"), "/tmp/never-written.tflite",
                     {"quantize": {"mode": "int8", "allow_random_calibration": True}},
                     example_input=example_inputs("lstm"))

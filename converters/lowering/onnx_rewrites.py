@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 from .gelu import gelus_as_nodes
+from .onnx_recurrent import unroll_recurrent
 
 
 def rewrite_for_onnx2tf(model) -> tuple[object, list[str]]:
@@ -145,8 +146,6 @@ def _explicit_kernel_shapes(model) -> int:
         node.attribute.append(helper.make_attribute("kernel_shape", [int(d) for d in weight[2:]]))
         count += 1
     return count
-
-
 
 
 def _input_shapes(model) -> dict[str, tuple[int, ...]]:
@@ -372,6 +371,142 @@ def _explicit_splits(model) -> int:
     return count
 
 
+def _crossed_clips(model) -> int:
+    """Clip with constant min > max: the spec's answer is max everywhere (Min(Max(x, min), max)), where
+    onnx2tf's clip_by_value returns min."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    count = 0
+    for node in list(model.graph.node):
+        if node.op_type != "Clip" or len(node.input) < 3 or not all(n in constants for n in node.input[1:3]):
+            continue
+        low, high = constants[node.input[1]], constants[node.input[2]]
+        if not np.all(low > high):
+            continue
+        base = f"{node.name or node.output[0]}_crossed"
+        _replace_node(model, node, [helper.make_node("Max", [node.input[0], node.input[1]], [f"{base}_max"],
+                                                     name=f"{base}_max"),
+                                    helper.make_node("Min", [f"{base}_max", node.input[2]], [node.output[0]],
+                                                     name=f"{base}_min")])
+        count += 1
+    return count
+
+
+def _training_batch_norms(model) -> int:
+    """BatchNormalization with training_mode=1 normalises with the batch's own mean and (population)
+    variance over every axis but the channel axis, and outputs the updated running statistics."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    shapes = None
+    count = 0
+    for node in list(model.graph.node):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "BatchNormalization" or not attrs.get("training_mode", 0):
+            continue
+        shapes = shapes or _input_shapes(model)
+        shape = shapes.get(node.input[0])
+        if shape is None or len(shape) < 2:
+            continue
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+        axes = [0, *range(2, len(shape))]
+        base = f"{node.name or node.output[0]}_train_bn"
+        channels = shape[1]
+        view = [1, channels] + [1] * (len(shape) - 2)
+        momentum = attrs.get("momentum", 0.9)
+        consts = {"eps": np.array(attrs.get("epsilon", 1e-5), np.float32), "view": np.array(view, np.int64),
+                  "flat": np.array([channels], np.int64), "momentum": np.array(momentum, np.float32),
+                  "rest": np.array(1 - momentum, np.float32), "axes": np.array(axes, np.int64)}
+        model.graph.initializer.extend(numpy_helper.from_array(v, f"{base}_{k}") for k, v in consts.items())
+        values = {init.name: init for init in model.graph.initializer}
+        if node.input[1] not in values or node.input[2] not in values:
+            continue
+        for name, tag in ((node.input[1], "sv"), (node.input[2], "bv")):  # at the input's rank: onnx2tf lays
+            model.graph.initializer.append(numpy_helper.from_array(  # such constants out rightly
+                numpy_helper.to_array(values[name]).reshape(view).astype(np.float32), f"{base}_{tag}"))
+
+        def mean(source: str, target: str):
+            if opset >= 18:
+                return helper.make_node("ReduceMean", [source, f"{base}_axes"], [target], keepdims=1, name=target)
+            return helper.make_node("ReduceMean", [source], [target], axes=axes, keepdims=1, name=target)
+
+        x, scale, bias, running_mean, running_var = node.input[:5]
+        t = {k: f"{base}_{k}" for k in ("mean", "d", "d2", "var", "ve", "std", "n", "s", "sv", "b", "bv")}
+        replacement = [
+            mean(x, t["mean"]), helper.make_node("Sub", [x, t["mean"]], [t["d"]]),
+            helper.make_node("Mul", [t["d"], t["d"]], [t["d2"]]), mean(t["d2"], t["var"]),
+            helper.make_node("Add", [t["var"], f"{base}_eps"], [t["ve"]]), helper.make_node("Sqrt", [t["ve"]], [t["std"]]),
+            helper.make_node("Div", [t["d"], t["std"]], [t["n"]]),
+            helper.make_node("Mul", [t["n"], t["sv"]], [t["s"]]),
+            helper.make_node("Add", [t["s"], t["bv"]], [node.output[0]])]
+        for index, (stat, running) in enumerate(((t["mean"], running_mean), (t["var"], running_var)), 1):
+            if len(node.output) > index and node.output[index]:
+                names = [f"{base}_stat{index}_{k}" for k in ("flat", "old", "new")]
+                replacement += [helper.make_node("Reshape", [stat, f"{base}_flat"], [names[0]]),
+                                helper.make_node("Mul", [running, f"{base}_momentum"], [names[1]]),
+                                helper.make_node("Mul", [names[0], f"{base}_rest"], [names[2]]),
+                                helper.make_node("Add", [names[1], names[2]], [node.output[index]])]
+        for k, new in enumerate(replacement):
+            new.name = new.name or f"{base}_n{k}"
+        _replace_node(model, node, replacement)
+        count += 1
+    return count
+
+
+def _concats_with_constants(model) -> int:
+    """A rank-3..5 Concat with constant operands, along any axis but the first, as zero-padded computed
+    operands plus one constant that holds the constants at their offsets (zeros elsewhere): the same values
+    exactly, through Pad and Add, whose constants onnx2tf lays out rightly (it transposes a Concat's
+    constant operands wrongly; along the first axis, converting in onnx2tf's layout gets it right)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    constants = {init.name: init for init in model.graph.initializer}
+    shapes = None
+    count = 0
+    for node in list(model.graph.node):
+        if node.op_type != "Concat" or all(n in constants for n in node.input) \
+                or not any(n in constants and 3 <= len(constants[n].dims) <= 5 for n in node.input):
+            continue
+        shapes = shapes or _input_shapes(model)
+        parts = [shapes.get(n) for n in node.input]
+        if any(p is None for p in parts):
+            continue
+        rank = len(parts[0])
+        axis = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "axis") % rank
+        if axis == 0:
+            continue
+        total = sum(p[axis] for p in parts)
+        out_shape = list(parts[0])
+        out_shape[axis] = total
+        base = f"{node.name or node.output[0]}_concat"
+        filled = np.zeros(out_shape, np.float32)
+        terms, offset = [], 0
+        for k, (name, part) in enumerate(zip(node.input, parts)):
+            where = [slice(None)] * rank
+            where[axis] = slice(offset, offset + part[axis])
+            if name in constants:
+                filled[tuple(where)] = numpy_helper.to_array(constants[name])
+            else:
+                pads = [0] * (2 * rank)
+                pads[axis], pads[rank + axis] = offset, total - offset - part[axis]
+                model.graph.initializer.append(numpy_helper.from_array(np.array(pads, np.int64), f"{base}_pads{k}"))
+                terms.append(helper.make_node("Pad", [name, f"{base}_pads{k}"], [f"{base}_padded{k}"],
+                                              name=f"{base}_pad{k}"))
+            offset += part[axis]
+        model.graph.initializer.append(numpy_helper.from_array(filled, f"{base}_constants"))
+        sums, current = [], f"{base}_constants"
+        for k, pad in enumerate(terms):
+            target = node.output[0] if k == len(terms) - 1 else f"{base}_sum{k}"
+            sums.append(helper.make_node("Add", [pad.output[0], current], [target], name=f"{base}_add{k}"))
+            current = target
+        _replace_node(model, node, terms + sums)
+        count += 1
+    return count
+
+
 def _replace_node(model, node, replacement: list) -> None:
     """Put ``replacement`` (a list of nodes) where ``node`` was, keeping the graph's topological order."""
     position = list(model.graph.node).index(node)
@@ -382,6 +517,9 @@ def _replace_node(model, node, replacement: list) -> None:
 
 # Each rewrite changes the model in place and returns what it did; the note says what and why.
 REWRITES = (
+    (unroll_recurrent, "{count} recurrent node(s) unrolled into per-step MatMul/Add/Sigmoid/Tanh/Mul ops: {names} "
+                       "(onnx2tf fails on LSTM/GRU fed from the graph, and TensorFlow's int8 calibrator on its "
+                       "loops)"),
     (_explicit_kernel_shapes, "kernel_shape written into {count} Conv/ConvTranspose node(s) that omitted it "
                               "(onnx2tf cannot convert them without it)"),
     (_explicit_padding, "auto_pad / output_shape of {count} Conv/ConvTranspose/pooling node(s) written as explicit "
@@ -396,6 +534,12 @@ REWRITES = (
     (_trailing_empty_inputs, "empty optional inputs dropped from {count} node(s) (onnx2tf fails on them)"),
     (_unbounded_clips, "{count} Clip node(s) with neither min nor max given infinite bounds (onnx2tf emits "
                        "nothing for them)"),
+    (_crossed_clips, "{count} Clip node(s) with min > max written as Min(Max(x, min), max), max everywhere as the "
+                     "spec says (onnx2tf's clip returns min)"),
+    (_training_batch_norms, "{count} training-mode BatchNormalization node(s) written with the batch's own "
+                            "mean/variance in ReduceMean/Sub/Mul/Sqrt (onnx2tf uses the running statistics)"),
+    (_concats_with_constants, "{count} rank-3..5 Concat node(s) with constant operands written as Pad + Add of "
+                              "one constant (onnx2tf lays out a Concat's constant operands wrongly)"),
     (gelus_as_nodes, "{count} GELU subgraph(s) written as one Gelu node each, which becomes TFLite's GELU "
                      "builtin with the source's approximation (erf or tanh); otherwise Erf is a polynomial that "
                      "leaves DIV/NEG in float under int8"),

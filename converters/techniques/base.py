@@ -47,7 +47,9 @@ class Technique:
     the technique runs, so reading a recipe imports no framework. A framework without a backend is refused, before
     any work, with ``refusals[framework]``.
     Graph backends: ``(model, recipe, example_inputs) -> (model, PassRecord)``. Weight backends: a ``WeightPass``
-    class (Keras) or ``(weights, recipe, records) -> PassRecord`` on ``arrays.WeightArray`` lists (PyTorch, ONNX).
+    class (Keras, one-shot and fine-tuning) or ``(weights, recipe, records) -> PassRecord`` on
+    ``arrays.WeightArray`` lists (PyTorch, ONNX, one-shot); ``trainers["pytorch"]``, a phase of PyTorch
+    fine-tuning (``training.torch.PrunePhase`` shows the hooks).
     """
 
     key: str
@@ -56,10 +58,19 @@ class Technique:
     stage: str
     backends: Mapping[str, str]
     refusals: Mapping[str, Refusal] = field(default_factory=dict)
+    trainers: Mapping[str, str] = field(default_factory=dict)
 
     def backend(self, framework: str) -> Any:
-        module, _, attribute = self.backends[framework].partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return _resolve(self.backends[framework])
+
+    def trainer(self, framework: str) -> Any:
+        return _resolve(self.trainers[framework])
+
+
+def _resolve(where: str) -> Any:
+    """The attribute named by ``"module:attribute"``, imported now."""
+    module, _, attribute = where.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 @dataclass

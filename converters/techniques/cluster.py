@@ -40,7 +40,8 @@ class ClusterSettings:
 
 _ARRAYS = "converters.techniques.arrays:cluster_arrays"
 TECHNIQUE = Technique("cluster", ClusterSettings, "k-means clustering", WEIGHTS,
-                      {"keras": "converters.techniques.cluster:ClusterPass", "pytorch": _ARRAYS, "onnx": _ARRAYS})
+                      {"keras": "converters.techniques.cluster:ClusterPass", "pytorch": _ARRAYS, "onnx": _ARRAYS},
+                      trainers={"pytorch": "converters.training.torch:ClusterPhase"})
 
 
 def kmeans_1d(values: np.ndarray, clusters: int, preserve_zeros: bool = False) -> np.ndarray:

@@ -44,7 +44,8 @@ class PruneSettings:
 
 _ARRAYS = "converters.techniques.arrays:prune_arrays"
 TECHNIQUE = Technique("prune", PruneSettings, "pruning (unstructured, 2:4, channel)", WEIGHTS,
-                      {"keras": "converters.techniques.prune:PrunePass", "pytorch": _ARRAYS, "onnx": _ARRAYS})
+                      {"keras": "converters.techniques.prune:PrunePass", "pytorch": _ARRAYS, "onnx": _ARRAYS},
+                      trainers={"pytorch": "converters.training.torch:PrunePhase"})
 
 
 def magnitude_prune(weights: np.ndarray, sparsity: float) -> np.ndarray:

@@ -11,6 +11,7 @@ labels (when given) plus KL to the teacher at temperature T.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,41 +27,95 @@ from ..recipe import FinetuneSettings, Recipe
 UPDATES_PER_RAMP = 10
 
 
+@dataclass
+class TrainingState:
+    """What the fine-tuning phases of the weight techniques share: each weight's array and owning module, and
+    the prune masks (which later phases keep applying, so that pruned zeros stay zero)."""
+
+    weights: list[WeightArray]
+    owners: dict[str, Any]
+    masks: dict[str, Any] = field(default_factory=dict)
+
+
 def finetune_torch(student, teacher, weights: list[WeightArray], owners: dict[str, Any], recipe: Recipe,
                    data: Dataset, verbose: bool, train_unchanged: bool = True) -> dict[str, PassRecord]:
-    """Compress ``student`` (its Conv/Linear weights, listed in ``weights``) in place, with fine-tuning.
+    """Compress ``student`` (its Conv/Linear weights, listed in ``weights``) in place, with fine-tuning: each
+    registered weight technique's PyTorch phase (``Technique.trainers["pytorch"]``), in registry order, gets a
+    training run with its step hook.
 
     With nothing to prune or cluster (the graph was rewritten instead), ``train_unchanged``
     still fine-tunes it by distillation.
     """
     import torch
 
+    from ..techniques.base import WEIGHTS
+    from ..techniques.registry import in_stage
+
     settings = recipe.finetune
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
-    prune, cluster, records = plan_targets(weights, recipe)
+    state = TrainingState(weights, owners)
+    phases = {t.key: t.trainer("pytorch")(recipe, state) for t in in_stage(WEIGHTS)}
     trainer = Trainer(student, teacher, data, settings, verbose)
-    masks: dict[str, torch.Tensor] = {}
-    if not prune and not cluster and train_unchanged:  # the graph changed (low-rank, channels): distil
+    if not any(phase.targets for phase in phases.values()) and train_unchanged:  # the graph changed: distil
         trainer.train(lambda step, total: None, "distillation after the graph rewrite")
-    if prune:
-        trainer.train(lambda step, total: _update_masks(owners, prune, masks, step, total), "prune")
-        for name, settings_ in prune.items():
-            records["prune"].layers[name] = prune_measure([_weight(owners[name])], settings_)
-        records["prune"].fine_tuned = True
-    if cluster:
-        for weight in weights:
-            weight.values = _weight(owners[weight.name])
-        cluster_weights(weights, cluster, set(prune), PassRecord("cluster"))
-        for weight in weights:
-            if weight.name in cluster:
-                share_values(owners[weight.name], weight.values)
-        trainer.train(lambda step, total: _apply_masks(owners, masks), "cluster")
-        for name, settings_ in cluster.items():
-            torch.nn.utils.parametrize.remove_parametrizations(owners[name], "weight", leave_parametrized=True)
-            records["cluster"].layers[name] = cluster_measure([_weight(owners[name])], settings_)
-        records["cluster"].fine_tuned = True
+    records = {}
+    for key, phase in phases.items():
+        if phase.targets:
+            phase.begin()
+            trainer.train(phase.after_step, key)
+            phase.record.fine_tuned = True
+        phase.end()
+        records[key] = phase.record
     return records
+
+
+class PrunePhase:
+    """Pruning while fine-tuning: masks re-chosen at a rising sparsity until RAMP_FRACTION of training."""
+
+    def __init__(self, recipe: Recipe, state: TrainingState):
+        self.state = state
+        self.targets, _, planned = plan_targets(state.weights, recipe)
+        self.record = planned["prune"]
+
+    def begin(self) -> None:
+        pass
+
+    def after_step(self, step: int, total: int) -> None:
+        _update_masks(self.state.owners, self.targets, self.state.masks, step, total)
+
+    def end(self) -> None:
+        for name, settings in self.targets.items():
+            self.record.layers[name] = prune_measure([_weight(self.state.owners[name])], settings)
+
+
+class ClusterPhase:
+    """Clustering while fine-tuning: k-means once, then only the shared values train (zeros stay zero)."""
+
+    def __init__(self, recipe: Recipe, state: TrainingState):
+        self.state = state
+        _, self.targets, planned = plan_targets(state.weights, recipe)
+        self.record = planned["cluster"]
+
+    def begin(self) -> None:
+        owners = self.state.owners
+        for weight in self.state.weights:
+            weight.values = _weight(owners[weight.name])
+        cluster_weights(self.state.weights, self.targets, set(self.state.masks), PassRecord("cluster"))
+        for weight in self.state.weights:
+            if weight.name in self.targets:
+                share_values(owners[weight.name], weight.values)
+
+    def after_step(self, step: int, total: int) -> None:
+        _apply_masks(self.state.owners, self.state.masks)
+
+    def end(self) -> None:
+        import torch
+
+        for name, settings in self.targets.items():
+            torch.nn.utils.parametrize.remove_parametrizations(self.state.owners[name], "weight",
+                                                               leave_parametrized=True)
+            self.record.layers[name] = cluster_measure([_weight(self.state.owners[name])], settings)
 
 
 def _weight(module) -> np.ndarray:

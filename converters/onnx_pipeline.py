@@ -26,7 +26,6 @@ from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
 from .techniques.arrays import float_precision_weights
 from .techniques.data_aware import check_data_aware, compress_with_data
-from .techniques.arrays import float_precision_weights
 from .techniques.equalization import equalized
 from .techniques.registry import rewrite_graph
 from .search.weight_effect import rank_layers

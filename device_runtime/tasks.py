@@ -9,7 +9,6 @@ the answer is decoded by ``postprocess``.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np

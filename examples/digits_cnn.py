@@ -52,13 +52,14 @@ def build_digits_cnn(keras=None):
     ], name="digits_cnn")
 
 
-def train_digits_cnn(splits: DigitsSplits, epochs: int = 40, verbose: int = 0):
-    """A trained digits CNN (about 99% test accuracy), deterministic for a given seed."""
+def train_digits_cnn(splits: DigitsSplits, epochs: int = 40, verbose: int = 0, keras=None):
+    """A trained digits CNN (about 99% test accuracy), deterministic for a given seed (tf_keras unless
+    ``keras`` is given, e.g. Keras 3)."""
     from converters import _tf
 
-    keras = _tf.keras()
+    keras = keras or _tf.keras()
     keras.utils.set_random_seed(SEED)
-    model = build_digits_cnn()
+    model = build_digits_cnn(keras)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     model.fit(splits.x_train, splits.y_train, batch_size=32, epochs=epochs, verbose=verbose)

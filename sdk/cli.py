@@ -169,7 +169,7 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
         budget = result.budget
         if as_json:
             report = result.report.to_dict()
-            report.update({name: export.to_dict() for name, export in result.exports.items()})
+            report.update({name: written.to_dict() for name, written in result.exports.items()})
             report.setdefault("mcu", None)
             if budget:
                 report["budget"] = {"recipe": str(budget.recipe_path), "attempts": budget.attempts}
@@ -179,8 +179,8 @@ def convert(source, output, recipe_path, prune, prune_structure, cluster, quanti
             if budget:
                 click.echo(budget.render())
             click.echo(f"wrote {result.path} and {result.report_path}" + (f" and {plot_path}" if plot_path else ""))
-            for export in result.exports.values():
-                click.echo(export.render())
+            for written in result.exports.values():
+                click.echo(written.render())
 
     run(action, debug)
 

@@ -29,8 +29,13 @@ MEASURED_ELSEWHERE = {
         "test_ptq_layers::test_automatic_mixed_precision_keeps_exactly_the_broken_layer_float",
     ("automatic mixed precision", "pytorch"): "test_ptq_layers::test_automatic_mixed_precision_on_the_pytorch_route",
     ("automatic mixed precision", "onnx"): "test_ptq_layers::test_automatic_mixed_precision_on_the_pytorch_route",
+    ("bias correction", "keras"): "test_keras3_recipes::test_bias_correction_on_a_keras3_file",
     ("bias correction", "pytorch"): "test_ptq_layers::test_bias_correction_cuts_int8_error_and_leaves_the_float_reference",
     ("bias correction", "onnx"): "test_ptq_layers::test_bias_correction_cuts_int8_error_and_leaves_the_float_reference",
+    ("data-aware one-shot pruning and clustering", "pytorch"):
+        "test_oneshot::test_digits_prune_cluster_int8_one_shot_within_1_5_points",
+    ("data-aware one-shot pruning and clustering", "onnx"):
+        "test_oneshot::test_sensitivity_allocation_spares_first_and_small_layers_and_meets_the_target",
     ("cross-layer equalization", "pytorch"):
         "test_ptq_equalization::test_equalization_keeps_float_outputs_and_cuts_int8_error",
     ("cross-layer equalization", "onnx"):

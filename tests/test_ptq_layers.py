@@ -17,10 +17,10 @@ from sdk.cli import main
 OUTLIER = 100.0  # times the layer's largest weight
 
 
-def _broken_keras_model():
+def _broken_keras_model(keras=None):
     from converters import _tf
 
-    keras = _tf.keras()
+    keras = keras or _tf.keras()
     keras.utils.set_random_seed(0)
     inp = keras.Input((12, 12, 3))
     x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_a")(inp)
@@ -68,7 +68,10 @@ def test_per_layer_report_names_the_broken_layer_and_inspect_compare_agrees(cali
     from converters.targets.tflite.convert import to_tflite
 
     model = _broken_keras_model()
-    result = sdk.convert(model, tmp_path / "q.tflite", {"quantize": {"mode": "int8"}}, calib_data=calib)
+    # bias correction off: it moves conv_b's mean error into its bias (SNR 8.1 -> 11.8 dB); this test is about the
+    # report naming the broken layer
+    result = sdk.convert(model, tmp_path / "q.tflite", {"quantize": {"mode": "int8", "bias_correction": False}},
+                         calib_data=calib)
     report = result.report
     rows = {r.layer: r for r in report.layer_errors.rows if r.layer}
     assert set(rows) == {"conv_a", "conv_b", "conv_c", "flat", "fc"}
@@ -106,8 +109,10 @@ def test_per_layer_report_names_the_broken_layer_and_inspect_compare_agrees(cali
 
 
 def test_automatic_mixed_precision_keeps_exactly_the_broken_layer_float(calib, tmp_path):
+    # bias correction off, as on the PyTorch route below: this test is about the search
     result = sdk.convert(_broken_keras_model(), tmp_path / "mp.tflite", {"quantize": {"mode": "int8",
-                                                                                     "min_cosine": 0.999}},
+                                                                                     "min_cosine": 0.999,
+                                                                                     "bias_correction": False}},
                          calib_data=calib)
     report = result.report
     record = report.mixed_precision
@@ -218,10 +223,6 @@ def test_bias_correction_cuts_int8_error_and_leaves_the_float_reference(tmp_path
                                           r"or int16x8 \(got dynamic\)"):
         sdk.Recipe.from_dict({"quantize": {"mode": "dynamic", "bias_correction": True}})
     assert not any("bias correction" in note for note in plain.notes)
-    keras = CliRunner().invoke(main, ["convert", "nothing.h5", "-o", str(tmp_path / "k.tflite"), "--recipe",
-                                      str(_recipe_file(tmp_path, "quantize: {mode: int8, bias_correction: true}"))])
-    assert keras.exit_code == 2 and "bias correction (quantize.bias_correction) is not available for Keras" in \
-        keras.stderr
 
 
 def test_percentile_activation_ranges_ignore_rare_calibration_outliers(tmp_path):
@@ -299,9 +300,3 @@ def test_inspect_compare_plot_and_refusals(calib, tmp_path):
     wrong = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "wrong.npy")])
     assert wrong.exit_code == 2 and wrong.stderr.startswith("error: ") and len(wrong.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p.png").exists()
-
-
-def _recipe_file(folder, text: str):
-    path = folder / "recipe.yaml"
-    path.write_text(text + "\n")
-    return path

@@ -26,9 +26,10 @@ from ..errors import ConversionError, first_line
 
 # onnx2tf's sample is 20 images of 128x128x3 in [0, 1]; it only feeds its own shape checks.
 SAMPLE_IMAGES_SHAPE = (20, 128, 128, 3)
-# Ops TFLite has no builtin for, rewritten by onnx2tf from builtins: exact GELU (x/sqrt2 -> Erf) becomes
-# TFLite's GELU, other Erf uses a polynomial.  Without this, GELU models need Flex (TensorFlow) ops.
-PSEUDO_OPS = ["gelu", "erf"]
+# Ops TFLite has no builtin for, rewritten by onnx2tf from builtins: Erf outside GELU uses a polynomial
+# (GELU subgraphs are Gelu nodes by then, see lowering/gelu.py).  Without it, Erf needs Flex (TensorFlow)
+# ops.  Not "gelu": onnx2tf would turn every exact GELU it recognises into the tanh approximation.
+PSEUDO_OPS = ["erf"]
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 

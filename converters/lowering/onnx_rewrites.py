@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+from .gelu import gelus_as_nodes
 from .onnx_recurrent import unroll_recurrent
 
 
@@ -94,33 +95,6 @@ def _layer_norms_as_primitives(model) -> int:
                        helper.make_node("Mul", [normalized, params[0]], [scaled], name=f"{base}_scale")]
         if scaled != outputs[0]:
             replacement.append(helper.make_node("Add", [scaled, params[1]], [outputs[0]], name=f"{base}_bias"))
-        _replace_node(model, node, replacement)
-        count += 1
-    return count
-
-
-def _exact_gelus(model) -> int:
-    """ONNX Gelu (opset 20, approximate 'none') as PyTorch exports exact GELU before opset 20."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    count = 0
-    nodes = list(model.graph.node)
-    for node in nodes:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type != "Gelu" or attrs.get("approximate", b"none") not in (b"none", "none"):
-            continue
-        x, y = node.input[0], node.output[0]
-        base = f"{node.name or y}_gelu"
-        constants = {"sqrt2": np.sqrt(2.0), "one": 1.0, "half": 0.5}
-        model.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), f"{base}_{k}")
-                                       for k, v in constants.items())
-        t = [f"{base}_t{i}" for i in range(4)]
-        replacement = [helper.make_node("Div", [x, f"{base}_sqrt2"], [t[0]], name=f"{base}_div"),
-                       helper.make_node("Erf", [t[0]], [t[1]], name=f"{base}_erf"),
-                       helper.make_node("Add", [t[1], f"{base}_one"], [t[2]], name=f"{base}_add"),
-                       helper.make_node("Mul", [x, t[2]], [t[3]], name=f"{base}_mul"),
-                       helper.make_node("Mul", [t[3], f"{base}_half"], [y], name=f"{base}_half_mul")]
         _replace_node(model, node, replacement)
         count += 1
     return count
@@ -566,8 +540,9 @@ REWRITES = (
                             "mean/variance in ReduceMean/Sub/Mul/Sqrt (onnx2tf uses the running statistics)"),
     (_concats_with_constants, "{count} rank-3..5 Concat node(s) with constant operands written as Pad + Add of "
                               "one constant (onnx2tf lays out a Concat's constant operands wrongly)"),
-    (_exact_gelus, "{count} Gelu node(s) written as x * 0.5 * (1 + erf(x / sqrt 2)), the form onnx2tf turns into "
-                   "TFLite's GELU builtin (its own Gelu lowering uses Erfc, which has none)"),
+    (gelus_as_nodes, "{count} GELU subgraph(s) written as one Gelu node each, which becomes TFLite's GELU "
+                     "builtin with the source's approximation (erf or tanh); otherwise Erf is a polynomial that "
+                     "leaves DIV/NEG in float under int8"),
     (_layer_norms_as_primitives, "{count} LayerNormalization node(s) over several axes or with Mean/InvStdDev "
                                  "outputs written as ReduceMean/Sub/Mul/Sqrt (onnx2tf converts only the last-axis "
                                  "form)"),

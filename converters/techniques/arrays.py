@@ -68,23 +68,57 @@ def _unprunable(weight: WeightArray, settings: PruneSettings) -> str | None:
     return None
 
 
-def prune_weights(weights: list[WeightArray], targets: dict[str, PruneSettings],
-                  record: PassRecord) -> None:
-    """One-shot pruning in place, measured into ``record``."""
+def prune_weights(weights: list[WeightArray], targets: dict[str, PruneSettings], record: PassRecord,
+                  scores: dict[str, np.ndarray] | None = None) -> None:
+    """One-shot pruning in place, measured into ``record``; unstructured layers with a ``scores`` array
+    (data-aware saliency, same shape) lose their lowest-scored weights instead of the smallest."""
     for weight in weights:
         settings = targets.get(weight.name)
         if settings is not None:
-            weight.values = prune_array(weight.values, settings, weight.in_axis, weight.out_axis)
-            record.layers[weight.name] = prune_measure([weight.values], settings)
+            weight.values = prune_one(weight, settings, (scores or {}).get(weight.name))
+            record.layers[weight.name] = {**record.layers.get(weight.name, {}),
+                                          **prune_measure([weight.values], settings)}
+
+
+def prune_one(weight: WeightArray, settings: PruneSettings, score: np.ndarray | None = None) -> np.ndarray:
+    """``weight``'s values pruned by ``settings``: by ``score`` within each output channel when given
+    (unstructured only), else by magnitude."""
+    if score is None or settings.structure != "unstructured":
+        return prune_array(weight.values, settings, weight.in_axis, weight.out_axis)
+    return prune_by_score(weight.values, score, settings.sparsity, weight.out_axis)
+
+
+def prune_by_score(values: np.ndarray, score: np.ndarray, sparsity: float, out_axis: int) -> np.ndarray:
+    """Zero the ``sparsity`` fraction of each output channel's weights with the lowest ``score`` (Wanda
+    compares within an output, so every output keeps its share); when the share is fractional (9 weights
+    a filter), the outputs whose next weight scores lowest lose one more, so the layer's count is exact."""
+    moved_values = np.moveaxis(values, out_axis, 0)
+    moved_score = np.moveaxis(score, out_axis, 0).reshape(len(moved_values), -1)
+    rows, width = moved_score.shape
+    total = int(np.floor(values.size * sparsity))
+    k = total // rows
+    order = np.argsort(moved_score, axis=1, kind="stable")
+    drop = np.zeros(moved_score.shape, bool)
+    np.put_along_axis(drop, order[:, :k], True, axis=1)
+    extra = total - k * rows
+    if extra and k < width:
+        next_score = np.take_along_axis(moved_score, order[:, k:k + 1], axis=1)[:, 0]
+        chosen = np.argsort(next_score, kind="stable")[:extra]
+        drop[chosen, order[chosen, k]] = True
+    pruned = np.where(drop, 0, moved_values.reshape(rows, -1))
+    return np.moveaxis(pruned.reshape(moved_values.shape), 0, out_axis)
 
 
 def cluster_weights(weights: list[WeightArray], targets: dict[str, ClusterSettings],
-                    pruned: set[str], record: PassRecord) -> None:
-    """One-shot k-means in place; pruned arrays keep their zeros, which count as one of the clusters."""
+                    pruned: set[str], record: PassRecord, sample_weights: dict[str, np.ndarray] | None = None
+                    ) -> None:
+    """One-shot k-means in place; pruned arrays keep their zeros, which count as one of the clusters.
+    ``sample_weights`` (by layer) weigh each entry in the centroids (data-aware clustering)."""
     for weight in weights:
         settings = targets.get(weight.name)
         if settings is not None:
-            weight.values = kmeans_1d(weight.values, settings.clusters, preserve_zeros=weight.name in pruned)
+            weight.values = kmeans_1d(weight.values, settings.clusters, preserve_zeros=weight.name in pruned,
+                                      sample_weight=(sample_weights or {}).get(weight.name))
             record.layers[weight.name] = cluster_measure([weight.values], settings)
 
 

@@ -96,6 +96,16 @@ def kernel_weights(layer) -> list:
     return [w for w in layer.weights if _short_name(w) in KERNEL_NAMES]
 
 
+def leaf_layers(model, within: tuple[str, ...] = ()) -> list[tuple[Any, tuple[str, ...]]]:
+    """(layer, names of the models it is nested in) for every layer, nested models opened (a
+    keras.applications base inside a classifier is one layer of the classifier, but many ops in the file)."""
+    found = []
+    for layer in model.layers:
+        nested = hasattr(layer, "layers") and type(layer).__name__ in ("Functional", "Sequential", "Model")
+        found += leaf_layers(layer, (*within, layer.name)) if nested else [(layer, within)]
+    return found
+
+
 class WeightPass(ABC):
     """One compression technique applied to the kernels of a Keras model."""
 

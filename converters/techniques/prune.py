@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _tf
-from ..errors import RecipeError, check_choice
+from ..errors import RecipeError, check_choice, check_switch
 from .base import WEIGHTS, PassRecord, Technique, WeightPass
 
 if TYPE_CHECKING:
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 PRUNE_STRUCTURES = ("unstructured", "2:4", "channel")
 PRUNE_SCHEDULES = ("polynomial", "constant")
+# One-shot pruning with calibration data on the PyTorch/ONNX route (data_aware.py); auto: the data-aware choice
+# when --calib data is given and nothing is fine-tuned, else the plain one.
+PRUNE_ALLOCATIONS = ("auto", "uniform", "sensitivity")
+PRUNE_RANKINGS = ("auto", "magnitude", "activation")
 M_BY_N = (2, 4)
 RAMP_FRACTION = 0.7  # reach the target sparsity at 70% of fine-tuning, then recover
 
@@ -31,12 +35,22 @@ class PruneSettings:
     sparsity: float
     structure: str = "unstructured"
     schedule: str = "polynomial"
+    allocation: str = "auto"  # uniform: every layer at `sparsity`; sensitivity: per layer, by measured error
+    ranking: str = "auto"  # magnitude: |w|; activation: |w| x its input channel's RMS on calibration data
+    bias_correction: bool | str = "auto"  # after one-shot compression: mean output shift moved into the bias
 
     def validate(self, where: str) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise RecipeError(f"{where}.sparsity must be in [0, 1); got {self.sparsity}")
         check_choice(f"{where}.structure", self.structure, PRUNE_STRUCTURES)
         check_choice(f"{where}.schedule", self.schedule, PRUNE_SCHEDULES)
+        check_choice(f"{where}.allocation", self.allocation, PRUNE_ALLOCATIONS)
+        check_choice(f"{where}.ranking", self.ranking, PRUNE_RANKINGS)
+        check_switch(f"{where}.bias_correction", self.bias_correction)
+        for key in ("allocation", "ranking"):
+            if self.structure != "unstructured" and getattr(self, key) not in ("auto", "uniform", "magnitude"):
+                raise RecipeError(f"{where}.{key} {getattr(self, key)} applies to unstructured pruning; got "
+                                  f"structure {self.structure} (set {key} auto or use structure unstructured)")
         if self.structure == "2:4" and self.sparsity not in (0.0, 0.5):
             raise RecipeError(f"{where}: 2:4 pruning always gives sparsity 0.5; got sparsity "
                               f"{self.sparsity} (drop it or set 0.5)")

@@ -19,6 +19,8 @@ from ...errors import ConversionError
 NO_BUILTIN_TF_OPS = {"ResizeBicubic", "Dilation2D", "MaxPool3D", "AvgPool3D", "ExtractImagePatches",
                      "MatrixDeterminant", "MatrixInverse", "Digamma", "BesselI0e", "BesselI1e", "Cumprod",
                      "Erf", "Erfc", "Atan", "Acos", "Asin", "Acosh", "Asinh", "Atanh", "Cosh", "Sinh", "Tan"}
+# tf.nn.gelu's own ops (its name scope is "Gelu"): the TFLite converter fuses them into its GELU builtin.
+FUSED_INTO_GELU = {"Erf", "Erfc"}
 FLEX_CONSEQUENCE = ("the .tflite then needs TensorFlow's Flex delegate (full TensorFlow's interpreter has it; "
                     "ai-edge-litert and tflite-runtime cannot run it, nor can GPU/NNAPI delegates or TFLite Micro)")
 SELECT_OPS_IN_ERROR = re.compile(r"TF Select ops: ([\w, ]+)")
@@ -52,9 +54,9 @@ def flex_nodes(keras_model, onnx_model, op_types: set[str] | None = None) -> lis
                 by_key.setdefault(key.replace(":", "__").lstrip("/"), node)
     found, seen = [], set()
     for op_type, op_name in tf_ops(keras_model):
-        if op_type not in wanted:
-            continue
         parts = op_name.split("/")
+        if op_type not in wanted or (op_type in FUSED_INTO_GELU and "Gelu" in parts):
+            continue
         node = next((by_key[p] for p in parts if p in by_key), None)
         where = f"ONNX {node.op_type} node {node.name or node.output[0]!r}" if node is not None else \
             f"TensorFlow op {op_name!r}"

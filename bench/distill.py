@@ -123,7 +123,7 @@ def run(mode: str, encoder, train: dict, held: dict, reference: np.ndarray, args
 
 def render(rows: list[dict], info: dict) -> str:
     first = rows[0]["summary"]
-    lines = [f"# all-MiniLM-L6-v2 (6 layers) -> 3-layer student by sdk.distill (python -m bench.distill)", "",
+    lines = ["# all-MiniLM-L6-v2 (6 layers) -> 3-layer student by sdk.distill (python -m bench.distill)", "",
              f"Unlabelled docstring sentences of the stdlib: {info['train']} to train (a tenth of them held out "
              f"for early stopping), {info['held_out']} from {info['modules']['held_out']} other modules to judge; "
              f"sequence length {info['seq']}. Student: {first['student']}. Training: {first['epochs_run']} "

@@ -14,7 +14,7 @@ each .tflite runs on the case's input and every output is compared with the
 case's expected output: pass = ``np.allclose(rtol=1e-3, atol=1e-3)``.  Each case
 runs in a worker process with a time limit, so a hang or a crash is one row.
 
-A second corpus, ``zoo`` (``bench/onnx_zoo.py``): model-zoo-style graphs exported offline with
+A second corpus, ``zoo`` (``bench/_onnx_zoo.py``): model-zoo-style graphs exported offline with
 ``torch.onnx.export`` (torchvision architectures with random weights, nn.TransformerEncoder, LSTM/GRU,
 1-D conv audio, a ConvTranspose UNet), each with onnxruntime's output as the expected output; same
 runs, same comparison rule.  Results: ``bench/results/onnx_coverage.{md,json}`` (node tests) and
@@ -265,7 +265,7 @@ def render(rows: list[dict], corpus: str = "node") -> str:
     both_raw_only = [r["case"] for r in rows if "sdk" in r and r["onnx2tf"]["ok"] and not r["sdk"]["ok"]]
     if corpus == "zoo":
         head = ["# Model-zoo-style ONNX graphs: the SDK and raw onnx2tf", "",
-                f"{len(rows)} graphs exported offline with torch.onnx.export (bench/onnx_zoo.py: random weights, "
+                f"{len(rows)} graphs exported offline with torch.onnx.export (bench/_onnx_zoo.py: random weights, "
                 f"opset 17); pass = outputs allclose to onnxruntime's outputs at rtol = atol = {RTOL:g}.", ""]
     else:
         head = ["# ONNX backend node tests: the SDK and raw onnx2tf", "",
@@ -295,7 +295,7 @@ def render(rows: list[dict], corpus: str = "node") -> str:
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--corpus", nargs="+", choices=("node", "zoo"), default=["node", "zoo"],
-                        help="node: the ONNX backend node tests; zoo: bench/onnx_zoo.py's exported models.")
+                        help="node: the ONNX backend node tests; zoo: bench/_onnx_zoo.py's exported models.")
     parser.add_argument("--only", nargs="*", help="Only cases whose name contains one of these.")
     parser.add_argument("--timeout", type=float, help=f"Seconds per case (node: {CASE_TIMEOUT_S}, zoo: "
                                                       f"{ZOO_TIMEOUT_S}).")
@@ -303,7 +303,7 @@ def main() -> None:
     args = parser.parse_args()
     for corpus in args.corpus:
         if corpus == "zoo":
-            from bench.onnx_zoo import build_cases
+            from bench._onnx_zoo import build_cases
 
             cases = build_cases(Path(tempfile.gettempdir()) / "sdk-onnx-zoo", args.only)
         else:

@@ -54,6 +54,10 @@ def distill_student(teacher: Any, output: str | os.PathLike, data: DataSource, *
         if choice.student_weights is not None or weights is not None:
             raise StudentError("--weights and --student-weights go with PyTorch factories; a Keras teacher or "
                                "student carries its weights (a .keras/.h5 file, or a factory that loads them)")
+        if settings.hidden_weight or settings.lr_schedule != "constant":
+            raise StudentError(f"distill.hidden_weight and distill.lr_schedule are PyTorch-only; a Keras teacher "
+                               f"takes hidden_weight 0 and lr_schedule constant (got {settings.hidden_weight}, "
+                               f"{settings.lr_schedule!r})")
         route = _keras_route(teacher, data, eval_data, choice, settings, custom_objects, verbose)
     else:
         route = _torch_route(teacher, data, eval_data, choice, settings, example_input, input_shapes, weights,
@@ -124,7 +128,7 @@ def _torch_route(teacher, data, eval_data, choice: StudentChoice, settings, exam
             parts.append(part)
         how = "; ".join(parts)
     check_fits(module, source.module, inputs)  # runs the student at the teacher's inputs, before training
-    summary = distil(module.train(), source.module, train, settings, verbose)
+    summary = distil(module.train(), source.module, train, settings, verbose, inputs)
 
     def convert(model, path, **options):
         return convert_onnx_route(model, path, example_input=inputs if len(inputs) > 1 else inputs[0], **options)

@@ -43,6 +43,10 @@ with labels, cross-entropy too. The best epoch on a held-out tenth is kept.
               "(default 0.5).")
 @click.option("--cosine-weight", type=click.FloatRange(min=0), help="Weight of (1 - cosine) for embeddings "
               "(default 1).")
+@click.option("--hidden-weight", type=click.FloatRange(min=0), help="Weight of 1 - cosine between each student "
+              "block's output and its teacher block's (PyTorch; default 0).")
+@click.option("--lr-schedule", type=click.Choice(["constant", "linear"]),
+              help="constant (default), or linear: 6%% warm-up, then decay to 0.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Default 64.")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Adam's (default 0.001).")
 @click.option("--checkpoint", type=click.Path(), help="Save every epoch here; an existing file resumes training.")
@@ -60,8 +64,8 @@ with labels, cross-entropy too. The best epoch on a held-out tenth is kept.
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def distill(teacher, output, data_path, eval_path, student, student_weights, keep_layers, width_ratio, epochs,
-            patience, temperature, alpha, cosine_weight, batch_size, learning_rate, checkpoint, outputs, recipe_path,
-            quantize, calib, input_shapes, weights, force, as_json, debug):
+            patience, temperature, alpha, cosine_weight, hidden_weight, lr_schedule, batch_size, learning_rate,
+            checkpoint, outputs, recipe_path, quantize, calib, input_shapes, weights, force, as_json, debug):
     """Distil TEACHER (PyTorch or Keras) into a smaller student and write it as a verified .tflite."""
 
     def action():
@@ -77,6 +81,7 @@ def distill(teacher, output, data_path, eval_path, student, student_weights, kee
         result = distill_api(teacher, output, data_path, student=student, student_weights=student_weights,
                              keep_layers=keep_layers, width_ratio=width_ratio, recipe=recipe, epochs=epochs,
                              patience=patience, temperature=temperature, alpha=alpha, cosine_weight=cosine_weight,
+                             hidden_weight=hidden_weight, lr_schedule=lr_schedule,
                              batch_size=batch_size, learning_rate=learning_rate, checkpoint=checkpoint,
                              outputs=outputs,
                              eval_data=eval_path, calib_data=calib, input_shapes=_parse_shapes(input_shapes),

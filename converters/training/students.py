@@ -27,6 +27,8 @@ from .torch import Trainer, first_output
 
 HELD_OUT_FRACTION = 0.1
 OUTPUT_KINDS = ("auto", "scores", "embedding")  # a sentence embedding (N, 384) has the shape of class scores
+LR_SCHEDULES = ("constant", "linear")  # linear: warm up over WARMUP_FRACTION of the steps, then decay to 0
+WARMUP_FRACTION = 0.06  # BERT's and DistilBERT's recipes warm up over the first 6-10% of the steps
 
 
 class StudentError(UserInputError):
@@ -42,15 +44,42 @@ class DistillSettings:
     cosine_weight: float = 1.0  # weight of (1 - cosine) for outputs that are not class scores
     checkpoint: str | os.PathLike | None = None
     outputs: str = "auto"  # auto (rank-2 outputs are class scores) | scores | embedding
+    hidden_weight: float = 0.0  # weight of the layer-to-layer hidden-state loss (converters.training.hidden)
+    lr_schedule: str = "constant"
 
     def validate(self) -> None:
-        self.finetune.validate()
+        _recheck("distill", self.finetune)
         if self.outputs not in OUTPUT_KINDS:
-            raise StudentError(f"outputs must be one of {', '.join(OUTPUT_KINDS)}; got {self.outputs!r}")
+            raise StudentError(f"distill.outputs must be one of {', '.join(OUTPUT_KINDS)}; got {self.outputs!r}")
         if not isinstance(self.patience, int) or self.patience < 1:
-            raise StudentError(f"patience must be an integer >= 1; got {self.patience!r}")
+            raise StudentError(f"distill.patience must be an integer >= 1; got {self.patience!r}")
         if not self.cosine_weight >= 0:
-            raise StudentError(f"cosine_weight must be >= 0; got {self.cosine_weight}")
+            raise StudentError(f"distill.cosine_weight must be >= 0; got {self.cosine_weight}")
+        if not self.hidden_weight >= 0:
+            raise StudentError(f"distill.hidden_weight must be >= 0; got {self.hidden_weight}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise StudentError(f"distill.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got "
+                               f"{self.lr_schedule!r}")
+
+
+def _recheck(section: str, settings: FinetuneSettings) -> None:
+    """``settings.validate()``, its messages naming ``section`` (the key the user wrote) instead of finetune."""
+    try:
+        settings.validate()
+    except UserInputError as exc:
+        message = str(exc)
+        raise StudentError(f"{section}.{message.removeprefix('finetune.')}" if message.startswith("finetune.")
+                           else message) from None
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The learning rate's multiplier at ``step`` of ``total``: 1, or linear warm-up then linear decay to 0."""
+    if schedule == "constant":
+        return 1.0
+    warm = max(1, int(WARMUP_FRACTION * total))
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, (total - step) / max(1, total - warm))
 
 
 @dataclass(frozen=True)
@@ -86,6 +115,7 @@ DISTILL_KEYS: dict[str, tuple[type | tuple, Any]] = {
     "student": (str, None), "student_weights": (str, None), "keep_layers": (int, None), "width_ratio": (float, None),
     "temperature": (float, 4.0), "alpha": (float, 0.5), "cosine_weight": (float, 1.0), "epochs": (int, 30),
     "patience": (int, 5), "batch_size": (int, 64), "learning_rate": (float, 1e-3), "outputs": (str, "auto"),
+    "hidden_weight": (float, 0.0), "lr_schedule": (str, "constant"),
 }
 
 
@@ -123,7 +153,8 @@ def distill_options(section: Any = None, **flags: Any) -> tuple[StudentChoice, D
                                                 learning_rate=float(merged["learning_rate"]),
                                                 temperature=float(merged["temperature"]), alpha=float(merged["alpha"])),
                                patience=merged["patience"], cosine_weight=float(merged["cosine_weight"]),
-                               checkpoint=flags.get("checkpoint"), outputs=merged["outputs"])
+                               checkpoint=flags.get("checkpoint"), outputs=merged["outputs"],
+                               hidden_weight=float(merged["hidden_weight"]), lr_schedule=merged["lr_schedule"])
     settings.validate()
     return choice, settings
 
@@ -213,14 +244,22 @@ def check_fits(student, teacher, example_inputs: Sequence[Any]) -> None:
 
 
 class _StudentTrainer(Trainer):
-    """The fine-tuning trainer, with DistilBERT's cosine term for outputs that are not class scores."""
+    """The fine-tuning trainer, with DistilBERT's cosine term for outputs that are not class scores, and the
+    hidden-state term when ``hidden`` is set (``states`` then collects the student's block outputs)."""
 
     cosine_weight = 1.0
+    hidden_weight = 0.0
+    hidden: Any = None
+    states: list = []
 
     def _loss(self, student_out, index):
         import torch.nn.functional as F
 
         loss = super()._loss(student_out, index)
+        if self.hidden is not None and self.hidden_weight:
+            states = list(self.states)
+            self.states.clear()
+            loss = loss + self.hidden_weight * self.hidden(states, self._batch(index))
         if self.classifier or not self.cosine_weight:
             return loss
         teacher_out = self.teacher_out[index]
@@ -232,11 +271,18 @@ class _Stop(Exception):
     """Raised between epochs when the held-out loss has not improved for ``patience`` epochs."""
 
 
-def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: bool) -> dict[str, Any]:
-    """Train ``student`` in place towards ``teacher``; the best held-out epoch is kept. Returns a summary."""
+def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: bool,
+           example_inputs: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train ``student`` in place towards ``teacher``; the best held-out epoch is kept. Returns a summary.
+    ``example_inputs`` (the teacher's) check the hidden-state pairing before any training."""
     import torch
 
+    from .hidden import HiddenLoss, captured
+
     settings.validate()
+    hidden = None
+    if settings.hidden_weight:
+        hidden = HiddenLoss(student, teacher, example_inputs, list(data.x) if isinstance(data.x, dict) else [])
     if settings.finetune.seed is not None:
         torch.manual_seed(settings.finetune.seed)
     train, held_out = data.split(HELD_OUT_FRACTION)
@@ -257,7 +303,7 @@ def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: 
     judge = _StudentTrainer(student, teacher, held_out if remaining > 0 else held_out.take(1), settings.finetune,
                             verbose=False)
     for one in (trainer, judge):
-        one.cosine_weight = settings.cosine_weight
+        one.cosine_weight, one.hidden_weight, one.hidden = settings.cosine_weight, settings.hidden_weight, hidden
         if settings.outputs != "auto":
             one.classifier = settings.outputs == "scores"
     steps = steps_per_epoch(train, settings.finetune)
@@ -285,19 +331,31 @@ def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: 
             raise _Stop
 
     clock = [time.perf_counter()]
+    done, total = state["epoch"] * steps, settings.finetune.epochs * steps  # the schedule spans all epochs
     if remaining > 0:
         trainer.settings = dataclasses.replace(settings.finetune, epochs=remaining)
-        try:
-            trainer.train(after_step, "distil")
-        except _Stop:
-            pass
+        with captured(hidden.student_blocks if hidden else []) as states:
+            trainer.states = judge.states = states
+            try:
+                trainer.train(after_step, "distil",
+                              lr_at=lambda step: lr_factor(settings.lr_schedule, done + step, total))
+            except _Stop:
+                pass
     student.load_state_dict(best_weights)
     student.eval()
     return {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "stopped_early": state["stopped_early"],
             "train_seconds": round(state["train_s"], 1), "held_out_samples": len(held_out),
             "held_out_loss": state["history"], "train_samples": len(train),
-            "loss": ("KL x T^2 + cross-entropy" if data.labelled else "KL x T^2") if trainer.classifier
-            else f"MSE + {settings.cosine_weight} x (1 - cosine)"}
+            "loss": _loss_name(trainer.classifier, data.labelled, settings, hidden),
+            "lr_schedule": settings.lr_schedule}
+
+
+def _loss_name(classifier: bool, labelled: bool, settings: DistillSettings, hidden) -> str:
+    name = ("KL x T^2 + cross-entropy" if labelled else "KL x T^2") if classifier \
+        else f"MSE + {settings.cosine_weight} x (1 - cosine)"
+    if hidden is not None:
+        name += f" + {settings.hidden_weight} x hidden-state (1 - cosine), {hidden.describe()}"
+    return name
 
 
 def held_out_loss(student, judge: Trainer) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -184,8 +184,9 @@ class Trainer:
         self.y = torch.from_numpy(data.y) if data.labelled else None
         self.classifier = teacher_out.ndim == 2 and teacher_out.shape[1] > 1
 
-    def train(self, after_step, step_name: str = "fine-tune") -> None:
-        """Train every epoch, calling ``after_step(step, total)``; with verbose, one stderr line per epoch."""
+    def train(self, after_step, step_name: str = "fine-tune", lr_at: Callable[[int], float] | None = None) -> None:
+        """Train every epoch, calling ``after_step(step, total)``; with verbose, one stderr line per epoch.
+        ``lr_at(step)`` scales the learning rate of each step (a schedule); None keeps it constant."""
         import sys
 
         import torch
@@ -204,6 +205,9 @@ class Trainer:
                 loss = self._loss(first_output(self.student(*self._batch(index))), index)
                 optimizer.zero_grad()
                 loss.backward()
+                if lr_at is not None:
+                    for group in optimizer.param_groups:
+                        group["lr"] = settings.learning_rate * lr_at(step)
                 optimizer.step()
                 step += 1
                 after_step(step, total)

@@ -23,9 +23,11 @@ reuses the finished checkpoint instead of training again.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import re
+import sysconfig
 import sys
 import tempfile
 import time
@@ -42,7 +44,7 @@ UNSAFE = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "
 PER_MODULE = 60
 HELD_OUT_EVERY = 7
 HELD_OUT_MAX = 300
-TRAIN_MAX = 1500
+TRAIN_MAX = 1500  # stdlib sentences, before --train-sentences adds the installed packages' (--more-data)
 COSINE_GOAL = 0.95
 SPEEDUP_GOAL = 2.0
 MODES = ("float", "dynamic")
@@ -63,11 +65,13 @@ def _docstrings(module) -> list[str]:
     return found
 
 
-def corpus() -> tuple[list[str], list[str], dict]:
-    """(training sentences, held-out sentences, how they were chosen): real English from stdlib docstrings."""
+def corpus(more: int = 0) -> tuple[list[str], list[str], dict]:
+    """(training sentences, held-out sentences, how they were chosen): real English from stdlib docstrings.
+    ``more``: train instead on that many sentences of every installed .py file (source_sentences), judged on
+    the same held-out sentences."""
     warnings.simplefilter("ignore")
     names = sorted(n for n in sys.stdlib_module_names if not n.startswith("_") and n not in UNSAFE)
-    train, held, seen, modules = [], [], set(), {"train": 0, "held_out": 0}
+    train, held, seen, modules = [], [], set(), {"train": 0, "held_out": 0, "held_out_names": []}
     for index, name in enumerate(names):
         try:
             module = importlib.import_module(name)
@@ -75,19 +79,59 @@ def corpus() -> tuple[list[str], list[str], dict]:
             continue
         taken = []
         for doc in _docstrings(module):
-            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
-                if 6 <= len(sentence.split()) <= 40 and sentence[0].isupper() and sentence[-1] in ".!?" \
-                        and ">>>" not in sentence and sentence not in seen and len(taken) < PER_MODULE:
+            for sentence in _sentences(doc):
+                if sentence not in seen and len(taken) < PER_MODULE:
                     seen.add(sentence)
                     taken.append(sentence)
         if taken:
             side = "held_out" if index % HELD_OUT_EVERY == 0 else "train"
             (held if side == "held_out" else train).extend(taken)
             modules[side] += 1
-    if len(train) > TRAIN_MAX:  # every k-th, so every training module keeps some of its sentences
+            if side == "held_out":
+                modules["held_out_names"].append(name)
+    info = {"modules": modules, "per_module_max": PER_MODULE, "held_out_every": HELD_OUT_EVERY}
+    if more:
+        train, info["source_files"] = source_sentences(set(modules["held_out_names"]), set(held), more)
+    elif len(train) > TRAIN_MAX:  # every k-th, so every training module keeps some of its sentences
         train = [train[i] for i in np.linspace(0, len(train) - 1, TRAIN_MAX).astype(int)]
-    return train, held[:HELD_OUT_MAX], {"modules": modules, "per_module_max": PER_MODULE,
-                                        "held_out_every": HELD_OUT_EVERY}
+    return train, held[:HELD_OUT_MAX], info
+
+
+def _sentences(doc: str) -> list[str]:
+    """The sentences of a docstring that read as English: 6-40 words, capitalised, ended, no doctest."""
+    return [s for s in re.split(r"(?<=[.!?])\s+", " ".join(doc.split()))
+            if 6 <= len(s.split()) <= 40 and s[0].isupper() and s[-1] in ".!?" and ">>>" not in s]
+
+
+def source_sentences(held_out_modules: set[str], seen: set[str], count: int, seed: int = 0) -> tuple[list[str], dict]:
+    """``count`` docstring sentences parsed (never imported) from every .py file of the stdlib and the installed
+    packages, except the held-out stdlib modules' files; at most PER_MODULE a file, deduplicated against
+    ``seen`` (the held-out sentences too), then drawn at random."""
+    roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])]
+    found, files = [], 0
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            relative = path.relative_to(root).parts
+            if relative[0] in ("site-packages", "test", "idlelib") or \
+                    (root == roots[0] and relative[0].removesuffix(".py") in held_out_modules):
+                continue
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8", errors="ignore"))
+            except (SyntaxError, ValueError, RecursionError):
+                continue
+            taken = 0
+            for node in ast.walk(tree):
+                if taken >= PER_MODULE or not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                                                ast.AsyncFunctionDef)):
+                    continue
+                for sentence in _sentences(ast.get_docstring(node) or ""):
+                    if sentence not in seen and taken < PER_MODULE:
+                        seen.add(sentence)
+                        found.append(sentence)
+                        taken += 1
+            files += taken > 0
+    chosen = np.random.default_rng(seed).permutation(len(found))[:count]
+    return [found[i] for i in sorted(chosen)], {"files": files, "available": len(found)}
 
 
 def cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
@@ -106,6 +150,7 @@ def run(mode: str, encoder, train: dict, held: dict, reference: np.ndarray, args
     result = sdk.distill(encoder, work / f"student-{mode}.tflite", train, keep_layers=3, outputs="embedding",
                          eval_data=held, example_input=example, epochs=args.epochs, patience=args.patience,
                          learning_rate=args.lr, batch_size=args.batch, checkpoint=args.checkpoint,
+                         hidden_weight=args.hidden_weight, lr_schedule=args.lr_schedule, trim_padding=args.trim_padding,
                          recipe={"quantize": {"mode": "dynamic"}} if mode == "dynamic" else None, force=True,
                          verbose=True)
     wall = time.perf_counter() - started
@@ -157,6 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--train-sentences", type=int, default=0, help="Train on this many docstring sentences "
+                        "of every installed .py file instead of the 1,500 stdlib ones (same held-out sentences).")
+    parser.add_argument("--hidden-weight", type=float, default=0.0)
+    parser.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant")
+    parser.add_argument("--trim-padding", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training (default 2).")
     parser.add_argument("--checkpoint", default=str(Path(tempfile.gettempdir()) / "bench-distill-student.ckpt"))
     parser.add_argument("--only", nargs="*", choices=MODES, help="Modes to run (default both; then published).")
@@ -171,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         publish("distill", render(saved["rows"], saved), saved)
         return
     torch.set_num_threads(args.threads)
-    train_texts, held_texts, info = corpus()
+    train_texts, held_texts, info = corpus(args.train_sentences)
     with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
         work = Path(tmp)
         folder = model_folder(work)
@@ -182,7 +232,9 @@ def main(argv: list[str] | None = None) -> None:
         train, held = tokenized(folder, train_texts, args.seq), tokenized(folder, held_texts, args.seq)
         with torch.no_grad():
             reference = encoder(*(torch.from_numpy(held[k]) for k in ("input_ids", "attention_mask"))).numpy()
-        info.update(train=len(train_texts), held_out=len(held_texts), seq=args.seq, batch=args.batch, lr=args.lr)
+        info.update(train=len(train_texts), held_out=len(held_texts), seq=args.seq, batch=args.batch, lr=args.lr,
+                    lr_schedule=args.lr_schedule, trim_padding=args.trim_padding,
+                    longer_than_seq=float(np.mean(train["attention_mask"][:, -1] == 1)))
         rows = []
         for mode in args.only or MODES:
             rows.append(run(mode, encoder, train, held, reference, args, work))

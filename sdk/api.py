@@ -185,7 +185,7 @@ def distill(teacher: Any, output: str | os.PathLike, data: DataSource, *, studen
             patience: int | None = None, temperature: float | None = None, alpha: float | None = None,
             cosine_weight: float | None = None, learning_rate: float | None = None, batch_size: int | None = None,
             checkpoint: str | os.PathLike | None = None, outputs: str | None = None,
-            hidden_weight: float | None = None, lr_schedule: str | None = None,
+            hidden_weight: float | None = None, lr_schedule: str | None = None, trim_padding: bool | None = None,
             eval_data: DataSource | None = None, calib_data: DataSource | None = None, example_input: Any = None,
             input_shapes: Sequence[Sequence[int]] | None = None, weights: str | os.PathLike | None = None,
             student_weights: str | os.PathLike | None = None, custom_objects: dict | None = None,
@@ -202,7 +202,9 @@ def distill(teacher: Any, output: str | os.PathLike, data: DataSource, *, studen
     ``checkpoint`` file. ``outputs``: "auto" treats a rank-2 output as class scores; say "embedding" for a
     sentence encoder's (N, D) embeddings, "scores" for logits of another shape. ``hidden_weight`` (PyTorch) adds
     1 - cosine between student block i's output and the paired teacher block's (6 -> 3: 1, 3, 5), per token;
-    ``lr_schedule="linear"`` warms the learning rate up over 6% of the steps, then decays it to 0. Every option may also come
+    ``lr_schedule="linear"`` warms the learning rate up over 6% of the steps, then decays it to 0.
+    ``trim_padding`` (needs an input named attention_mask) trains on batches of like-length samples cut to
+    their longest: exact for BERT-style encoders, and faster. Every option may also come
     from the recipe's ``distill`` section (same names); a keyword given here wins over it.
     """
     from converters.distillation import distill_student
@@ -213,7 +215,8 @@ def distill(teacher: Any, output: str | os.PathLike, data: DataSource, *, studen
         recipe.distill if recipe is not None else None, student=student, student_weights=student_weights,
         keep_layers=keep_layers, width_ratio=width_ratio, epochs=epochs, patience=patience, temperature=temperature,
         alpha=alpha, cosine_weight=cosine_weight, learning_rate=learning_rate, batch_size=batch_size,
-        outputs=outputs, checkpoint=checkpoint, hidden_weight=hidden_weight, lr_schedule=lr_schedule)
+        outputs=outputs, checkpoint=checkpoint, hidden_weight=hidden_weight, lr_schedule=lr_schedule,
+        trim_padding=trim_padding)
     return distill_student(teacher, output, data, choice=choice, recipe=recipe, settings=settings,
                            eval_data=eval_data, calib_data=calib_data, example_input=example_input,
                            input_shapes=input_shapes, weights=weights, custom_objects=custom_objects, force=force,

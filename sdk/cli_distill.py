@@ -47,6 +47,8 @@ with labels, cross-entropy too. The best epoch on a held-out tenth is kept.
               "block's output and its teacher block's (PyTorch; default 0).")
 @click.option("--lr-schedule", type=click.Choice(["constant", "linear"]),
               help="constant (default), or linear: 6%% warm-up, then decay to 0.")
+@click.option("--trim-padding/--no-trim-padding", default=None, help="Batches of like-length samples cut to "
+              "their longest (needs an input named attention_mask; exact for BERT-style encoders).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Default 64.")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Adam's (default 0.001).")
 @click.option("--checkpoint", type=click.Path(), help="Save every epoch here; an existing file resumes training.")
@@ -64,8 +66,8 @@ with labels, cross-entropy too. The best epoch on a held-out tenth is kept.
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def distill(teacher, output, data_path, eval_path, student, student_weights, keep_layers, width_ratio, epochs,
-            patience, temperature, alpha, cosine_weight, hidden_weight, lr_schedule, batch_size, learning_rate,
-            checkpoint, outputs, recipe_path, quantize, calib, input_shapes, weights, force, as_json, debug):
+            patience, temperature, alpha, cosine_weight, hidden_weight, lr_schedule, trim_padding, batch_size,
+            learning_rate, checkpoint, outputs, recipe_path, quantize, calib, input_shapes, weights, force, as_json, debug):
     """Distil TEACHER (PyTorch or Keras) into a smaller student and write it as a verified .tflite."""
 
     def action():
@@ -81,7 +83,7 @@ def distill(teacher, output, data_path, eval_path, student, student_weights, kee
         result = distill_api(teacher, output, data_path, student=student, student_weights=student_weights,
                              keep_layers=keep_layers, width_ratio=width_ratio, recipe=recipe, epochs=epochs,
                              patience=patience, temperature=temperature, alpha=alpha, cosine_weight=cosine_weight,
-                             hidden_weight=hidden_weight, lr_schedule=lr_schedule,
+                             hidden_weight=hidden_weight, lr_schedule=lr_schedule, trim_padding=trim_padding,
                              batch_size=batch_size, learning_rate=learning_rate, checkpoint=checkpoint,
                              outputs=outputs,
                              eval_data=eval_path, calib_data=calib, input_shapes=_parse_shapes(input_shapes),

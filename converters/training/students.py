@@ -46,6 +46,7 @@ class DistillSettings:
     outputs: str = "auto"  # auto (rank-2 outputs are class scores) | scores | embedding
     hidden_weight: float = 0.0  # weight of the layer-to-layer hidden-state loss (converters.training.hidden)
     lr_schedule: str = "constant"
+    trim_padding: bool = False  # batches of like-length samples, cut to their longest (needs attention_mask)
 
     def validate(self) -> None:
         _recheck("distill", self.finetune)
@@ -57,6 +58,8 @@ class DistillSettings:
             raise StudentError(f"distill.cosine_weight must be >= 0; got {self.cosine_weight}")
         if not self.hidden_weight >= 0:
             raise StudentError(f"distill.hidden_weight must be >= 0; got {self.hidden_weight}")
+        if not isinstance(self.trim_padding, bool):
+            raise StudentError(f"distill.trim_padding must be true or false; got {self.trim_padding!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise StudentError(f"distill.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got "
                                f"{self.lr_schedule!r}")
@@ -115,7 +118,7 @@ DISTILL_KEYS: dict[str, tuple[type | tuple, Any]] = {
     "student": (str, None), "student_weights": (str, None), "keep_layers": (int, None), "width_ratio": (float, None),
     "temperature": (float, 4.0), "alpha": (float, 0.5), "cosine_weight": (float, 1.0), "epochs": (int, 30),
     "patience": (int, 5), "batch_size": (int, 64), "learning_rate": (float, 1e-3), "outputs": (str, "auto"),
-    "hidden_weight": (float, 0.0), "lr_schedule": (str, "constant"),
+    "hidden_weight": (float, 0.0), "lr_schedule": (str, "constant"), "trim_padding": (bool, False),
 }
 
 
@@ -140,7 +143,7 @@ def distill_options(section: Any = None, **flags: Any) -> tuple[StudentChoice, D
         if value is None or key == "student":  # a student may be a model object in the Python API
             continue
         number = kind is float and isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (number or (isinstance(value, kind) and not isinstance(value, bool))) and \
+        if not (number or (isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))) and \
                 not (key == "student_weights" and isinstance(value, os.PathLike)):
             raise StudentError(f"distill.{key} must be {'a number' if kind is float else kind.__name__}; "
                                f"got {value!r}")
@@ -154,7 +157,8 @@ def distill_options(section: Any = None, **flags: Any) -> tuple[StudentChoice, D
                                                 temperature=float(merged["temperature"]), alpha=float(merged["alpha"])),
                                patience=merged["patience"], cosine_weight=float(merged["cosine_weight"]),
                                checkpoint=flags.get("checkpoint"), outputs=merged["outputs"],
-                               hidden_weight=float(merged["hidden_weight"]), lr_schedule=merged["lr_schedule"])
+                               hidden_weight=float(merged["hidden_weight"]), lr_schedule=merged["lr_schedule"],
+                               trim_padding=merged["trim_padding"])
     settings.validate()
     return choice, settings
 
@@ -251,6 +255,30 @@ class _StudentTrainer(Trainer):
     hidden_weight = 0.0
     hidden: Any = None
     states: list = []
+    mask_index: int | None = None  # set when batches are cut to their longest sample (trim_padding)
+
+    def _batches(self) -> list:
+        """With trim_padding, batches of like-length samples (sorted with random ties, in random order), so
+        cutting each to its longest saves most of the padding; otherwise random batches."""
+        import torch
+
+        if self.mask_index is None:
+            return super()._batches()
+        lengths = self.inputs[self.mask_index].sum(1).double() + torch.rand(len(self.data), dtype=torch.float64)
+        order = torch.argsort(lengths)
+        size = self.settings.batch_size
+        batches = [order[start:start + size] for start in range(0, len(order), size)]
+        return [batches[i] for i in torch.randperm(len(batches))]
+
+    def _batch(self, index) -> list:
+        """The batch, cut after its longest sample's last real token when trim_padding is set: exact for
+        encoders that mask padded keys and number positions from 0 (BERT)."""
+        batch = super()._batch(index)
+        if self.mask_index is None:
+            return batch
+        mask = batch[self.mask_index]
+        length = max(1, int(mask.sum(1).max()))
+        return [x[:, :length] if x.ndim >= 2 and x.shape[:2] == mask.shape else x for x in batch]
 
     def _loss(self, student_out, index):
         import torch.nn.functional as F
@@ -277,12 +305,15 @@ def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: 
     ``example_inputs`` (the teacher's) check the hidden-state pairing before any training."""
     import torch
 
-    from .hidden import HiddenLoss, captured
+    from .hidden import MASK_INPUT, HiddenLoss, captured
 
     settings.validate()
-    hidden = None
-    if settings.hidden_weight:
-        hidden = HiddenLoss(student, teacher, example_inputs, list(data.x) if isinstance(data.x, dict) else [])
+    names = list(data.x) if isinstance(data.x, dict) else []
+    hidden = HiddenLoss(student, teacher, example_inputs, names) if settings.hidden_weight else None
+    if settings.trim_padding and MASK_INPUT not in names:
+        raise StudentError(f"distill.trim_padding needs an input named {MASK_INPUT!r} (1 for tokens, 0 for "
+                           f"padding at the end); the data's inputs are {names or 'one unnamed array'}. Set "
+                           "trim_padding false")
     if settings.finetune.seed is not None:
         torch.manual_seed(settings.finetune.seed)
     train, held_out = data.split(HELD_OUT_FRACTION)
@@ -304,6 +335,7 @@ def distil(student, teacher, data: Dataset, settings: DistillSettings, verbose: 
                             verbose=False)
     for one in (trainer, judge):
         one.cosine_weight, one.hidden_weight, one.hidden = settings.cosine_weight, settings.hidden_weight, hidden
+        one.mask_index = names.index(MASK_INPUT) if settings.trim_padding else None
         if settings.outputs != "auto":
             one.classifier = settings.outputs == "scores"
     steps = steps_per_epoch(train, settings.finetune)

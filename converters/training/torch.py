@@ -199,9 +199,7 @@ class Trainer:
         step = 0
         after_step(0, total)
         for epoch in range(settings.epochs):
-            order = torch.randperm(len(self.data))
-            for start in range(0, len(order), settings.batch_size):
-                index = order[start:start + settings.batch_size]
+            for index in self._batches():
                 loss = self._loss(first_output(self.student(*self._batch(index))), index)
                 optimizer.zero_grad()
                 loss.backward()
@@ -215,6 +213,14 @@ class Trainer:
                 print(f"fine-tune ({step_name}) epoch {epoch + 1}/{settings.epochs}: loss {loss.item():.4f}",
                       file=sys.stderr, flush=True)
         self.student.eval()
+
+    def _batches(self) -> list:
+        """One epoch's sample indices, batch by batch, in random order."""
+        import torch
+
+        order = torch.randperm(len(self.data))
+        size = self.settings.batch_size
+        return [order[start:start + size] for start in range(0, len(order), size)]
 
     def _batch(self, index) -> list:
         return [x[index] for x in self.inputs]

@@ -121,7 +121,7 @@ def _torch_route(teacher, data, eval_data, choice: StudentChoice, settings, exam
     else:
         module, parts = source.module, []
         if choice.keep_layers is not None:
-            module, part = keep_blocks(module, choice.keep_layers)
+            module, part = keep_blocks(module, choice.keep_layers, inputs)
             parts.append(part)
         if choice.width_ratio is not None:
             module, part = narrower(module, choice.width_ratio, inputs)

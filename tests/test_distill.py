@@ -225,3 +225,93 @@ def test_recipe_distill_section_and_flags_drive_the_same_run(tmp_path):
                                         str(tmp_path / "c.tflite"), "--recipe", str(tmp_path / "r.yaml")])
     assert refused.exit_code == 2 and refused.output.startswith("error: the recipe's distill section trains")
     assert not (tmp_path / "c.tflite").exists()
+
+
+class BasicBlock(torch.nn.Module):
+    """torchvision's ResNet BasicBlock: two 3x3 convs and a shortcut, downsampled when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(cout)
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(cout)
+        self.downsample = None if stride == 1 and cin == cout else torch.nn.Sequential(
+            torch.nn.Conv2d(cin, cout, 1, stride, bias=False), torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class TinyResNet(torch.nn.Module):
+    """torchvision's resnet layout (stem, layer1..layer3 of BasicBlocks, pool, fc), small; built, not downloaded."""
+
+    def __init__(self, blocks=(3, 3, 2), widths=(8, 16, 16)):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, widths[0], 3, 1, 1), torch.nn.ReLU())
+        cin = widths[0]
+        for stage, (count, cout) in enumerate(zip(blocks, widths), start=1):
+            stride = 1 if stage == 1 else 2
+            setattr(self, f"layer{stage}", torch.nn.Sequential(
+                *[BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(count)]))
+            cin = cout
+        self.fc = torch.nn.Linear(cin, 10)
+
+    def forward(self, x):
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_keep_layers_on_a_resnet_keeps_blocks_per_stage_and_every_block_that_changes_the_shape():
+    """Before: only the deepest stage lost blocks, and a stage whose first block downsamples would lose it and
+    fail inside the student's forward. Now every stage keeps N blocks; shape-changing ones are never dropped."""
+    torch.manual_seed(0)
+    teacher, x = TinyResNet().eval(), torch.randn(2, 3, 16, 16)
+    student, how = keep_blocks(teacher, 1, (x,))
+    assert how == ("layer1: kept blocks [2] of 3; layer2: kept blocks [0] of 3; layer3: kept blocks [0] of 2, "
+                   "initialised from the teacher's")
+    assert [len(getattr(student, f"layer{i}")) for i in (1, 2, 3)] == [1, 1, 1]
+    assert tuple(student.eval()(x).shape) == (2, 10)
+    torch.testing.assert_close(student.layer2[0].conv1.weight, teacher.layer2[0].conv1.weight)
+    student, how = keep_blocks(teacher, 2, (x,))  # the stage's first (downsampling) and its last
+    assert "layer2: kept blocks [0, 2] of 3" in how and "layer3" not in how and tuple(student(x).shape) == (2, 10)
+    every = TinyResNet(blocks=(3, 3, 2)).eval()
+    every.layer1 = torch.nn.Sequential(BasicBlock(8, 8, 2), BasicBlock(8, 8, 2), BasicBlock(8, 8))
+    with pytest.raises(StudentError, match=r"^--keep-layers 1: blocks \[0, 1\] of layer1 change the shape of their "
+                                           r"input, so none of them can be dropped; give --keep-layers 2 or more, or "
+                                           r"--student package.module:factory$"):
+        keep_blocks(every, 1, (x,))
+
+
+def test_distill_messages_name_the_distill_keys(tmp_path):
+    """The training values checked by the fine-tuning settings were reported as finetune.KEY; the user wrote
+    distill.KEY (or --KEY), so the message names that."""
+    from click.testing import CliRunner
+
+    from converters.training.students import distill_options
+    from sdk.cli import main
+
+    for key, value, message in (("learning_rate", 0, "distill.learning_rate must be > 0; got 0.0"),
+                                ("temperature", -1.0, "distill.temperature must be > 0; got -1.0"),
+                                ("alpha", 2.0, r"distill.alpha must be in \[0, 1\]; got 2.0"),
+                                ("outputs", "logits", "distill.outputs must be one of auto, scores, embedding; "
+                                                      "got 'logits'"),
+                                ("lr_schedule", "cosine", "distill.lr_schedule must be one of constant, linear; "
+                                                          "got 'cosine'"),
+                                ("trim_padding", "yes", "distill.trim_padding must be bool; got 'yes'")):
+        with pytest.raises(StudentError, match=f"^{message}$"):
+            distill_options({key: value, "keep_layers": 2})
+    np.save(tmp_path / "x.npy", np.zeros((40, 16), np.float32))
+    (tmp_path / "r.yaml").write_text("distill: {keep_layers: 2, learning_rate: 0}\n")
+    run = CliRunner().invoke(main, ["distill", "tests.test_distill:seeded_stack", "--data", str(tmp_path / "x.npy"),
+                                    "--input-shape", "1,16", "-o", str(tmp_path / "s.tflite"), "--recipe",
+                                    str(tmp_path / "r.yaml")])
+    assert run.exit_code == 2 and run.output == "error: distill.learning_rate must be > 0; got 0.0\n"
+    for options, message in ((dict(hidden_weight=1.0, width_ratio=0.5), "student block 0 gives"),
+                             (dict(trim_padding=True, keep_layers=2), "distill.trim_padding needs an input named "
+                                                                      "'attention_mask'")):
+        with pytest.raises(sdk.UserInputError, match=message):
+            sdk.distill(Stack(4).eval(), tmp_path / "t.tflite", np.zeros((40, 16), np.float32),
+                        example_input=torch.zeros(1, 16), outputs="embedding", **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml", "x.npy"]

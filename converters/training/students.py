@@ -189,14 +189,16 @@ def spread(depth: int, keep: int) -> list[int]:
     return [int(i * (depth - 1) / (keep - 1) + 0.5) for i in range(keep)]
 
 
-def keep_blocks(teacher, keep: int) -> tuple[Any, str]:
-    """A copy of ``teacher`` whose deepest stack keeps ``keep`` blocks spread from its first to its last,
-    with their weights."""
+def keep_blocks(teacher, keep: int, example_inputs: Sequence[Any] = ()) -> tuple[Any, str]:
+    """A copy of ``teacher`` whose stacks of like blocks keep ``keep`` blocks each, spread from the first to
+    the last, with their weights. One stack for a transformer (its layers); every stage for a ResNet-style
+    CNN, where a block that changes the shape (a stage's first, with its downsample) is always kept: only
+    blocks whose input and output shapes match can be dropped (measured on ``example_inputs``)."""
     import torch
 
     from ..sources.torch import copy_module
 
-    stacks = block_stacks(teacher)
+    stacks = _stages(teacher)
     if not stacks:
         raise StudentError("--keep-layers needs a stack of like blocks (an nn.ModuleList or nn.Sequential of "
                            "transformer layers or residual blocks); the teacher has none. Give --student "
@@ -206,15 +208,59 @@ def keep_blocks(teacher, keep: int) -> tuple[Any, str]:
     if not isinstance(keep, int) or not 1 <= keep < depth:
         raise StudentError(f"--keep-layers {keep}: the teacher's deepest stack of blocks, {name}, has {depth}; "
                            f"keep 1 to {depth - 1}")
-    kept = spread(depth, keep)
-    student = copy_module(teacher)
-    parent_name, _, attribute = name.rpartition(".")
-    parent = student.get_submodule(parent_name) if parent_name else student
-    old = getattr(parent, attribute)
-    blocks = [old[i] for i in kept]
-    setattr(parent, attribute, torch.nn.ModuleList(blocks) if isinstance(old, torch.nn.ModuleList)
-            else torch.nn.Sequential(*blocks))
-    return student, f"{name}: kept blocks {kept} of {depth}, initialised from the teacher's"
+    reshaping = _reshaping_blocks(teacher, stacks, example_inputs)
+    student, parts = copy_module(teacher), []
+    for name, stack in stacks:
+        if len(stack) <= keep:
+            continue
+        forced = reshaping.get(name, [])
+        if len(forced) > keep:
+            raise StudentError(f"--keep-layers {keep}: blocks {forced} of {name} change the shape of their input, "
+                               f"so none of them can be dropped; give --keep-layers {len(forced)} or more, or "
+                               "--student package.module:factory")
+        kept = set(forced)
+        for i in spread(len(stack), keep) + list(range(len(stack) - 1, -1, -1)):
+            if len(kept) == keep:
+                break
+            kept.add(i)
+        parent_name, _, attribute = name.rpartition(".")
+        parent = student.get_submodule(parent_name) if parent_name else student
+        old = getattr(parent, attribute)
+        blocks = [old[i] for i in sorted(kept)]
+        setattr(parent, attribute, torch.nn.ModuleList(blocks) if isinstance(old, torch.nn.ModuleList)
+                else torch.nn.Sequential(*blocks))
+        parts.append(f"{name}: kept blocks {sorted(kept)} of {len(stack)}")
+    return student, "; ".join(parts) + ", initialised from the teacher's"
+
+
+def _stages(module) -> list[tuple[str, Any]]:
+    """The stacks of like blocks that are not inside another one (a ResNet's stages, a transformer's layers)."""
+    stacks = block_stacks(module)
+    return [(name, stack) for name, stack in stacks
+            if not any(name.startswith(other + ".") for other, _ in stacks if other != name)]
+
+
+def _reshaping_blocks(teacher, stacks, example_inputs: Sequence[Any]) -> dict[str, list[int]]:
+    """Per stack, the blocks whose output shape differs from their input's, on one run of the teacher."""
+    import torch
+
+    found: dict[str, list[int]] = {}
+    if not example_inputs:
+        return found
+    handles = []
+    for name, stack in stacks:
+        for i, block in enumerate(stack):
+            def hook(_module, inputs, output, name=name, i=i):
+                if inputs and tuple(inputs[0].shape) != tuple(first_output(output).shape):
+                    found.setdefault(name, []).append(i)
+            handles.append(block.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            teacher(*example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: sorted(set(blocks)) for name, blocks in found.items()}
 
 
 def narrower(teacher, width_ratio: float, example_inputs: Sequence[Any]) -> tuple[Any, str]:

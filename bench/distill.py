@@ -7,8 +7,12 @@ within about half an hour on a shared 2-core CPU; the 3 layers, position embeddi
 
 Sentences: every docstring sentence of 6-40 words in the importable stdlib modules (at most
 ``PER_MODULE`` a module). Modules are split, not sentences: every ``HELD_OUT_EVERY``-th module (sorted by
-name) is held out for judging, so the student is judged on text from modules it never saw. Loss: MSE +
-(1 - cosine) on the L2-normalised sentence embedding (mean pooled, as sentence-transformers runs it).
+name) is held out for judging, so the student is judged on text from modules it never saw. With
+``--train-sentences N`` the student trains instead on N sentences drawn from the docstrings of every .py
+file of the stdlib and the installed packages (parsed with ``ast``, never imported; at most ``PER_MODULE``
+a file; the held-out modules' files and any held-out sentence left out), judged on the same held-out
+sentences. Loss: MSE + (1 - cosine) on the L2-normalised sentence embedding (mean pooled, as
+sentence-transformers runs it), plus ``--hidden-weight`` x the per-token hidden-state term.
 
 Measured for teacher and student in the same run, each through its written .tflite: parameters, file
 bytes, p50 latency through the device runtime (1 thread, alternating rounds, lowest kept), and the cosine
@@ -19,6 +23,8 @@ Training is checkpointed (``--checkpoint``): rerun the same command to resume; t
 reuses the finished checkpoint instead of training again.
 
     nice python -m bench.distill [--epochs 3] [--seq 48] [--checkpoint PATH]
+    nice python -m bench.distill --train-sentences 4000 --epochs 1 --batch 16 --lr 5e-4 --lr-schedule linear \
+        --hidden-weight 1 --trim-padding --checkpoint /tmp/bench-distill-v3.ckpt   # the committed run
 """
 
 from __future__ import annotations
@@ -169,11 +175,14 @@ def run(mode: str, encoder, train: dict, held: dict, reference: np.ndarray, args
 def render(rows: list[dict], info: dict) -> str:
     first = rows[0]["summary"]
     lines = ["# all-MiniLM-L6-v2 (6 layers) -> 3-layer student by sdk.distill (python -m bench.distill)", "",
-             f"Unlabelled docstring sentences of the stdlib: {info['train']} to train (a tenth of them held out "
-             f"for early stopping), {info['held_out']} from {info['modules']['held_out']} other modules to judge; "
-             f"sequence length {info['seq']}. Student: {first['student']}. Training: {first['epochs_run']} "
-             f"epoch(s), best {first['best_epoch']}{' (stopped early)' if first['stopped_early'] else ''}, "
-             f"batch {info['batch']}, Adam lr {info['lr']}, loss {first['loss']}, {first['train_seconds']:.0f} s of "
+             f"Unlabelled docstring sentences: {info['train']} to train (a tenth of them held out for early "
+             f"stopping) {_source(info)}, {info['held_out']} from {info['modules']['held_out']} other stdlib "
+             f"modules to judge; sequence length {info['seq']}. Student: {first['student']}. Training: "
+             f"{first['epochs_run']} epoch(s), best {first['best_epoch']}"
+             f"{' (stopped early)' if first['stopped_early'] else ''}, batch {info['batch']}"
+             f"{', like-length batches cut to their longest' if info.get('trim_padding') else ''}, Adam lr "
+             f"{info['lr']} ({info.get('lr_schedule', 'constant')}), loss {first['loss']}, "
+             f"{first['train_seconds']:.0f} s of "
              f"training on a shared 2-core CPU. Latency: p50 through the device runtime, 1 thread, teacher and "
              f"student timed in alternating rounds of the same run (lowest round kept). Cosine: each .tflite's"
              f" sentence "
@@ -190,6 +199,14 @@ def render(rows: list[dict], info: dict) -> str:
                      f"({r['student_tflite_cosine_min']:.4f}) |")
     lines += ["", f"Held-out loss per epoch (early-stopping split): {first['held_out_loss']}"]
     return "\n".join(lines)
+
+
+def _source(info: dict) -> str:
+    files = info.get("source_files")
+    if not files:
+        return "from the stdlib"
+    return (f"drawn from {files['available']:,} sentences of {files['files']:,} .py files of the stdlib and the "
+            f"installed packages")
 
 
 def main(argv: list[str] | None = None) -> None:

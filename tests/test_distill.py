@@ -193,6 +193,10 @@ def test_keras3_teacher_with_a_keras3_student_factory(digits, tmp_path):
     with pytest.raises(StudentError, match=r"the student's input is \(8,\) but the teacher's is \(64,\)"):
         sdk.distill(teacher, tmp_path / "k.tflite", x_train, student=keras.Sequential([keras.Input((8,)),
                                                                                        keras.layers.Dense(10)]))
+    with pytest.raises(StudentError, match=r"^distill.hidden_weight and distill.lr_schedule are PyTorch-only; a "
+                                           r"Keras teacher takes hidden_weight 0 and lr_schedule constant \(got "
+                                           r"1.0, 'constant'\)$"):
+        sdk.distill(teacher, tmp_path / "k.tflite", x_train, width_ratio=0.5, hidden_weight=1.0)
     assert not (tmp_path / "k.tflite").exists()
 
 

@@ -30,6 +30,8 @@ from .verify.fidelity import compare, run_tflite
 from .files import atomic_write, check_output_path
 from .training.keras import finetune, steps_per_epoch
 from .sources.keras import load_keras_model
+from .sources.keras_nested import open_nested
+from .search.weight_effect import keras_ranking
 from .targets.tflite.metadata import MetadataSpec, populate, standard_metadata
 from .targets.tflite.normalisation import Normalisation
 from .techniques.base import WEIGHTS, PassRecord, kernel_weights, leaf_layers
@@ -95,6 +97,7 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
                                  or recipe.factorizes):
         notes.append("fine-tuning data given but the recipe changes no weights or layers and asks for no QAT; "
                      "not fine-tuned")
+    model, recipe = open_nested(model, recipe, notes)  # nested models' layers reachable; to_dict() unchanged
     layer_names = [layer.name for layer in model.layers]
     recipe.check_overrides(layer_names, [type(layer).__name__ for layer in model.layers])
     float_layers = [layer.name for layer in model.layers  # mixed precision: checked before any work
@@ -138,6 +141,8 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
 
     per_channel = not all_clustered if recipe.quantize.per_channel == "auto" else recipe.quantize.per_channel
     model = maybe_correct(model, recipe.quantize, calibration, per_channel, float_layers, notes)
+    if search is not None:  # rank layers by their own int8 weight error, as the PyTorch/ONNX route does
+        search.ranking = keras_ranking(model, search.inputs, search.candidates, progress)
     tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress, float_weights,
                                                precision_search=search)
     notes += export_notes
@@ -387,10 +392,7 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
                                                                             calibrated=calibrated)),
             float_layers, recipe.quantize, progress)
         record = precision_search.record
-        notes.append(f"automatic mixed precision ({record.target}): " + (
-            f"{len(record.kept)} layer(s) kept float32 ({', '.join(record.kept)}), +{record.size_cost:,} bytes"
-            + ("" if record.latency_cost_ms is None else f", {record.latency_cost_ms:+.2f} ms")
-            if record.kept else "every layer int8 already meets it") + ("" if record.met else "; target NOT met"))
+        notes.append(record.note())
         if record.kept:
             return dense, notes + ["sparse format (EXPERIMENTAL_SPARSITY) not tried: automatic mixed precision "
                                    "keeps layers float with the converter's selective quantization, which does "

@@ -49,6 +49,7 @@ class MixedPrecisionRecord:
     data: str
     met: bool
     steps: list[Step] = field(default_factory=list)
+    stopped: str | None = None  # why the search ended without meeting the target
 
     @property
     def kept(self) -> list[str]:
@@ -67,6 +68,16 @@ class MixedPrecisionRecord:
         return {**asdict(self), "kept": self.kept, "size_cost_bytes": self.size_cost,
                 "latency_cost_ms": self.latency_cost_ms}
 
+    def note(self) -> str:
+        """One line for the report's notes."""
+        kept = (f"{len(self.kept)} layer(s) kept float32 ({', '.join(self.kept)}), +{self.size_cost:,} bytes"
+                + ("" if self.latency_cost_ms is None else f", {self.latency_cost_ms:+.2f} ms"))
+        if self.met:
+            return f"automatic mixed precision ({self.target}): " + (kept if self.kept else
+                                                                      "every layer int8 already meets it")
+        return (f"automatic mixed precision ({self.target}): target NOT met on {self.data}, "
+                + (kept if self.kept else "no layer kept float") + f": {self.stopped}")
+
     def render(self) -> list[str]:
         from ..verify.report import _table
 
@@ -76,7 +87,8 @@ class MixedPrecisionRecord:
         latency = "" if self.latency_cost_ms is None else f", {self.latency_cost_ms:+.2f} ms"
         head = (f"automatic mixed precision (target {self.target}, checked against the float .tflite on "
                 f"{self.data}): " + (f"met with {len(self.kept)} layer(s) float, +{self.size_cost:,} bytes{latency}"
-                                     if self.met else f"NOT met after {len(self.kept)} layer(s) float"))
+                                     if self.met else f"NOT met after {len(self.kept)} layer(s) float: "
+                                     f"{self.stopped}"))
         return [head] + _table(["step", "kept float", "its error", "cosine", "agreement", "file bytes",
                                 "latency ms"], rows)
 
@@ -131,11 +143,13 @@ def search(first: bytes, convert: Callable[[list[str]], bytes], reference: bytes
             record.met = True
             return current, record
         if len(kept) >= MAX_STEPS:
+            record.stopped = f"stopped after {MAX_STEPS} layers (the search's bound)"
             return current, record
         if ranking is not None:
             ranked_once = ranking() if ranked_once is None else ranked_once
             left = [(layer, error) for layer, error in ranked_once if layer not in kept]
             if not left:
+                record.stopped = _none_left(ranked_once, labels, candidates)
                 return current, record
             kept.append(left[0][0])
             own = left[0][1]
@@ -143,6 +157,7 @@ def search(first: bytes, convert: Callable[[list[str]], bytes], reference: bytes
             layers = compare_layers(current, reference, [inputs], data_name, LAYER_SAMPLES, labels)
             ranked = [r for r in layers.worst(len(layers.rows), with_layer=True) if r.layer not in kept]
             if not ranked:
+                record.stopped = _none_left(None, labels, candidates)
                 return current, record
             kept.append(ranked[0].layer)
             added = ranked[0].added_db
@@ -151,6 +166,17 @@ def search(first: bytes, convert: Callable[[list[str]], bytes], reference: bytes
         current = restore_biases(convert(list(kept)), reference,
                                  {name: candidates[name] for name in kept} if isinstance(candidates, Mapping)
                                  else list(kept))
+
+
+def _none_left(ranked, labels: Mapping[int, str], candidates) -> str:
+    """Why no layer is left to keep float."""
+    found = len(set(labels.values()))
+    if not found:
+        return f"none of the {len(candidates)} layers with weights was found in the converted file"
+    if ranked is not None:
+        return f"every ranked layer ({len(ranked)}) is float already"
+    return (f"every layer found in the converted file ({found} of {len(candidates)} with weights) whose ops add "
+            "error is float already")
 
 
 def latency_ms(data: bytes, runs: int = 20) -> float | None:

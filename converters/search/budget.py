@@ -331,6 +331,9 @@ def _subject(source: Any, framework: str, options: dict[str, Any]) -> tuple[Any,
         return TorchSubject(torch_source.module, torch_source.example_inputs), \
             functools.partial(convert_onnx_route, source, **options)
     from ..pipeline import convert_keras
+    from ..recipe import Recipe
     from ..sources.keras import load_keras_model
+    from ..sources.keras_nested import open_nested
 
-    return KerasSubject(load_keras_model(source)), functools.partial(convert_keras, source)
+    flat = open_nested(load_keras_model(source), Recipe(), [])[0]  # the layers of nested models are candidates too
+    return KerasSubject(flat), functools.partial(convert_keras, source)

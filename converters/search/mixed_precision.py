@@ -4,10 +4,11 @@ holds (``quantize.min_cosine`` / ``quantize.min_agreement``).
 Each step measures the current int8 file against the float .tflite of the same model on the calibration
 inputs (never the held-out evaluation data, which the report's fidelity is measured on), keeps the next layer
 float through the converter's selective quantization (``float_layers``), and converts again (the model is
-calibrated once; each step only re-quantizes). The order: on the PyTorch/ONNX route, each layer's own error
-(``weight_effect``: the model's output error with only that layer's weights int8, measured once); on the
-Keras route, the per-layer report's ranking (the SNR of the noise each op adds to what its inputs carried,
-worst first, measured again at each step). A layer kept float gets back its bias from before bias
+calibrated once; each step only re-quantizes). The order: each layer's own error (``weight_effect``: the
+model's output error with only that layer's weights int8, measured once; on the ONNX graph for PyTorch/ONNX,
+on the tf_keras model for Keras); without a ranking (a PyTorch/ONNX model with several inputs), the per-layer
+report's (the SNR of the noise each op adds to what its inputs carried, worst first, measured again at each
+step). A layer kept float gets back its bias from before bias
 correction (the correction was for its int8 weights). The report lists each step with the output cosine,
 agreement, file size and latency (through the runtime).
 

@@ -1,4 +1,5 @@
-"""Rank layers for automatic mixed precision by the error their own int8 weights cause at the model output.
+"""Rank layers for automatic mixed precision by the error their own int8 weights cause at the model output
+(``rank_layers``: PyTorch/ONNX, on the ONNX graph; ``keras_ranking``: Keras, on the tf_keras model).
 
 The per-layer report's "added dB" blames a layer for noise it only amplifies, and keeping a layer float in
 TFLite only removes its weight rounding (its input and output stay int8 tensors when its neighbours are int8;

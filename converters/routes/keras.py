@@ -13,7 +13,9 @@ from ..capabilities import Request, check_supported
 from ..data import datasets
 from ..errors import ConversionError, DataError, UserInputError, first_line
 from ..recipe import Recipe
+from ..search.weight_effect import keras_ranking
 from ..sources.keras import load_keras_model
+from ..sources.keras_nested import open_nested
 from ..targets.tflite.embed import check_folder_labels, check_vocab_fits
 from ..targets.tflite.metadata import MetadataSpec
 from ..targets.tflite.normalisation import Normalisation
@@ -74,6 +76,8 @@ class KerasRoute(Route):
                                          or recipe.factorizes):
             run.notes.append("fine-tuning data given but the recipe changes no weights or layers and asks for no "
                              "QAT; not fine-tuned")
+        # nested models opened: their layers reachable by techniques and by name (the recipe's to_dict unchanged)
+        self.model, run.recipe = model, recipe = open_nested(model, recipe, run.notes)
         self.layer_names = [layer.name for layer in model.layers]
         recipe.check_overrides(self.layer_names, [type(layer).__name__ for layer in model.layers])
         self.float_layers = [layer.name for layer in model.layers  # mixed precision: checked before any work
@@ -113,6 +117,7 @@ class KerasRoute(Route):
                       if kernel_weights(layer) and not {layer.name, *within} & set(self.float_layers)}
         per_channel = not all_clustered if recipe.quantize.per_channel == "auto" else recipe.quantize.per_channel
         quantizable = maybe_correct(model, recipe.quantize, calibration, per_channel, self.float_layers, run.notes)
+        self.quantizable = quantizable
         return Lowered(
             float_model=self.teacher, plain=model, quantizable=quantizable, calibration=calibration,
             search_samples=calibration, search_input_shapes=[self.input_shape], candidates=candidates,
@@ -120,6 +125,10 @@ class KerasRoute(Route):
             changed=self.changed and not recipe.quantize.qat, stats_input=calibration,
             with_source_biases=(lambda layers, work: uncorrected(quantizable, layers, work))
             if has_corrections(quantizable) else None)
+
+    def rank_layers(self, search: Any, run: Conversion, progress) -> None:
+        """Rank by each layer's own error (its weights alone in int8), measured once on the tf_keras model."""
+        search.ranking = keras_ranking(self.quantizable, search.inputs, search.candidates, progress)
 
     def verify(self, run: Conversion, lowered: Lowered, tflite_bytes: bytes, baseline_bytes: bytes,
                float_reference: bytes | None) -> Verified:

@@ -331,6 +331,9 @@ def _subject(source: Any, framework: str, options: dict[str, Any]) -> tuple[Any,
                                          options.get("weights"), options.get("input_dtypes"))
         return TorchSubject(torch_source.module, torch_source.example_inputs), \
             functools.partial(convert, source, **options)
+    from ..recipe import Recipe
     from ..sources.keras import load_keras_model
+    from ..sources.keras_nested import open_nested
 
-    return KerasSubject(load_keras_model(source)), functools.partial(convert, source)
+    flat = open_nested(load_keras_model(source), Recipe(), [])[0]  # the layers of nested models are candidates too
+    return KerasSubject(flat), functools.partial(convert, source)

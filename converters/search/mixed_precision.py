@@ -4,10 +4,11 @@ holds (``quantize.min_cosine`` / ``quantize.min_agreement``).
 Each step measures the current int8 file against the float .tflite of the same model on the calibration
 inputs (never the held-out evaluation data, which the report's fidelity is measured on), keeps the next layer
 float through the converter's selective quantization (``float_layers``), and converts again (the model is
-calibrated once; each step only re-quantizes). The order: on the PyTorch/ONNX route, each layer's own error
-(``weight_effect``: the model's output error with only that layer's weights int8, measured once); on the
-Keras route, the per-layer report's ranking (the SNR of the noise each op adds to what its inputs carried,
-worst first, measured again at each step). A layer kept float gets back its bias from before bias
+calibrated once; each step only re-quantizes). The order: each layer's own error (``weight_effect``: the
+model's output error with only that layer's weights int8, measured once; on the ONNX graph for PyTorch/ONNX,
+on the tf_keras model for Keras); without a ranking (a PyTorch/ONNX model with several inputs), the per-layer
+report's (the SNR of the noise each op adds to what its inputs carried, worst first, measured again at each
+step). A layer kept float gets back its bias from before bias
 correction (the correction was for its int8 weights). The report lists each step with the output cosine,
 agreement, file size and latency (through the runtime).
 
@@ -50,6 +51,7 @@ class MixedPrecisionRecord:
     data: str
     met: bool
     steps: list[Step] = field(default_factory=list)
+    stopped: str | None = None  # why the search ended without meeting the target
 
     @property
     def kept(self) -> list[str]:
@@ -68,6 +70,16 @@ class MixedPrecisionRecord:
         return {**asdict(self), "kept": self.kept, "size_cost_bytes": self.size_cost,
                 "latency_cost_ms": self.latency_cost_ms}
 
+    def note(self) -> str:
+        """One line for the report's notes."""
+        kept = (f"{len(self.kept)} layer(s) kept float32 ({', '.join(self.kept)}), +{self.size_cost:,} bytes"
+                + ("" if self.latency_cost_ms is None else f", {self.latency_cost_ms:+.2f} ms"))
+        if self.met:
+            return f"automatic mixed precision ({self.target}): " + (kept if self.kept else
+                                                                      "every layer int8 already meets it")
+        return (f"automatic mixed precision ({self.target}): target NOT met on {self.data}, "
+                + (kept if self.kept else "no layer kept float") + f": {self.stopped}")
+
     def render(self) -> list[str]:
         from ..verify.report import _table
 
@@ -77,7 +89,8 @@ class MixedPrecisionRecord:
         latency = "" if self.latency_cost_ms is None else f", {self.latency_cost_ms:+.2f} ms"
         head = (f"automatic mixed precision (target {self.target}, checked against the float .tflite on "
                 f"{self.data}): " + (f"met with {len(self.kept)} layer(s) float, +{self.size_cost:,} bytes{latency}"
-                                     if self.met else f"NOT met after {len(self.kept)} layer(s) float"))
+                                     if self.met else f"NOT met after {len(self.kept)} layer(s) float: "
+                                     f"{self.stopped}"))
         return [head] + _table(["step", "kept float", "its error", "cosine", "agreement", "file bytes",
                                 "latency ms"], rows)
 
@@ -132,11 +145,13 @@ def search(first: bytes, convert: Callable[[list[str]], bytes], reference: bytes
             record.met = True
             return current, record
         if len(kept) >= MAX_STEPS:
+            record.stopped = f"stopped after {MAX_STEPS} layers (the search's bound)"
             return current, record
         if ranking is not None:
             ranked_once = ranking() if ranked_once is None else ranked_once
             left = [(layer, error) for layer, error in ranked_once if layer not in kept]
             if not left:
+                record.stopped = _none_left(ranked_once, labels, candidates)
                 return current, record
             kept.append(left[0][0])
             own = left[0][1]
@@ -144,6 +159,7 @@ def search(first: bytes, convert: Callable[[list[str]], bytes], reference: bytes
             layers = compare_layers(current, reference, [inputs], data_name, LAYER_SAMPLES, labels)
             ranked = [r for r in layers.worst(len(layers.rows), with_layer=True) if r.layer not in kept]
             if not ranked:
+                record.stopped = _none_left(None, labels, candidates)
                 return current, record
             kept.append(ranked[0].layer)
             added = ranked[0].added_db
@@ -152,6 +168,17 @@ def search(first: bytes, convert: Callable[[list[str]], bytes], reference: bytes
         current = restore_biases(convert(list(kept)), reference,
                                  {name: candidates[name] for name in kept} if isinstance(candidates, Mapping)
                                  else list(kept))
+
+
+def _none_left(ranked, labels: Mapping[int, str], candidates) -> str:
+    """Why no layer is left to keep float."""
+    found = len(set(labels.values()))
+    if not found:
+        return f"none of the {len(candidates)} layers with weights was found in the converted file"
+    if ranked is not None:
+        return f"every ranked layer ({len(ranked)}) is float already"
+    return (f"every layer found in the converted file ({found} of {len(candidates)} with weights) whose ops add "
+            "error is float already")
 
 
 def latency_ms(data: bytes, runs: int = 20) -> float | None:

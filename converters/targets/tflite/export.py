@@ -52,10 +52,7 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
                                                                   calibrated=calibrated)),
             float_layers, recipe.quantize, progress)
         record = precision_search.record
-        notes.append(f"automatic mixed precision ({record.target}): " + (
-            f"{len(record.kept)} layer(s) kept float32 ({', '.join(record.kept)}), +{record.size_cost:,} bytes"
-            + ("" if record.latency_cost_ms is None else f", {record.latency_cost_ms:+.2f} ms")
-            if record.kept else "every layer int8 already meets it") + ("" if record.met else "; target NOT met"))
+        notes.append(record.note())
         if record.kept:
             return dense, notes + ["sparse format (EXPERIMENTAL_SPARSITY) not tried: automatic mixed precision "
                                    "keeps layers float with the converter's selective quantization, which does "

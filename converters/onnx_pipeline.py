@@ -24,6 +24,7 @@ import numpy as np
 
 from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
+from .techniques.adaround_onnx import learned_rounding
 from .techniques.arrays import float_precision_weights
 from .techniques.data_aware import check_data_aware, compress_with_data
 from .techniques.equalization import equalized
@@ -248,7 +249,9 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     plain = _onnx2tf(onnx_model, keep_first, log_path, keep_nchw, route, notes, strict, kept)[0] \
         if compressed_any else float_keras
     prepared = equalized(onnx_model, recipe.quantize, notes)  # the int8 model's weights only
-    corrected = _bias_correction(prepared or onnx_model, recipe, calib, specs, notes)
+    rounded = learned_rounding(prepared or onnx_model, recipe.quantize, calib, specs, notes)  # + bias correction
+    corrected = rounded if rounded is not None else _bias_correction(prepared or onnx_model, recipe, calib, specs,
+                                                                     notes)
     prepared = corrected if corrected is not None else prepared
     converted = _onnx2tf(prepared, keep_first, log_path, keep_nchw, route, notes, strict, kept)[0] \
         if prepared is not None else plain

@@ -134,10 +134,13 @@ def convert_keras(source: Any, output: str | os.PathLike, recipe: Recipe | None 
     # by weights too: the op that writes the model's output is named after the output, not the layer
     exported = {layer.name: kernel_weights(layer) for layer in model.layers}
     float_weights = {name: exported[name][0].numpy() if exported.get(name) else None for name in float_layers}
+    from .techniques.adaround_keras import maybe_round
     from .techniques.bias_correction_keras import maybe_correct
 
     per_channel = not all_clustered if recipe.quantize.per_channel == "auto" else recipe.quantize.per_channel
-    model = maybe_correct(model, recipe.quantize, calibration, per_channel, float_layers, notes)
+    rounded = maybe_round(model, recipe.quantize, calibration, notes)  # adaround, with its own bias correction
+    model = rounded if rounded is not None else maybe_correct(model, recipe.quantize, calibration, per_channel,
+                                                              float_layers, notes)
     tflite_bytes, export_notes = export_tflite(model, recipe, calibration, all_clustered, progress, float_weights,
                                                precision_search=search)
     notes += export_notes

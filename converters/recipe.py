@@ -101,6 +101,9 @@ class QuantizeSettings:
         if self.rounding == "adaround" and self.mode not in ("int8", "int16x8"):
             raise RecipeError(f"quantize.rounding adaround learns the rounding of int8 weights; set quantize.mode "
                               f"int8 or int16x8, or rounding nearest (got mode {self.mode})")
+        if self.rounding == "adaround" and self.per_channel is False:
+            raise RecipeError("quantize.rounding adaround learns per-channel int8 grids; set quantize.per_channel "
+                              "auto or true, or rounding nearest (got per_channel false)")
         if self.rounding == "adaround" and self.qat:
             raise RecipeError("quantize.rounding adaround and quantize.qat cannot be combined: QAT trains the "
                               "weights for int8 already; drop one of them")
@@ -254,6 +257,9 @@ class Recipe:
             raise RecipeError("quantize.equalization cannot be combined with float layers (precision: float, "
                               "min_cosine/min_agreement) yet: float layers are found by their weights, which "
                               "equalization rescales; drop one of them")
+        if self.clusters and self.quantize.rounding == "adaround":
+            raise RecipeError("quantize.rounding adaround cannot be combined with cluster: it moves each weight to "
+                              "its channel's int8 grid, which splits the shared cluster values; drop one of them")
         if (self.keeps_float_layers or self.quantize.searches_precision) and self.quantize.rounding == "adaround":
             raise RecipeError("quantize.rounding adaround cannot be combined with float layers (precision: float, "
                               "min_cosine/min_agreement) yet: float layers are found by their weights, which "

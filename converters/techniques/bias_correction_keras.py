@@ -42,7 +42,7 @@ def correct_keras_biases(model, x: np.ndarray, keep_float: Collection[str] = ())
         if getattr(layer, "groups", 1) != 1:
             record.skipped[layer.name] = "grouped convolution"
             continue
-        norm = _folded_norm(layer)
+        norm = folded_norm(layer)
         if norm is None and not getattr(layer, "use_bias", False):
             record.skipped[layer.name] = "no bias to correct"
             continue
@@ -84,7 +84,7 @@ def uncorrected(model, names: Collection[str], work: Callable[[], T]) -> T:
             variable.assign(value)
 
 
-def _folded_norm(layer):
+def folded_norm(layer):
     """The BatchNormalization the converter folds into ``layer``: its only consumer, on the last axis."""
     consumers = [node.layer for node in layer._outbound_nodes]
     if len(consumers) != 1 or type(consumers[0]).__name__ != "BatchNormalization":

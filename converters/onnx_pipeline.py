@@ -24,7 +24,7 @@ import numpy as np
 
 from .targets.tflite import normalisation
 from .capabilities import Request, check_supported
-from .techniques.adaround_onnx import learned_rounding
+from .techniques.adaround_onnx import learned_rounding, rounded_weights
 from .techniques.arrays import float_precision_weights
 from .techniques.data_aware import check_data_aware, compress_with_data
 from .techniques.equalization import equalized
@@ -278,6 +278,8 @@ def _convert(torch_source, onnx_model, description, source_files, output, recipe
     if search is not None and len(specs) == 1 and calib is not None:  # rank layers by their own error
         search.ranking = functools.partial(rank_layers, onnx_model, corrected, calib.columns([specs[0].name])[0],
                                            list(search.candidates), progress=progress)
+    if search is not None and rounded is not None:  # AdaRound moved the weights kept layers are found by
+        search.matched = rounded_weights(rounded, onnx_model)
     tflite_bytes, export_notes = export_tflite(converted, recipe, calibration, all_clustered, progress,
                                                float_layers, traced=True,
                                                float_bytes=baseline_bytes if converted is float_keras else None,

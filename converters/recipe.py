@@ -260,10 +260,6 @@ class Recipe:
         if self.clusters and self.quantize.rounding == "adaround":
             raise RecipeError("quantize.rounding adaround cannot be combined with cluster: it moves each weight to "
                               "its channel's int8 grid, which splits the shared cluster values; drop one of them")
-        if (self.keeps_float_layers or self.quantize.searches_precision) and self.quantize.rounding == "adaround":
-            raise RecipeError("quantize.rounding adaround cannot be combined with float layers (precision: float, "
-                              "min_cosine/min_agreement) yet: float layers are found by their weights, which "
-                              "adaround moves to the int8 grid; drop one of them")
         if self.keeps_float_layers and self.quantize.qat:
             raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
                               "every layer it wraps; drop one of them")

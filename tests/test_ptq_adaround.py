@@ -164,8 +164,9 @@ def test_adaround_keras_route_folds_batchnorm_and_the_file_holds_its_grid(tmp_pa
                                                   "(got mode float16)"),
     ({"mode": "int8", "rounding": "adaround", "qat": True},
      "quantize.rounding adaround and quantize.qat cannot be combined: QAT trains the weights for int8 already"),
-    ({"mode": "int8", "rounding": "adaround", "min_cosine": 0.99},
-     "quantize.rounding adaround cannot be combined with float layers"),
+    ({"mode": "int8", "rounding": "adaround", "per_channel": False},
+     "quantize.rounding adaround learns per-channel int8 grids; set quantize.per_channel auto or true, or "
+     "rounding nearest (got per_channel false)"),
     ({"mode": "int8", "rounding": "adaround", "rounding_iterations": 0},
      "quantize.rounding_iterations must be an integer >= 1, e.g. 500; got 0"),
 ])
@@ -187,3 +188,33 @@ def test_adaround_cli_refuses_in_one_line_before_any_work(tmp_path):
                          "--allow-random-calibration"),
                      "error: quantize.rounding adaround learns each layer's rounding on calibration data, and "
                      "none was given; pass --calib DATA, or set rounding nearest", out)
+
+
+def test_adaround_with_cluster_is_refused():
+    with pytest.raises(RecipeError, match="quantize.rounding adaround cannot be combined with cluster"):
+        sdk.Recipe.from_dict({"cluster": {"clusters": 16}, "quantize": {"mode": "int8", "rounding": "adaround"}})
+
+
+def test_mixed_precision_from_adaround_gives_layers_kept_float_their_float_weights(tmp_path):
+    """The broken conv2 is ranked first (by its own error with AdaRound's grid); kept float, it gets back its
+    float weights and source bias, in place of the rounded ones."""
+    import torch
+
+    from device_runtime.tflite_format import read_model
+    from tests.test_ptq_layers import _broken_torch_net
+
+    net = _broken_torch_net()
+    calib = np.random.default_rng(0).random((80, 3, 12, 12), np.float32)
+    result = sdk.convert(net, tmp_path / "t.tflite", {"quantize": {"mode": "int8", "min_cosine": 0.9999,
+                                                                   "rounding": "adaround",
+                                                                   "rounding_iterations": 200}},
+                         example_input=torch.zeros(1, 3, 12, 12), calib_data=calib)
+    record = result.report.mixed_precision
+    assert any(note.startswith("adaround: 3 layer(s) rounded") for note in result.report.notes)
+    assert record.met and record.kept[0] == "conv2"
+    model = read_model(result.path.read_bytes())
+    floats = [np.sort(model.constant(t), axis=None) for t in model.main.tensors
+              if t.dtype_name == "float32" and model.constant(t) is not None]
+    for source in (net.conv2.weight, net.conv2.bias):
+        expected = np.sort(source.detach().numpy(), axis=None)
+        assert any(f.shape == expected.shape and np.array_equal(f, expected) for f in floats)

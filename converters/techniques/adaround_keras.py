@@ -20,7 +20,7 @@ from .. import _tf
 from ..errors import first_line
 from .adaround import PatchStats, RoundingRecord, conv_patches, round_layer
 from .base import leaf_layers
-from .bias_correction_keras import folded_norm
+from .bias_correction_keras import folded_norm, remember_originals
 
 BATCH = 16
 ROUNDED = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense")
@@ -58,17 +58,19 @@ def adaround_keras(model, x: np.ndarray, iterations: int, correct_bias: bool = T
         if getattr(layer, "groups", 1) != 1:
             record.skipped[layer.name] = "grouped convolution"
             continue
-        layers.append(_Layer(layer))
+        layers.append(_Layer(layer, within))
     _measure(copy, layers, x)
     for layer in layers:
         if layer.stats.count == 0:
             record.skipped[layer.layer.name] = "not reached by the input"
             continue
         result, shift, errors = round_layer(layer.rows(), layer.stats, iterations)
-        layer.write(result)
-        record.layers[layer.layer.name] = errors
         target = layer.norm.beta if layer.norm is not None else \
             (layer.layer.bias if getattr(layer.layer, "use_bias", False) else None)
+        remember_originals(copy, layer.layer.name, [layer.layer.weights[0], *([target] if target is not None else [])],
+                           layer.within)  # a layer kept float (mixed precision) gets its float weights back
+        layer.write(result)
+        record.layers[layer.layer.name] = errors
         if correct_bias and target is not None:
             target.assign(target.numpy() + shift.reshape(-1).astype(np.float32))
             record.bias_corrected += 1
@@ -80,8 +82,8 @@ class _Layer:
     """A Conv1D/Conv2D/DepthwiseConv2D/Dense: its folded kernel as AdaRound's [G, O, K] rows and back, and its
     input patch statistics."""
 
-    def __init__(self, layer):
-        self.layer, self.kind, self.norm = layer, type(layer).__name__, folded_norm(layer)
+    def __init__(self, layer, within: tuple[str, ...] = ()):
+        self.layer, self.kind, self.norm, self.within = layer, type(layer).__name__, folded_norm(layer), within
         self.stats = PatchStats()
         kernel = layer.get_weights()[0]
         self.shape = kernel.shape

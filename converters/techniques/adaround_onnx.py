@@ -85,6 +85,18 @@ def adaround(model, x: np.ndarray, iterations: int, correct_bias: bool = True) -
     return model, record
 
 
+def rounded_weights(rounded, model) -> dict[str, np.ndarray]:
+    """{layer: its weights in the ``rounded`` graph} for the layers of ``model`` (the graph before AdaRound):
+    automatic mixed precision finds a kept layer's ops by the weights the converted file holds."""
+    from onnx import numpy_helper
+
+    from ..sources.onnx import onnx_weights
+
+    inits = {init.name: init for init in rounded.graph.initializer}
+    sources = onnx_weights(model)[1]
+    return {name: numpy_helper.to_array(inits[init]) for name, init in sources.items() if init in inits}
+
+
 class _Layer:
     """One Conv/Gemm node: its weights as AdaRound's [G, O, K] rows and back, and its input patch statistics."""
 

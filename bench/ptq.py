@@ -168,7 +168,8 @@ def render(rows: list[dict], target: float) -> str:
              "| method | top-1 agreement | mean cosine | lowest cosine | file | time |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']}{' *' if r.get('earlier') else ''} | {r['top1_agreement']:.1f}% | {r['cosine']:.4f} | {r['lowest_cosine']:.4f} "
+        star = " *" if r.get("earlier") else ""
+        lines.append(f"| {r['method']}{star} | {r['top1_agreement']:.1f}% | {r['cosine']:.4f} | {r['lowest_cosine']:.4f} "
                      f"| {r['file_bytes'] / 1e6:.2f} MB | {r['seconds']:.0f} s |")
     for r in rows:
         if r.get("mixed_precision"):
@@ -208,7 +209,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=97.0, help="min_agreement for automatic mixed precision")
     parser.add_argument("--max-steps", type=int, default=8, help="layers automatic mixed precision may keep float")
     parser.add_argument("--only", nargs="+", metavar="ROW",
-                        help="measure only these rows (amp plain ort-minmax int8 bias adaround mse cle "
+                        help="measure only these rows (amp plain ort-minmax int8 bias adaround adaround-amp mse cle "
                              "ort-percentile percentile dynamic int16x8); the other rows of bench/results/ptq.json "
                              "are kept, marked * as from an earlier run")
     args = parser.parse_args()
@@ -238,6 +239,9 @@ def main() -> None:
             "int8": lambda: sdk("SDK int8", {"mode": "int8", "bias_correction": False}),
             "bias": lambda: sdk("SDK int8 + bias correction", {"mode": "int8"}),
             "adaround": lambda: sdk("SDK int8 + adaround + bias correction", {"mode": "int8", "rounding": "adaround"}),
+            "adaround-amp": lambda: sdk(f"SDK int8 + adaround + bias correction + automatic mixed precision "
+                                        f"(min_agreement {args.target:g})",
+                                        {"mode": "int8", "rounding": "adaround", "min_agreement": args.target}),
             "mse": lambda: sdk("SDK int8 + bias correction + MSE ranges", {"mode": "int8", "activation_range": "mse"}),
             "cle": lambda: sdk("SDK int8 + bias correction + cross-layer equalization", {"mode": "int8",
                                                                                         "equalization": True}),

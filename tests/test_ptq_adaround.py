@@ -110,7 +110,8 @@ def test_adaround_pytorch_route_cuts_int8_error_and_the_file_holds_its_grid(tmp_
                for r in ("nearest", "adaround")}
     assert reports["adaround"].fidelity.mean_abs_error <= 0.5 * reports["nearest"].fidelity.mean_abs_error
     assert reports["adaround"].float_fidelity.max_abs_error < 1e-4  # the float file is the source's
-    assert any(n.startswith("adaround: 4 layer(s) rounded on 160 calibration samples") for n in reports["adaround"].notes)
+    assert any(n.startswith("adaround: 4 layer(s) rounded on 160 calibration samples")
+               for n in reports["adaround"].notes)
 
     buffer = io.BytesIO()
     torch.onnx.export(net, example, buffer, input_names=["x"], dynamo=False)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch
-LAMBDA = 10.0  # the regulariser is a mean over weights, the loss relative to nearest rounding: tuned on synthetic layers
+LAMBDA = 10.0  # regulariser (a mean over weights) vs loss (relative to nearest): tuned on synthetic layers
 WARM_START = 0.2  # fraction of iterations without the regulariser
 BETA = (20.0, 2.0)
 LEARNING_RATE = 0.01

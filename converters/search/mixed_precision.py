@@ -23,7 +23,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..recipe import QuantizeSettings
+from ..data import Dataset
+from ..recipe import QuantizeSettings, Recipe
 from ..verify.fidelity import Fidelity, compare, run_tflite
 from ..verify.layers import compare_layers
 
@@ -243,3 +244,24 @@ class PrecisionSearch:
             self.reference, self.inputs, self.candidates, settings, self.data_name, progress, self.ranking,
             self.matched)
         return chosen
+
+
+def quantization_checks(model, recipe: Recipe, baseline_bytes: bytes, changed: bool, calib: Dataset | None,
+                        calibration, input_shapes: list[tuple], candidates: Mapping[str, np.ndarray],
+                        traced: bool = False) -> tuple[bytes | None, PrecisionSearch | None]:
+    """The float .tflite that quantized layers are compared with, and the automatic mixed precision search when
+    the recipe sets a fidelity target. The reference is the source's float file (so the per-layer table also
+    shows what pruning or clustering lost), except under a search, which measures quantization alone against
+    the compressed model's float file."""
+    from ..targets.tflite.convert import representative_samples, to_tflite
+    from ..verify.layers import LAYER_REPORT_MODES
+
+    if recipe.quantize.mode not in LAYER_REPORT_MODES:
+        return None, None
+    if not recipe.quantize.searches_precision:  # the report compares with the source's float file: no extra work
+        return baseline_bytes, None
+    reference = to_tflite(model, QuantizeSettings(mode="none"), traced=traced) if changed else baseline_bytes
+    inputs = representative_samples(calibration, recipe.quantize, input_shapes)[0]
+    return reference, PrecisionSearch(reference, inputs, candidates,
+                                      calib.source if calib is not None else "random calibration inputs")
+

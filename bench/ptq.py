@@ -169,7 +169,8 @@ def render(rows: list[dict], target: float) -> str:
              "|---|---|---|---|---|---|"]
     for r in rows:
         star = " *" if r.get("earlier") else ""
-        lines.append(f"| {r['method']}{star} | {r['top1_agreement']:.1f}% | {r['cosine']:.4f} | {r['lowest_cosine']:.4f} "
+        lines.append(f"| {r['method']}{star} | {r['top1_agreement']:.1f}% | {r['cosine']:.4f} "
+                     f"| {r['lowest_cosine']:.4f} "
                      f"| {r['file_bytes'] / 1e6:.2f} MB | {r['seconds']:.0f} s |")
     for r in rows:
         if r.get("mixed_precision"):
@@ -209,9 +210,9 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=97.0, help="min_agreement for automatic mixed precision")
     parser.add_argument("--max-steps", type=int, default=8, help="layers automatic mixed precision may keep float")
     parser.add_argument("--only", nargs="+", metavar="ROW",
-                        help="measure only these rows (amp plain ort-minmax int8 bias adaround adaround-amp mse cle "
-                             "ort-percentile percentile dynamic int16x8); the other rows of bench/results/ptq.json "
-                             "are kept, marked * as from an earlier run")
+                        help="measure only these rows (amp plain ort-minmax int8 bias adaround adaround-amp "
+                             "adaround-int16x8 mse cle ort-percentile percentile dynamic int16x8); the other rows of "
+                             "bench/results/ptq.json are kept, marked * as from an earlier run")
     args = parser.parse_args()
     from converters.search import mixed_precision
 
@@ -242,6 +243,8 @@ def main() -> None:
             "adaround-amp": lambda: sdk(f"SDK int8 + adaround + bias correction + automatic mixed precision "
                                         f"(min_agreement {args.target:g})",
                                         {"mode": "int8", "rounding": "adaround", "min_agreement": args.target}),
+            "adaround-int16x8": lambda: sdk("SDK int16x8 + adaround + bias correction",
+                                            {"mode": "int16x8", "rounding": "adaround"}),
             "mse": lambda: sdk("SDK int8 + bias correction + MSE ranges", {"mode": "int8", "activation_range": "mse"}),
             "cle": lambda: sdk("SDK int8 + bias correction + cross-layer equalization", {"mode": "int8",
                                                                                         "equalization": True}),

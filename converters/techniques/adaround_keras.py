@@ -58,6 +58,9 @@ def adaround_keras(model, x: np.ndarray, iterations: int, correct_bias: bool = T
         if getattr(layer, "groups", 1) != 1:
             record.skipped[layer.name] = "grouped convolution"
             continue
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            record.skipped[layer.name] = "channels_first convolution"
+            continue
         layers.append(_Layer(layer, within))
     _measure(copy, layers, x)
     for layer in layers:

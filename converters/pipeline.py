@@ -142,6 +142,9 @@ def check_calibration(recipe: Recipe, calib_data, finetune_data) -> None:
         raise RecipeError(f"quantize {recipe.quantize.mode} needs calibration data: pass --calib DATA "
                           "(or --finetune DATA, which is reused), or --allow-random-calibration to "
                           "calibrate on random inputs (inaccurate)")
+    if recipe.quantize.rounding == "adaround" and calib_data is None and finetune_data is None:
+        raise RecipeError("quantize.rounding adaround learns each layer's rounding on calibration data, and none "
+                          "was given; pass --calib DATA, or set rounding nearest")
 
 
 def report_path_for(output: Path) -> Path:

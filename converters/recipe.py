@@ -27,6 +27,7 @@ PRECISIONS = ("int8", "float")  # per-layer, under quantize.mode int8: "float" k
 SPARSE_EXPORT = ("auto", "on", "off")
 RECIPE_SECTIONS = ("quantize", "finetune", "sparse_export", "allow_flex", "layers", "layer_types", "distill")
 ACTIVATION_RANGES = ("minmax", "percentile", "mse")
+ROUNDINGS = ("nearest", "adaround")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class QuantizeSettings:
     # PyTorch/ONNX, int8/int16x8: cross-layer equalization of conv pairs (techniques/equalization.py); off by
     # default: it found nothing to equalize across EfficientNet-Lite0's ReLU6 (bench/results/ptq.md)
     equalization: bool = False
+    # int8/int16x8 weights: nearest (the converter's) | adaround (learned per layer on calibration data before
+    # conversion, techniques/adaround.py), with rounding_iterations Adam steps per layer
+    rounding: str = "nearest"
+    rounding_iterations: int = 500
 
     def validate(self) -> None:
         check_choice("quantize.mode", self.mode, QUANTIZE_MODES)
@@ -89,6 +94,20 @@ class QuantizeSettings:
         if self.equalization and self.mode not in ("int8", "int16x8"):
             raise RecipeError(f"quantize.equalization rescales weights for int8; set quantize.mode int8 or int16x8 "
                               f"(got {self.mode})")
+        check_choice("quantize.rounding", self.rounding, ROUNDINGS)
+        if isinstance(self.rounding_iterations, bool) or not isinstance(self.rounding_iterations, int) or \
+                self.rounding_iterations < 1:
+            raise RecipeError(f"quantize.rounding_iterations must be an integer >= 1, e.g. 500; got "
+                              f"{self.rounding_iterations!r}")
+        if self.rounding == "adaround" and self.mode not in ("int8", "int16x8"):
+            raise RecipeError(f"quantize.rounding adaround learns the rounding of int8 weights; set quantize.mode "
+                              f"int8 or int16x8, or rounding nearest (got mode {self.mode})")
+        if self.rounding == "adaround" and self.per_channel is False:
+            raise RecipeError("quantize.rounding adaround learns per-channel int8 grids; set quantize.per_channel "
+                              "auto or true, or rounding nearest (got per_channel false)")
+        if self.rounding == "adaround" and self.qat:
+            raise RecipeError("quantize.rounding adaround and quantize.qat cannot be combined: QAT trains the "
+                              "weights for int8 already; drop one of them")
         if self.searches_precision and self.mode != "int8":
             raise RecipeError(f"quantize.min_cosine/min_agreement (automatic mixed precision) keep layers float "
                               f"under int8; set quantize.mode int8 (got {self.mode})")
@@ -249,6 +268,9 @@ class Recipe:
             raise RecipeError("quantize.equalization cannot be combined with float layers (precision: float, "
                               "min_cosine/min_agreement) yet: float layers are found by their weights, which "
                               "equalization rescales; drop one of them")
+        if self.clusters and self.quantize.rounding == "adaround":
+            raise RecipeError("quantize.rounding adaround cannot be combined with cluster: it moves each weight to "
+                              "its channel's int8 grid, which splits the shared cluster values; drop one of them")
         if self.keeps_float_layers and self.quantize.qat:
             raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
                               "every layer it wraps; drop one of them")

@@ -103,6 +103,7 @@ class KerasRoute(Route):
         return records
 
     def lower(self, run: Conversion, records: dict[str, PassRecord]) -> Lowered:
+        from ..techniques.adaround_keras import maybe_round
         from ..techniques.bias_correction_keras import has_corrections, maybe_correct, uncorrected
 
         model, recipe = self.model, run.recipe
@@ -116,7 +117,9 @@ class KerasRoute(Route):
         candidates = {layer.name: kernel_weights(layer)[0].numpy() for layer, within in leaf_layers(model)
                       if kernel_weights(layer) and not {layer.name, *within} & set(self.float_layers)}
         per_channel = not all_clustered if recipe.quantize.per_channel == "auto" else recipe.quantize.per_channel
-        quantizable = maybe_correct(model, recipe.quantize, calibration, per_channel, self.float_layers, run.notes)
+        rounded = maybe_round(model, recipe.quantize, calibration, run.notes)  # adaround, with its bias correction
+        quantizable = rounded if rounded is not None else \
+            maybe_correct(model, recipe.quantize, calibration, per_channel, self.float_layers, run.notes)
         self.quantizable = quantizable
         return Lowered(
             float_model=self.teacher, plain=model, quantizable=quantizable, calibration=calibration,

@@ -33,6 +33,7 @@ from ..sources.onnx import (CONV_LIKE_OPS, TensorSpec, channel_last_inputs, fix_
 from ..targets.tflite import normalisation
 from ..targets.tflite.embed import check_vocab_fits
 from ..targets.tflite.flex import FLEX_CONSEQUENCE, flex_nodes, refusal
+from ..techniques.adaround_onnx import learned_rounding, rounded_weights
 from ..techniques.arrays import float_precision_weights
 from ..techniques.base import PassRecord
 from ..techniques.data_aware import check_data_aware, compress_with_data
@@ -229,7 +230,9 @@ class OnnxRoute(Route):
         changed = self.original is not None or any(r.layers for r in records.values())
         plain = lower(onnx_model, kept)[0] if changed else float_keras
         prepared = equalized(onnx_model, recipe.quantize, notes)  # the int8 model's weights only
-        self.corrected = _bias_correction(prepared or onnx_model, recipe, run.calib, specs, notes)
+        self.rounded = learned_rounding(prepared or onnx_model, recipe.quantize, run.calib, specs, notes)
+        self.corrected = self.rounded if self.rounded is not None else \
+            _bias_correction(prepared or onnx_model, recipe, run.calib, specs, notes)  # adaround has its own
         prepared = self.corrected if self.corrected is not None else prepared
         converted = lower(prepared, kept)[0] if prepared is not None else plain
         self.flex = flex_nodes(float_keras, self.float_model)
@@ -265,6 +268,8 @@ class OnnxRoute(Route):
             search.ranking = functools.partial(rank_layers, self.onnx_model, self.corrected,
                                                run.calib.columns([self.specs[0].name])[0], list(search.candidates),
                                                progress=progress)
+        if self.rounded is not None:  # AdaRound moved the weights kept layers are found by
+            search.matched = rounded_weights(self.rounded, self.onnx_model)
 
     def verify(self, run: Conversion, lowered: Lowered, tflite_bytes: bytes, baseline_bytes: bytes,
                float_reference: bytes | None) -> Verified:

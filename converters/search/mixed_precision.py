@@ -122,10 +122,13 @@ def meets(settings: QuantizeSettings, fid: Fidelity) -> bool:
 def search(first: bytes, convert: Callable[[list[str]], bytes], reference: bytes, inputs: np.ndarray,
            candidates: Sequence[str] | Mapping[str, np.ndarray], settings: QuantizeSettings, data_name: str,
            progress: Callable[[str, int, int], None] | None = None,
-           ranking: Callable[[], list[tuple[str, float]]] | None = None) -> tuple[bytes, MixedPrecisionRecord]:
+           ranking: Callable[[], list[tuple[str, float]]] | None = None,
+           matched: Mapping[str, np.ndarray] | None = None) -> tuple[bytes, MixedPrecisionRecord]:
     """Keep layers of ``candidates`` float (``convert(kept)`` writes the file) until ``settings``' target holds
     on ``inputs`` (.tflite layout). ``first`` is the all-int8 file; ``ranking()`` gives [(layer, own error)]
-    worst first (else the per-layer report ranks at each step); returns the chosen file and the record."""
+    worst first (else the per-layer report ranks at each step); ``matched``: the weights as the converted files
+    hold them, where they differ from the candidates' (``restore_biases``); returns the chosen file and the
+    record."""
     from ..targets.tflite.convert import op_layers
 
     inputs = inputs[:SEARCH_SAMPLES]
@@ -167,7 +170,7 @@ def search(first: bytes, convert: Callable[[list[str]], bytes], reference: bytes
             progress("mixed precision", len(kept), len(set(labels.values())))
         current = restore_biases(convert(list(kept)), reference,
                                  {name: candidates[name] for name in kept} if isinstance(candidates, Mapping)
-                                 else list(kept))
+                                 else list(kept), {name: matched[name] for name in kept} if matched else None)
 
 
 def _none_left(ranked, labels: Mapping[int, str], candidates) -> str:
@@ -191,9 +194,12 @@ def latency_ms(data: bytes, runs: int = 20) -> float | None:
         return None
 
 
-def restore_biases(mixed: bytes, reference: bytes, kept: Sequence[str] | Mapping[str, np.ndarray]) -> bytes:
+def restore_biases(mixed: bytes, reference: bytes, kept: Sequence[str] | Mapping[str, np.ndarray],
+                   found_as: Mapping[str, np.ndarray] | None = None) -> bytes:
     """``mixed`` with each kept-float layer's bias as in ``reference`` (the float file of the model before bias
-    correction, which moved int8 weight error into biases: wrong for a layer whose weights stay float)."""
+    correction, which moved int8 weight error into biases: wrong for a layer whose weights stay float).
+    ``found_as``: the kept layers' weights as ``mixed`` holds them when they differ from ``reference``'s (AdaRound
+    snapped them to the int8 grid): the ops are found by those, and get ``reference``'s float weights back too."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     from device_runtime.tflite_format import read_model
@@ -202,31 +208,37 @@ def restore_biases(mixed: bytes, reference: bytes, kept: Sequence[str] | Mapping
 
     ref_model = read_model(reference)
     ref_ops = {layer: index for index, layer in op_layers(reference, kept).items()}
-    mixed_ops = op_layers(mixed, kept)
+    mixed_ops = op_layers(mixed, found_as if found_as else kept)
     model = None
     for index, layer in mixed_ops.items():
         ref_index = ref_ops.get(layer)
         if ref_index is None:
             continue
         ref_op = ref_model.main.operators[ref_index]
-        if len(ref_op.inputs) < 3 or ref_op.inputs[2] < 0:
-            continue
-        bias = ref_model.constant(ref_model.main.tensors[ref_op.inputs[2]])
-        model = model or flatbuffer_utils.convert_bytearray_to_object(bytearray(mixed))
-        graph = model.subgraphs[0]
-        op = graph.operators[index]
-        if bias is None or len(op.inputs) < 3 or op.inputs[2] < 0:
-            continue
-        tensor = graph.tensors[op.inputs[2]]
-        if tensor.type != 0 or int(np.prod(tensor.shape)) != bias.size:  # 0: FLOAT32
-            continue
-        from tensorflow.lite.python import schema_py_generated as schema
-
-        buffer = schema.BufferT()
-        buffer.data = np.frombuffer(np.ascontiguousarray(bias, np.float32).tobytes(), np.uint8)
-        model.buffers.append(buffer)
-        tensor.buffer = len(model.buffers) - 1
+        for slot in (2, 1) if found_as else (2,):
+            if len(ref_op.inputs) <= slot or ref_op.inputs[slot] < 0:
+                continue
+            values = ref_model.constant(ref_model.main.tensors[ref_op.inputs[slot]])
+            model = model or flatbuffer_utils.convert_bytearray_to_object(bytearray(mixed))
+            _replace_constant(model, index, slot, values)
     return mixed if model is None else bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _replace_constant(model, index: int, slot: int, values: np.ndarray | None) -> None:
+    """Input ``slot`` of op ``index`` (a float32 constant of the same size) set to ``values``, in a new buffer."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    graph = model.subgraphs[0]
+    op = graph.operators[index]
+    if values is None or len(op.inputs) <= slot or op.inputs[slot] < 0:
+        return
+    tensor = graph.tensors[op.inputs[slot]]
+    if tensor.type != 0 or tuple(tensor.shape) != values.shape:  # 0: FLOAT32
+        return
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(np.ascontiguousarray(values, np.float32).tobytes(), np.uint8)
+    model.buffers.append(buffer)
+    tensor.buffer = len(model.buffers) - 1
 
 
 def float_layers_with(float_layers: Sequence[str] | Mapping[str, np.ndarray], kept: list[str],
@@ -248,14 +260,16 @@ class PrecisionSearch:
     data_name: str
     record: MixedPrecisionRecord | None = None
     ranking: Callable[[], list[tuple[str, float]]] | None = None  # [(layer, own error)] worst first, or None
+    matched: Mapping[str, np.ndarray] | None = None  # {name: weights} in the quantized model (AdaRound's), if moved
 
     def run(self, first: bytes, convert_with: Callable[[object], bytes],
             float_layers: Sequence[str] | Mapping[str, np.ndarray], settings: QuantizeSettings,
             progress: Callable[[str, int, int], None] | None = None) -> bytes:
         """The file meeting the target (or the last tried); ``convert_with(float_layers)`` converts."""
         chosen, self.record = search(
-            first, lambda kept: convert_with(float_layers_with(float_layers, kept, self.candidates)),
-            self.reference, self.inputs, self.candidates, settings, self.data_name, progress, self.ranking)
+            first, lambda kept: convert_with(float_layers_with(float_layers, kept, self.matched or self.candidates)),
+            self.reference, self.inputs, self.candidates, settings, self.data_name, progress, self.ranking,
+            self.matched)
         return chosen
 
 

@@ -5,9 +5,10 @@ The per-layer report's "added dB" blames a layer for noise it only amplifies, an
 TFLite only removes its weight rounding (its input and output stay int8 tensors when its neighbours are int8;
 bench/ptq.py measured whole-model int16x8 activations at output cosine 0.9982 against 0.9967 for int8, both
 93.0% agreement: activations are only part of what EfficientNet-Lite0 loses). So each candidate is measured alone: the float ONNX graph with
-only that layer's weights rounded as TFLite rounds them (per output channel, symmetric int8), with its
-bias-corrected bias when bias correction is on, run by onnxruntime on calibration samples; the layer's
-error is the mean of 1 - cosine of the model's outputs against the float graph's. Worst first.
+only that layer's weights rounded as TFLite rounds them (per output channel, symmetric int8; AdaRound's
+choice when it ran), with its bias-corrected bias when bias correction is on, run by onnxruntime on
+calibration samples; the layer's error is the mean of 1 - cosine of the model's outputs against the float
+graph's. Worst first.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def rank_layers(model, corrected, x: np.ndarray, candidates: list[str],
     weights, sources = onnx_weights(model)
     by_name = {w.name: w for w in weights}
     corrected_biases = _biases(corrected) if corrected is not None else {}
+    corrected_weights = {init.name: numpy_helper.to_array(init) for init in corrected.graph.initializer
+                         if init.name in sources.values()} if corrected is not None else {}
     nodes = {node.input[1]: node for node in model.graph.node if len(node.input) >= 2}
     errors = []
     wanted = [name for name in candidates if name in by_name]
@@ -42,7 +45,7 @@ def rank_layers(model, corrected, x: np.ndarray, candidates: list[str],
         trial = copy.deepcopy(model)
         inits = {init.name: init for init in trial.graph.initializer}
         initializer = sources[name]
-        values = weight.values.astype(np.float64)
+        values = corrected_weights.get(initializer, weight.values).astype(np.float64)  # AdaRound's grid, if any
         rounded = values - int8_weight_error(values, weight.out_axis)
         inits[initializer].CopyFrom(numpy_helper.from_array(rounded.astype(np.float32), initializer))
         node = nodes.get(initializer)

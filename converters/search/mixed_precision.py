@@ -43,6 +43,7 @@ class Step:
     layer_added_db: float | None = None  # the error that layer added, as measured before keeping it
     layer_error: float | None = None  # or its own error (1 - output cosine with only it int8), as ranked
     latency_ms: float | None = None  # median of single-thread runs through device_runtime
+    activations: str = "int8"  # "int16": the whole model with int16 activations (int16x8), no layer float
 
 
 @dataclass
@@ -52,10 +53,15 @@ class MixedPrecisionRecord:
     met: bool
     steps: list[Step] = field(default_factory=list)
     stopped: str | None = None  # why the search ended without meeting the target
+    int16_tried: Step | None = None  # whole-model int16 activations, tried and not taken
+
+    @property
+    def activations(self) -> str:
+        return self.steps[-1].activations if self.steps else "int8"
 
     @property
     def kept(self) -> list[str]:
-        return [s.kept for s in self.steps if s.kept]
+        return [s.kept for s in self.steps if s.kept] if self.activations == "int8" else []
 
     @property
     def size_cost(self) -> int:
@@ -67,23 +73,33 @@ class MixedPrecisionRecord:
         return None if first is None or last is None else round(last - first, 3)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "kept": self.kept, "size_cost_bytes": self.size_cost,
+        return {**asdict(self), "kept": self.kept, "activations": self.activations, "size_cost_bytes": self.size_cost,
                 "latency_cost_ms": self.latency_cost_ms}
 
     def note(self) -> str:
         """One line for the report's notes."""
-        kept = (f"{len(self.kept)} layer(s) kept float32 ({', '.join(self.kept)}), +{self.size_cost:,} bytes"
-                + ("" if self.latency_cost_ms is None else f", {self.latency_cost_ms:+.2f} ms"))
+        cost = f", +{self.size_cost:,} bytes" + ("" if self.latency_cost_ms is None
+                                                 else f", {self.latency_cost_ms:+.2f} ms")
+        if self.activations == "int16":
+            return (f"automatic mixed precision ({self.target}): " + ("" if self.met else "target NOT met; ")
+                    + f"keeping up to {len(self.steps) - 2} layer(s) float did not meet it, so the file has int16 "
+                    f"activations and int8 weights in every layer (int16x8; TF 2.19 cannot mix them with float "
+                    f"layers){cost}")
+        kept = f"{len(self.kept)} layer(s) kept float32 ({', '.join(self.kept)}){cost}"
+        tried = "" if self.int16_tried is None else (
+            f"; int16 activations (int16x8) tried too: cosine {self.int16_tried.cosine:.5f}"
+            + ("" if self.int16_tried.agreement is None else f", agreement {self.int16_tried.agreement:.2f}%"))
         if self.met:
             return f"automatic mixed precision ({self.target}): " + (kept if self.kept else
                                                                       "every layer int8 already meets it")
         return (f"automatic mixed precision ({self.target}): target NOT met on {self.data}, "
-                + (kept if self.kept else "no layer kept float") + f": {self.stopped}")
+                + (kept if self.kept else "no layer kept float") + f": {self.stopped}{tried}")
 
     def render(self) -> list[str]:
         from ..verify.report import _table
 
-        rows = [[str(i), s.kept or "(all int8)", _blame(s), f"{s.cosine:.5f}",
+        rows = [[str(i), s.kept or ("(int16 activations, every layer)" if s.activations == "int16" else "(all int8)"),
+                 _blame(s), f"{s.cosine:.5f}",
                  "" if s.agreement is None else f"{s.agreement:.2f}%", f"{s.file_size:,}",
                  "" if s.latency_ms is None else f"{s.latency_ms:.2f}"] for i, s in enumerate(self.steps)]
         latency = "" if self.latency_cost_ms is None else f", {self.latency_cost_ms:+.2f} ms"
@@ -271,6 +287,33 @@ class PrecisionSearch:
             self.reference, self.inputs, self.candidates, settings, self.data_name, progress, self.ranking,
             self.matched)
         return chosen
+
+    def widen(self, current: bytes, convert_int16: Callable[[], bytes], settings: QuantizeSettings) -> bytes:
+        """After float layers did not meet the target: the whole model with int16 activations (int16x8; weights
+        stay int8), taken when it meets the target or comes closer to it than ``current``."""
+        record = self.record
+        inputs = self.inputs[:SEARCH_SAMPLES]
+        wide = convert_int16()
+        fid = compare(run_tflite(self.reference, inputs), run_tflite(wide, inputs), None, self.data_name)
+        step = Step(None, round(fid.cosine, 6), None if fid.top1_agreement is None else round(fid.top1_agreement, 2),
+                    len(wide), latency_ms=latency_ms(wide), activations="int16")
+        last = record.steps[-1]
+        closer = (step.agreement or 0.0, step.cosine) > (last.agreement or 0.0, last.cosine) \
+            if settings.min_agreement is not None else step.cosine > last.cosine
+        if meets(settings, fid) or closer:
+            record.steps.append(step)
+            record.met = meets(settings, fid)
+            record.stopped = None if record.met else record.stopped
+            return wide
+        record.int16_tried = step
+        return current
+
+    def may_widen(self, settings: QuantizeSettings, float_layers) -> bool:
+        """int16 activations are a step past float layers for int8 models with float inputs and outputs and no
+        layer the recipe keeps float (TF 2.19 cannot mix int16 activations with float layers)."""
+        return (self.record is not None and not self.record.met and settings.mode == "int8"
+                and settings.io_type == "float32" and not float_layers
+                and np.issubdtype(np.asarray(self.inputs).dtype, np.floating))
 
 
 def quantization_checks(model, recipe: Recipe, baseline_bytes: bytes, changed: bool, calib: Dataset | None,

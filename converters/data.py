@@ -11,14 +11,18 @@ id ranges are checked against the model inputs before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 
 from .errors import DataError, first_line
+
+if TYPE_CHECKING:
+    from .targets.tflite.normalisation import Normalisation
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -329,3 +333,64 @@ def random_inputs(specs: Sequence[InputSpec], count: int, seed: int = 0) -> dict
         else:
             arrays[spec.name] = np.ones(shape, spec.dtype)
     return arrays
+
+
+HELD_OUT_FRACTION = 0.2
+RANDOM_EVAL_SAMPLES = 64
+
+
+def datasets(input_shape, finetune_data, calib_data, eval_data, channels_first: bool = False,
+             pixels: Normalisation | None = None, specs: Sequence[InputSpec] | None = None):
+    """(fine-tune, calibration, evaluation) sets; evaluation never overlaps the others.
+
+    ``pixels``: the model's known input normalisation, which image folders load with (default: [0, 1]).
+    ``specs`` (PyTorch/ONNX): every input's name, shape and dtype; data is then keyed by input name
+    and, without data, drawn valid per input (token ids below the vocabulary size, masks of ones).
+    """
+    from .targets.tflite.normalisation import FOLDER
+
+    notes = []
+    pixels = pixels or FOLDER
+    if specs is not None:
+        load = functools.partial(load_inputs, specs=specs, channels_first=channels_first,
+                                 pixels=(pixels.mean, pixels.std))
+    else:
+        load = functools.partial(load_data, input_shape=input_shape, channels_first=channels_first,
+                                 pixels=(pixels.mean, pixels.std))
+    tune = load(finetune_data, what="fine-tuning") if finetune_data is not None else None
+    calib = load(calib_data, what="calibration") if calib_data is not None else None
+    evaluation = load(eval_data, what="evaluation") if eval_data is not None else None
+    if evaluation is None:
+        pool_name, pool = ("fine-tuning", tune) if tune is not None else ("calibration", calib)
+        if pool is not None and len(pool) >= 10:
+            train_part, evaluation = pool.split(HELD_OUT_FRACTION)
+            notes.append(f"no --eval data: {len(evaluation)} samples of the {pool_name} data were "
+                         "held out for the fidelity check and not used otherwise")
+            if tune is not None:
+                tune = train_part
+                calib = calib or train_part
+            else:
+                calib = train_part
+        else:
+            if specs is not None and any(s.integer for s in specs):
+                evaluation = Dataset(random_inputs(specs, RANDOM_EVAL_SAMPLES), None, "random valid inputs")
+                notes.append("no data given: fidelity measured on random inputs (floats in [0, 1), token ids "
+                             "below each embedding table's size, other integer inputs all ones)")
+            elif specs is not None and len(specs) > 1:
+                evaluation = Dataset(random_inputs(specs, RANDOM_EVAL_SAMPLES), None, "random uniform inputs")
+                notes.append("no data given: fidelity measured on random inputs in [0, 1)")
+            else:
+                shape = tuple(d or 1 for d in input_shape)
+                x = np.random.default_rng(0).random((RANDOM_EVAL_SAMPLES, *shape), dtype=np.float32)
+                span = "[0, 1)"
+                if pixels is not FOLDER and len(shape) == 3:  # random images as the model takes them: 0..255 normalised
+                    mean, std = (np.asarray(v, np.float32).reshape((-1, 1, 1) if channels_first else (-1,))
+                                 for v in (pixels.mean, pixels.std))
+                    x = ((x * 255.0 - mean) / std).astype(np.float32)
+                    span = f"[{x.min():.3g}, {x.max():.3g}] (random pixels, normalised as {pixels.describe()})"
+                evaluation = Dataset(x, None, "random uniform inputs")
+                notes.append(f"no data given: fidelity measured on random inputs in {span}")
+    if calib is None and tune is not None:
+        calib = tune
+    return tune, calib, evaluation, notes
+

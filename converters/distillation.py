@@ -102,8 +102,8 @@ class _Route:
 
 def _torch_route(teacher, data, eval_data, choice: StudentChoice, settings, example_input, input_shapes, weights,
                  verbose) -> _Route:
-    from .onnx_pipeline import convert_onnx_route
-    from .pipeline import datasets
+    from .data import datasets
+    from .pipeline import convert as run_conversion
     from .sources.torch import load_torch_source
     from .techniques.channels.torch import count_macs_and_params
     from .training.torch import predict
@@ -131,7 +131,7 @@ def _torch_route(teacher, data, eval_data, choice: StudentChoice, settings, exam
     summary = distil(module.train(), source.module, train, settings, verbose, inputs)
 
     def convert(model, path, **options):
-        return convert_onnx_route(model, path, example_input=inputs if len(inputs) > 1 else inputs[0], **options)
+        return run_conversion(model, path, example_input=inputs if len(inputs) > 1 else inputs[0], **options)
 
     return _Route(source.module, module, how, summary, train, evaluation, notes, convert,
                   lambda model: predict(model, evaluation.x),
@@ -139,7 +139,9 @@ def _torch_route(teacher, data, eval_data, choice: StudentChoice, settings, exam
 
 
 def _keras_route(teacher, data, eval_data, choice: StudentChoice, settings, custom_objects, verbose) -> _Route:
-    from .pipeline import convert_keras, datasets, keras_normalisation
+    from .data import datasets
+    from .pipeline import convert as run_conversion
+    from .routes.keras import keras_normalisation
     from .search.subjects import KerasSubject
     from .sources.keras import load_keras_model
     from .training.keras_students import check_fits_keras, distil_keras, keras_student, narrower_keras
@@ -158,7 +160,7 @@ def _keras_route(teacher, data, eval_data, choice: StudentChoice, settings, cust
     summary = distil_keras(student, model, train, settings, verbose)
 
     def convert(keras_model, path, **options):
-        return convert_keras(keras_model, path, custom_objects=custom_objects, **options)
+        return run_conversion(keras_model, path, custom_objects=custom_objects, **options)
 
     return _Route(model, student, how, summary, train, evaluation, notes + data_notes, convert,
                   lambda m: m.predict(evaluation.x, batch_size=256, verbose=0),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import RecipeError, check_choice, first_line
+from .layer_paths import LayerPaths
 from .techniques.registry import TECHNIQUE_KEYS, TECHNIQUES
 
 QUANTIZE_MODES = ("none", "dynamic", "float16", "int8", "int16x8")
@@ -26,6 +27,7 @@ PRECISIONS = ("int8", "float")  # per-layer, under quantize.mode int8: "float" k
 SPARSE_EXPORT = ("auto", "on", "off")
 RECIPE_SECTIONS = ("quantize", "finetune", "sparse_export", "allow_flex", "layers", "layer_types", "distill")
 ACTIVATION_RANGES = ("minmax", "percentile", "mse")
+ROUNDINGS = ("nearest", "adaround")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class QuantizeSettings:
     # PyTorch/ONNX, int8/int16x8: cross-layer equalization of conv pairs (techniques/equalization.py); off by
     # default: it found nothing to equalize across EfficientNet-Lite0's ReLU6 (bench/results/ptq.md)
     equalization: bool = False
+    # int8/int16x8 weights: nearest (the converter's) | adaround (learned per layer on calibration data before
+    # conversion, techniques/adaround.py), with rounding_iterations Adam steps per layer
+    rounding: str = "nearest"
+    rounding_iterations: int = 500
 
     def validate(self) -> None:
         check_choice("quantize.mode", self.mode, QUANTIZE_MODES)
@@ -88,6 +94,20 @@ class QuantizeSettings:
         if self.equalization and self.mode not in ("int8", "int16x8"):
             raise RecipeError(f"quantize.equalization rescales weights for int8; set quantize.mode int8 or int16x8 "
                               f"(got {self.mode})")
+        check_choice("quantize.rounding", self.rounding, ROUNDINGS)
+        if isinstance(self.rounding_iterations, bool) or not isinstance(self.rounding_iterations, int) or \
+                self.rounding_iterations < 1:
+            raise RecipeError(f"quantize.rounding_iterations must be an integer >= 1, e.g. 500; got "
+                              f"{self.rounding_iterations!r}")
+        if self.rounding == "adaround" and self.mode not in ("int8", "int16x8"):
+            raise RecipeError(f"quantize.rounding adaround learns the rounding of int8 weights; set quantize.mode "
+                              f"int8 or int16x8, or rounding nearest (got mode {self.mode})")
+        if self.rounding == "adaround" and self.per_channel is False:
+            raise RecipeError("quantize.rounding adaround learns per-channel int8 grids; set quantize.per_channel "
+                              "auto or true, or rounding nearest (got per_channel false)")
+        if self.rounding == "adaround" and self.qat:
+            raise RecipeError("quantize.rounding adaround and quantize.qat cannot be combined: QAT trains the "
+                              "weights for int8 already; drop one of them")
         if self.searches_precision and self.mode != "int8":
             raise RecipeError(f"quantize.min_cosine/min_agreement (automatic mixed precision) keep layers float "
                               f"under int8; set quantize.mode int8 (got {self.mode})")
@@ -177,6 +197,7 @@ class Recipe:
                   "distill": _distill_section(distill)}  # read and checked by `sdk distill` (training/students.py)
         for name, value in values.items():
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "layer_paths", None)  # see with_layer_paths
         self.validate()
 
     def __getattr__(self, name: str) -> Any:
@@ -201,7 +222,16 @@ class Recipe:
         current = {**self.techniques, "quantize": self.quantize, "finetune": self.finetune,
                    "sparse_export": self.sparse_export, "allow_flex": self.allow_flex, "layers": self.layers,
                    "layer_types": self.layer_types, "distill": self.distill}
-        return Recipe(**{**current, **changes})
+        return Recipe(**{**current, **changes}).with_layer_paths(self.layer_paths)
+
+    def with_layer_paths(self, paths: LayerPaths | None) -> Recipe:
+        """A copy whose ``layers`` keys also name the layers of nested models by path or bare name (see
+        ``layer_paths.py``); ``paths`` maps each layer of the opened (flat) model to its place. ``to_dict``
+        stays the user's recipe."""
+        copy = object.__new__(Recipe)
+        copy.__dict__.update(self.__dict__)
+        object.__setattr__(copy, "layer_paths", paths)
+        return copy
 
     def validate(self) -> None:
         for technique in TECHNIQUES:
@@ -238,6 +268,9 @@ class Recipe:
             raise RecipeError("quantize.equalization cannot be combined with float layers (precision: float, "
                               "min_cosine/min_agreement) yet: float layers are found by their weights, which "
                               "equalization rescales; drop one of them")
+        if self.clusters and self.quantize.rounding == "adaround":
+            raise RecipeError("quantize.rounding adaround cannot be combined with cluster: it moves each weight to "
+                              "its channel's int8 grid, which splits the shared cluster values; drop one of them")
         if self.keeps_float_layers and self.quantize.qat:
             raise RecipeError("precision float (mixed precision) and quantize.qat cannot be combined: QAT quantizes "
                               "every layer it wraps; drop one of them")
@@ -249,10 +282,17 @@ class Recipe:
                                                                        *self.layer_types.values()))
 
     def check_overrides(self, layer_names: Sequence[str], layer_types: Sequence[str]) -> None:
-        """Refuse a ``layers``/``layer_types`` key that matches no layer of the model: it would do nothing."""
+        """Refuse a ``layers``/``layer_types`` key that matches no layer of the model (it would do nothing), or
+        a bare name that several layers of nested models share (``with_layer_paths``)."""
+        paths = self.layer_paths
         for key in self.layers:
-            if key not in layer_names and not any(_compile_pattern(key).fullmatch(n) for n in layer_names):
-                _no_such("layers", key, layer_names, "layer")
+            ambiguous = paths.ambiguous(key) if paths is not None else []
+            if ambiguous:
+                raise RecipeError(f"layers[{key!r}] is ambiguous: {len(ambiguous)} layers or nested models are "
+                                  f"named {key!r} ({', '.join(ambiguous)}); name one by its path")
+            names = [n for layer in layer_names for group in self._groups(layer) for n in group]
+            if key not in names and not any(_compile_pattern(key).fullmatch(n) for n in names):
+                _no_such("layers", key, paths.offered() if paths is not None else layer_names, "layer")
         for key in self.layer_types:
             if key not in layer_types:
                 _no_such("layer_types", key, layer_types, "layer type")
@@ -280,12 +320,17 @@ class Recipe:
         return LayerPlan(techniques, precision)
 
     def _match_name(self, name: str):
-        if name in self.layers:
-            return self.layers[name]
-        for pattern, override in self.layers.items():
-            if _compile_pattern(pattern).fullmatch(name):
-                return override
+        for group in self._groups(name):  # the layer's own names, then its enclosing models' (nested models)
+            for alias in group:
+                if alias in self.layers:
+                    return self.layers[alias]
+            for pattern, override in self.layers.items():
+                if any(_compile_pattern(pattern).fullmatch(alias) for alias in group):
+                    return override
         return _NO_MATCH
+
+    def _groups(self, name: str) -> list[list[str]]:
+        return self.layer_paths.groups(name) if self.layer_paths is not None else [[name]]
 
     def asks(self, key: str) -> bool:
         """Whether any layer gets technique ``key`` (globally or by an override)."""

@@ -57,8 +57,6 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
     Returns a ``ConversionResult`` with ``path``, ``report_path``, ``report``, ``exports`` (the target's
     result by name) and ``budget``.
     """
-    from converters.sources import framework_of
-
     recipe = _recipe(recipe) or Recipe()
     if recipe.distill is not None:
         raise UserInputError("the recipe's distill section trains a smaller student, which `sdk distill` does: "
@@ -76,15 +74,11 @@ def convert(source: Any, output: str | os.PathLike, recipe: Recipe | dict | str 
         budget = convert_within_budget(source, output, max_drop=max_drop, optimize=optimize, recipe=recipe,
                                        **common, **options)
         result = budget.result
-    elif framework_of(source) in ("onnx", "pytorch"):
-        from converters.onnx_pipeline import convert_onnx_route
-
-        result = convert_onnx_route(source, output, recipe, **common, **options)
     else:
-        from converters.pipeline import convert_keras
+        from converters.pipeline import convert as run_conversion
 
-        _refuse_torch_options(source, options)
-        result = convert_keras(source, output, recipe, custom_objects=custom_objects, **common)
+        result = run_conversion(source, output, recipe, custom_objects=custom_objects, **common,
+                                **{name: value for name, value in options.items() if value is not None})
     result.budget = budget
     if target == "mcu":
         from converters.targets.mcu import export_mcu

@@ -22,6 +22,8 @@ ASKING = {
     "bias correction": Request(Recipe.from_dict({"quantize": {"mode": "int8", "bias_correction": True}})),
     "data-aware one-shot pruning and clustering": Request(Recipe.from_dict({"prune": {"sparsity": 0.5,
                                                                                       "ranking": "activation"}})),
+    "learned weight rounding (AdaRound)": Request(Recipe.from_dict({"quantize": {"mode": "int8",
+                                                                                "rounding": "adaround"}})),
     "cross-layer equalization": Request(Recipe.from_dict({"quantize": {"mode": "int8", "equalization": True}})),
     "channel removal": Request(Recipe.from_dict({"channels": {"fraction": 0.5}})),
     "low-rank factorization": Request(Recipe.from_dict({"low_rank": {"rank_ratio": 0.25}})),

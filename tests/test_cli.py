@@ -181,6 +181,6 @@ def test_labels_files_follow_one_set_of_rules_in_every_command(digits_model_path
     for command, args in commands.items():
         for name, (_, message) in files.items():
             if command == "convert" and name == "three.txt":
-                continue  # counted against the model once it is converted (converters/pipeline.py)
+                continue  # counted against the model once it is loaded (targets/tflite/embed.py check_folder_labels)
             assert_bad_input(run(*args, "--labels", tmp_path / name), message, out)
             assert list(out.iterdir()) == [] and not (project / "app/src/main/assets").exists(), (command, name)

@@ -150,9 +150,9 @@ def test_shape_mismatch_is_reported_not_broadcast(tmp_path, monkeypatch):
     fid = compare(np.zeros((64, 3072), np.float32), np.zeros((64, 3069), np.float32), None, "random")
     assert fid.mismatch == "output shape (3069,) where the source gives (3072,)" and np.isnan(fid.max_abs_error)
     # A converted output in another layout than the route believes: a FidelityError naming both shapes.
-    from converters import onnx_pipeline
+    from converters.lowering import onnx_io
 
-    monkeypatch.setattr(onnx_pipeline, "output_layouts", lambda model, flags, route: {})
+    monkeypatch.setattr(onnx_io, "output_layouts", lambda model, flags, route: {})
     path = save(tmp_path / "c.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])],
                 [("x", [1, 2, 6, 6])], [("y", [1, 3, 4, 4])], {"w": weights(3, 2, 3, 3)})
     with pytest.raises(FidelityError, match=r"^the converted model does not reproduce the source: output 'y' has "

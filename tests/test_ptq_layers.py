@@ -300,3 +300,39 @@ def test_inspect_compare_plot_and_refusals(calib, tmp_path):
     wrong = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "wrong.npy")])
     assert wrong.exit_code == 2 and wrong.stderr.startswith("error: ") and len(wrong.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p.png").exists()
+
+
+def _wide_activation_net():
+    """conv1's channel 0 is ~1000 on every input (a huge bias before the ReLU) and conv2 ignores it: one int8
+    scale for that tensor rounds the other channels (~1) to a few levels, whatever layer is kept float."""
+    import torch
+
+    net = _broken_torch_net()
+    with torch.no_grad():
+        net.conv1.weight[0], net.conv1.bias[0] = 0.0, 1000.0
+        net.conv2.weight[:, 0] = 0.0
+    return net
+
+
+def test_automatic_mixed_precision_widens_activations_to_int16_when_float_layers_fall_short(tmp_path, monkeypatch):
+    import torch
+
+    from converters.search import mixed_precision
+    from device_runtime.tflite_format import read_model
+
+    monkeypatch.setattr(mixed_precision, "MAX_STEPS", 1)  # one float layer, then the whole model's activations
+    calib = np.random.default_rng(0).random((80, 3, 12, 12), np.float32)
+    recipe = {"quantize": {"mode": "int8", "min_cosine": 0.999, "bias_correction": False}}
+    result = sdk.convert(_wide_activation_net(), tmp_path / "w.tflite", recipe, example_input=torch.zeros(1, 3, 12, 12),
+                         calib_data=calib)
+    record = result.report.mixed_precision
+    assert [s.activations for s in record.steps] == ["int8", "int8", "int16"]
+    # measured: all int8 0.8976, conv1 kept float 0.8979, int16 activations 0.99976
+    assert record.steps[1].cosine < 0.9 and record.steps[2].cosine >= 0.999  # a float layer could not, int16 could
+    assert record.met and record.kept == [] and record.activations == "int16"
+    main_graph = read_model(result.path.read_bytes()).main
+    conv_outputs = [main_graph.tensors[op.outputs[0]].dtype_name for op in main_graph.operators
+                    if len(op.inputs) > 1 and main_graph.tensors[op.inputs[1]].dtype_name == "int8"]
+    assert conv_outputs and set(conv_outputs) == {"int16"}  # int8 weights, int16 activations
+    assert result.report.fidelity.cosine >= 0.999
+    assert any("int16 activations and int8 weights in every layer" in n for n in result.report.notes)

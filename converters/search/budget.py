@@ -231,7 +231,7 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
     ``source`` is a Keras or PyTorch source; ``source_options`` carries a PyTorch source's
     ``example_input``, ``input_shapes``, ``weights`` and ``keep_nchw`` (as ``sdk.convert`` takes them).
     """
-    from ..pipeline import datasets
+    from ..data import datasets
     from ..sources import framework_of
 
     if optimize not in OPTIMIZE_TARGETS:
@@ -311,8 +311,8 @@ def run_budget(source: Any, output: str | os.PathLike, *, max_drop: float, optim
 
 
 def _known_normalisation(subject: Any, metadata):
-    """The input normalisation the conversions will know before loading data (see pipeline.keras_normalisation)."""
-    from ..pipeline import keras_normalisation
+    """The input normalisation the conversions will know before loading data (see routes.keras.keras_normalisation)."""
+    from ..routes.keras import keras_normalisation
     from ..targets.tflite import normalisation
 
     if isinstance(subject, KerasSubject):
@@ -322,15 +322,18 @@ def _known_normalisation(subject: Any, metadata):
 
 def _subject(source: Any, framework: str, options: dict[str, Any]) -> tuple[Any, Callable]:
     """The model to measure, and the conversion each candidate goes through: ``convert(output, recipe, ...)``."""
+    from ..pipeline import convert
+
     if framework == "pytorch":
-        from ..onnx_pipeline import convert_onnx_route
         from ..sources.torch import load_torch_source
 
         torch_source = load_torch_source(source, options.get("example_input"), options.get("input_shapes"),
                                          options.get("weights"), options.get("input_dtypes"))
         return TorchSubject(torch_source.module, torch_source.example_inputs), \
-            functools.partial(convert_onnx_route, source, **options)
-    from ..pipeline import convert_keras
+            functools.partial(convert, source, **options)
+    from ..recipe import Recipe
     from ..sources.keras import load_keras_model
+    from ..sources.keras_nested import open_nested
 
-    return KerasSubject(load_keras_model(source)), functools.partial(convert_keras, source)
+    flat = open_nested(load_keras_model(source), Recipe(), [])[0]  # the layers of nested models are candidates too
+    return KerasSubject(flat), functools.partial(convert, source)

@@ -8,6 +8,7 @@ the same numpy kernels the Keras passes use for one-shot compression.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from .base import PassRecord
 from .cluster import ClusterSettings, cluster_measure, kmeans_1d
 from .prune import M_BY_N, PruneSettings, prune_array, prune_measure
 from ..recipe import LayerPlan, Recipe
+
+if TYPE_CHECKING:
+    from .data_aware import DataEvidence
 
 
 @dataclass
@@ -28,26 +32,26 @@ class WeightArray:
     out_axis: int = 0  # output channels: channel pruning zeroes slices of this axis
 
 
-def plan_targets(weights: list[WeightArray], recipe: Recipe
-                 ) -> tuple[dict[str, PruneSettings], dict[str, ClusterSettings], dict[str, PassRecord]]:
-    """Which arrays each pass compresses, and the pass records with what is skipped and why."""
-    records = {"prune": PassRecord("prune"), "cluster": PassRecord("cluster")}
-    prune: dict[str, PruneSettings] = {}
-    cluster: dict[str, ClusterSettings] = {}
+def plan_prune(weights: list[WeightArray], recipe: Recipe) -> tuple[dict[str, PruneSettings], PassRecord]:
+    """The arrays the prune technique compresses, and its record with what is skipped and why."""
+    record, targets = PassRecord("prune"), {}
     for weight in weights:
         plan = layer_plan(weight, recipe)
-        if plan is None:
-            continue
-        settings = plan.prune
+        settings = plan.prune if plan is not None else None
         if settings is not None and (settings.sparsity > 0 or settings.structure == "2:4"):
             reason = _unprunable(weight, settings)
             if reason:
-                records["prune"].skipped[weight.name] = reason
+                record.skipped[weight.name] = reason
             else:
-                prune[weight.name] = settings
-        if plan.cluster is not None:
-            cluster[weight.name] = plan.cluster
-    return prune, cluster, records
+                targets[weight.name] = settings
+    return targets, record
+
+
+def plan_cluster(weights: list[WeightArray], recipe: Recipe) -> tuple[dict[str, ClusterSettings], PassRecord]:
+    """The arrays the cluster technique compresses, and its record."""
+    targets = {weight.name: plan.cluster for weight in weights
+               if (plan := layer_plan(weight, recipe)) is not None and plan.cluster is not None}
+    return targets, PassRecord("cluster")
 
 
 def layer_plan(weight: WeightArray, recipe: Recipe) -> LayerPlan | None:
@@ -122,27 +126,38 @@ def cluster_weights(weights: list[WeightArray], targets: dict[str, ClusterSettin
             record.layers[weight.name] = cluster_measure([weight.values], settings)
 
 
-def prune_arrays(weights: list[WeightArray], recipe: Recipe, records: dict[str, PassRecord]) -> PassRecord:
-    """The prune technique's PyTorch/ONNX backend: one-shot, in place."""
-    targets, _, planned = plan_targets(weights, recipe)
-    prune_weights(weights, targets, planned["prune"])
-    return planned["prune"]
+def prune_arrays(weights: list[WeightArray], recipe: Recipe, records: dict[str, PassRecord],
+                 evidence: DataEvidence | None = None) -> PassRecord:
+    """The prune technique's PyTorch/ONNX backend: one-shot, in place; with calibration ``evidence``, ranked by
+    data-aware saliency and allocated per layer by measured sensitivity where the recipe allows."""
+    targets, record = plan_prune(weights, recipe)
+    scores = None
+    if evidence is not None and targets:
+        scores = evidence.saliency(targets, weights, record)
+        targets = evidence.allocate(targets, weights, scores, recipe, record)
+    prune_weights(weights, targets, record, scores)
+    return record
 
 
-def cluster_arrays(weights: list[WeightArray], recipe: Recipe, records: dict[str, PassRecord]) -> PassRecord:
-    """The cluster technique's PyTorch/ONNX backend: one-shot, in place; zeros of pruned arrays stay zero."""
-    _, targets, planned = plan_targets(weights, recipe)
+def cluster_arrays(weights: list[WeightArray], recipe: Recipe, records: dict[str, PassRecord],
+                   evidence: DataEvidence | None = None) -> PassRecord:
+    """The cluster technique's PyTorch/ONNX backend: one-shot, in place; zeros of pruned arrays stay zero; with
+    calibration ``evidence``, centres weighted by each weight's input energy where the recipe allows."""
+    targets, record = plan_cluster(weights, recipe)
     pruned = set(records["prune"].layers) if "prune" in records else set()
-    cluster_weights(weights, targets, pruned, planned["cluster"])
-    return planned["cluster"]
+    weighting = evidence.weighting(targets, weights, record) if evidence is not None and targets else None
+    cluster_weights(weights, targets, pruned, record, weighting)
+    return record
 
 
-def compress_weights(weights: list[WeightArray], recipe: Recipe, framework: str = "onnx") -> dict[str, PassRecord]:
-    """Every registered weight technique, in registry order, on the arrays (one-shot, in place)."""
+def compress_weights(weights: list[WeightArray], recipe: Recipe, framework: str = "onnx",
+                     evidence: DataEvidence | None = None) -> dict[str, PassRecord]:
+    """Every registered weight technique, in registry order, on the arrays (one-shot, in place); ``evidence``
+    (what calibration data showed) steers those that use it."""
     from .base import WEIGHTS
     from .registry import in_stage
 
     records: dict[str, PassRecord] = {}
     for technique in in_stage(WEIGHTS):
-        records[technique.key] = technique.backend(framework)(weights, recipe, records)
+        records[technique.key] = technique.backend(framework)(weights, recipe, records, evidence)
     return records

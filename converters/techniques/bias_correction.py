@@ -70,13 +70,7 @@ def correct_biases(model, x: np.ndarray) -> tuple[object, BiasCorrection]:
             uses[tensor] = uses.get(tensor, 0) + 1
     for index, (node, name, attrs) in enumerate(targets):
         weights = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
-        bias_init = initializers[node.input[2]]
-        if uses[bias_init.name] > 1:  # exporters share equal initializers (e.g. zero biases): give this layer its own
-            uses[bias_init.name] -= 1
-            bias_init = model.graph.initializer.add()
-            bias_init.CopyFrom(initializers[node.input[2]])
-            bias_init.name = f"{node.input[2]}.corrected_{index}"
-            node.input[2] = bias_init.name
+        bias_init = own_bias(model, node, initializers, uses, index, "corrected")
         bias = numpy_helper.to_array(bias_init).astype(np.float64)
         mean = means[node.input[0]]
         if node.op_type == "Conv":
@@ -101,6 +95,19 @@ def correct_biases(model, x: np.ndarray) -> tuple[object, BiasCorrection]:
         bias_init.CopyFrom(numpy_helper.from_array((bias + shift).astype(np.float32), bias_init.name))
         record.corrected[name] = float(np.abs(shift).max())
     return model, record
+
+
+def own_bias(model, node, initializers: dict, uses: dict[str, int], index: int, tag: str):
+    """``node``'s bias initializer, made its own first: exporters share equal initializers (e.g. zero biases),
+    and a correction for this layer must not move the others'. ``uses`` counts the graph's tensor uses."""
+    bias_init = initializers[node.input[2]]
+    if uses[bias_init.name] > 1:
+        uses[bias_init.name] -= 1
+        bias_init = model.graph.initializer.add()
+        bias_init.CopyFrom(initializers[node.input[2]])
+        bias_init.name = f"{node.input[2]}.{tag}_{index}"
+        node.input[2] = bias_init.name
+    return bias_init
 
 
 def _input_means(model, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:

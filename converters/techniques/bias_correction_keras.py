@@ -42,24 +42,37 @@ def correct_keras_biases(model, x: np.ndarray, keep_float: Collection[str] = ())
         if getattr(layer, "groups", 1) != 1:
             record.skipped[layer.name] = "grouped convolution"
             continue
-        norm = _folded_norm(layer)
+        norm = folded_norm(layer)
         if norm is None and not getattr(layer, "use_bias", False):
             record.skipped[layer.name] = "no bias to correct"
             continue
         targets.append((layer, norm, within))
     means = _input_means(copy, [layer for layer, _, _ in targets], x)
-    originals = {}  # layer -> (the variable that took the shift, its value before, the models around the layer)
     for layer, norm, within in targets:
         if layer.name not in means:
             record.skipped[layer.name] = "not reached by the input"
             continue
         shift = _shift(layer, norm, means[layer.name])
         variable = norm.beta if norm is not None else layer.bias
-        originals[layer.name] = (variable, variable.numpy(), within)
+        remember_originals(copy, layer.name, [variable], within)
         variable.assign(variable.numpy() + shift.astype(np.float32))
         record.corrected[layer.name] = float(np.abs(shift).max())
-    object.__setattr__(copy, "_sdk_bias_originals", originals)  # not tracked by Keras: see uncorrected()
     return copy, record
+
+
+def remember_originals(model, name: str, variables: list, within: Collection[str] = (),
+                       values: list[np.ndarray] | None = None) -> None:
+    """Keep the float values of ``variables`` (those of layer ``name``, inside the models ``within``; by default
+    their current values, before they are changed for int8), so ``uncorrected`` can give a layer kept float
+    its float values back."""
+    originals = getattr(model, "_sdk_bias_originals", None)
+    if originals is None:
+        originals = {}  # layer -> ([(variable, its float value)], the models around the layer)
+        object.__setattr__(model, "_sdk_bias_originals", originals)  # not tracked by Keras: see uncorrected()
+    kept, _ = originals.setdefault(name, ([], tuple(within)))
+    known = {id(variable) for variable, _ in kept}
+    values = values if values is not None else [variable.numpy() for variable in variables]
+    kept += [(variable, value) for variable, value in zip(variables, values) if id(variable) not in known]
 
 
 def has_corrections(model) -> bool:
@@ -69,11 +82,10 @@ def has_corrections(model) -> bool:
 
 def uncorrected(model, names: Collection[str], work: Callable[[], T]) -> T:
     """``work()`` with the layers named in ``names`` (or inside the models named) back to their uncorrected
-    biases: layers that a mixed-precision search keeps float compute in float, where the correction for int8
-    rounding would be an error."""
+    biases (and float kernels, after AdaRound): layers that a mixed-precision search keeps float compute in
+    float, where the correction for int8 rounding would be an error."""
     originals = getattr(model, "_sdk_bias_originals", {})
-    chosen = [(variable, before) for name, (variable, before, within) in originals.items()
-              if {name, *within} & set(names)]
+    chosen = [pair for name, (pairs, within) in originals.items() if {name, *within} & set(names) for pair in pairs]
     corrected = [variable.numpy() for variable, _ in chosen]
     for variable, before in chosen:
         variable.assign(before)
@@ -84,7 +96,7 @@ def uncorrected(model, names: Collection[str], work: Callable[[], T]) -> T:
             variable.assign(value)
 
 
-def _folded_norm(layer):
+def folded_norm(layer):
     """The BatchNormalization the converter folds into ``layer``: its only consumer, on the last axis."""
     consumers = [node.layer for node in layer._outbound_nodes]
     if len(consumers) != 1 or type(consumers[0]).__name__ != "BatchNormalization":

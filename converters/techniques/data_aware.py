@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import RecipeError
 from .activations import Probe, Site, channel_axis, channel_sums, layer_sites
-from .arrays import WeightArray, cluster_weights, compress_weights, plan_targets, prune_one, prune_weights
+from .arrays import WeightArray, compress_weights, prune_one
 from .base import PassRecord
 from .cluster import ClusterSettings
 from .prune import PruneSettings
@@ -115,50 +115,77 @@ def _all_settings(recipe: Recipe):
                         yield f"{section}[{key!r}].{kind}", value
 
 
+class DataEvidence:
+    """What the calibration data shows about each layer, measured once, for the weight techniques' array backends
+    (``arrays.prune_arrays``, ``arrays.cluster_arrays``) to steer their one-shot choices by."""
+
+    def __init__(self, model, sources: dict[str, str], specs, data: dict[str, np.ndarray], choices: Choices):
+        self.choices = choices
+        self.sites = layer_sites(model, sources)
+        count = len(next(iter(data.values())))
+        self.data = _subset(data, np.random.default_rng(0).permutation(count)[:STAT_SAMPLES])
+        self.samples = len(next(iter(self.data.values())))
+        self.probe = Probe(model, specs, [s.input for s in self.sites.values()],
+                           [s.weight for s in self.sites.values()])
+        self.energy = _input_energy(self.probe, self.data, self.sites)
+
+    def saliency(self, targets: dict[str, PruneSettings], weights: list[WeightArray],
+                 record: PassRecord) -> dict[str, np.ndarray]:
+        """|w| x the RMS of its input channel, for the layers whose ranking is (or resolves to) activation."""
+        by_name = {w.name: w for w in weights}
+        scores = {name: np.abs(by_name[name].values) * np.sqrt(self._per_weight(name, by_name[name]))
+                  for name, s in targets.items() if _layer_asks(s, "ranking", "activation", self.choices.ranking)}
+        if scores:
+            record.summary["ranking"] = (f"activation (|w| x its input channel's RMS on {self.samples} calibration "
+                                         "samples, within each output channel)")
+        return scores
+
+    def allocate(self, targets: dict[str, PruneSettings], weights: list[WeightArray],
+                 scores: dict[str, np.ndarray], recipe: Recipe, record: PassRecord) -> dict[str, PruneSettings]:
+        """Per-layer sparsities by measured sensitivity (``allocation``), or ``targets`` as they are."""
+        if not self.choices.allocation:
+            return targets
+        data = _subset(self.data, np.arange(min(SENSITIVITY_SAMPLES, self.samples)))
+        return allocate(targets, weights, self.sites, scores, self.probe, data, recipe, record)
+
+    def weighting(self, targets: dict[str, ClusterSettings], weights: list[WeightArray],
+                  record: PassRecord) -> dict[str, np.ndarray]:
+        """Each weight's input energy, for the layers whose cluster weighting is (or resolves to) activation."""
+        by_name = {w.name: w for w in weights}
+        weighted = {name: self._per_weight(name, by_name[name]) for name, s in targets.items()
+                    if _layer_asks(s, "weighting", "activation", self.choices.weighting)}
+        if weighted:
+            record.summary["weighting"] = (f"activation (centres weighted by input energy on {self.samples} "
+                                           "calibration samples)")
+        return weighted
+
+    def _per_weight(self, name: str, weight: WeightArray) -> np.ndarray:
+        return _broadcast(self.energy[name], weight, self.sites[name])
+
+
 def compress_with_data(model, weights: list[WeightArray], sources: dict[str, str], recipe: Recipe, framework: str,
                        data: dict[str, np.ndarray] | None, specs) -> tuple[Any, dict[str, PassRecord]]:
-    """Prune then cluster ``weights`` one-shot, steered by ``data`` (calibration inputs by name) where the
-    recipe allows; returns the model with the compressed weights (and corrected biases) and the records."""
+    """Every weight technique one-shot on ``weights`` (the registry's loop), steered by what ``data``
+    (calibration inputs by name) shows where the recipe allows, then the biases corrected; returns the model
+    with the compressed weights and the records."""
     from ..sources.onnx import set_weights
 
     choices = resolve(recipe, data is not None)
-    if data is None or not choices.any or not recipe.compresses_weights:
-        records = compress_weights(weights, recipe, framework)
-        set_weights(model, weights, sources)
-        return model, records
-    prune, cluster, records = plan_targets(weights, recipe)
+    steered = data is not None and choices.any and recipe.compresses_weights
     started = time.perf_counter()
-    sites = layer_sites(model, sources)
-    rng = np.random.default_rng(0)
-    count = len(next(iter(data.values())))
-    stats_data = _subset(data, rng.permutation(count)[:STAT_SAMPLES])
-    probe = Probe(model, specs, [s.input for s in sites.values()], [s.weight for s in sites.values()])
-    energy = _input_energy(probe, stats_data, sites)
-    by_name = {w.name: w for w in weights}
-    scores: dict[str, np.ndarray] = {}
-    ranked = {name for name, s in prune.items() if _layer_asks(s, "ranking", "activation", choices.ranking)}
-    for name in ranked:
-        scores[name] = np.abs(by_name[name].values) * np.sqrt(_broadcast(energy[name], by_name[name], sites[name]))
-    if choices.allocation:
-        sens_data = _subset(stats_data, np.arange(min(SENSITIVITY_SAMPLES, len(next(iter(stats_data.values()))))))
-        prune = allocate(prune, weights, sites, scores, probe, sens_data, recipe, records["prune"])
-    prune_weights(weights, prune, records["prune"], scores)
-    weighted = {name: _broadcast(energy[name], by_name[name], sites[name]) for name, s in cluster.items()
-                if _layer_asks(s, "weighting", "activation", choices.weighting)}
-    cluster_weights(weights, cluster, set(prune), records["cluster"], weighted)
-    dense = _copy(model)
+    evidence = DataEvidence(model, sources, specs, data, choices) if steered else None
+    dense = _copy(model) if steered and choices.correction else None
+    records = compress_weights(weights, recipe, framework, evidence)
     set_weights(model, weights, sources)
-    if choices.correction:
-        corrected = [name for name in sites if name in prune or name in cluster]
-        model, records["bias_correction"] = correct_biases(dense, model, specs, sites, corrected, stats_data)
-    samples = len(next(iter(stats_data.values())))
-    if ranked:
-        records["prune"].summary["ranking"] = (f"activation (|w| x its input channel's RMS on {samples} calibration "
-                                               "samples, within each output channel)")
-    if weighted:
-        records["cluster"].summary["weighting"] = (f"activation (centres weighted by input energy on {samples} "
-                                                   "calibration samples)")
-    records["prune" if prune else "cluster"].summary["data_aware_seconds"] = round(time.perf_counter() - started, 2)
+    if evidence is None:
+        return model, records
+    if dense is not None:
+        corrected = [name for name in evidence.sites if name in records["prune"].layers
+                     or name in records["cluster"].layers]
+        model, records["bias_correction"] = correct_biases(dense, model, specs, evidence.sites, corrected,
+                                                           evidence.data)
+    records["prune" if records["prune"].layers else "cluster"].summary["data_aware_seconds"] = \
+        round(time.perf_counter() - started, 2)
     return model, records
 
 

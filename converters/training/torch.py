@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..techniques.arrays import WeightArray, cluster_weights, plan_targets
+from ..techniques.arrays import WeightArray, cluster_weights, plan_cluster, plan_prune
 from ..data import Dataset
 from .keras import is_probability_output, steps_per_epoch
 from ..techniques.base import PassRecord
@@ -75,8 +75,7 @@ class PrunePhase:
 
     def __init__(self, recipe: Recipe, state: TrainingState):
         self.state = state
-        self.targets, _, planned = plan_targets(state.weights, recipe)
-        self.record = planned["prune"]
+        self.targets, self.record = plan_prune(state.weights, recipe)
 
     def begin(self) -> None:
         pass
@@ -94,8 +93,7 @@ class ClusterPhase:
 
     def __init__(self, recipe: Recipe, state: TrainingState):
         self.state = state
-        _, self.targets, planned = plan_targets(state.weights, recipe)
-        self.record = planned["cluster"]
+        self.targets, self.record = plan_cluster(state.weights, recipe)
 
     def begin(self) -> None:
         owners = self.state.owners

@@ -88,6 +88,9 @@ def gzip_size(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
+WEIGHT_OP_NAMES = ("Conv2D", "depthwise", "MatMul", "BiasAdd", "Conv1D", "conv1d", "Tensordot", "BatchMatMul")
+
+
 def analyse(data: bytes, layer_names: Iterable[str] = (), measure_gzip: bool = True) -> ModelStats:
     """Measure a .tflite; ``layer_names`` (the source model's) label each weight tensor.
 
@@ -153,14 +156,29 @@ def _weight_stats(model: TFLiteModel, tensor: Tensor, stored_as: str, op: str, l
 
 
 def layer_of(output_name: str, known: set[str]) -> str:
-    """The source layer an op came from, read from its output tensor's name."""
-    parts = output_name.split(";")[0].split("/")
-    for part in parts:
-        if part in known:
-            return part
-        if part.startswith("quant_") and part[6:] in known:  # tfmot's QAT wrapper around the layer
-            return part[6:]
-    return parts[1] if len(parts) > 1 else parts[0]
+    """The source layer an op came from, read from its output tensor's name.
+
+    A fused op's name lists each TF op fused into it (``m/block_1_expand_relu/Relu6;m/block_1_expand/Conv2D``):
+    the layer whose weights it applies is the one named with a weight op, else the first known name."""
+    fused = output_name.split(";")
+    for part in fused[1:]:
+        pieces = part.split("/")
+        if len(pieces) > 1 and pieces[-1].startswith(WEIGHT_OP_NAMES):
+            found = _known_in(pieces[:-1], known)
+            if found is not None:
+                return found
+    pieces = fused[0].split("/")
+    found = _known_in(pieces, known)
+    return found if found is not None else pieces[1] if len(pieces) > 1 else pieces[0]
+
+
+def _known_in(pieces: list[str], known: set[str]) -> str | None:
+    for piece in pieces:
+        if piece in known:
+            return piece
+        if piece.startswith("quant_") and piece[6:] in known:  # tfmot's QAT wrapper around the layer
+            return piece[6:]
+    return None
 
 
 def _op_stats(sg: Subgraph) -> OpStats:

@@ -175,15 +175,22 @@ def render(rows: list[dict], target: float) -> str:
     for r in rows:
         if r.get("mixed_precision"):
             mp = r["mixed_precision"]
-            lines += ["", f"Automatic mixed precision kept {len(mp['kept'])} layer(s) float "
-                          f"(+{mp['size_cost_bytes']:,} bytes, "
-                          f"{mp.get('latency_cost_ms') or 0:+.1f} ms): " + ", ".join(mp["kept"] or ["none"]) + "."]
+            cost = f"+{mp['size_cost_bytes']:,} bytes, {mp.get('latency_cost_ms') or 0:+.1f} ms"
+            if mp.get("activations") == "int16":
+                lines += ["", f"Automatic mixed precision: {len(mp['steps']) - 2} float-layer step(s) did not meet "
+                              f"the target, so every layer got int16 activations (int16x8; {cost}; met: "
+                              f"{mp['met']})."]
+            else:
+                lines += ["", f"Automatic mixed precision kept {len(mp['kept'])} layer(s) float ({cost}): "
+                              + ", ".join(mp["kept"] or ["none"]) + "."]
             lines += ["", "| step | kept float | its own error (1 - cosine) | cosine (calib) | agreement (calib) "
                           "| file bytes | latency (1 thread) |", "|---|---|---|---|---|---|---|"]
             for i, s in enumerate(mp["steps"]):
                 own = "" if s.get("layer_error") is None else f"{s['layer_error']:.2e}"
                 latency = "" if s.get("latency_ms") is None else f"{s['latency_ms']:.1f} ms"
-                lines.append(f"| {i} | {s['kept'] or '(all int8)'} | {own} | {s['cosine']:.4f} | {s['agreement']}% | "
+                what = s["kept"] or ("(int16 activations, every layer)" if s.get("activations") == "int16"
+                                     else "(all int8)")
+                lines.append(f"| {i} | {what} | {own} | {s['cosine']:.4f} | {s['agreement']}% | "
                              f"{s['file_size']:,} | {latency} |")
         for note in r.get("notes", []):
             if note.startswith(("cross-layer", "adaround")):
@@ -241,8 +248,9 @@ def main() -> None:
             "bias": lambda: sdk("SDK int8 + bias correction", {"mode": "int8"}),
             "adaround": lambda: sdk("SDK int8 + adaround + bias correction", {"mode": "int8", "rounding": "adaround"}),
             "adaround-amp": lambda: sdk(f"SDK int8 + adaround + bias correction + automatic mixed precision "
-                                        f"(min_agreement {args.target:g})",
-                                        {"mode": "int8", "rounding": "adaround", "min_agreement": args.target}),
+                                        f"(min_agreement {args.target:g}, widen_activations)",
+                                        {"mode": "int8", "rounding": "adaround", "min_agreement": args.target,
+                                         "widen_activations": True}),
             "adaround-int16x8": lambda: sdk("SDK int16x8 + adaround + bias correction",
                                             {"mode": "int16x8", "rounding": "adaround"}),
             "mse": lambda: sdk("SDK int8 + bias correction + MSE ranges", {"mode": "int8", "activation_range": "mse"}),

@@ -53,6 +53,9 @@ class QuantizeSettings:
     # conversion, techniques/adaround.py), with rounding_iterations Adam steps per layer
     rounding: str = "nearest"
     rounding_iterations: int = 500
+    # automatic mixed precision's last step: when float layers miss the target, int16 activations in every layer
+    # (int16x8). Opt-in: TFLite's 16x8 kernels are slow (EfficientNet-Lite0: 309 ms vs 15 ms int8, 1 thread)
+    widen_activations: bool = False
 
     def validate(self) -> None:
         check_choice("quantize.mode", self.mode, QUANTIZE_MODES)
@@ -111,6 +114,12 @@ class QuantizeSettings:
         if self.searches_precision and self.mode != "int8":
             raise RecipeError(f"quantize.min_cosine/min_agreement (automatic mixed precision) keep layers float "
                               f"under int8; set quantize.mode int8 (got {self.mode})")
+        if self.widen_activations not in (True, False):
+            raise RecipeError(f"quantize.widen_activations must be true or false; got {self.widen_activations!r}")
+        if self.widen_activations and not self.searches_precision:
+            raise RecipeError("quantize.widen_activations is the last step of automatic mixed precision; set "
+                              "quantize.min_cosine or min_agreement too, or quantize.mode int16x8 for int16 "
+                              "activations throughout")
         if self.searches_precision and self.qat:
             raise RecipeError("quantize.min_cosine/min_agreement (automatic mixed precision) and quantize.qat "
                               "cannot be combined: QAT quantizes every layer it wraps; drop one of them")

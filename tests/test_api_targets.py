@@ -1,6 +1,5 @@
 """`sdk.convert(..., target=...)`: what the CLI chains by hand, checked before any work."""
 
-from pathlib import Path
 
 import pytest
 

@@ -322,7 +322,7 @@ def test_automatic_mixed_precision_widens_activations_to_int16_when_float_layers
 
     monkeypatch.setattr(mixed_precision, "MAX_STEPS", 1)  # one float layer, then the whole model's activations
     calib = np.random.default_rng(0).random((80, 3, 12, 12), np.float32)
-    recipe = {"quantize": {"mode": "int8", "min_cosine": 0.999, "bias_correction": False}}
+    recipe = {"quantize": {"mode": "int8", "min_cosine": 0.999, "bias_correction": False, "widen_activations": True}}
     result = sdk.convert(_wide_activation_net(), tmp_path / "w.tflite", recipe, example_input=torch.zeros(1, 3, 12, 12),
                          calib_data=calib)
     record = result.report.mixed_precision
@@ -336,3 +336,11 @@ def test_automatic_mixed_precision_widens_activations_to_int16_when_float_layers
     assert conv_outputs and set(conv_outputs) == {"int16"}  # int8 weights, int16 activations
     assert result.report.fidelity.cosine >= 0.999
     assert any("int16 activations and int8 weights in every layer" in n for n in result.report.notes)
+    # opt-in (TFLite's 16x8 kernels are slow): without it the search ends unmet at one float layer
+    recipe["quantize"]["widen_activations"] = False
+    plain = sdk.convert(_wide_activation_net(), tmp_path / "p.tflite", recipe,
+                        example_input=torch.zeros(1, 3, 12, 12), calib_data=calib).report.mixed_precision
+    assert not plain.met and [s.activations for s in plain.steps] == ["int8", "int8"]
+    with pytest.raises(RecipeError, match=r"^quantize.widen_activations is the last step of automatic mixed "
+                                          r"precision; set quantize.min_cosine or min_agreement too"):
+        sdk.Recipe.from_dict({"quantize": {"mode": "int8", "widen_activations": True}})

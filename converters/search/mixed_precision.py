@@ -311,7 +311,8 @@ class PrecisionSearch:
     def may_widen(self, settings: QuantizeSettings, float_layers) -> bool:
         """int16 activations are a step past float layers for int8 models with float inputs and outputs and no
         layer the recipe keeps float (TF 2.19 cannot mix int16 activations with float layers)."""
-        return (self.record is not None and not self.record.met and settings.mode == "int8"
+        return (self.record is not None and not self.record.met and settings.widen_activations
+                and settings.mode == "int8"
                 and settings.io_type == "float32" and not float_layers
                 and np.issubdtype(np.asarray(self.inputs).dtype, np.floating))
 

@@ -32,6 +32,12 @@ MEASURED_ELSEWHERE = {
     ("bias correction", "keras"): "test_keras3_recipes::test_bias_correction_on_a_keras3_file",
     ("bias correction", "pytorch"): "test_ptq_layers::test_bias_correction_cuts_int8_error_and_leaves_the_float_reference",
     ("bias correction", "onnx"): "test_ptq_layers::test_bias_correction_cuts_int8_error_and_leaves_the_float_reference",
+    ("learned weight rounding (AdaRound)", "keras"):
+        "test_ptq_adaround::test_adaround_keras_route_folds_batchnorm_and_the_file_holds_its_grid",
+    ("learned weight rounding (AdaRound)", "pytorch"):
+        "test_ptq_adaround::test_adaround_pytorch_route_cuts_int8_error_and_the_file_holds_its_grid",
+    ("learned weight rounding (AdaRound)", "onnx"):
+        "test_ptq_adaround::test_adaround_pytorch_route_cuts_int8_error_and_the_file_holds_its_grid",
     ("data-aware one-shot pruning and clustering", "pytorch"):
         "test_oneshot::test_digits_prune_cluster_int8_one_shot_within_1_5_points",
     ("data-aware one-shot pruning and clustering", "onnx"):

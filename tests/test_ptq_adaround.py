@@ -128,6 +128,12 @@ def test_adaround_pytorch_route_cuts_int8_error_and_the_file_holds_its_grid(tmp_
     moved = sum(int((np.sort(nearest(w).reshape(len(q), -1), axis=1) != q).sum())
                 for w, q in zip(layers(source), chosen))
     assert moved > 50  # learned rounding is not nearest rounding
+    onnx.save(source, tmp_path / "source.onnx")  # the ONNX route: the same cut from the file itself
+    onnx_errors = {r: sdk.convert(tmp_path / "source.onnx", tmp_path / f"onnx_{r}.tflite",
+                                  {"quantize": {"mode": "int8", "rounding": r, "bias_correction": False}},
+                                  calib_data=x[:160], eval_data=x[160:]).report.fidelity.mean_abs_error
+                   for r in ("nearest", "adaround")}
+    assert onnx_errors["adaround"] <= 0.5 * onnx_errors["nearest"]
     onnx.save(rounded, tmp_path / "rounded.onnx")
     out = sdk.convert(tmp_path / "rounded.onnx", tmp_path / "r.tflite",
                       {"quantize": {"mode": "int8", "bias_correction": False}}, calib_data=x[:160])

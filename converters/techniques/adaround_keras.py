@@ -20,9 +20,8 @@ from .. import _tf
 from ..errors import first_line
 from .adaround import PatchStats, RoundingRecord, conv_patches, round_layer
 from .base import leaf_layers
-from .bias_correction_keras import folded_norm, remember_originals
+from .bias_correction_keras import folded_norm, remember_originals, watch_inputs
 
-BATCH = 16
 ROUNDED = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense")
 
 
@@ -143,20 +142,6 @@ class _Layer:
 
 def _measure(model, layers: list[_Layer], x: np.ndarray) -> None:
     """Every layer's input patch statistics over ``x``, by watching its ``call`` in the float model."""
-    def watch(entry: _Layer):
-        call = entry.layer.call
-
-        def watched(inputs, *args, **kwargs):
-            entry.add(np.asarray(inputs, dtype=np.float32))
-            return call(inputs, *args, **kwargs)
-
-        entry.layer.call = watched  # an instance attribute, over the class's call
-
-    for entry in layers:
-        watch(entry)
-    try:
-        for start in range(0, len(x), BATCH):
-            model(x[start:start + BATCH].astype(np.float32), training=False)
-    finally:
-        for entry in layers:
-            del entry.layer.call  # the class's call again
+    entries = {id(entry.layer): entry for entry in layers}
+    watch_inputs(model, [entry.layer for entry in layers], x,
+                 lambda layer, inputs: entries[id(layer)].add(np.asarray(inputs, dtype=np.float32)))

@@ -12,7 +12,7 @@ calibration inputs (nested models included: each layer's ``call`` is watched whi
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -130,15 +130,25 @@ def _input_means(model, layers: list, x: np.ndarray) -> dict[str, np.ndarray]:
     """Each layer's mean input per channel (last axis) over ``x``, by watching its ``call`` in the float model."""
     sums: dict[str, np.ndarray] = {}
 
+    def add(layer, inputs) -> None:
+        values = np.asarray(inputs, dtype=np.float64)
+        sums[layer.name] = sums.get(layer.name, 0) + values.reshape(-1, values.shape[-1]).mean(axis=0) * len(values)
+
+    watch_inputs(model, layers, x, add)
+    return {name: total / len(x) for name, total in sums.items()}
+
+
+def watch_inputs(model, layers: list, x: np.ndarray, seen: Callable[[Any, Any], None]) -> None:
+    """Run ``model`` on ``x`` in batches, handing each of ``layers`` and its input to ``seen`` as it is called
+    (an instance ``call`` over the class's, removed after): layer inputs inside nested models too."""
     def watch(layer):
         call = layer.call
 
         def watched(inputs, *args, **kwargs):
-            values = np.asarray(inputs, dtype=np.float64)
-            sums[layer.name] = sums.get(layer.name, 0) + values.reshape(-1, values.shape[-1]).mean(axis=0) * len(values)
+            seen(layer, inputs)
             return call(inputs, *args, **kwargs)
 
-        layer.call = watched  # an instance attribute, over the class's call
+        layer.call = watched
 
     for layer in layers:
         watch(layer)
@@ -148,7 +158,6 @@ def _input_means(model, layers: list, x: np.ndarray) -> dict[str, np.ndarray]:
     finally:
         for layer in layers:
             del layer.call  # the class's call again
-    return {name: total / len(x) for name, total in sums.items()}
 
 
 def maybe_correct(model, settings, calibration: np.ndarray | None, per_channel: bool, keep_float: Collection[str],

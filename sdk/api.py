@@ -228,14 +228,12 @@ def _recipe(recipe: Recipe | dict | str | os.PathLike | None) -> Recipe | None:
 
 def _refuse_torch_options(source: Any, options: dict[str, Any]) -> dict[str, Any]:
     """The PyTorch/ONNX-only options that were given; refused for a Keras source, which has its own shapes."""
+    from converters.routes.keras import refuse_torch_options, torch_options_given
     from converters.sources import framework_of
 
-    given = {name: value for name, value in options.items() if value is not None and value is not False
-             and not (name == "input_shapes" and not value)}
-    if given and framework_of(source) == "keras":
-        raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "
-                             "has its own input shapes and layout")
-    return given
+    if framework_of(source) == "keras":
+        refuse_torch_options(options)
+    return torch_options_given(options)
 
 
 def _check_metadata(metadata) -> None:

@@ -279,4 +279,6 @@ def test_keras_only_and_torch_only_arguments_are_checked(digits_model_path, tmp_
         sdk.convert(digits_model_path, tmp_path / "m.tflite", input_shapes=[(1, 8, 8, 1)])
     with pytest.raises(UserInputError, match="allow_flex apply to PyTorch and ONNX sources only"):
         sdk.convert(digits_model_path, tmp_path / "m.tflite", allow_flex=True)
+    with pytest.raises(UserInputError, match="example_input apply to PyTorch and ONNX sources only"):
+        sdk.convert(digits_model_path, tmp_path / "m.tflite", example_input=np.zeros((1, 8, 8, 1), np.float32))
     assert not (tmp_path / "m.tflite").exists()  # a batch > 1 is no error any more: tests/test_onnx_shapes.py

@@ -50,10 +50,7 @@ class KerasRoute(Route):
         return str(self.path) if self.path is not None else f"<in-memory {type(self.source).__name__}>"
 
     def check(self, recipe: Recipe) -> None:
-        given = [name for name in TORCH_ONLY_OPTIONS if getattr(self.options, name)]
-        if given:
-            raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "
-                                 "has its own input shapes and layout")
+        refuse_torch_options({name: getattr(self.options, name) for name in TORCH_ONLY_OPTIONS})
         check_supported(Request(recipe, finetune=self.options.finetune_data is not None), self.framework)
 
     def load(self, run: Conversion) -> None:
@@ -163,6 +160,21 @@ class KerasRoute(Route):
             for weight in self.teacher.get_weights():
                 digest.update(np.ascontiguousarray(weight).tobytes())
         return digest.hexdigest()
+
+
+def torch_options_given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options of ``options`` that were given (an array is given, whatever its values; False, None and no
+    input shapes are not)."""
+    return {name: value for name, value in options.items() if value is not None and value is not False
+            and not (name == "input_shapes" and not value)}
+
+
+def refuse_torch_options(options: dict[str, Any]) -> None:
+    """A Keras source has its own input shapes and layout: refuse the PyTorch/ONNX-only options given."""
+    given = torch_options_given(options)
+    if given:
+        raise UserInputError(f"{', '.join(given)} apply to PyTorch and ONNX sources only; a Keras model "
+                             "has its own input shapes and layout")
 
 
 def keras_normalisation(model, metadata: MetadataSpec | None) -> tuple[Normalisation | None, list[str]]:
